@@ -1,0 +1,42 @@
+// The independent float64 reference: a straightforward row-by-row attention
+// in double precision, with no tiling, no online softmax and no shared code
+// with the kernel beyond the Mask::allows predicate. It holds one row of
+// scores (Nk doubles) at a time, never Nq x Nk.
+//
+// Inputs are read through their storage dtype (so float16/bfloat16 inputs are
+// taken exactly as stored). Outputs: o [B, Nq, Hq, D] and lse [B, Hq, Nq] as
+// doubles; empty rows give O = 0, LSE = -inf.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "ringattn/kernel.hpp"
+
+namespace ringattn {
+
+struct ReferenceResult {
+  std::vector<double> o;    // [B, Nq, Hq, D]
+  std::vector<double> lse;  // [B, Hq, Nq]
+};
+
+ReferenceResult reference_attention(const AttentionArgs& args);
+
+// Only the listed query rows (local indices into Nq), for every batch and head:
+// o is [B, rows.size(), Hq, D] and lse [B, Hq, rows.size()]. For sampling the
+// error of runs too large to check in full.
+ReferenceResult reference_attention_rows(const AttentionArgs& args,
+                                         const std::vector<int64_t>& rows);
+
+// Error of a float32 result against the reference, over the given rows
+// (all rows when `rows` is empty). o_f32 [B, Nq, Hq, D], lse_f32 [B, Hq, Nq].
+struct ErrorStats {
+  double o_rel_fro = 0;   // ||O - O_ref||_F / ||O_ref||_F  (absolute if ||O_ref|| == 0)
+  double o_max_abs = 0;   // max |O - O_ref|
+  double lse_max_abs = 0; // max |LSE - LSE_ref| over rows where both are finite
+  int64_t lse_mismatch = 0;  // rows where exactly one of LSE, LSE_ref is -inf, or any NaN
+};
+ErrorStats compare_to_reference(const AttentionArgs& args, const float* o_f32, const float* lse_f32,
+                                const ReferenceResult& ref, const std::vector<int64_t>& rows = {});
+
+}  // namespace ringattn
