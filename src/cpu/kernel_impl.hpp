@@ -1,0 +1,262 @@
+// The CPU flash-attention algorithm, written once over a vector type V and
+// instantiated by each ISA file (kernel_avx512.cpp, kernel_avx2.cpp,
+// kernel_generic.cpp) after it has switched its target on. Everything here has
+// internal linkage, so the instantiations never meet at link time.
+//
+// For one task (batch b, query head h, block of up to kBlockQ query rows):
+//
+//   Qs   = Q[rows, :] * scale * log2(e)        packed, [kBlockQ][dp], zero padded
+//   m    = -inf, l = 0, Oacc = 0               per row running max, sum, output
+//   for each tile of kBlockK keys:
+//       class = mask.classify(tile)            closed form; empty tiles are skipped
+//       S    = Qs . Ktile^T                    GEMM micro-kernel: kRowsS x (2 vectors)
+//       S   := -inf outside each row's visible key range (partial tiles, tail)
+//       mnew = max(m, rowmax S);  alpha = 2^(m - mnew)
+//       P    = 2^(S - mnew);      l = l * alpha + rowsum P
+//       Oacc = Oacc * alpha + P . Vtile        GEMM micro-kernel: kRowsPV x kColsPV vectors
+//   O = Oacc / l;  LSE = ln(2) * (m + log2 l)  rows with l == 0: O = 0, LSE = -inf
+//
+// Working in base 2 (scores pre-multiplied by log2 e) turns every exp into an
+// exp2, which the vector code computes with a polynomial and an exponent add.
+//
+// V provides: reg, lanes, kRowsS, kRowsPV, kColsPV, zero(), load(p), store(p, x),
+// set1(s), fma(a, b, c) = a*b+c, mul, max, hmax(x), hsum(x), exp2(x) (x <= 0;
+// exactly 0 below -125).
+
+namespace ringattn::cpu {
+namespace {
+
+template <class V>
+struct Impl {
+  using reg = typename V::reg;
+  static constexpr int L = V::lanes;
+  static constexpr int PW = 2 * L;  // keys per K panel = S micro-kernel columns
+  static_assert(kBlockQ % V::kRowsS == 0 && kBlockQ % V::kRowsPV == 0);
+  static_assert(kBlockK % PW == 0);
+
+  // ---- packing ---------------------------------------------------------------
+
+  template <class T, class Cvt>
+  static void pack_typed(const T* k, const T* v, int64_t stride, int64_t nk, int d, int64_t j0,
+                         int64_t j1, float* kp, float* vp, int dp, Cvt cvt) {
+    for (int64_t j = j0; j < j1; ++j) {
+      float* kcol = kp + (j / PW) * dp * PW + (j % PW);
+      float* vrow = vp + j * dp;
+      if (j < nk) {
+        const T* ks = k + j * stride;
+        const T* vs = v + j * stride;
+        for (int c = 0; c < d; ++c) {
+          kcol[c * PW] = cvt(ks[c]);
+          vrow[c] = cvt(vs[c]);
+        }
+      } else {
+        for (int c = 0; c < d; ++c) kcol[c * PW] = 0.0f, vrow[c] = 0.0f;
+      }
+      for (int c = d; c < dp; ++c) kcol[c * PW] = 0.0f, vrow[c] = 0.0f;
+    }
+  }
+
+  static void pack_kv(const void* k, const void* v, DType dtype, int64_t stride, int64_t nk, int d,
+                      int64_t j0, int64_t j1, float* kp, float* vp, int dp, int /*panel*/) {
+    switch (dtype) {
+      case DType::f32:
+        pack_typed(static_cast<const float*>(k), static_cast<const float*>(v), stride, nk, d, j0,
+                   j1, kp, vp, dp, [](float x) { return x; });
+        break;
+      case DType::f16:
+        pack_typed(static_cast<const uint16_t*>(k), static_cast<const uint16_t*>(v), stride, nk, d,
+                   j0, j1, kp, vp, dp, [](uint16_t x) { return f16_to_f32(x); });
+        break;
+      case DType::bf16:
+        pack_typed(static_cast<const uint16_t*>(k), static_cast<const uint16_t*>(v), stride, nk, d,
+                   j0, j1, kp, vp, dp, [](uint16_t x) { return bf16_to_f32(x); });
+        break;
+    }
+  }
+
+  static void pack_q(const QBlockJob& job, float* qs, int dp, int rows_pad) {
+    const float sc = job.scale_log2;
+    for (int i = 0; i < rows_pad; ++i) {
+      float* dst = qs + i * dp;
+      if (i < job.rows) {
+        const std::size_t base = static_cast<std::size_t>(i * job.q_stride);
+        for (int c = 0; c < job.d; ++c) dst[c] = load_as_f32(job.q, job.dtype, base + c) * sc;
+      } else {
+        for (int c = 0; c < job.d; ++c) dst[c] = 0.0f;
+      }
+      for (int c = job.d; c < dp; ++c) dst[c] = 0.0f;
+    }
+  }
+
+  // ---- micro-kernels ---------------------------------------------------------
+
+  // S[r][0..PW) = sum_c qs[r][c] * panel[c][0..PW) for kRowsS rows.
+  static inline void s_micro(const float* qs, int dp, const float* panel, float* s) {
+    constexpr int R = V::kRowsS;
+    reg acc[R][2];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = V::zero();
+    for (int c = 0; c < dp; ++c) {
+      const reg b0 = V::load(panel + c * PW);
+      const reg b1 = V::load(panel + c * PW + L);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const reg a = V::set1(qs[r * dp + c]);
+        acc[r][0] = V::fma(a, b0, acc[r][0]);
+        acc[r][1] = V::fma(a, b1, acc[r][1]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      V::store(s + r * kBlockK, acc[r][0]);
+      V::store(s + r * kBlockK + L, acc[r][1]);
+    }
+  }
+
+  // o[r][cols] = o[r][cols] * alpha[r] + sum_{j < kc} p[r][j] * v[j][cols], for
+  // kRowsPV rows and C vectors of columns starting at `o` / `v`.
+  template <int C>
+  static inline void pv_micro(const float* p, const float* v, int dp, int kc, const float* alpha,
+                              float* o) {
+    constexpr int R = V::kRowsPV;
+    reg acc[R][C];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const reg a = V::set1(alpha[r]);
+#pragma GCC unroll 16
+      for (int c = 0; c < C; ++c) acc[r][c] = V::mul(a, V::load(o + r * dp + c * L));
+    }
+    for (int j = 0; j < kc; ++j) {
+      reg b[C];
+#pragma GCC unroll 16
+      for (int c = 0; c < C; ++c) b[c] = V::load(v + j * dp + c * L);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const reg a = V::set1(p[r * kBlockK + j]);
+#pragma GCC unroll 16
+        for (int c = 0; c < C; ++c) acc[r][c] = V::fma(a, b[c], acc[r][c]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int c = 0; c < C; ++c) V::store(o + r * dp + c * L, acc[r][c]);
+  }
+
+  // ---- one tile --------------------------------------------------------------
+
+  // Online-softmax update of one row of S (in place: S becomes P). Columns
+  // outside [j0, j1) are masked; kc (a multiple of PW) columns are live.
+  static inline void softmax_row(float* s, int j0, int j1, int kc, float* m, float* l,
+                                 float* alpha) {
+    if (j0 >= j1) {  // nothing visible in this tile: leave the row's state as is
+      for (int j = 0; j < kc; j += L) V::store(s + j, V::zero());
+      *alpha = 1.0f;
+      return;
+    }
+    for (int j = 0; j < j0; ++j) s[j] = -INFINITY;
+    for (int j = j1; j < kc; ++j) s[j] = -INFINITY;
+    reg mx = V::set1(-INFINITY);
+    for (int j = 0; j < kc; j += L) mx = V::max(mx, V::load(s + j));
+    const float m_old = *m;
+    const float m_new = std::max(m_old, V::hmax(mx));
+    const reg mv = V::set1(m_new);
+    reg sum = V::zero();
+    for (int j = 0; j < kc; j += L) {
+      const reg p = V::exp2(V::sub(V::load(s + j), mv));
+      V::store(s + j, p);
+      sum = V::add(sum, p);
+    }
+    *alpha = m_old == -INFINITY ? 0.0f : std::exp2(m_old - m_new);
+    *l = *l * *alpha + V::hsum(sum);
+    *m = m_new;
+  }
+
+  static int64_t workspace_floats(int dp) {
+    // qs, oacc: kBlockQ x dp; s: kBlockQ x kBlockK; m, l, alpha: kBlockQ
+    return 2 * int64_t{kBlockQ} * dp + int64_t{kBlockQ} * kBlockK + 3 * int64_t{kBlockQ};
+  }
+
+  static KernelStats run_block(const QBlockJob& job, float* ws) {
+    const PackedKV& kv = *job.kv;
+    const int dp = kv.dp;
+    const int rows = job.rows;
+    const int rows_s = static_cast<int>(round_up(rows, V::kRowsS));
+    const int rows_pv = static_cast<int>(round_up(rows, V::kRowsPV));
+    float* qs = ws;
+    float* oacc = qs + int64_t{kBlockQ} * dp;
+    float* s = oacc + int64_t{kBlockQ} * dp;
+    float* m = s + int64_t{kBlockQ} * kBlockK;
+    float* l = m + kBlockQ;
+    float* alpha = l + kBlockQ;
+
+    pack_q(job, qs, dp, rows_s);
+    std::fill(oacc, oacc + int64_t{rows_pv} * dp, 0.0f);
+    std::fill(m, m + kBlockQ, -INFINITY);
+    std::fill(l, l + kBlockQ, 0.0f);
+
+    KernelStats st;
+    const int64_t q_first = job.qpos.at(0), q_last = job.qpos.at(rows - 1);
+    const int64_t ntiles = (kv.nk + kBlockK - 1) / kBlockK;
+    st.tiles_total = ntiles;
+    for (int64_t t = 0; t < ntiles; ++t) {
+      const int64_t key0 = t * kBlockK;
+      const int kvalid = static_cast<int>(std::min<int64_t>(kBlockK, kv.nk - key0));
+      const Positions kpos = kv.pos.from(key0);
+      const TileClass cls = job.mask.classify(q_first, q_last, kpos.at(0), kpos.at(kvalid - 1));
+      if (cls == TileClass::empty) continue;
+      ++st.tiles_computed;
+      if (cls == TileClass::partial) ++st.tiles_partial;
+      const int kc = static_cast<int>(round_up(kvalid, PW));
+
+      // S = Qs . K^T for this tile, panel by panel.
+      for (int r0 = 0; r0 < rows_s; r0 += V::kRowsS)
+        for (int p0 = 0; p0 < kc; p0 += PW)
+          s_micro(qs + r0 * dp, dp, kv.k + (key0 + p0) * dp, s + r0 * kBlockK + p0);
+
+      // Mask, online softmax.
+      for (int r = 0; r < rows_pv; ++r) {
+        int64_t j0 = 0, j1 = kvalid;
+        if (cls == TileClass::partial && r < rows) {
+          job.mask.key_range(job.qpos.at(r), kpos, kvalid, &j0, &j1);
+        }
+        softmax_row(s + r * kBlockK, static_cast<int>(j0), static_cast<int>(j1), kc, m + r, l + r,
+                    alpha + r);
+      }
+
+      // Oacc = Oacc * alpha + P . V
+      const float* vt = kv.v + key0 * dp;
+      constexpr int C = V::kColsPV;
+      for (int r0 = 0; r0 < rows_pv; r0 += V::kRowsPV) {
+        const float* p = s + r0 * kBlockK;
+        float* o = oacc + r0 * dp;
+        int c0 = 0;
+        for (; c0 + C * L <= dp; c0 += C * L) pv_micro<C>(p, vt + c0, dp, kc, alpha + r0, o + c0);
+        for (; c0 < dp; c0 += L) pv_micro<1>(p, vt + c0, dp, kc, alpha + r0, o + c0);
+      }
+    }
+
+    // Normalise and write out.
+    for (int r = 0; r < rows; ++r) {
+      float* out = job.o + r * job.o_stride;
+      if (l[r] == 0.0f) {
+        std::fill(out, out + job.d, 0.0f);
+        job.lse[r] = -INFINITY;
+        continue;
+      }
+      const float inv = 1.0f / l[r];
+      const float* src = oacc + r * dp;
+      for (int c = 0; c < job.d; ++c) out[c] = src[c] * inv;
+      job.lse[r] = static_cast<float>(kLn2 * (double(m[r]) + std::log2(double(l[r]))));
+    }
+    return st;
+  }
+
+  static const IsaKernels& table(Isa isa) {
+    static const IsaKernels k{isa, L, PW, &pack_kv, &workspace_floats, &run_block};
+    return k;
+  }
+};
+
+}  // namespace
+}  // namespace ringattn::cpu

@@ -1,0 +1,80 @@
+// Internal interface between the kernel driver (kernel.cpp: validation,
+// threading, packing buffers) and the per-ISA compute routines
+// (kernel_avx512.cpp, kernel_avx2.cpp, kernel_generic.cpp), which all
+// instantiate the one algorithm in kernel_impl.hpp with their own vector type.
+//
+// This header must stay free of ISA-specific code: it is included before each
+// ISA file switches its target on, and by the portable driver.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "ringattn/dtype.hpp"
+#include "ringattn/kernel.hpp"
+#include "ringattn/mask.hpp"
+
+namespace ringattn::cpu {
+
+// Query rows per task and keys per tile. kBlockQ is a multiple of every
+// ISA's register-block row counts (12, 6).
+inline constexpr int kBlockQ = 96;
+inline constexpr int kBlockK = 128;
+inline constexpr double kLog2e = 1.4426950408889634;  // log2(e)
+inline constexpr double kLn2 = 0.6931471805599453;    // ln(2)
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// K and V of one (batch, kv head), packed as float32 for the compute loops:
+//   k: panels of `panel` keys, each [dp][panel] (K transposed), nk_pad / panel panels
+//   v: [nk_pad][dp] rows
+// dp = head_dim rounded up to the ISA's lane count, nk_pad = nk rounded up to
+// `panel`; the padding is zero.
+struct PackedKV {
+  const float* k = nullptr;
+  const float* v = nullptr;
+  int64_t nk = 0, nk_pad = 0;
+  int dp = 0, panel = 0;
+  Positions pos;
+};
+
+// One task: a block of up to kBlockQ query rows of one (batch, query head)
+// against all keys of one PackedKV.
+struct QBlockJob {
+  const void* q = nullptr;  // first row, storage dtype
+  DType dtype = DType::f32;
+  int64_t q_stride = 0;     // elements between consecutive query rows
+  int rows = 0;             // 1..kBlockQ
+  int d = 0;                // head dim
+  Positions qpos;           // global position of each row
+  float scale_log2 = 0;     // softmax scale * log2(e)
+  Mask mask;
+  const PackedKV* kv = nullptr;
+  float* o = nullptr;       // first output row, float32
+  int64_t o_stride = 0;     // elements between output rows
+  float* lse = nullptr;     // rows consecutive
+};
+
+// The compute routines of one ISA.
+struct IsaKernels {
+  Isa isa;
+  int lanes;  // float32 lanes per vector: dp is a multiple of it
+  int panel;  // keys per K panel
+  // Pack keys [j0, j1) (padded index space: j1 <= nk_pad; keys >= nk are zero)
+  // of one kv head. k/v point at key 0, `stride` elements between keys.
+  void (*pack_kv)(const void* k, const void* v, DType dtype, int64_t stride, int64_t nk, int d,
+                  int64_t j0, int64_t j1, float* kp, float* vp, int dp, int panel);
+  // Floats of per-thread workspace run_block needs.
+  int64_t (*workspace_floats)(int dp);
+  // Computes the block; returns its tile counters.
+  KernelStats (*run_block)(const QBlockJob& job, float* workspace);
+};
+
+const IsaKernels& avx512_kernels();
+const IsaKernels& avx2_kernels();
+const IsaKernels& generic_kernels();
+
+}  // namespace ringattn::cpu
