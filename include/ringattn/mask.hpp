@@ -59,7 +59,7 @@ struct Mask {
                                  int64_t k_last) const {
     const int64_t dmin = k_first - q_last;
     const int64_t dmax = k_last - q_first;
-    if (dmax < lo || dmin > hi) return TileClass::empty;
+    if (dmax < lo || dmin > hi || lo > hi) return TileClass::empty;
     if (dmin >= lo && dmax <= hi) return TileClass::full;
     return TileClass::partial;
   }

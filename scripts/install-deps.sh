@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the Debian packages ringattn builds, tests and runs with, and
+# nothing else. Safe to run repeatedly: it only calls apt-get when a package is
+# missing. Needs root (or sudo) on a Debian 12 machine.
+#
+# The package list is the single source of truth: docker files and CI use it.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake ninja-build pkg-config git
+  libboost-program-options-dev libfmt-dev libgtest-dev
+  libopenmpi-dev openmpi-bin
+  libopenblas-dev
+  clang-format
+  python3 python3-numpy python3-matplotlib
+)
+
+if [[ "${1:-}" == "--list" ]]; then
+  printf '%s\n' "${PACKAGES[@]}"
+  exit 0
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: done"

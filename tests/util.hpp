@@ -1,0 +1,70 @@
+// Helpers shared by the kernel and merge tests: random inputs in a storage
+// dtype, and running the kernel into freshly allocated float32 outputs.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "ringattn/kernel.hpp"
+#include "ringattn/tensor.hpp"
+
+namespace ringattn::test {
+
+// Standard-normal values rounded to `dt`.
+inline Tensor random_tensor(DType dt, std::vector<int64_t> shape, uint64_t seed, float sd = 1.0f) {
+  Tensor t(dt, std::move(shape));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.0f, sd);
+  for (int64_t i = 0; i < t.numel(); ++i) t.set(i, nd(rng));
+  return t;
+}
+
+struct Problem {
+  Tensor q, k, v;
+  AttentionArgs args;
+};
+
+inline Problem make_problem(int64_t b, int64_t nq, int64_t nk, int64_t hq, int64_t hkv, int64_t d,
+                            DType dt, uint64_t seed) {
+  Problem p;
+  p.q = random_tensor(dt, {b, nq, hq, d}, seed);
+  p.k = random_tensor(dt, {b, nk, hkv, d}, seed + 1);
+  p.v = random_tensor(dt, {b, nk, hkv, d}, seed + 2);
+  AttentionArgs& a = p.args;
+  a.batch = b, a.nq = nq, a.nk = nk, a.hq = hq, a.hkv = hkv, a.head_dim = d, a.dtype = dt;
+  a.q = p.q.data.data(), a.k = p.k.data.data(), a.v = p.v.data.data();
+  return p;
+}
+
+struct Output {
+  std::vector<float> o, lse;
+  KernelStats stats;
+};
+
+inline Output run_kernel(const AttentionArgs& a, Isa isa = Isa::automatic, int threads = 0) {
+  Output r;
+  r.o.assign(static_cast<std::size_t>(a.batch * a.nq * a.hq * a.head_dim), 0.0f);
+  r.lse.assign(static_cast<std::size_t>(a.batch * a.hq * a.nq), 0.0f);
+  KernelOptions opt;
+  opt.isa = isa;
+  opt.threads = threads;
+  r.stats = attention_forward(a, r.o.data(), r.lse.data(), opt);
+  return r;
+}
+
+// Rows to check: all when few, else the first and last few plus a spread.
+inline std::vector<int64_t> check_rows(int64_t n, int64_t max_rows = 96) {
+  std::vector<int64_t> rows;
+  if (n <= max_rows) {
+    for (int64_t i = 0; i < n; ++i) rows.push_back(i);
+    return rows;
+  }
+  for (int64_t i = 0; i < 8; ++i) rows.push_back(i);
+  const int64_t mid = max_rows - 16;
+  for (int64_t i = 1; i <= mid; ++i) rows.push_back(8 + (n - 16) * i / (mid + 1));
+  for (int64_t i = n - 8; i < n; ++i) rows.push_back(i);
+  return rows;
+}
+
+}  // namespace ringattn::test
