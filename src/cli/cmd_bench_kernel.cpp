@@ -1,1 +1,290 @@
-// placeholder: being written
+// ringattn bench-kernel: the CPU kernel beside the materialised OpenBLAS
+// baseline, nccl-tests style: one row per problem, each with its error.
+//
+// Metrics (one row per problem; see also --help):
+//   time       best of --repeats calls after --warmup untimed calls, ms
+//   GFLOP/s    attention_flops(args) / time: 4 D Hq B x visible (query, key) pairs
+//   %sgemm     GFLOP/s over the sgemm rate measured once at start (same threads)
+//   speedup    baseline time / kernel time
+//   work mem   peak bytes held in Buffers during the kernel call, beyond what
+//              was held before it (inputs and outputs); in+out is those inputs
+//              and outputs
+//   O err      relative Frobenius error of O, LSE err max |dLSE|, both on
+//              --check-rows sampled query rows per head vs the float64 reference
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cli/commands.hpp"
+#include "cli/harness.hpp"
+#include "cli/metrics.hpp"
+#include "cli/options.hpp"
+#include "cli/table.hpp"
+#include "ringattn/baseline.hpp"
+#include "ringattn/kernel.hpp"
+#include "ringattn/memory.hpp"
+
+namespace ringattn::cli {
+namespace {
+
+// --baseline auto skips the materialised baseline above this many score
+// entries Nq x Nk per head: it would take far longer than the kernel.
+constexpr double kBaselineAutoMaxScores = double(int64_t{1} << 28);
+// A kernel rate this far above the measured sgemm rate (beyond timing noise)
+// means the sgemm measurement is not the machine's peak.
+constexpr double kImplausiblePctSgemm = 150.0;
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+CommandSpec bench_spec() {
+  CommandSpec s;
+  s.name = "bench-kernel";
+  s.summary =
+      "Benchmark the CPU attention kernel against the materialised OpenBLAS baseline on random\n"
+      "inputs: one table row per problem (every combination of the list options), each with\n"
+      "its error vs the float64 reference on sampled rows. Exits 1 if a kernel error exceeds\n"
+      "the tolerance.";
+  s.usage = "[--seq-len 8192,32768] [--head-dim 64,128] [--dtype f32,bf16] [options]";
+  s.options = {
+      OptionSpec::integer("batch", "1", "batch size").positive(),
+      OptionSpec::integer("seq-len", "8192", "query sequence lengths Nq", "tokens")
+          .positive()
+          .as_list(),
+      OptionSpec::integer("kv-seq-len", "0", "key/value sequence length Nk (0 = same as Nq)",
+                          "tokens")
+          .non_negative(),
+      OptionSpec::integer("heads", "8", "query heads Hq").positive(),
+      OptionSpec::integer("kv-heads", "0", "key/value heads Hkv (0 = same as Hq)").non_negative(),
+      OptionSpec::integer("head-dim", "128", "head dimensions D").positive().as_list(),
+      OptionSpec::flag("causal", "true", "causal mask; 'both' runs each problem with and without")
+          .as_list()
+          .also({"both"}),
+      OptionSpec::choice("dtype", "f32", {"f32", "f16", "bf16", "float32", "float16", "bfloat16"},
+                         "storage dtypes")
+          .as_list(),
+      OptionSpec::integer("repeats", "3", "timed calls per problem (best is reported)").positive(),
+      OptionSpec::integer("warmup", "1", "untimed calls before timing").non_negative(),
+      OptionSpec::choice("isa", "auto", {"auto", "avx512", "avx2", "generic"},
+                         "kernel instruction set (auto: the best this CPU supports)"),
+      OptionSpec::choice("baseline", "auto", {"auto", "on", "off"},
+                         "run the materialised baseline (auto: only up to Nq x Nk = 2^28)"),
+      OptionSpec::integer("check-rows", "64", "sampled query rows per head for the error columns")
+          .positive(),
+      OptionSpec::integer("seed", "0", "random seed of the inputs").non_negative(),
+      OptionSpec::integer("sgemm-size", "2048", "n of the n x n x n sgemm measuring the peak rate")
+          .positive(),
+  };
+  s.epilog = tolerance_help();
+  return s;
+}
+
+const Table& bench_table() {
+  static const Table table({
+      {"B", 3},           {"Nq", 7},         {"Nk", 7},        {"Hq/Hkv", 6},    {"D", 4},
+      {"dtype", 8, true}, {"mask", 6, true}, {"time(ms)", 10}, {"GFLOP/s", 8},   {"%sgemm", 6},
+      {"base(ms)", 10},   {"baseGF/s", 8},   {"speedup", 7},   {"work mem", 10}, {"in+out", 10},
+      {"O err", 8},       {"LSE err", 8},    {"base O", 8},    {"base LSE", 8},  {"check", 5, true},
+  });
+  return table;
+}
+
+struct Timing {
+  double best_s = std::numeric_limits<double>::infinity();
+  std::size_t work_bytes = 0;  // peak Buffer bytes beyond those held before the call
+};
+
+// Best of `repeats` timed calls of `run` after `warmup` untimed ones.
+template <class F>
+Timing time_calls(int64_t warmup, int64_t repeats, F&& run) {
+  Timing t;
+  for (int64_t i = 0; i < warmup; ++i) run();
+  for (int64_t i = 0; i < repeats; ++i) {
+    const std::size_t held = memory_in_use();
+    memory_reset_peak();
+    const Stopwatch watch;
+    run();
+    t.best_s = std::min(t.best_s, watch.seconds());
+    t.work_bytes = std::max(t.work_bytes, memory_peak() - held);
+  }
+  return t;
+}
+
+struct Settings {
+  KernelOptions kopt;
+  int threads = 0;  // effective
+  std::string isa;  // effective name
+  std::string baseline_mode;
+  int64_t warmup = 0, repeats = 0, check_rows = 0;
+  uint64_t seed = 0;
+  double sgemm_gflops = 0;
+};
+
+struct RowResult {
+  bool ok = true;        // kernel error within tolerance
+  double pct_sgemm = 0;  // kernel rate as % of the measured sgemm rate
+};
+
+// One table row (and metrics line).
+RowResult bench_one(const ProblemShape& shape, const Settings& s, MetricsFile& metrics) {
+  const RandomProblem problem = make_random_problem(shape, s.seed);
+  const AttentionArgs args = problem.args();
+  const double flops = attention_flops(args);
+  Outputs out(args);
+  const std::size_t inout = problem.bytes() + out.bytes();
+  const Timing kt = time_calls(s.warmup, s.repeats, [&] {
+    attention_forward(args, out.o.as<float>(), out.lse.as<float>(), s.kopt);
+  });
+  const double gflops = flops / kt.best_s / 1e9;
+
+  const ReferenceCheck check(args, sample_rows(shape.nq, s.check_rows, s.seed));
+  const ErrorStats err = check.compare(out.o.as<float>(), out.lse.as<float>());
+  const bool ok = within(err, tolerance_for(shape.dtype));
+
+  const bool run_baseline =
+      s.baseline_mode == "on" ||
+      (s.baseline_mode == "auto" && double(shape.nq) * double(shape.nk) <= kBaselineAutoMaxScores);
+  double base_s = kNaN;
+  ErrorStats base_err{kNaN, kNaN, kNaN, 0};
+  if (run_baseline) {
+    Outputs bout(args);
+    base_s = time_calls(s.warmup, s.repeats, [&] {
+               baseline_attention(args, bout.o.as<float>(), bout.lse.as<float>(), s.threads);
+             }).best_s;
+    base_err = check.compare(bout.o.as<float>(), bout.lse.as<float>());
+  }
+  const double base_gflops = flops / base_s / 1e9;
+  const double pct = 100.0 * gflops / s.sgemm_gflops;
+  const double speedup = base_s / kt.best_s;
+
+  fmt::print("{}", bench_table().row({
+                       fmt::format("{}", shape.batch),
+                       fmt::format("{}", shape.nq),
+                       fmt::format("{}", shape.nk),
+                       fmt::format("{}/{}", shape.hq, shape.hkv),
+                       fmt::format("{}", shape.head_dim),
+                       std::string(dtype_name(shape.dtype)),
+                       shape.causal ? "causal" : "full",
+                       cell_fixed(kt.best_s * 1e3, 2),
+                       cell_fixed(gflops, 1),
+                       cell_fixed(pct, 1),
+                       cell_fixed(base_s * 1e3, 2),
+                       cell_fixed(base_gflops, 1),
+                       cell_fixed(speedup, 2),
+                       format_bytes(double(kt.work_bytes)),
+                       format_bytes(double(inout)),
+                       cell_sci(err.o_rel_fro),
+                       cell_sci(err.lse_max_abs),
+                       cell_sci(base_err.o_rel_fro),
+                       cell_sci(base_err.lse_max_abs),
+                       ok ? "ok" : "FAIL",
+                   }));
+  std::fflush(stdout);
+
+  metrics.write(JsonObject()
+                    .text("command", "bench-kernel")
+                    .integer("b", shape.batch)
+                    .integer("nq", shape.nq)
+                    .integer("nk", shape.nk)
+                    .integer("hq", shape.hq)
+                    .integer("hkv", shape.hkv)
+                    .integer("d", shape.head_dim)
+                    .text("dtype", std::string(dtype_name(shape.dtype)))
+                    .boolean("causal", shape.causal)
+                    .text("isa", s.isa)
+                    .integer("threads", s.threads)
+                    .number("time_ms", kt.best_s * 1e3)
+                    .number("gflops", gflops)
+                    .number("pct_sgemm", pct)
+                    .number("sgemm_gflops", s.sgemm_gflops)
+                    .number("baseline_ms", base_s * 1e3)
+                    .number("baseline_gflops", base_gflops)
+                    .number("speedup", speedup)
+                    .integer("peak_bytes", static_cast<int64_t>(kt.work_bytes))
+                    .integer("inout_bytes", static_cast<int64_t>(inout))
+                    .integer("check_rows", check.rows_checked())
+                    .number("o_rel_err", err.o_rel_fro)
+                    .number("lse_max_err", err.lse_max_abs)
+                    .number("baseline_o_rel_err", base_err.o_rel_fro)
+                    .number("baseline_lse_max_err", base_err.lse_max_abs)
+                    .boolean("pass", ok));
+  return {ok, pct};
+}
+
+}  // namespace
+
+int cmd_bench_kernel(int argc, char** argv) {
+  const CommandSpec spec = bench_spec();
+  const std::optional<ParsedOptions> opt = parse_options(spec, argc, argv);
+  if (!opt) return kExitOk;
+
+  // Every problem of the sweep, validated before anything runs.
+  std::vector<ProblemShape> shapes;
+  for (const std::string& dt : opt->texts("dtype")) {
+    for (const bool causal : opt->flags("causal")) {
+      for (const int64_t d : opt->integers("head-dim")) {
+        for (const int64_t n : opt->integers("seq-len")) {
+          ProblemShape p;
+          p.batch = opt->integer("batch");
+          p.nq = n;
+          p.nk = opt->integer("kv-seq-len") == 0 ? n : opt->integer("kv-seq-len");
+          p.hq = opt->integer("heads");
+          p.hkv = opt->integer("kv-heads") == 0 ? p.hq : opt->integer("kv-heads");
+          p.head_dim = d;
+          p.dtype = parse_dtype(dt, "option '--dtype'");
+          p.causal = causal;
+          validate_shape_options(p);
+          shapes.push_back(p);
+        }
+      }
+    }
+  }
+
+  Settings s;
+  apply_threads(opt->threads());
+  s.kopt.isa = resolve_isa(opt->text("isa"));
+  s.kopt.threads = opt->threads();
+  s.threads = effective_threads(s.kopt.threads);
+  s.isa = effective_isa_name(s.kopt.isa);
+  s.baseline_mode = opt->text("baseline");
+  s.warmup = opt->integer("warmup");
+  s.repeats = opt->integer("repeats");
+  s.check_rows = opt->integer("check-rows");
+  s.seed = static_cast<uint64_t>(opt->integer("seed"));
+  MetricsFile metrics(opt->metrics_path());
+  const int sgemm_n = opt->integer_int("sgemm-size");
+  s.sgemm_gflops = measure_sgemm_gflops(s.threads, sgemm_n);
+
+  fmt::print("# ringattn bench-kernel\n");
+  fmt::print("# isa {}{}, threads {}, sgemm {:.1f} GFLOP/s (OpenBLAS, n = {}, best of 3)\n", s.isa,
+             s.kopt.isa == Isa::automatic ? " (auto)" : "", s.threads, s.sgemm_gflops, sgemm_n);
+  fmt::print(
+      "# time: best of {} after {} warm-up; errors: O rel Frobenius and max |dLSE| vs "
+      "float64 on {} sampled rows per head; base: materialised OpenBLAS baseline\n",
+      s.repeats, s.warmup, s.check_rows);
+  fmt::print("#\n{}", bench_table().header());
+  std::fflush(stdout);
+
+  int failures = 0;
+  double max_pct = 0;
+  for (const ProblemShape& p : shapes) {
+    const RowResult r = bench_one(p, s, metrics);
+    failures += r.ok ? 0 : 1;
+    max_pct = std::max(max_pct, r.pct_sgemm);
+  }
+
+  fmt::print("#\n# {} problem{}, {} over tolerance\n", shapes.size(), shapes.size() == 1 ? "" : "s",
+             failures);
+  if (max_pct > kImplausiblePctSgemm)
+    fmt::print(
+        "# note: the kernel beat the measured sgemm rate, so that rate is not this CPU's "
+        "peak;\n#       OpenBLAS may have chosen a slow core type (set OPENBLAS_CORETYPE, "
+        "e.g. SkylakeX or Haswell)\n");
+  fmt::print("# reproduce: {}\n", opt->command_line());
+  return failures == 0 ? kExitOk : kExitFailure;
+}
+
+}  // namespace ringattn::cli

@@ -1,0 +1,13 @@
+// The `ringattn` commands. Each takes the arguments after `ringattn`
+// (argv[0] is the command name), returns the process exit status, and throws
+// UsageError / ringattn::Error for main() to report in one line.
+// Adding a command: write cmd_<name>.cpp and add one line to kCommands in main.cpp.
+#pragma once
+
+namespace ringattn::cli {
+
+int cmd_attend(int argc, char** argv);
+int cmd_demo(int argc, char** argv);
+int cmd_bench_kernel(int argc, char** argv);
+
+}  // namespace ringattn::cli

@@ -1,0 +1,161 @@
+#include "cli/harness.hpp"
+
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <set>
+
+#include "cli/options.hpp"
+#include "ringattn/error.hpp"
+
+namespace ringattn::cli {
+namespace {
+
+// Rows checked at each end of the sequence, where mask edges and partial tiles sit.
+constexpr int64_t kEdgeRows = 4;
+
+constexpr Tolerance kTolF32{1e-5, 1e-4};
+constexpr Tolerance kTolF16{1e-3, 1e-3};   // ~ 1 ulp of float16 (2^-10)
+constexpr Tolerance kTolBF16{8e-3, 1e-2};  // ~ 1 ulp of bfloat16 (2^-7)
+
+void fill_normal(Tensor& t, std::mt19937_64& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t i = 0; i < t.numel(); ++i) t.set(i, normal(rng));
+}
+
+}  // namespace
+
+std::string ProblemShape::str() const {
+  return fmt::format("B={} Nq={} Nk={} Hq={} Hkv={} D={} {} {}", batch, nq, nk, hq, hkv, head_dim,
+                     dtype_name(dtype), causal ? "causal" : "full");
+}
+
+bool head_dim_supported(int64_t d) {
+  return d >= kMinHeadDim && d <= kMaxHeadDim && d % kHeadDimMultiple == 0;
+}
+
+void validate_shape_options(const ProblemShape& s) {
+  if (!head_dim_supported(s.head_dim))
+    throw UsageError(
+        fmt::format("option '--head-dim': expected a multiple of {} in [{}, {}], got {}",
+                    kHeadDimMultiple, kMinHeadDim, kMaxHeadDim, s.head_dim));
+  if (s.hq % s.hkv != 0)
+    throw UsageError(fmt::format(
+        "option '--heads': {} query heads are not a multiple of --kv-heads {}", s.hq, s.hkv));
+}
+
+AttentionArgs make_args(const ProblemShape& s, const void* q, const void* k, const void* v,
+                        float scale) {
+  AttentionArgs a;
+  a.batch = s.batch;
+  a.nq = s.nq;
+  a.nk = s.nk;
+  a.hq = s.hq;
+  a.hkv = s.hkv;
+  a.head_dim = s.head_dim;
+  a.dtype = s.dtype;
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.scale = scale;
+  a.mask = s.causal ? Mask::causal(s.nk - s.nq) : Mask::none();
+  return a;
+}
+
+RandomProblem make_random_problem(const ProblemShape& s, uint64_t seed) {
+  RandomProblem p;
+  p.shape = s;
+  p.q = Tensor(s.dtype, {s.batch, s.nq, s.hq, s.head_dim}, "random q");
+  p.k = Tensor(s.dtype, {s.batch, s.nk, s.hkv, s.head_dim}, "random k");
+  p.v = Tensor(s.dtype, {s.batch, s.nk, s.hkv, s.head_dim}, "random v");
+  std::mt19937_64 rng(seed);
+  fill_normal(p.q, rng);
+  fill_normal(p.k, rng);
+  fill_normal(p.v, rng);
+  return p;
+}
+
+Outputs::Outputs(const AttentionArgs& a)
+    : o(static_cast<std::size_t>(a.batch * a.nq * a.hq * a.head_dim) * sizeof(float), "output O"),
+      lse(static_cast<std::size_t>(a.batch * a.hq * a.nq) * sizeof(float), "output LSE") {}
+
+std::vector<int64_t> sample_rows(int64_t nq, int64_t count, uint64_t seed) {
+  std::vector<int64_t> rows;
+  if (count >= nq) {
+    for (int64_t i = 0; i < nq; ++i) rows.push_back(i);
+    return rows;
+  }
+  std::set<int64_t> picked;
+  for (int64_t i = 0; i < std::min(kEdgeRows, count / 2); ++i) {
+    picked.insert(i);
+    picked.insert(nq - 1 - i);
+  }
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int64_t> any(0, nq - 1);
+  while (static_cast<int64_t>(picked.size()) < count) picked.insert(any(rng));
+  return {picked.begin(), picked.end()};
+}
+
+ReferenceCheck::ReferenceCheck(const AttentionArgs& args, std::vector<int64_t> rows)
+    : args_(args), rows_(std::move(rows)) {
+  ref_ = full() ? reference_attention(args_) : reference_attention_rows(args_, rows_);
+}
+
+ErrorStats ReferenceCheck::compare(const float* o, const float* lse) const {
+  return compare_to_reference(args_, o, lse, ref_, full() ? std::vector<int64_t>{} : rows_);
+}
+
+double reference_work(const ProblemShape& s) {
+  return double(s.batch) * double(s.hq) * double(s.nq) * double(s.nk) * double(s.head_dim);
+}
+
+Tolerance tolerance_for(DType dtype) {
+  switch (dtype) {
+    case DType::f16:
+      return kTolF16;
+    case DType::bf16:
+      return kTolBF16;
+    case DType::f32:
+      break;
+  }
+  return kTolF32;
+}
+
+bool within(const ErrorStats& e, const Tolerance& t) {
+  // Written so that NaN errors fail.
+  return e.o_rel_fro <= t.o_rel_fro && e.lse_max_abs <= t.lse_max_abs && e.lse_mismatch == 0;
+}
+
+std::string tolerance_help() {
+  std::string s = "Tolerances (O: relative Frobenius error, LSE: max absolute error, vs float64):";
+  for (DType t : {DType::f32, DType::f16, DType::bf16}) {
+    const Tolerance tol = tolerance_for(t);
+    s += fmt::format("\n  {:<9} O {:.0e}, LSE {:.0e}", dtype_name(t), tol.o_rel_fro,
+                     tol.lse_max_abs);
+  }
+  return s;
+}
+
+Isa resolve_isa(const std::string& name) {
+  const Isa isa = parse_isa(name);
+  if (!isa_supported(isa))
+    throw Error(fmt::format("option '--isa': this CPU does not support {}", name));
+  return isa;
+}
+
+std::string effective_isa_name(Isa isa) {
+  return isa == Isa::automatic ? isa_name(best_isa()) : isa_name(isa);
+}
+
+void apply_threads(int threads) {
+  if (threads > 0) omp_set_num_threads(threads);
+}
+
+int effective_threads(int threads) {
+  return threads > 0 ? threads : omp_get_max_threads();
+}
+
+}  // namespace ringattn::cli

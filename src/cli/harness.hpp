@@ -1,0 +1,124 @@
+// What `demo` and `bench-kernel` share: a randomly generated attention
+// problem, the check of a result against the float64 reference (in full, or on
+// sampled query rows when the problem is large), per-dtype tolerances, the
+// --isa/--threads resolution and a stopwatch.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ringattn/kernel.hpp"
+#include "ringattn/reference.hpp"
+#include "ringattn/tensor.hpp"
+
+namespace ringattn::cli {
+
+// Sizes of one problem; nk == 0 is not allowed here (resolve "same as nq" first).
+struct ProblemShape {
+  int64_t batch = 1, nq = 0, nk = 0, hq = 1, hkv = 1, head_dim = 0;
+  DType dtype = DType::f32;
+  bool causal = false;
+  std::string str() const;  // "B=1 Nq=4096 Nk=4096 Hq=8 Hkv=2 D=128 float32 causal"
+};
+
+// Head dims the kernel supports: multiples of kHeadDimMultiple in [kMinHeadDim, kMaxHeadDim].
+inline constexpr int64_t kMinHeadDim = 8;
+inline constexpr int64_t kMaxHeadDim = 256;
+inline constexpr int64_t kHeadDimMultiple = 8;
+bool head_dim_supported(int64_t d);
+
+// Checks sizes that came from options (--heads, --kv-heads, --head-dim); throws
+// UsageError naming the option.
+void validate_shape_options(const ProblemShape& shape);
+
+// Arguments for q [B, Nq, Hq, D], k/v [B, Nk, Hkv, D] in `shape.dtype`; causal is
+// bottom-right aligned (Mask::causal(Nk - Nq), positions from 0). scale 0 = 1/sqrt(D).
+AttentionArgs make_args(const ProblemShape& shape, const void* q, const void* k, const void* v,
+                        float scale = 0.0f);
+
+// Inputs drawn from a standard normal distribution in float32 (seeded), then
+// rounded to the storage dtype. Owns its tensors; args() points into them.
+struct RandomProblem {
+  ProblemShape shape;
+  Tensor q, k, v;
+  AttentionArgs args() const {
+    return make_args(shape, q.data.data(), k.data.data(), v.data.data());
+  }
+  std::size_t bytes() const { return q.bytes() + k.bytes() + v.bytes(); }
+};
+RandomProblem make_random_problem(const ProblemShape& shape, uint64_t seed);
+
+// Float32 kernel outputs for a problem: o [B, Nq, Hq, D], lse [B, Hq, Nq].
+struct Outputs {
+  Buffer o, lse;
+  explicit Outputs(const AttentionArgs& a);
+  std::size_t bytes() const { return o.size() + lse.size(); }
+};
+
+// Up to `count` query rows in [0, nq), sorted: the first and last few rows
+// (where mask edges sit) and a seeded random spread between. All rows when
+// count >= nq.
+std::vector<int64_t> sample_rows(int64_t nq, int64_t count, uint64_t seed);
+
+// The reference result for a problem, computed once and compared against any
+// number of float32 results (kernel, baseline).
+class ReferenceCheck {
+ public:
+  // rows empty: every row. Otherwise only those rows are computed and compared.
+  ReferenceCheck(const AttentionArgs& args, std::vector<int64_t> rows);
+  ErrorStats compare(const float* o, const float* lse) const;
+  bool full() const { return rows_.empty() || static_cast<int64_t>(rows_.size()) == args_.nq; }
+  int64_t rows_checked() const {
+    return rows_.empty() ? args_.nq : static_cast<int64_t>(rows_.size());
+  }
+
+ private:
+  AttentionArgs args_;
+  std::vector<int64_t> rows_;
+  ReferenceResult ref_;
+};
+
+// Work of a full reference check, in multiply-adds: B * Hq * Nq * Nk * D.
+double reference_work(const ProblemShape& shape);
+// Up to this much work `demo` checks every row; above it, sampled rows.
+inline constexpr double kFullCheckMaxWork = double(int64_t{1} << 28);
+
+// Accepted error of the kernel's float32 output against the float64 reference
+// run on the same stored inputs. The kernel converts 16-bit inputs to float32
+// exactly and accumulates in float32, so the bounds are float32-sized; they
+// are looser for 16-bit storage only to leave room for kernels that round P
+// to the storage type before the P V product, as GPU kernels do.
+struct Tolerance {
+  double o_rel_fro;    // relative Frobenius norm of the O error
+  double lse_max_abs;  // max |dLSE|, natural log
+};
+Tolerance tolerance_for(DType dtype);
+// Within tolerance, and no row where LSE is NaN or empty on one side only.
+bool within(const ErrorStats& e, const Tolerance& t);
+// A --help paragraph listing the tolerances.
+std::string tolerance_help();
+
+// --isa value: parsed and checked against the CPU (Error if unsupported).
+Isa resolve_isa(const std::string& name);
+// The ISA a run really uses: best_isa() for automatic.
+std::string effective_isa_name(Isa isa);
+// --threads N > 0 caps every OpenMP region of the process (kernel, reference,
+// conversions) at N threads; 0 leaves the OpenMP default (all cores).
+void apply_threads(int threads);
+// --threads value: 0 means all cores (the OpenMP default), reported as that count.
+int effective_threads(int threads);
+
+class Stopwatch {
+ public:
+  Stopwatch() : t0_(std::chrono::steady_clock::now()) {}
+  double seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  }
+
+ private:
+  std::chrono::steady_clock::time_point t0_;
+};
+
+}  // namespace ringattn::cli
