@@ -1,0 +1,97 @@
+// The communicator: everything the distributed algorithms need from the
+// transport, and nothing more. Algorithms never call MPI or NCCL directly.
+//
+// Backends:
+//   * in-process ("local"): P virtual ranks as threads of one process that
+//     share mailboxes; the single-process fallback tests and CI use.
+//   * MPI: one rank per process (Open MPI).
+//   * NCCL: comes with the GPU path, behind this same interface.
+//
+// Point-to-point messages are raw bytes, matched by (source, tag) in order.
+// Every blocking call gives up with an Error instead of hanging when the job
+// is aborted by another rank (in-process), and MPI aborts the whole job.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ringattn {
+
+class Communicator;
+
+// A pending non-blocking send or receive. wait() completes it (idempotent).
+// Destroying a request that was never waited for abandons it: only error paths
+// do that, and they end the job (see Communicator::abort).
+class Request {
+ public:
+  struct Impl {
+    virtual ~Impl() = default;
+    virtual void wait() = 0;
+    virtual bool test() = 0;  // true once complete (never blocks)
+  };
+  Request() = default;
+  explicit Request(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+  Request(Request&&) noexcept = default;
+  Request& operator=(Request&& o) noexcept;
+  ~Request();
+  void wait();
+  bool test();
+  bool pending() const { return impl_ != nullptr; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+enum class ReduceOp : uint8_t { sum, max, min };
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string backend() const = 0;  // "local", "mpi", ...
+
+  // Non-blocking byte transfers. The buffer must stay valid until the request
+  // completes. `tag` >= 0.
+  virtual Request isend(const void* buf, std::size_t bytes, int dest, int tag) = 0;
+  virtual Request irecv(void* buf, std::size_t bytes, int src, int tag) = 0;
+
+  // Collectives (every rank calls them in the same order).
+  virtual void allreduce(double* data, std::size_t n, ReduceOp op) = 0;
+  virtual void allreduce(int64_t* data, std::size_t n, ReduceOp op) = 0;
+  // Each rank contributes `bytes` bytes; out receives size() * bytes, in rank order.
+  virtual void allgather(const void* in, std::size_t bytes, void* out) = 0;
+  // Rank r contributes counts[r] bytes; out receives them concatenated in rank order.
+  virtual void allgatherv(const void* in, const std::vector<std::size_t>& counts, void* out) = 0;
+  // send_counts[r] bytes go to rank r (from in, concatenated in rank order);
+  // recv_counts[r] bytes arrive from rank r (into out, likewise).
+  virtual void alltoallv(const void* in, const std::vector<std::size_t>& send_counts, void* out,
+                         const std::vector<std::size_t>& recv_counts) = 0;
+  virtual void barrier() = 0;
+
+  // Ends the whole job: reports `message` (with this rank's number) and makes
+  // every other rank stop within seconds. Does not return.
+  [[noreturn]] virtual void abort(const std::string& message, int exit_code) = 0;
+
+  // Convenience wrappers.
+  double allreduce_one(double v, ReduceOp op) {
+    allreduce(&v, 1, op);
+    return v;
+  }
+  int64_t allreduce_one(int64_t v, ReduceOp op) {
+    allreduce(&v, 1, op);
+    return v;
+  }
+};
+
+// Runs fn(comm) on `ranks` virtual ranks, each in its own thread of this
+// process, sharing one in-process world. An exception thrown on any rank
+// aborts the world (the other ranks' blocking calls throw), and is rethrown
+// here (the first one, prefixed with its rank) once every thread has ended.
+void run_local(int ranks, const std::function<void(Communicator&)>& fn);
+
+}  // namespace ringattn
