@@ -1,0 +1,58 @@
+// How a sequence of n tokens is split over P ranks.
+//
+//   contiguous  rank r holds one chunk [r n / P, (r + 1) n / P)
+//   zigzag      2P chunks c_i = [i n / 2P, (i + 1) n / 2P); rank r holds c_r and
+//               c_{2P-1-r}, so under a causal mask every rank gets an early
+//               (cheap) and a late (expensive) chunk: balanced work
+//   striped     token t on rank t mod P (positions r, r + P, r + 2P, ...)
+//
+// Any n works (no divisibility, no padding); a rank may hold zero tokens when
+// n < P (or n < 2P for zigzag). Local token order is segment order, each
+// segment in increasing position.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ringattn/mask.hpp"
+
+namespace ringattn {
+
+enum class LayoutKind : uint8_t { contiguous, zigzag, striped };
+
+std::string layout_name(LayoutKind k);
+LayoutKind parse_layout(const std::string& s);  // throws Error naming --layout
+
+// Global positions start + i * stride for i in [0, count).
+struct Segment {
+  int64_t start = 0;
+  int64_t count = 0;
+  int64_t stride = 1;
+  int64_t local_offset = 0;  // index of its first token in the rank's local order
+  Positions positions() const { return {start, stride}; }
+  int64_t last() const { return start + (count - 1) * stride; }
+};
+
+class Layout {
+ public:
+  Layout() = default;
+  Layout(LayoutKind kind, int64_t n, int ranks);
+
+  LayoutKind kind() const { return kind_; }
+  int64_t length() const { return n_; }
+  int ranks() const { return ranks_; }
+  const std::vector<Segment>& segments(int rank) const { return segs_[static_cast<std::size_t>(rank)]; }
+  int64_t tokens(int rank) const;
+  int64_t max_tokens() const;
+  // Local index on `rank` of global position `pos`, or -1 if not held there.
+  int64_t local_index(int rank, int64_t pos) const;
+
+ private:
+  LayoutKind kind_ = LayoutKind::contiguous;
+  int64_t n_ = 0;
+  int ranks_ = 1;
+  std::vector<std::vector<Segment>> segs_;
+};
+
+}  // namespace ringattn

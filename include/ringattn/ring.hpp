@@ -1,0 +1,62 @@
+// Ring attention: exact attention of a sequence split over the ranks of a
+// communicator, with K/V blocks rotating around the ring.
+//
+//   for s in 0 .. steps-1:                       (steps from the RingSchedule)
+//       post irecv(next block <- rank r-1), isend(held block -> rank r+1)
+//       for each (query segment, key segment) the schedule lists for step s:
+//           partial = kernel(Q segment, held K/V segment, mask in global positions)
+//           state   = merge(state, partial)
+//       wait for both transfers; the received block is held next
+//
+// Two block buffers alternate (double buffering), so the next transfer is in
+// flight during the current compute. Sends and receives are all non-blocking
+// and posted before any wait: deadlock-free for any P, including P = 1.
+// Only the Hkv heads travel: GQA/MQA shrink the traffic by Hq / Hkv.
+//
+// Memory per rank: local Q, K, V, O, LSE plus two K/V blocks of the largest
+// rank's size and one segment's partial state: O(N / P).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "ringattn/comm.hpp"
+#include "ringattn/kernel.hpp"
+#include "ringattn/layout.hpp"
+#include "ringattn/schedule.hpp"
+
+namespace ringattn {
+
+// One rank's part of a problem.
+struct RingProblem {
+  int64_t batch = 1, hq = 1, hkv = 1, head_dim = 0;
+  DType dtype = DType::f32;
+  float scale = 0.0f;  // 0: 1/sqrt(head_dim)
+  Mask mask;           // in global positions
+  const Layout* q_layout = nullptr;   // the query sequence over all ranks
+  const Layout* kv_layout = nullptr;  // the key/value sequence over all ranks
+  const void* q = nullptr;  // local [B, q_layout.tokens(rank), Hq, D], storage dtype
+  const void* k = nullptr;  // local [B, kv_layout.tokens(rank), Hkv, D]
+  const void* v = nullptr;
+};
+
+struct RingMetrics {
+  double total_s = 0;    // wall time of the whole loop
+  double compute_s = 0;  // in the kernel
+  double merge_s = 0;    // merging partial states
+  double wait_s = 0;     // blocked on transfers after compute
+  int64_t bytes_sent = 0;
+  int steps = 0;           // steps run (rotations = steps - 1)
+  int computed_steps = 0;  // steps with compute
+  int64_t pairs = 0;       // visible (query, key) pairs computed per (batch, head)
+  KernelStats tiles;
+  std::vector<double> step_s;  // wall time of each step
+  std::size_t block_bytes = 0;  // bytes of the largest K/V block in flight
+};
+
+// Computes this rank's O [B, nq_local, Hq, D] and LSE [B, Hq, nq_local] (float32).
+// Every rank of `comm` calls it with the same schedule and shapes.
+RingMetrics ring_attention(Communicator& comm, const RingSchedule& schedule, const RingProblem& p,
+                           float* o, float* lse, const KernelOptions& kopt = {});
+
+}  // namespace ringattn

@@ -1,0 +1,92 @@
+// One ring-attention case run on a communicator and checked, for this rank's
+// query rows, against the float64 reference of the whole problem. Shared by
+// the in-process tests and the MPI tests (launched with mpiexec).
+#pragma once
+
+#include <string>
+
+#include "ringattn/comm.hpp"
+#include "ringattn/reference.hpp"
+#include "ringattn/ring.hpp"
+#include "util.hpp"
+
+namespace ringattn::test {
+
+struct RingCase {
+  int64_t b = 1, nq = 0, nk = 0, hq = 8, hkv = 8, d = 32;
+  bool causal = false;
+  LayoutKind layout = LayoutKind::contiguous;
+  uint64_t seed = 1;
+  std::string name() const {
+    return "B=" + std::to_string(b) + " Nq=" + std::to_string(nq) + " Nk=" + std::to_string(nk) +
+           " H=" + std::to_string(hq) + "/" + std::to_string(hkv) + " D=" + std::to_string(d) +
+           (causal ? " causal " : " full ") + layout_name(layout);
+  }
+};
+
+// Gathers the local tokens of `rank` from a global [B, N, H, D] tensor.
+inline Tensor slice_tokens(const Tensor& g, const Layout& l, int rank) {
+  const int64_t b = g.shape[0], n = g.shape[1], row = g.shape[2] * g.shape[3];
+  const int64_t local = l.tokens(rank);
+  Tensor t(g.dtype, {b, local, g.shape[2], g.shape[3]});
+  const std::size_t esz = dtype_size(g.dtype);
+  for (int64_t bi = 0; bi < b; ++bi)
+    for (const Segment& s : l.segments(rank))
+      for (int64_t i = 0; i < s.count; ++i)
+        std::memcpy(static_cast<char*>(t.data.data()) + ((bi * local + s.local_offset + i) * row) * esz,
+                    static_cast<const char*>(g.data.data()) + ((bi * n + s.start + i * s.stride) * row) * esz,
+                    static_cast<std::size_t>(row) * esz);
+  return t;
+}
+
+struct RingCheck {
+  ErrorStats err;
+  RingMetrics metrics;
+};
+
+inline RingCheck run_ring_case(Communicator& comm, const RingCase& c) {
+  const int p = comm.size(), r = comm.rank();
+  // Every rank builds the same global problem (test sizes are small).
+  Problem g = make_problem(c.b, c.nq, c.nk, c.hq, c.hkv, c.d, DType::f32, c.seed);
+  if (c.causal) g.args.mask = Mask::causal(c.nk - c.nq);
+  const Layout ql(c.layout, c.nq, p), kl(c.layout, c.nk, p);
+  const RingSchedule sch = make_ring_schedule(ql, kl, g.args.mask);
+  const Tensor q = slice_tokens(g.q, ql, r), k = slice_tokens(g.k, kl, r), v = slice_tokens(g.v, kl, r);
+
+  RingProblem rp;
+  rp.batch = c.b, rp.hq = c.hq, rp.hkv = c.hkv, rp.head_dim = c.d, rp.dtype = DType::f32;
+  rp.mask = g.args.mask, rp.q_layout = &ql, rp.kv_layout = &kl;
+  rp.q = q.data.data(), rp.k = k.data.data(), rp.v = v.data.data();
+  const int64_t nl = ql.tokens(r);
+  std::vector<float> o(static_cast<std::size_t>(c.b * nl * c.hq * c.d)),
+      lse(static_cast<std::size_t>(c.b * c.hq * nl));
+  KernelOptions kopt;
+  kopt.threads = 1;
+  RingCheck out;
+  out.metrics = ring_attention(comm, sch, rp, o.data(), lse.data(), kopt);
+
+  // Scatter into global order and compare this rank's rows.
+  std::vector<int64_t> rows;
+  std::vector<float> go(static_cast<std::size_t>(c.b * c.nq * c.hq * c.d)),
+      gl(static_cast<std::size_t>(c.b * c.hq * c.nq));
+  for (const Segment& s : ql.segments(r))
+    for (int64_t i = 0; i < s.count; ++i) {
+      const int64_t pos = s.start + i * s.stride, li = s.local_offset + i;
+      rows.push_back(pos);
+      for (int64_t bi = 0; bi < c.b; ++bi) {
+        for (int64_t x = 0; x < c.hq * c.d; ++x)
+          go[static_cast<std::size_t>((bi * c.nq + pos) * c.hq * c.d + x)] =
+              o[static_cast<std::size_t>((bi * nl + li) * c.hq * c.d + x)];
+        for (int64_t h = 0; h < c.hq; ++h)
+          gl[static_cast<std::size_t>((bi * c.hq + h) * c.nq + pos)] =
+              lse[static_cast<std::size_t>((bi * c.hq + h) * nl + li)];
+      }
+    }
+  if (!rows.empty()) {
+    const ReferenceResult ref = reference_attention_rows(g.args, rows);
+    out.err = compare_to_reference(g.args, go.data(), gl.data(), ref, rows);
+  }
+  return out;
+}
+
+}  // namespace ringattn::test
