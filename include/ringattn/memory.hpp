@@ -45,6 +45,12 @@ class Buffer {
 std::size_t memory_in_use();
 std::size_t memory_peak();
 void memory_reset_peak();  // peak := current
+// The same, counting only Buffers allocated by the calling thread: per-rank
+// figures for in-process ranks (one thread each) and MPI ranks alike. A Buffer
+// freed on another thread than it was allocated on is credited to that thread.
+std::size_t memory_in_use_thread();
+std::size_t memory_peak_thread();
+void memory_reset_peak_thread();
 // Process resident-set high-water mark (getrusage), bytes.
 std::size_t process_peak_rss();
 // "12.0 MiB" style.

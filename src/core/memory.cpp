@@ -2,6 +2,7 @@
 
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <fmt/format.h>
@@ -13,12 +14,20 @@ namespace ringattn {
 namespace {
 std::atomic<std::size_t> g_in_use{0};
 std::atomic<std::size_t> g_peak{0};
+thread_local int64_t t_in_use = 0;
+thread_local int64_t t_peak = 0;
 
 void account(std::size_t add) {
+  t_in_use += static_cast<int64_t>(add);
+  t_peak = std::max(t_peak, t_in_use);
   const std::size_t now = g_in_use.fetch_add(add) + add;
   std::size_t peak = g_peak.load();
   while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
   }
+}
+void release(std::size_t n) {
+  g_in_use.fetch_sub(n);
+  t_in_use -= static_cast<int64_t>(n);
 }
 }  // namespace
 
@@ -36,7 +45,7 @@ Buffer::Buffer(std::size_t bytes, const char* what) {
 Buffer::~Buffer() {
   if (p_ != nullptr) {
     std::free(p_);
-    g_in_use.fetch_sub(n_);
+    release(n_);
   }
 }
 
@@ -49,7 +58,7 @@ Buffer& Buffer::operator=(Buffer&& o) noexcept {
   if (this != &o) {
     if (p_ != nullptr) {
       std::free(p_);
-      g_in_use.fetch_sub(n_);
+      release(n_);
     }
     p_ = o.p_;
     n_ = o.n_;
@@ -62,6 +71,10 @@ Buffer& Buffer::operator=(Buffer&& o) noexcept {
 std::size_t memory_in_use() { return g_in_use.load(); }
 std::size_t memory_peak() { return g_peak.load(); }
 void memory_reset_peak() { g_peak.store(g_in_use.load()); }
+
+std::size_t memory_in_use_thread() { return static_cast<std::size_t>(std::max<int64_t>(t_in_use, 0)); }
+std::size_t memory_peak_thread() { return static_cast<std::size_t>(std::max<int64_t>(t_peak, 0)); }
+void memory_reset_peak_thread() { t_peak = t_in_use; }
 
 std::size_t process_peak_rss() {
   rusage ru{};
