@@ -33,9 +33,11 @@ inline Tensor slice_tokens(const Tensor& g, const Layout& l, int rank) {
   for (int64_t bi = 0; bi < b; ++bi)
     for (const Segment& s : l.segments(rank))
       for (int64_t i = 0; i < s.count; ++i)
-        std::memcpy(static_cast<char*>(t.data.data()) + ((bi * local + s.local_offset + i) * row) * esz,
-                    static_cast<const char*>(g.data.data()) + ((bi * n + s.start + i * s.stride) * row) * esz,
-                    static_cast<std::size_t>(row) * esz);
+        std::memcpy(
+            static_cast<char*>(t.data.data()) + ((bi * local + s.local_offset + i) * row) * esz,
+            static_cast<const char*>(g.data.data()) +
+                ((bi * n + s.start + i * s.stride) * row) * esz,
+            static_cast<std::size_t>(row) * esz);
   return t;
 }
 
@@ -51,7 +53,8 @@ inline RingCheck run_ring_case(Communicator& comm, const RingCase& c) {
   if (c.causal) g.args.mask = Mask::causal(c.nk - c.nq);
   const Layout ql(c.layout, c.nq, p), kl(c.layout, c.nk, p);
   const RingSchedule sch = make_ring_schedule(ql, kl, g.args.mask);
-  const Tensor q = slice_tokens(g.q, ql, r), k = slice_tokens(g.k, kl, r), v = slice_tokens(g.v, kl, r);
+  const Tensor q = slice_tokens(g.q, ql, r), k = slice_tokens(g.k, kl, r),
+               v = slice_tokens(g.v, kl, r);
 
   RingProblem rp;
   rp.batch = c.b, rp.hq = c.hq, rp.hkv = c.hkv, rp.head_dim = c.d, rp.dtype = DType::f32;

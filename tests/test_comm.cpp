@@ -97,8 +97,10 @@ TEST(LocalComm, AbortStopsBarrierAndMismatchedSizesAreErrors) {
   EXPECT_THROW(run_local(2,
                          [](Communicator& c) {
                            int x = 1;
-                           if (c.rank() == 0) c.isend(&x, sizeof(x), 1, 0);
-                           else c.irecv(&x, 2 * sizeof(x), 0, 0).wait();
+                           if (c.rank() == 0)
+                             c.isend(&x, sizeof(x), 1, 0);
+                           else
+                             c.irecv(&x, 2 * sizeof(x), 0, 0).wait();
                          }),
                Error);
   EXPECT_THROW(run_local(0, [](Communicator&) {}), Error);

@@ -85,12 +85,12 @@ TEST(Kernel, GlobalPositionsAndStrides) {
     Mask mask;
   };
   const Case cases[] = {
-      {{5000, 1}, {4500, 1}, Mask::causal(0)},   // keys straddle the diagonal
-      {{5000, 1}, {9000, 1}, Mask::causal(0)},   // all keys in the future: every row empty
-      {{5000, 1}, {0, 1}, Mask::causal(0)},      // all keys in the past: full tiles
-      {{3, 4}, {1, 4}, Mask::causal(0)},         // striped, P = 4
-      {{0, 3}, {2, 3}, Mask::causal(0)},         // striped, key offset above query offset
-      {{100, 1}, {0, 2}, Mask{-64, 16}},         // a band (window) in global positions
+      {{5000, 1}, {4500, 1}, Mask::causal(0)},  // keys straddle the diagonal
+      {{5000, 1}, {9000, 1}, Mask::causal(0)},  // all keys in the future: every row empty
+      {{5000, 1}, {0, 1}, Mask::causal(0)},     // all keys in the past: full tiles
+      {{3, 4}, {1, 4}, Mask::causal(0)},        // striped, P = 4
+      {{0, 3}, {2, 3}, Mask::causal(0)},        // striped, key offset above query offset
+      {{100, 1}, {0, 2}, Mask{-64, 16}},        // a band (window) in global positions
   };
   int i = 0;
   for (const Case& c : cases) {
@@ -168,9 +168,12 @@ Naive naive_f32(const AttentionArgs& a) {
         for (int64_t j = 0; j < a.nk; ++j) {
           float acc = 0;
           for (int64_t c = 0; c < d; ++c)
-            acc += load_as_f32(a.q, a.dtype, static_cast<std::size_t>(((b * a.nq + i) * a.hq + h) * d + c)) *
-                   load_as_f32(a.k, a.dtype, static_cast<std::size_t>(((b * a.nk + j) * a.hkv + hk) * d + c));
-          s[static_cast<std::size_t>(j)] = a.mask.allows(a.qpos.at(i), a.kpos.at(j)) ? acc * scale : -INFINITY;
+            acc += load_as_f32(a.q, a.dtype,
+                               static_cast<std::size_t>(((b * a.nq + i) * a.hq + h) * d + c)) *
+                   load_as_f32(a.k, a.dtype,
+                               static_cast<std::size_t>(((b * a.nk + j) * a.hkv + hk) * d + c));
+          s[static_cast<std::size_t>(j)] =
+              a.mask.allows(a.qpos.at(i), a.kpos.at(j)) ? acc * scale : -INFINITY;
           mx = std::max(mx, s[static_cast<std::size_t>(j)]);
         }
         float sum = 0;
@@ -179,8 +182,10 @@ Naive naive_f32(const AttentionArgs& a) {
           float acc = 0;
           for (int64_t j = 0; j < a.nk; ++j)
             acc += s[static_cast<std::size_t>(j)] *
-                   load_as_f32(a.v, a.dtype, static_cast<std::size_t>(((b * a.nk + j) * a.hkv + hk) * d + c));
-          r.o[static_cast<std::size_t>(((b * a.nq + i) * a.hq + h) * d + c)] = sum > 0 ? acc / sum : 0.0f;
+                   load_as_f32(a.v, a.dtype,
+                               static_cast<std::size_t>(((b * a.nk + j) * a.hkv + hk) * d + c));
+          r.o[static_cast<std::size_t>(((b * a.nq + i) * a.hq + h) * d + c)] =
+              sum > 0 ? acc / sum : 0.0f;
         }
       }
   return r;
@@ -207,8 +212,8 @@ TEST(Kernel, HalfPrecisionStorage) {
       for (Isa isa : isas_here()) {
         const test::Output out = run_kernel(p.args, isa);
         const double err = rel_fro_rounded(out.o, dt, ref.o);
-        EXPECT_LE(err, 2.0 * naive_err) << dtype_name(dt) << " causal=" << causal
-                                        << " isa=" << isa_name(isa);
+        EXPECT_LE(err, 2.0 * naive_err)
+            << dtype_name(dt) << " causal=" << causal << " isa=" << isa_name(isa);
         const ErrorStats e = compare_to_reference(p.args, out.o.data(), out.lse.data(), ref);
         EXPECT_LE(e.lse_max_abs, kTolLse);  // LSE is float32 from exactly stored inputs
       }

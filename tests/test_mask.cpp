@@ -10,8 +10,8 @@ namespace ringattn {
 namespace {
 
 std::vector<Mask> sample_masks() {
-  return {Mask::none(),       Mask::causal(0),  Mask::causal(5),  Mask::causal(-3),
-          Mask{-4, 0},        Mask{-10, 10},    Mask{2, 7},       Mask{-kUnbounded, -20},
+  return {Mask::none(),        Mask::causal(0), Mask::causal(5), Mask::causal(-3),
+          Mask{-4, 0},         Mask{-10, 10},   Mask{2, 7},      Mask{-kUnbounded, -20},
           Mask{3, kUnbounded}, Mask{5, 4} /* empty band */};
 }
 

@@ -20,7 +20,8 @@ using test::run_kernel;
 test::Output attend_keys(const test::Problem& p, int64_t j0, int64_t j1) {
   AttentionArgs a = p.args;
   const int64_t row = a.hkv * a.head_dim, n = j1 - j0;
-  Tensor k(DType::f32, {a.batch, n, a.hkv, a.head_dim}), v(DType::f32, {a.batch, n, a.hkv, a.head_dim});
+  Tensor k(DType::f32, {a.batch, n, a.hkv, a.head_dim}),
+      v(DType::f32, {a.batch, n, a.hkv, a.head_dim});
   for (int64_t b = 0; b < a.batch; ++b)
     for (int64_t i = 0; i < n * row; ++i) {
       k.as<float>()[b * n * row + i] = p.k.as<float>()[(b * a.nk + j0) * row + i];
@@ -77,11 +78,14 @@ TEST(Merge, ManyWaySplitsAnyOrder) {
   for (int i = 0; i + 1 < 6; ++i) parts.push_back(attend_keys(p, cuts[i], cuts[i + 1]));
   // Left fold, right fold and a shuffled order all reproduce the whole.
   test::Output left = parts[0];
-  for (std::size_t i = 1; i < parts.size(); ++i) merge_states(view(p.args, left), view(p.args, parts[i]));
+  for (std::size_t i = 1; i < parts.size(); ++i)
+    merge_states(view(p.args, left), view(p.args, parts[i]));
   test::Output right = parts.back();
-  for (std::size_t i = parts.size() - 1; i-- > 0;) merge_states(view(p.args, right), view(p.args, parts[i]));
+  for (std::size_t i = parts.size() - 1; i-- > 0;)
+    merge_states(view(p.args, right), view(p.args, parts[i]));
   test::Output shuffled = parts[3];
-  for (std::size_t i : {1u, 4u, 0u, 2u}) merge_states(view(p.args, shuffled), view(p.args, parts[i]));
+  for (std::size_t i : {1u, 4u, 0u, 2u})
+    merge_states(view(p.args, shuffled), view(p.args, parts[i]));
   // Tree: (0+1) + (2+(3+4))
   test::Output t01 = parts[0], t34 = parts[3];
   merge_states(view(p.args, t01), view(p.args, parts[1]));
@@ -89,7 +93,8 @@ TEST(Merge, ManyWaySplitsAnyOrder) {
   test::Output t234 = parts[2];
   merge_states(view(p.args, t234), view(p.args, t34));
   merge_states(view(p.args, t01), view(p.args, t234));
-  for (const test::Output* s : {&left, &right, &shuffled, &t01}) expect_reference(p.args, *s, "order");
+  for (const test::Output* s : {&left, &right, &shuffled, &t01})
+    expect_reference(p.args, *s, "order");
 }
 
 TEST(Merge, EmptyStatesStayEmptyWithoutNan) {

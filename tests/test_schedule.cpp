@@ -94,7 +94,8 @@ void check_coverage(const Layout& q, const Layout& kv, const Mask& mask) {
 TEST(Schedule, EachPairCoveredExactlyOnce) {
   for (LayoutKind k : kAll)
     for (int p : {1, 2, 3, 4, 5, 8})
-      for (auto [nq, nk] : {std::pair<int64_t, int64_t>{37, 37}, {1, 1}, {3, 3}, {50, 23}, {23, 50}})
+      for (auto [nq, nk] :
+           {std::pair<int64_t, int64_t>{37, 37}, {1, 1}, {3, 3}, {50, 23}, {23, 50}})
         for (bool causal : {false, true}) {
           SCOPED_TRACE(layout_name(k) + " p=" + std::to_string(p) + " nq=" + std::to_string(nq) +
                        " nk=" + std::to_string(nk) + " causal=" + std::to_string(causal));

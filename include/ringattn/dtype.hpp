@@ -20,7 +20,9 @@ namespace ringattn {
 
 enum class DType : uint8_t { f32, f16, bf16 };
 
-inline constexpr std::size_t dtype_size(DType t) { return t == DType::f32 ? 4 : 2; }
+inline constexpr std::size_t dtype_size(DType t) {
+  return t == DType::f32 ? 4 : 2;
+}
 std::string_view dtype_name(DType t);  // "float32", "float16", "bfloat16"
 // Accepts "f32|float32|fp32", "f16|float16|fp16|half", "bf16|bfloat16"; throws Error naming `what`.
 DType parse_dtype(std::string_view s, std::string_view what);
@@ -35,8 +37,9 @@ RINGATTN_HD inline float bf16_to_f32(uint16_t h) {
 RINGATTN_HD inline uint16_t f32_to_bf16(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  if ((u & 0x7fffffffu) > 0x7f800000u)
+    return static_cast<uint16_t>((u >> 16) | 0x40u);  // quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1u);                    // round to nearest even
   return static_cast<uint16_t>(u >> 16);
 }
 
@@ -69,7 +72,7 @@ RINGATTN_HD inline uint16_t f32_to_f16(float f) {
   std::memcpy(&u, &f, 4);
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   const uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+  if (a > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // NaN
   if (a >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
   if (a < 0x38800000u) {  // result is subnormal or zero: round |f| * 2^24 to an integer
     if (a < 0x33000000u) return sign;

@@ -36,8 +36,8 @@ struct AttentionArgs {
 enum class Isa : uint8_t { automatic, avx512, avx2, generic };
 
 struct KernelOptions {
-  int threads = 0;              // 0: all available (OpenMP default)
-  Isa isa = Isa::automatic;     // automatic: best the CPU supports
+  int threads = 0;           // 0: all available (OpenMP default)
+  Isa isa = Isa::automatic;  // automatic: best the CPU supports
 };
 
 // Counters of one call: what the mask let the kernel skip.
@@ -51,10 +51,10 @@ struct KernelStats {
 KernelStats attention_forward(const AttentionArgs& args, float* o, float* lse,
                               const KernelOptions& opt = {});
 
-Isa best_isa();                        // what automatic resolves to on this CPU
-bool isa_supported(Isa isa);           // whether this CPU can run it
-std::string isa_name(Isa isa);         // "avx512", "avx2", "generic"
-Isa parse_isa(const std::string& s);   // inverse of isa_name plus "auto"; throws Error
+Isa best_isa();                       // what automatic resolves to on this CPU
+bool isa_supported(Isa isa);          // whether this CPU can run it
+std::string isa_name(Isa isa);        // "avx512", "avx2", "generic"
+Isa parse_isa(const std::string& s);  // inverse of isa_name plus "auto"; throws Error
 
 // Exact FLOP count of the visible (query, key) pairs: 4 * D * Hq * B * pairs.
 double attention_flops(const AttentionArgs& args);

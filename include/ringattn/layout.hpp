@@ -42,7 +42,9 @@ class Layout {
   LayoutKind kind() const { return kind_; }
   int64_t length() const { return n_; }
   int ranks() const { return ranks_; }
-  const std::vector<Segment>& segments(int rank) const { return segs_[static_cast<std::size_t>(rank)]; }
+  const std::vector<Segment>& segments(int rank) const {
+    return segs_[static_cast<std::size_t>(rank)];
+  }
   int64_t tokens(int rank) const;
   int64_t max_tokens() const;
   // Local index on `rank` of global position `pos`, or -1 if not held there.

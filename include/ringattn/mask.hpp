@@ -37,7 +37,9 @@ RINGATTN_HD inline int64_t floor_div(int64_t a, int64_t b) {
   const int64_t q = a / b;
   return (a % b != 0 && a < 0) ? q - 1 : q;
 }
-RINGATTN_HD inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
+RINGATTN_HD inline int64_t ceil_div(int64_t a, int64_t b) {
+  return -floor_div(-a, b);
+}
 
 struct Mask {
   int64_t lo = -kUnbounded;  // smallest visible kp - qp

@@ -31,9 +31,9 @@ ReferenceResult reference_attention_rows(const AttentionArgs& args,
 // Error of a float32 result against the reference, over the given rows
 // (all rows when `rows` is empty). o_f32 [B, Nq, Hq, D], lse_f32 [B, Hq, Nq].
 struct ErrorStats {
-  double o_rel_fro = 0;   // ||O - O_ref||_F / ||O_ref||_F  (absolute if ||O_ref|| == 0)
-  double o_max_abs = 0;   // max |O - O_ref|
-  double lse_max_abs = 0; // max |LSE - LSE_ref| over rows where both are finite
+  double o_rel_fro = 0;      // ||O - O_ref||_F / ||O_ref||_F  (absolute if ||O_ref|| == 0)
+  double o_max_abs = 0;      // max |O - O_ref|
+  double lse_max_abs = 0;    // max |LSE - LSE_ref| over rows where both are finite
   int64_t lse_mismatch = 0;  // rows where exactly one of LSE, LSE_ref is -inf, or any NaN
 };
 ErrorStats compare_to_reference(const AttentionArgs& args, const float* o_f32, const float* lse_f32,

@@ -31,12 +31,12 @@ namespace ringattn {
 struct RingProblem {
   int64_t batch = 1, hq = 1, hkv = 1, head_dim = 0;
   DType dtype = DType::f32;
-  float scale = 0.0f;  // 0: 1/sqrt(head_dim)
-  Mask mask;           // in global positions
+  float scale = 0.0f;                 // 0: 1/sqrt(head_dim)
+  Mask mask;                          // in global positions
   const Layout* q_layout = nullptr;   // the query sequence over all ranks
   const Layout* kv_layout = nullptr;  // the key/value sequence over all ranks
-  const void* q = nullptr;  // local [B, q_layout.tokens(rank), Hq, D], storage dtype
-  const void* k = nullptr;  // local [B, kv_layout.tokens(rank), Hkv, D]
+  const void* q = nullptr;            // local [B, q_layout.tokens(rank), Hq, D], storage dtype
+  const void* k = nullptr;            // local [B, kv_layout.tokens(rank), Hkv, D]
   const void* v = nullptr;
 };
 
@@ -50,7 +50,7 @@ struct RingMetrics {
   int computed_steps = 0;  // steps with compute
   int64_t pairs = 0;       // visible (query, key) pairs computed per (batch, head)
   KernelStats tiles;
-  std::vector<double> step_s;  // wall time of each step
+  std::vector<double> step_s;   // wall time of each step
   std::size_t block_bytes = 0;  // bytes of the largest K/V block in flight
 };
 

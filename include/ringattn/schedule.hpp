@@ -26,14 +26,14 @@ struct SegmentWork {
 };
 
 struct RingStep {
-  int source = 0;  // rank whose K/V block is held at this step
+  int source = 0;                 // rank whose K/V block is held at this step
   std::vector<SegmentWork> work;  // empty: nothing to compute at this step
   int64_t pairs = 0;
 };
 
 struct RingSchedule {
   int ranks = 1;
-  int steps = 1;  // steps run; rotations = steps - 1
+  int steps = 1;                                // steps run; rotations = steps - 1
   std::vector<std::vector<RingStep>> per_rank;  // [rank][step]
 
   const RingStep& step(int rank, int s) const {

@@ -28,8 +28,12 @@ struct Tensor {
   const T* as() const {
     return data.as<T>();
   }
-  float get(int64_t i) const { return load_as_f32(data.data(), dtype, static_cast<std::size_t>(i)); }
-  void set(int64_t i, float v) { store_from_f32(data.data(), dtype, static_cast<std::size_t>(i), v); }
+  float get(int64_t i) const {
+    return load_as_f32(data.data(), dtype, static_cast<std::size_t>(i));
+  }
+  void set(int64_t i, float v) {
+    store_from_f32(data.data(), dtype, static_cast<std::size_t>(i), v);
+  }
 };
 
 // "[2, 128, 8, 64]"

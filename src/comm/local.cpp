@@ -196,9 +196,10 @@ class LocalComm final : public Communicator {
       for (int k = 0; k < rank_; ++k) off += (*s.counts)[static_cast<std::size_t>(k)];
       const std::size_t n = (*s.counts)[static_cast<std::size_t>(rank_)];
       if (n != recv_counts[static_cast<std::size_t>(r)])
-        throw Error(fmt::format("local comm: alltoallv: rank {} sends {} bytes to rank {}, which "
-                                "expects {}",
-                                r, n, rank_, recv_counts[static_cast<std::size_t>(r)]));
+        throw Error(
+            fmt::format("local comm: alltoallv: rank {} sends {} bytes to rank {}, which "
+                        "expects {}",
+                        r, n, rank_, recv_counts[static_cast<std::size_t>(r)]));
       if (n > 0) std::memcpy(dst, static_cast<const char*>(s.data) + off, n);
       dst += n;
     }
@@ -233,7 +234,9 @@ class LocalComm final : public Communicator {
       T acc = all[i];
       for (int r = 1; r < w_.size; ++r) {
         const T x = all[static_cast<std::size_t>(r) * n + i];
-        acc = op == ReduceOp::sum ? acc + x : op == ReduceOp::max ? std::max(acc, x) : std::min(acc, x);
+        acc = op == ReduceOp::sum   ? acc + x
+              : op == ReduceOp::max ? std::max(acc, x)
+                                    : std::min(acc, x);
       }
       data[i] = acc;
     }

@@ -1,15 +1,14 @@
 // MPI backend of the communicator. Messages above kMaxChunk bytes are split
 // into several MPI messages on the same tag (MPI keeps their order), so byte
 // counts are not limited by MPI's int counts.
-#include "ringattn/comm_mpi.hpp"
-
 #include <cstdlib>
 
+#include "ringattn/comm_mpi.hpp"
 #include "ringattn/error.hpp"
 
 #if RINGATTN_HAVE_MPI
-#include <mpi.h>
 #include <fmt/format.h>
+#include <mpi.h>
 
 #include <climits>
 #include <cstdio>
@@ -20,8 +19,8 @@
 namespace ringattn {
 
 bool launched_by_mpi() {
-  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK", "MPI_LOCALNRANKS",
-                        "MV2_COMM_WORLD_SIZE"})
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK",
+                        "MPI_LOCALNRANKS", "MV2_COMM_WORLD_SIZE"})
     if (std::getenv(v) != nullptr) return true;
   return false;
 }
@@ -90,7 +89,8 @@ class MpiComm final : public Communicator {
   }
 
   void allreduce(double* data, std::size_t n, ReduceOp op) override {
-    MPI_Allreduce(MPI_IN_PLACE, data, as_int(n, "allreduce"), MPI_DOUBLE, mpi_op(op), MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, data, as_int(n, "allreduce"), MPI_DOUBLE, mpi_op(op),
+                  MPI_COMM_WORLD);
   }
   void allreduce(int64_t* data, std::size_t n, ReduceOp op) override {
     MPI_Allreduce(MPI_IN_PLACE, data, as_int(n, "allreduce"), MPI_INT64_T, mpi_op(op),
@@ -151,7 +151,9 @@ void finalize_at_exit() {
 
 }  // namespace
 
-bool mpi_built() { return true; }
+bool mpi_built() {
+  return true;
+}
 
 Communicator& mpi_world() {
   static std::once_flag once;
@@ -180,7 +182,9 @@ int mpi_local_rank() {
 
 #else  // built without MPI
 
-bool mpi_built() { return false; }
+bool mpi_built() {
+  return false;
+}
 
 Communicator& mpi_world() {
   throw Error(
@@ -188,7 +192,9 @@ Communicator& mpi_world() {
       "--ranks-local P for in-process ranks");
 }
 
-int mpi_local_rank() { return 0; }
+int mpi_local_rank() {
+  return 0;
+}
 
 #endif
 

@@ -1,11 +1,11 @@
 #include "ringattn/memory.hpp"
 
+#include <fmt/format.h>
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
-#include <fmt/format.h>
 #include <new>
 
 #include "ringattn/error.hpp"
@@ -36,8 +36,8 @@ Buffer::Buffer(std::size_t bytes, const char* what) {
   const std::size_t rounded = (bytes + kBufferAlign - 1) / kBufferAlign * kBufferAlign;
   p_ = std::aligned_alloc(kBufferAlign, rounded);
   if (p_ == nullptr)
-    throw Error(fmt::format("out of memory allocating {} for {}", format_bytes(double(bytes)),
-                            what));
+    throw Error(
+        fmt::format("out of memory allocating {} for {}", format_bytes(double(bytes)), what));
   n_ = bytes;
   account(bytes);
 }
@@ -68,13 +68,25 @@ Buffer& Buffer::operator=(Buffer&& o) noexcept {
   return *this;
 }
 
-std::size_t memory_in_use() { return g_in_use.load(); }
-std::size_t memory_peak() { return g_peak.load(); }
-void memory_reset_peak() { g_peak.store(g_in_use.load()); }
+std::size_t memory_in_use() {
+  return g_in_use.load();
+}
+std::size_t memory_peak() {
+  return g_peak.load();
+}
+void memory_reset_peak() {
+  g_peak.store(g_in_use.load());
+}
 
-std::size_t memory_in_use_thread() { return static_cast<std::size_t>(std::max<int64_t>(t_in_use, 0)); }
-std::size_t memory_peak_thread() { return static_cast<std::size_t>(std::max<int64_t>(t_peak, 0)); }
-void memory_reset_peak_thread() { t_peak = t_in_use; }
+std::size_t memory_in_use_thread() {
+  return static_cast<std::size_t>(std::max<int64_t>(t_in_use, 0));
+}
+std::size_t memory_peak_thread() {
+  return static_cast<std::size_t>(std::max<int64_t>(t_peak, 0));
+}
+void memory_reset_peak_thread() {
+  t_peak = t_in_use;
+}
 
 std::size_t process_peak_rss() {
   rusage ru{};
@@ -89,7 +101,8 @@ std::string format_bytes(double bytes) {
     bytes /= 1024.0;
     ++u;
   }
-  return u == 0 ? fmt::format("{:.0f} {}", bytes, units[u]) : fmt::format("{:.1f} {}", bytes, units[u]);
+  return u == 0 ? fmt::format("{:.0f} {}", bytes, units[u])
+                : fmt::format("{:.1f} {}", bytes, units[u]);
 }
 
 }  // namespace ringattn

@@ -9,8 +9,7 @@
 namespace ringattn {
 
 void merge_states(const StateView& a, const StateView& b) {
-  if (a.batch != b.batch || a.tokens != b.tokens || a.heads != b.heads ||
-      a.head_dim != b.head_dim)
+  if (a.batch != b.batch || a.tokens != b.tokens || a.heads != b.heads || a.head_dim != b.head_dim)
     throw Error(fmt::format("merge_states: shape mismatch [{}, {}, {}, {}] vs [{}, {}, {}, {}]",
                             a.batch, a.tokens, a.heads, a.head_dim, b.batch, b.tokens, b.heads,
                             b.head_dim));

@@ -5,15 +5,15 @@
 // parallel (key ranges), then the tasks (query head of the group x block of
 // kBlockQ rows) are shared dynamically, so causal blocks of unequal cost
 // balance. Tasks of one group reuse the same packed K/V from cache.
-#include <omp.h>
+#include "ringattn/kernel.hpp"
 
 #include <fmt/format.h>
+#include <omp.h>
 
 #include <vector>
 
 #include "cpu/kernel_isa.hpp"
 #include "ringattn/error.hpp"
-#include "ringattn/kernel.hpp"
 #include "ringattn/memory.hpp"
 
 namespace ringattn {
@@ -22,14 +22,15 @@ namespace {
 void check_args(const AttentionArgs& a) {
   if (a.batch < 1) throw Error(fmt::format("attention: batch must be >= 1, got {}", a.batch));
   if (a.nq < 0 || a.nk < 0)
-    throw Error(fmt::format("attention: sequence lengths must be >= 0, got Nq={} Nk={}", a.nq, a.nk));
+    throw Error(
+        fmt::format("attention: sequence lengths must be >= 0, got Nq={} Nk={}", a.nq, a.nk));
   if (a.hq < 1 || a.hkv < 1 || a.hq % a.hkv != 0)
     throw Error(fmt::format(
         "attention: query heads ({}) must be a positive multiple of key/value heads ({})", a.hq,
         a.hkv));
   if (a.head_dim < 8 || a.head_dim > 256 || a.head_dim % 8 != 0)
-    throw Error(fmt::format("attention: head dim must be a multiple of 8 in [8, 256], got {}",
-                            a.head_dim));
+    throw Error(
+        fmt::format("attention: head dim must be a multiple of 8 in [8, 256], got {}", a.head_dim));
   if (a.qpos.stride < 1 || a.kpos.stride < 1)
     throw Error("attention: position strides must be >= 1");
   if (!(a.scale >= 0.0f) || !std::isfinite(a.scale))
@@ -135,8 +136,10 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
   int threads = opt.threads > 0 ? opt.threads : omp_get_max_threads();
   threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, ntasks)));
 
-  Buffer kp(static_cast<std::size_t>(std::max<int64_t>(nk_pad, 1) * dp) * sizeof(float), "packed K");
-  Buffer vp(static_cast<std::size_t>(std::max<int64_t>(nk_pad, 1) * dp) * sizeof(float), "packed V");
+  Buffer kp(static_cast<std::size_t>(std::max<int64_t>(nk_pad, 1) * dp) * sizeof(float),
+            "packed K");
+  Buffer vp(static_cast<std::size_t>(std::max<int64_t>(nk_pad, 1) * dp) * sizeof(float),
+            "packed V");
   const int64_t ws_floats = K.workspace_floats(dp);
   Buffer ws(static_cast<std::size_t>(ws_floats * threads) * sizeof(float), "kernel workspace");
   std::vector<KernelStats> stats(static_cast<std::size_t>(threads));

@@ -63,12 +63,16 @@ struct Avx2 {
 #include "cpu/kernel_impl.hpp"
 
 namespace ringattn::cpu {
-const IsaKernels& avx2_kernels() { return Impl<Avx2>::table(Isa::avx2); }
+const IsaKernels& avx2_kernels() {
+  return Impl<Avx2>::table(Isa::avx2);
+}
 }  // namespace ringattn::cpu
 
 #pragma GCC pop_options
 #else
 namespace ringattn::cpu {
-const IsaKernels& avx2_kernels() { return generic_kernels(); }
+const IsaKernels& avx2_kernels() {
+  return generic_kernels();
+}
 }  // namespace ringattn::cpu
 #endif

@@ -57,12 +57,16 @@ struct Avx512 {
 #include "cpu/kernel_impl.hpp"
 
 namespace ringattn::cpu {
-const IsaKernels& avx512_kernels() { return Impl<Avx512>::table(Isa::avx512); }
+const IsaKernels& avx512_kernels() {
+  return Impl<Avx512>::table(Isa::avx512);
+}
 }  // namespace ringattn::cpu
 
 #pragma GCC pop_options
 #else
 namespace ringattn::cpu {
-const IsaKernels& avx512_kernels() { return generic_kernels(); }
+const IsaKernels& avx512_kernels() {
+  return generic_kernels();
+}
 }  // namespace ringattn::cpu
 #endif

@@ -49,5 +49,7 @@ struct Generic {
 #include "cpu/kernel_impl.hpp"
 
 namespace ringattn::cpu {
-const IsaKernels& generic_kernels() { return Impl<Generic>::table(Isa::generic); }
+const IsaKernels& generic_kernels() {
+  return Impl<Generic>::table(Isa::generic);
+}
 }  // namespace ringattn::cpu

@@ -26,7 +26,9 @@ inline constexpr int kBlockK = 128;
 inline constexpr double kLog2e = 1.4426950408889634;  // log2(e)
 inline constexpr double kLn2 = 0.6931471805599453;    // ln(2)
 
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+inline int64_t round_up(int64_t x, int64_t m) {
+  return (x + m - 1) / m * m;
+}
 
 // K and V of one (batch, kv head), packed as float32 for the compute loops:
 //   k: panels of `panel` keys, each [dp][panel] (K transposed), nk_pad / panel panels
@@ -46,16 +48,16 @@ struct PackedKV {
 struct QBlockJob {
   const void* q = nullptr;  // first row, storage dtype
   DType dtype = DType::f32;
-  int64_t q_stride = 0;     // elements between consecutive query rows
-  int rows = 0;             // 1..kBlockQ
-  int d = 0;                // head dim
-  Positions qpos;           // global position of each row
-  float scale_log2 = 0;     // softmax scale * log2(e)
+  int64_t q_stride = 0;  // elements between consecutive query rows
+  int rows = 0;          // 1..kBlockQ
+  int d = 0;             // head dim
+  Positions qpos;        // global position of each row
+  float scale_log2 = 0;  // softmax scale * log2(e)
   Mask mask;
   const PackedKV* kv = nullptr;
-  float* o = nullptr;       // first output row, float32
-  int64_t o_stride = 0;     // elements between output rows
-  float* lse = nullptr;     // rows consecutive
+  float* o = nullptr;    // first output row, float32
+  int64_t o_stride = 0;  // elements between output rows
+  float* lse = nullptr;  // rows consecutive
 };
 
 // The compute routines of one ISA.

@@ -1,8 +1,7 @@
 #include "ringattn/ring.hpp"
 
-#include <omp.h>
-
 #include <fmt/format.h>
+#include <omp.h>
 
 #include <chrono>
 #include <cstring>
@@ -29,8 +28,9 @@ void check_problem(const Communicator& comm, const RingSchedule& sch, const Ring
   if (p.q_layout == nullptr || p.kv_layout == nullptr) throw Error("ring: layouts not set");
   if (p.q_layout->ranks() != comm.size() || p.kv_layout->ranks() != comm.size() ||
       sch.ranks != comm.size())
-    throw Error(fmt::format("ring: layouts/schedule are for {}/{}/{} ranks, the communicator has {}",
-                            p.q_layout->ranks(), p.kv_layout->ranks(), sch.ranks, comm.size()));
+    throw Error(
+        fmt::format("ring: layouts/schedule are for {}/{}/{} ranks, the communicator has {}",
+                    p.q_layout->ranks(), p.kv_layout->ranks(), sch.ranks, comm.size()));
   if (p.hq < 1 || p.hkv < 1 || p.hq % p.hkv != 0)
     throw Error(fmt::format("ring: query heads ({}) must be a multiple of key/value heads ({})",
                             p.hq, p.hkv));
@@ -59,7 +59,8 @@ RingMetrics ring_attention(Communicator& comm, const RingSchedule& sch, const Ri
   clear_state(acc);
 
   // The two block buffers; our own block goes into the first.
-  Buffer blocks[2] = {Buffer(max_block, "K/V block"), Buffer(sch.steps > 1 ? max_block : 0, "K/V block")};
+  Buffer blocks[2] = {Buffer(max_block, "K/V block"),
+                      Buffer(sch.steps > 1 ? max_block : 0, "K/V block")};
   {
     const std::size_t half = block_bytes(p, r) / 2;
     if (half > 0) {

@@ -38,7 +38,8 @@ RingSchedule make_ring_schedule(const Layout& q, const Layout& kv, const Mask& m
   RingSchedule sch;
   sch.ranks = q.ranks();
   const int p = sch.ranks;
-  sch.per_rank.assign(static_cast<std::size_t>(p), std::vector<RingStep>(static_cast<std::size_t>(p)));
+  sch.per_rank.assign(static_cast<std::size_t>(p),
+                      std::vector<RingStep>(static_cast<std::size_t>(p)));
   int last_needed = 0;  // last step at which any rank has work
   for (int r = 0; r < p; ++r) {
     for (int s = 0; s < p; ++s) {
@@ -52,9 +53,9 @@ RingSchedule make_ring_schedule(const Layout& q, const Layout& kv, const Mask& m
           const Segment& b = ks[static_cast<std::size_t>(j)];
           const TileClass cls = mask.classify(a.start, a.last(), b.start, b.last());
           if (cls == TileClass::empty) continue;
-          const int64_t pairs = cls == TileClass::full
-                                    ? a.count * b.count
-                                    : visible_pairs(mask, a.positions(), a.count, b.positions(), b.count);
+          const int64_t pairs = cls == TileClass::full ? a.count * b.count
+                                                       : visible_pairs(mask, a.positions(), a.count,
+                                                                       b.positions(), b.count);
           if (pairs == 0) continue;
           st.work.push_back({i, j, cls, pairs});
           st.pairs += pairs;
