@@ -259,8 +259,9 @@ int cmd_bench_kernel(int argc, char** argv) {
   s.sgemm_gflops = measure_sgemm_gflops(s.threads, sgemm_n);
 
   fmt::print("# ringattn bench-kernel\n");
-  fmt::print("# isa {}{}, threads {}, sgemm {:.1f} GFLOP/s (OpenBLAS, n = {}, best of 3)\n", s.isa,
-             s.kopt.isa == Isa::automatic ? " (auto)" : "", s.threads, s.sgemm_gflops, sgemm_n);
+  fmt::print("# isa {}{}, threads {}, sgemm {:.1f} GFLOP/s (OpenBLAS core {}, n = {}, best of 3)\n",
+             s.isa, s.kopt.isa == Isa::automatic ? " (auto)" : "", s.threads, s.sgemm_gflops,
+             blas_core_name(), sgemm_n);
   fmt::print(
       "# time: best of {} after {} warm-up; errors: O rel Frobenius and max |dLSE| vs "
       "float64 on {} sampled rows per head; base: materialised OpenBLAS baseline\n",

@@ -34,6 +34,7 @@ const Command kCommands[] = {
     {"attend", "attention of q/k/v .npy files, written to .npy (O and LSE)", cmd_attend},
     {"demo", "run the kernel on random inputs and check it against the float64 reference",
      cmd_demo},
+    {"run", "ring attention over P ranks (in-process or MPI), checked and timed", cmd_run},
     {"bench-kernel", "benchmark the CPU kernel against the materialised OpenBLAS baseline",
      cmd_bench_kernel},
 };

@@ -1,0 +1,87 @@
+// ringattn run: the multi-rank ring-attention job.
+//
+//   ringattn run --ranks-local 4 --seq-len 65536 --causal --verify     (threads of one process)
+//   mpirun -np 4 ringattn run --config configs/default.ini             (one rank per process)
+//
+// This file picks the backend and hands every rank to run_rank()
+// (cli/run_rank.hpp); the options are in cli/run_config.cpp.
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <optional>
+#include <string>
+
+#include "cli/commands.hpp"
+#include "cli/options.hpp"
+#include "cli/run_config.hpp"
+#include "cli/run_rank.hpp"
+#include "ringattn/comm.hpp"
+#include "ringattn/comm_mpi.hpp"
+#include "ringattn/error.hpp"
+
+namespace ringattn::cli {
+namespace {
+
+struct Backend {
+  bool mpi = false;
+  int local_ranks = 1;  // the local backend's P
+};
+
+// --backend auto: MPI when started by an MPI launcher (and --ranks-local is not given),
+// else in-process ranks.
+Backend choose_backend(const ParsedOptions& opt) {
+  const std::string& name = opt.text("backend");
+  const bool ranks_given = opt.has("ranks-local");
+  if (name == "mpi") {
+    if (ranks_given)
+      throw UsageError(
+          "option '--ranks-local': applies to the local backend; with --backend mpi the "
+          "launcher sets the ranks (mpirun -np P)");
+    return {true, 0};
+  }
+  const int local = ranks_given ? opt.integer_int("ranks-local") : 1;
+  if (name == "local" || ranks_given || !launched_by_mpi()) return {false, local};
+  if (!mpi_built()) {
+    fmt::print(stderr,
+               "ringattn: warning: started by an MPI launcher, but this ringattn was built "
+               "without MPI: each process runs its own in-process job\n");
+    return {false, local};
+  }
+  return {true, 0};
+}
+
+// Under MPI every process resolves its own configuration; a failure there is reported with
+// the rank and ends the job like any other.
+RunConfig config_or_abort(Communicator& comm, const ParsedOptions& opt) {
+  int code = kExitFailure;
+  std::string message;
+  try {
+    return make_run_config(opt);
+  } catch (const UsageError& e) {
+    code = kExitUsage;
+    message = e.what();
+  } catch (const std::exception& e) {
+    message = e.what();
+  }
+  comm.abort(message, code);
+  throw Error(message);  // not reached; GCC does not apply [[noreturn]] to virtual calls
+}
+
+}  // namespace
+
+int cmd_run(int argc, char** argv) {
+  const std::optional<ParsedOptions> opt = parse_options(run_spec(), argc, argv);
+  if (!opt) return kExitOk;
+  const Backend backend = choose_backend(*opt);
+  if (backend.mpi) {
+    Communicator& comm = mpi_world();
+    const RunConfig cfg = config_or_abort(comm, *opt);
+    run_rank(comm, cfg);
+    return kExitOk;
+  }
+  const RunConfig cfg = make_run_config(*opt);
+  run_local(backend.local_ranks, [&cfg](Communicator& comm) { run_rank(comm, cfg); });
+  return kExitOk;
+}
+
+}  // namespace ringattn::cli

@@ -1,0 +1,224 @@
+#include "cli/run_config.hpp"
+
+#include <fmt/format.h>
+
+#include <vector>
+
+#include "cli/harness.hpp"
+#include "ringattn/error.hpp"
+#include "ringattn/npy.hpp"
+
+namespace ringattn::cli {
+namespace {
+
+constexpr const char* kLayoutAuto = "auto";
+
+// The [B, N, H, D] view of one input file's header.
+struct FileDims {
+  int64_t batch = 1, n = 0, heads = 0, d = 0;
+  DType dtype = DType::f32;
+  int ndim = kNdimBatch;
+  std::vector<int64_t> shape;
+};
+
+FileDims file_dims(const std::string& path) {
+  const NpyHeader h = read_npy_header(path);
+  const auto& s = h.shape;
+  const int ndim = static_cast<int>(s.size());
+  if (ndim != kNdimBatch && ndim != kNdimNoBatch)
+    throw Error(fmt::format("{}: expected a 4-d [B, N, H, D] or 3-d [N, H, D] array, got shape {}",
+                            path, shape_str(s)));
+  FileDims d;
+  d.ndim = ndim;
+  d.dtype = h.dtype;
+  d.shape = s;
+  if (ndim == kNdimBatch) {
+    d.batch = s[0], d.n = s[1], d.heads = s[2], d.d = s[3];
+  } else {
+    d.n = s[0], d.heads = s[1], d.d = s[2];
+  }
+  if (d.n < 1)
+    throw Error(
+        fmt::format("{}: the sequence axis (N) is empty in shape {}; need at least one token", path,
+                    shape_str(s)));
+  if (d.batch < 1 || d.heads < 1 || d.d < 1)
+    throw Error(
+        fmt::format("{}: shape {} has an empty axis; batch, heads and head_dim must be >= 1", path,
+                    shape_str(s)));
+  return d;
+}
+
+// Reads the three headers and fills the problem sizes from them.
+void configure_from_files(RunConfig* c) {
+  const FileDims q = file_dims(c->q.path), k = file_dims(c->k.path), v = file_dims(c->v.path);
+  const std::string &qp = c->q.path, &kp = c->k.path, &vp = c->v.path;
+  for (const auto* f : {&k, &v})
+    if (f->dtype != q.dtype)
+      throw Error(fmt::format("{}: dtype {} differs from {}'s {}; q, k and v must share a dtype",
+                              f == &k ? kp : vp, dtype_name(f->dtype), qp, dtype_name(q.dtype)));
+  if (!head_dim_supported(q.d))
+    throw Error(fmt::format("{}: head_dim (last axis) must be a multiple of {} in [{}, {}], got {}",
+                            qp, kHeadDimMultiple, kMinHeadDim, kMaxHeadDim, q.d));
+  if (k.d != q.d)
+    throw Error(fmt::format("{}: head_dim (last axis) {} differs from {}'s {}", kp, k.d, qp, q.d));
+  if (k.batch != q.batch)
+    throw Error(fmt::format("{}: batch {} differs from {}'s {}", kp, k.batch, qp, q.batch));
+  if (v.batch != k.batch || v.n != k.n || v.heads != k.heads || v.d != k.d)
+    throw Error(fmt::format("{}: shape {} differs from {}'s {}; k and v must have the same shape",
+                            vp, shape_str(v.shape), kp, shape_str(k.shape)));
+  if (q.heads % k.heads != 0)
+    throw Error(fmt::format(
+        "{}: {} query heads are not a multiple of the {} key/value heads of {} (need Hq % Hkv "
+        "== 0)",
+        qp, q.heads, k.heads, kp));
+  c->batch = q.batch, c->nq = q.n, c->nk = k.n, c->hq = q.heads, c->hkv = k.heads;
+  c->head_dim = q.d, c->dtype = q.dtype;
+  c->q.ndim = q.ndim, c->k.ndim = k.ndim, c->v.ndim = v.ndim;
+}
+
+void configure_generated(const ParsedOptions& opt, RunConfig* c) {
+  c->seed = static_cast<uint64_t>(opt.integer("seed"));
+  c->batch = opt.integer("batch");
+  c->nq = opt.integer("seq-len");
+  c->nk = opt.integer("kv-seq-len") == 0 ? c->nq : opt.integer("kv-seq-len");
+  c->hq = opt.integer("heads");
+  c->hkv = opt.integer("kv-heads") == 0 ? c->hq : opt.integer("kv-heads");
+  c->head_dim = opt.integer("head-dim");
+  c->dtype = parse_dtype(opt.text("dtype"), "option '--dtype'");
+  ProblemShape shape;
+  shape.hq = c->hq, shape.hkv = c->hkv, shape.head_dim = c->head_dim;
+  validate_shape_options(shape);
+}
+
+}  // namespace
+
+std::string RunConfig::shape_text() const {
+  return fmt::format("N={} Nk={} B={} H={}/{} D={} {}", nq, nk, batch, hq, hkv, head_dim,
+                     dtype_name(dtype));
+}
+
+std::string RunConfig::config_text() const {
+  const std::string source = from_files ? fmt::format("files:{}|{}|{}", q.path, k.path, v.path)
+                                        : fmt::format("seed:{}", seed);
+  return fmt::format(
+      "shape:{};causal:{};layout:{};scale:{};source:{};repeats:{};warmup:{};verify:{};"
+      "fail-rank:{};out:{};lse-out:{}",
+      shape_text(), causal, layout_name(layout), scale, source, repeats, warmup, verify, fail_rank,
+      !out_path.empty(), !lse_path.empty());
+}
+
+CommandSpec run_spec() {
+  CommandSpec s;
+  s.name = "run";
+  s.summary =
+      "Ring attention over P ranks: the sequence is split over the ranks (by --layout) and the\n"
+      "K/V blocks rotate around the ring while each rank attends its queries to every block.\n"
+      "P in-process ranks (threads) with --ranks-local P, or one rank per process under\n"
+      "mpirun/mpiexec/srun. Inputs are generated from --seed (the same for every P and layout),\n"
+      "or read from global .npy files, each rank reading only its own tokens. Prints a per-rank\n"
+      "table and totals on rank 0.";
+  s.usage = "[--ranks-local P | under mpirun] [--config configs/default.ini] [options]";
+  s.options = {
+      OptionSpec::choice("backend", "auto", {"auto", "local", "mpi"},
+                         "ranks: local = threads of this process, mpi = one per MPI process "
+                         "(auto: mpi when started by an MPI launcher, else local)"),
+      OptionSpec::integer("ranks-local", "", "in-process ranks P (the local backend)")
+          .positive()
+          .shown_default("1"),
+      OptionSpec::integer("seed", "0", "seed of the generated inputs").non_negative(),
+      OptionSpec::integer("batch", "1", "batch size B (generated inputs)").positive(),
+      OptionSpec::integer("seq-len", "4096", "query sequence length N (generated inputs)", "tokens")
+          .positive(),
+      OptionSpec::integer("kv-seq-len", "0",
+                          "key/value sequence length Nk; 0 = same as --seq-len, else cross-"
+                          "attention (generated inputs)",
+                          "tokens")
+          .non_negative(),
+      OptionSpec::integer("heads", "8", "query heads Hq (generated inputs)").positive(),
+      OptionSpec::integer("kv-heads", "0",
+                          "key/value heads Hkv, dividing Hq; 0 = same as --heads (generated "
+                          "inputs)")
+          .non_negative(),
+      OptionSpec::integer("head-dim", "128",
+                          "head dimension D, a multiple of 8 in [8, 256] (generated inputs)")
+          .positive(),
+      OptionSpec::choice("dtype", "float32",
+                         {"float32", "float16", "bfloat16", "f32", "f16", "bf16"},
+                         "storage dtype of q, k, v and O (generated inputs)"),
+      OptionSpec::text("q", "",
+                       "read queries from this global .npy, [B, N, Hq, D] or [N, Hq, D], "
+                       "instead of generating them (with --k and --v)"),
+      OptionSpec::text("k", "", "keys, [B, Nk, Hkv, D] or [Nk, Hkv, D] (.npy)"),
+      OptionSpec::text("v", "", "values, the same shape as the keys (.npy)"),
+      OptionSpec::flag("causal", "false",
+                       "causal mask, bottom-right aligned: query i sees key j iff j <= i + Nk - N"),
+      OptionSpec::choice("layout", kLayoutAuto, {kLayoutAuto, "contiguous", "zigzag", "striped"},
+                         "how tokens are split over ranks (auto: zigzag when causal, else "
+                         "contiguous)"),
+      OptionSpec::number("scale", "", "softmax scale").positive().shown_default("1/sqrt(D)"),
+      OptionSpec::choice("isa", "auto", {"auto", "avx512", "avx2", "generic"},
+                         "kernel instruction set (auto: the best this CPU supports)"),
+      OptionSpec::integer("repeats", "1", "timed ring passes; the best one is reported").positive(),
+      OptionSpec::integer("warmup", "0", "untimed ring passes before the timed ones")
+          .non_negative(),
+      OptionSpec::flag("verify", "false",
+                       "also run the single-rank kernel on the whole problem on rank 0 (which "
+                       "then holds all of q, k, v, O: O(N) memory), compare every rank's rows "
+                       "and report the efficiency; fail, writing nothing, over the tolerance"),
+      OptionSpec::text("out", "",
+                       "write O, shaped like q in its dtype, in the original token order (.npy)"),
+      OptionSpec::text("lse-out", "",
+                       "write the LSE, float32 [B, Hq, N] ([Hq, N] for 3-d q) (.npy)"),
+      OptionSpec::integer("fail-rank", "-1",
+                          "testing: this rank fails right after its first ring pass, to check "
+                          "that the whole job ends (-1: none)"),
+  };
+  s.epilog =
+      "--threads is the kernel threads of each rank: 0 means cores / P for in-process ranks and\n"
+      "the OpenMP default (OMP_NUM_THREADS) under MPI.\n"
+      "Memory per rank is O(N / P): its q, k, v, O and two K/V blocks in flight; rank 0 writes\n"
+      "the outputs one rank's rows at a time. Only --verify holds the whole problem (on rank 0).\n"
+      "The summary's efficiency is T1 / (P T_ring), T1 being the single-rank kernel's time with\n"
+      "rank 0's threads and T_ring the slowest rank's.\n" +
+      tolerance_help() + " (vs the single-rank kernel under --verify)";
+  return s;
+}
+
+RunConfig make_run_config(const ParsedOptions& opt) {
+  RunConfig c;
+  const bool any_file = opt.has("q") || opt.has("k") || opt.has("v");
+  if (any_file) {
+    for (const char* name : {"q", "k", "v"})
+      if (!opt.has(name))
+        throw UsageError(
+            fmt::format("option '--{}': missing; --q, --k and --v are given together", name));
+    c.from_files = true;
+    c.q.path = opt.text("q"), c.k.path = opt.text("k"), c.v.path = opt.text("v");
+    configure_from_files(&c);
+  } else {
+    configure_generated(opt, &c);
+  }
+  c.causal = opt.flag("causal");
+  const std::string& layout = opt.text("layout");
+  c.layout = layout == kLayoutAuto ? (c.causal ? LayoutKind::zigzag : LayoutKind::contiguous)
+                                   : parse_layout(layout);
+  c.scale = opt.has("scale") ? static_cast<float>(opt.number("scale")) : 0.0f;
+  c.isa = resolve_isa(opt.text("isa"));
+  c.threads = opt.threads();
+  c.repeats = opt.integer_int("repeats");
+  c.warmup = opt.integer_int("warmup");
+  c.verify = opt.flag("verify");
+  c.fail_rank = opt.integer_int("fail-rank");
+  if (c.fail_rank < -1)
+    throw UsageError(
+        fmt::format("option '--fail-rank': expected -1 (none) or a rank, got {}", c.fail_rank));
+  c.out_path = opt.has("out") ? opt.text("out") : std::string();
+  c.lse_path = opt.has("lse-out") ? opt.text("lse-out") : std::string();
+  if (!c.lse_path.empty() && c.lse_path == c.out_path)
+    throw UsageError(fmt::format("option '--lse-out': '{}' is also the --out file", c.lse_path));
+  c.metrics_path = opt.metrics_path();
+  c.command_line = opt.command_line();
+  return c;
+}
+
+}  // namespace ringattn::cli

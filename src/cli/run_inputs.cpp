@@ -1,0 +1,112 @@
+#include "cli/run_inputs.hpp"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "ringattn/error.hpp"
+#include "ringattn/npy.hpp"
+#include "ringattn/synth.hpp"
+
+namespace ringattn::cli {
+namespace {
+
+// Global token of each local index of `rank`.
+std::vector<int64_t> global_tokens(const Layout& l, int rank) {
+  std::vector<int64_t> g(static_cast<std::size_t>(l.tokens(rank)));
+  for (const Segment& s : l.segments(rank))
+    for (int64_t i = 0; i < s.count; ++i)
+      g[static_cast<std::size_t>(s.local_offset + i)] = s.start + i * s.stride;
+  return g;
+}
+
+Tensor generate(const RunConfig& cfg, SynthStream stream, const Layout& l, int rank, int64_t heads,
+                const char* what) {
+  const int64_t n = l.length(), local = l.tokens(rank), row = heads * cfg.head_dim;
+  Tensor t(cfg.dtype, {cfg.batch, local, heads, cfg.head_dim}, what);
+  const std::vector<int64_t> global = global_tokens(l, rank);
+  const uint64_t key = synth_key(cfg.seed, stream);
+  const std::size_t row_bytes = static_cast<std::size_t>(row) * dtype_size(cfg.dtype);
+  char* dst = t.as<char>();
+  const int64_t rows = cfg.batch * local;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t b = i / local, tok = global[static_cast<std::size_t>(i % local)];
+    synth_fill(dst + static_cast<std::size_t>(i) * row_bytes, cfg.dtype, key,
+               static_cast<uint64_t>((b * n + tok) * row), row);
+  }
+  return t;
+}
+
+// Throws "<file>: non-finite value (nan) at index [b, t, h, d]" (global index) for the first
+// non-finite element of the local tensor t [B, local, H, D].
+void check_finite_rows(const Tensor& t, const InputFile& f, const std::vector<int64_t>& global) {
+  const int64_t local = t.shape[1], heads = t.shape[2], d = t.shape[3];
+  const int64_t n = t.numel();
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = t.get(i);
+    if (std::isfinite(x)) continue;
+    const int64_t b = i / (local * heads * d), li = i / (heads * d) % local;
+    const int64_t h = i / d % heads, e = i % d;
+    const int64_t tok = global[static_cast<std::size_t>(li)];
+    const std::string index = f.ndim == kNdimBatch ? fmt::format("[{}, {}, {}, {}]", b, tok, h, e)
+                                                   : fmt::format("[{}, {}, {}]", tok, h, e);
+    throw Error(fmt::format("{}: non-finite value ({}) at index {}", f.path,
+                            std::isnan(x) ? "nan"
+                            : x > 0       ? "inf"
+                                          : "-inf",
+                            index));
+  }
+}
+
+Tensor read_rows(const RunConfig& cfg, const InputFile& f, const Layout& l, int rank,
+                 int64_t heads) {
+  const int64_t local = l.tokens(rank), row = heads * cfg.head_dim;
+  Tensor t(cfg.dtype, {cfg.batch, local, heads, cfg.head_dim}, f.path.c_str());
+  const std::size_t row_bytes = static_cast<std::size_t>(row) * dtype_size(cfg.dtype);
+  char* dst = t.as<char>();
+  for (const Segment& s : l.segments(rank)) {
+    const int64_t per_window = std::max<int64_t>(1, kReadWindowRows / s.stride);
+    for (int64_t i0 = 0; i0 < s.count; i0 += per_window) {
+      const int64_t m = std::min(per_window, s.count - i0);
+      const int64_t first = s.start + i0 * s.stride, rows = (m - 1) * s.stride + 1;
+      const Tensor w = read_npy_slice(f.path, f.axis(), first, rows);  // [B, rows, H, D]
+      if (w.dtype != cfg.dtype || w.numel() != cfg.batch * rows * row)
+        throw Error(fmt::format("{}: the file changed while it was read (now {} {})", f.path,
+                                dtype_name(w.dtype), shape_str(w.shape)));
+      const char* src = w.as<char>();
+      for (int64_t b = 0; b < cfg.batch; ++b)
+        for (int64_t j = 0; j < m; ++j)
+          std::memcpy(
+              dst + static_cast<std::size_t>(b * local + s.local_offset + i0 + j) * row_bytes,
+              src + static_cast<std::size_t>(b * rows + j * s.stride) * row_bytes, row_bytes);
+    }
+  }
+  check_finite_rows(t, f, global_tokens(l, rank));
+  return t;
+}
+
+}  // namespace
+
+RankInputs load_rank_inputs(const RunConfig& cfg, const Layout& ql, const Layout& kvl, int rank) {
+  RankInputs in;
+  if (cfg.from_files) {
+    in.q = read_rows(cfg, cfg.q, ql, rank, cfg.hq);
+    in.k = read_rows(cfg, cfg.k, kvl, rank, cfg.hkv);
+    in.v = read_rows(cfg, cfg.v, kvl, rank, cfg.hkv);
+  } else {
+    in.q = generate(cfg, SynthStream::q, ql, rank, cfg.hq, "generated q");
+    in.k = generate(cfg, SynthStream::k, kvl, rank, cfg.hkv, "generated k");
+    in.v = generate(cfg, SynthStream::v, kvl, rank, cfg.hkv, "generated v");
+  }
+  return in;
+}
+
+RankInputs load_full_inputs(const RunConfig& cfg) {
+  const Layout ql(LayoutKind::contiguous, cfg.nq, 1), kvl(LayoutKind::contiguous, cfg.nk, 1);
+  return load_rank_inputs(cfg, ql, kvl, 0);
+}
+
+}  // namespace ringattn::cli

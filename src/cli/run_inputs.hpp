@@ -1,0 +1,33 @@
+// The inputs of one rank of `ringattn run`: q [B, n_q, Hq, D] and k, v
+// [B, n_kv, Hkv, D] in the run's dtype, holding the rank's tokens in its
+// layout's local order (n_q = q_layout.tokens(rank), likewise for K/V).
+//
+// Generated inputs come from ringattn/synth.hpp, indexed by GLOBAL position,
+// so they are the same for every rank count and layout. File inputs are read
+// with read_npy_slice, each rank reading only its own tokens in windows of at
+// most kReadWindowRows rows (a striped segment reads the rows its tokens span
+// and keeps every P-th), so memory stays O(N / P). Non-finite values are
+// reported with their index in the global file.
+#pragma once
+
+#include "cli/run_config.hpp"
+#include "ringattn/layout.hpp"
+#include "ringattn/tensor.hpp"
+
+namespace ringattn::cli {
+
+// Rows read from a file per read_npy_slice call (bounds the transient buffer).
+inline constexpr int64_t kReadWindowRows = 1024;
+
+struct RankInputs {
+  Tensor q, k, v;
+};
+
+// This rank's tokens of the run's q, k and v.
+RankInputs load_rank_inputs(const RunConfig& cfg, const Layout& q_layout, const Layout& kv_layout,
+                            int rank);
+
+// The whole problem in token order (for --verify on rank 0): O(N) memory.
+RankInputs load_full_inputs(const RunConfig& cfg);
+
+}  // namespace ringattn::cli

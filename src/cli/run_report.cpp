@@ -1,0 +1,195 @@
+#include "cli/run_report.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "cli/table.hpp"
+#include "ringattn/memory.hpp"
+
+namespace ringattn::cli {
+namespace {
+
+constexpr int kLabelWidth = 20;  // label column of the totals
+constexpr double kMs = 1e3;
+constexpr double kGiga = 1e9;
+constexpr double kPercent = 100.0;
+
+std::string ms(double s) {
+  return cell_fixed(s * kMs, 1);
+}
+
+double max_of(const std::vector<RankStats>& v, double RankStats::*f) {
+  double m = 0;
+  for (const RankStats& s : v) m = std::max(m, s.*f);
+  return m;
+}
+
+double mean_of(const std::vector<RankStats>& v, double RankStats::*f) {
+  double sum = 0;
+  for (const RankStats& s : v) sum += s.*f;
+  return v.empty() ? 0.0 : sum / double(v.size());
+}
+
+double measured_imbalance(const RunReport& r) {
+  const double mean = mean_of(r.stats, &RankStats::compute_s);
+  return mean > 0 ? max_of(r.stats, &RankStats::compute_s) / mean : 1.0;
+}
+
+// K/V bytes each rank sends per rotation, mean over ranks.
+double bytes_per_step(const RunReport& r) {
+  double sum = 0, rotations = 0;
+  for (const RankStats& s : r.stats) {
+    sum += double(s.bytes_sent);
+    rotations += double(std::max<int64_t>(s.steps - 1, 0));
+  }
+  return rotations > 0 ? sum / rotations : 0.0;
+}
+
+std::string mask_text(const RunConfig& c) {
+  return c.causal ? (c.nq == c.nk ? "causal" : "causal (bottom-right)") : "none";
+}
+
+}  // namespace
+
+RankStats rank_stats(const RingMetrics& m, int rank, int64_t q_tokens, int64_t kv_tokens,
+                     int threads, std::size_t peak_bytes) {
+  RankStats s;
+  s.rank = rank, s.q_tokens = q_tokens, s.kv_tokens = kv_tokens, s.threads = threads;
+  s.steps = m.steps, s.computed_steps = m.computed_steps, s.bytes_sent = m.bytes_sent;
+  s.peak_bytes = static_cast<int64_t>(peak_bytes), s.pairs = m.pairs;
+  s.total_s = m.total_s, s.compute_s = m.compute_s, s.merge_s = m.merge_s, s.wait_s = m.wait_s;
+  s.step_mean_s = m.steps > 0 ? m.total_s / m.steps : 0.0;
+  return s;
+}
+
+double RunReport::slowest_s() const {
+  return max_of(stats, &RankStats::total_s);
+}
+
+double RunReport::efficiency() const {
+  if (!verify) return std::numeric_limits<double>::quiet_NaN();
+  return verify->t1_s / (double(ranks) * slowest_s());
+}
+
+std::string RunReport::reproduce() const {
+  return backend == "mpi" ? fmt::format("mpirun -np {} {}", ranks, cfg->command_line)
+                          : cfg->command_line;
+}
+
+void print_report(const RunReport& r) {
+  const RunConfig& c = *r.cfg;
+  const int64_t threads0 = r.stats.empty() ? 0 : r.stats[0].threads;
+  fmt::print("ringattn run: {} | mask {} | P={} ({}) | layout {} | {} thread{} per rank | {}\n",
+             c.shape_text(), mask_text(c), r.ranks, r.backend, layout_name(c.layout), threads0,
+             threads0 == 1 ? "" : "s", r.isa);
+  fmt::print("  inputs: {}\n", c.from_files
+                                   ? fmt::format("q {}, k {}, v {}", c.q.path, c.k.path, c.v.path)
+                                   : fmt::format("generated (seed {})", c.seed));
+  const Table table({{"rank", 4},
+                     {"tokens", 7},
+                     {"kv", 7},
+                     {"thr", 3},
+                     {"steps", 7},
+                     {"total_ms", 9},
+                     {"compute_ms", 10},
+                     {"merge_ms", 8},
+                     {"wait_ms", 8},
+                     {"step_ms", 8},
+                     {"sent", 10},
+                     {"peak_mem", 10}});
+  fmt::print("{}", table.header());
+  for (const RankStats& s : r.stats)
+    fmt::print("{}",
+               table.row({fmt::format("{}", s.rank), fmt::format("{}", s.q_tokens),
+                          fmt::format("{}", s.kv_tokens), fmt::format("{}", s.threads),
+                          fmt::format("{}/{}", s.computed_steps, s.steps), ms(s.total_s),
+                          ms(s.compute_s), ms(s.merge_s), ms(s.wait_s), ms(s.step_mean_s),
+                          format_bytes(double(s.bytes_sent)), format_bytes(double(s.peak_bytes))}));
+
+  const auto line = [](const std::string& label, const std::string& value) {
+    fmt::print("  {:<{}}{}\n", label, kLabelWidth, value);
+  };
+  const double t = r.slowest_s();
+  line("total time", fmt::format("{:.3f} ms (slowest rank, best of {} repeat{})", t * kMs,
+                                 r.repeats, r.repeats == 1 ? "" : "s"));
+  line("throughput", fmt::format("{:.1f} GFLOP/s ({:.3g} GFLOP of visible pairs)",
+                                 r.flops / t / kGiga, r.flops / kGiga));
+  line("work imbalance",
+       fmt::format("{:.3f} scheduled (max/mean pairs), {:.3f} measured (max/mean compute time)",
+                   r.sched_imbalance, measured_imbalance(r)));
+  line("bytes per step", fmt::format("{} per rank per rotation", format_bytes(bytes_per_step(r))));
+  if (r.verify) {
+    const VerifyResult& v = *r.verify;
+    line("efficiency",
+         fmt::format("{:.1f}% = T1 / (P T_ring), T1 = {:.3f} ms single-rank kernel ({} thread{})",
+                     r.efficiency() * kPercent, v.t1_s * kMs, threads0, threads0 == 1 ? "" : "s"));
+    line("max error",
+         fmt::format("O rel. Frobenius {:.2e} (tolerance {:.0e}), max |dLSE| {:.2e} (tolerance "
+                     "{:.0e}){} vs the single-rank kernel: {}",
+                     v.err.o_rel_fro, v.tol.o_rel_fro, v.err.lse_max_abs, v.tol.lse_max_abs,
+                     v.err.lse_mismatch ? fmt::format(", {} mismatched rows", v.err.lse_mismatch)
+                                        : std::string(),
+                     v.ok ? "ok" : "FAIL"));
+  }
+  line("rank 0 gather peak", fmt::format("{}{}", format_bytes(double(r.rank0_output_peak)),
+                                         r.verify ? " (with --verify's whole problem)" : ""));
+  if (!r.outputs.empty()) line("outputs", r.outputs);
+  line("reproduce", r.reproduce());
+}
+
+void write_metrics(MetricsFile& file, const RunReport& r) {
+  const RunConfig& c = *r.cfg;
+  for (const RankStats& s : r.stats)
+    file.write(JsonObject()
+                   .text("command", "run")
+                   .text("record", "rank")
+                   .integer("rank", s.rank)
+                   .integer("tokens", s.q_tokens)
+                   .integer("kv_tokens", s.kv_tokens)
+                   .integer("threads", s.threads)
+                   .integer("steps", s.steps)
+                   .integer("computed_steps", s.computed_steps)
+                   .number("total_ms", s.total_s * kMs)
+                   .number("compute_ms", s.compute_s * kMs)
+                   .number("merge_ms", s.merge_s * kMs)
+                   .number("wait_ms", s.wait_s * kMs)
+                   .number("step_ms", s.step_mean_s * kMs)
+                   .integer("pairs", s.pairs)
+                   .integer("bytes_sent", s.bytes_sent)
+                   .integer("peak_bytes", s.peak_bytes));
+  JsonObject sum;
+  sum.text("command", "run")
+      .text("record", "summary")
+      .integer("n", c.nq)
+      .integer("nk", c.nk)
+      .integer("b", c.batch)
+      .integer("hq", c.hq)
+      .integer("hkv", c.hkv)
+      .integer("d", c.head_dim)
+      .text("dtype", std::string(dtype_name(c.dtype)))
+      .boolean("causal", c.causal)
+      .text("layout", layout_name(c.layout))
+      .integer("ranks", r.ranks)
+      .text("backend", r.backend)
+      .text("isa", r.isa)
+      .integer("threads", r.stats.empty() ? 0 : r.stats[0].threads)
+      .number("time_ms", r.slowest_s() * kMs)
+      .number("gflops", r.flops / r.slowest_s() / kGiga)
+      .number("imbalance_scheduled", r.sched_imbalance)
+      .number("imbalance_measured", measured_imbalance(r))
+      .number("bytes_per_step", bytes_per_step(r));
+  if (r.verify) {
+    sum.number("t1_ms", r.verify->t1_s * kMs)
+        .number("efficiency", r.efficiency())
+        .number("o_rel_err", r.verify->err.o_rel_fro)
+        .number("lse_max_err", r.verify->err.lse_max_abs)
+        .boolean("pass", r.verify->ok);
+  }
+  sum.text("reproduce", r.reproduce());
+  file.write(sum);
+}
+
+}  // namespace ringattn::cli

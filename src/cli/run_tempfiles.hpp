@@ -1,0 +1,39 @@
+// Temporary output files that must not outlive a killed process.
+//
+// Under MPI a failing rank calls MPI_Abort, and the launcher then ends every
+// other process with SIGTERM (later SIGKILL): no destructor runs, so an
+// AtomicFile's temporary would stay behind. Each process therefore keeps the
+// paths of its live temporaries in a small fixed table that a signal handler
+// can read without locks or allocation, and the SIGTERM/SIGINT/SIGHUP handler
+// unlinks them and _exits with 128 + signal. The table is async-signal-safe:
+// registering is a copy into a free slot published by an atomic store.
+#pragma once
+
+#include <string>
+
+namespace ringattn::cli {
+
+// Installs the handlers (once per process; later calls do nothing).
+void install_temp_cleanup_handlers();
+
+// Unlinks every registered temporary now (async-signal-safe). Called by the
+// handler, and before a rank aborts the job.
+void remove_registered_temps();
+
+// Registers `path` for the lifetime of the guard. Throws Error when the table
+// is full or the path too long.
+class TempFileGuard {
+ public:
+  explicit TempFileGuard(const std::string& path);
+  ~TempFileGuard();
+  TempFileGuard(const TempFileGuard&) = delete;
+  TempFileGuard& operator=(const TempFileGuard&) = delete;
+
+  // Forget the path (after the file was renamed into place or removed).
+  void release();
+
+ private:
+  int slot_ = -1;
+};
+
+}  // namespace ringattn::cli

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# `ringattn run` under a real MPI launcher (mpiexec --oversubscribe -n 2 and -n 3):
+#   * a --verify run passes (exit 0, "ok" in the summary) and writes its outputs;
+#   * a run whose rank 1 fails (--fail-rank 1) ends the whole job with a non-zero exit
+#     within FAIL_LIMIT_S seconds, names "rank 1" on stderr, and leaves neither the
+#     output nor a temporary file behind (the SIGTERM handler removes rank 0's).
+# Usage: tests/mpi_run_checks.sh path/to/ringattn SCRATCH_DIR
+# Prints "N passed, M failed" and exits non-zero if any check failed.
+set -uo pipefail
+
+if [[ $# -ne 2 ]]; then
+  echo "usage: $0 path/to/ringattn SCRATCH_DIR" >&2
+  exit 2
+fi
+bin=$1
+scratch=$2
+mpiexec=${MPIEXEC:-mpiexec}
+readonly FAIL_LIMIT_S=30  # a failing rank must end the job by then
+readonly HARD_LIMIT_S=300 # any single launch, as a last resort
+# Root-safe Open MPI; one kernel thread per rank; ASan's leak check off (MPI_Abort).
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0}
+
+passed=0
+failed=0
+pass() { echo "PASS: $*"; passed=$((passed + 1)); }
+fail() { echo "FAIL: $*"; failed=$((failed + 1)); }
+
+launch() {  # launch NP DIR ARGS... ; sets rc and elapsed_ms; stdout/stderr in DIR
+  local np=$1 dir=$2
+  shift 2
+  local t0
+  t0=$(date +%s%N)
+  # mpiexec forwards stdin to rank 0: give it none.
+  timeout "$HARD_LIMIT_S" "$mpiexec" --oversubscribe --bind-to none -n "$np" "$bin" run "$@" \
+    </dev/null >"$dir/stdout" 2>"$dir/stderr"
+  rc=$?
+  elapsed_ms=$((($(date +%s%N) - t0) / 1000000))
+}
+
+leftovers() {  # leftovers DIR: outputs or temporaries left in DIR
+  find "$1" -maxdepth 1 \( -name '*.npy' -o -name '*.tmp*' \) -printf '%f '
+}
+
+common=(--seq-len 3000 --heads 4 --kv-heads 2 --head-dim 64 --threads 1)
+
+for np in 2 3; do
+  dir="$scratch/np$np-verify"
+  rm -rf "$dir" && mkdir -p "$dir"
+  launch "$np" "$dir" "${common[@]}" --causal --verify --out "$dir/o.npy" --lse-out "$dir/lse.npy"
+  if [[ $rc -eq 0 ]] && grep -q "single-rank kernel: ok" "$dir/stdout" &&
+    grep -q "P=$np (mpi)" "$dir/stdout" && [[ -s $dir/o.npy && -s $dir/lse.npy ]] &&
+    [[ -z $(find "$dir" -maxdepth 1 -name '*.tmp*') ]]; then
+    pass "-n $np --verify ($(grep efficiency "$dir/stdout" | sed 's/^ *//; s/  */ /g'))"
+  else
+    fail "-n $np --verify: exit $rc"
+    cat "$dir/stdout" "$dir/stderr"
+  fi
+
+  dir="$scratch/np$np-fail"
+  rm -rf "$dir" && mkdir -p "$dir"
+  launch "$np" "$dir" "${common[@]}" --repeats 3 --fail-rank 1 --out "$dir/o.npy" \
+    --lse-out "$dir/lse.npy"
+  left=$(leftovers "$dir")
+  if [[ $rc -ne 0 ]] && ((elapsed_ms < FAIL_LIMIT_S * 1000)) &&
+    grep -q "rank 1" "$dir/stderr" && [[ -z $left ]]; then
+    pass "-n $np --fail-rank 1: exit $rc after ${elapsed_ms} ms, nothing left behind"
+  else
+    fail "-n $np --fail-rank 1: exit $rc after ${elapsed_ms} ms, left: '${left}'"
+    cat "$dir/stderr"
+  fi
+done
+
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]]

@@ -1,0 +1,508 @@
+// End-to-end tests of `ringattn run` (the binary, found through RINGATTN_BIN)
+// on in-process ranks: every layout, mask, head layout and rank count against
+// the float64 reference; generated inputs independent of P; --verify; one-line
+// errors that leave no output or temporary file; a failing rank ending the job;
+// SIGTERM removing temporaries. Plus the pieces testable without the binary:
+// the configuration hash comparison and the counter-based generator.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cli/run_hash.hpp"
+#include "ringattn/layout.hpp"
+#include "ringattn/npy.hpp"
+#include "ringattn/reference.hpp"
+#include "ringattn/synth.hpp"
+
+namespace ringattn {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+constexpr double kTolO = 1e-5, kTolLse = 1e-4;  // float32, vs the float64 reference
+constexpr double kSameAcrossP = 1e-6;           // generated inputs, P = 1 vs P = 3
+constexpr int kFailLimitS = 10;                 // a failing rank must end the job by then
+constexpr int kSigtermExit = 128 + SIGTERM;
+
+struct Result {
+  int rc = -1;
+  std::string out, err;
+  double seconds = 0;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+class Run : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* bin = std::getenv("RINGATTN_BIN");
+    ASSERT_NE(bin, nullptr) << "RINGATTN_BIN must name the ringattn binary";
+    bin_ = bin;
+    std::string tmpl = (fs::temp_directory_path() / "ringattn_run_XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  Result run(const std::vector<std::string>& args) const {
+    std::string cmd = quote(bin_) + " run";
+    for (const auto& a : args) cmd += " " + quote(a);
+    const fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
+    cmd += " < /dev/null > " + quote(out.string()) + " 2> " + quote(err.string());
+    Result r;
+    const Clock::time_point t0 = Clock::now();
+    const int status = std::system(cmd.c_str());
+    r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    r.out = slurp(out);
+    r.err = slurp(err);
+    fs::remove(out);
+    fs::remove(err);
+    return r;
+  }
+
+  // Files in the scratch dir whose name contains ".tmp".
+  std::vector<std::string> temporaries() const {
+    std::vector<std::string> found;
+    for (const auto& e : fs::directory_iterator(dir_))
+      if (e.path().filename().string().find(".tmp") != std::string::npos)
+        found.push_back(e.path().filename().string());
+    return found;
+  }
+
+  std::string bin_;
+  fs::path dir_;
+};
+
+Tensor random_tensor(DType dt, std::vector<int64_t> shape, uint64_t seed) {
+  Tensor t(dt, std::move(shape));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t i = 0; i < t.numel(); ++i) t.set(i, normal(rng));
+  return t;
+}
+
+std::vector<float> as_floats(const Tensor& t) {
+  std::vector<float> v(static_cast<std::size_t>(t.numel()));
+  for (int64_t i = 0; i < t.numel(); ++i) v[static_cast<std::size_t>(i)] = t.get(i);
+  return v;
+}
+
+// ---- every layout, mask, head layout and rank count against the reference ---
+
+struct RunCase {
+  std::string name;
+  int ranks;
+  std::string layout;
+  bool causal;
+  int64_t b, nq, nk, hq, hkv, d;
+  bool batched;  // 4-d files (else 3-d, B = 1)
+  DType dtype = DType::f32;
+};
+
+void PrintTo(const RunCase& c, std::ostream* os) {
+  *os << c.name;
+}
+
+std::vector<int64_t> dims(const RunCase& c, int64_t n, int64_t h) {
+  return c.batched ? std::vector<int64_t>{c.b, n, h, c.d} : std::vector<int64_t>{n, h, c.d};
+}
+
+std::string case_name(int p, const char* layout, bool causal, const char* shape) {
+  return "P" + std::to_string(p) + "_" + layout + (causal ? "_causal_" : "_full_") + shape;
+}
+
+// P x layout x mask, cycling through three shapes: GQA with batch 2; cross-attention with
+// Nq < Nk, MQA, 3-d files; cross-attention with Nq > Nk (causal: early rows see no key).
+std::vector<RunCase> all_cases() {
+  struct Shape {
+    const char* name;
+    int64_t b, nq, nk, hq, hkv, d;
+    bool batched;
+  };
+  const Shape shapes[] = {{"gqa_b2", 2, 37, 37, 4, 2, 16, true},
+                          {"cross_mqa_3d", 1, 29, 53, 2, 1, 32, false},
+                          {"cross_long_q", 1, 61, 23, 3, 3, 8, true}};
+  std::vector<RunCase> cases;
+  int i = 0;
+  for (int p : {1, 2, 3, 5})
+    for (const char* layout : {"contiguous", "zigzag", "striped"})
+      for (bool causal : {false, true}) {
+        const Shape& s = shapes[i++ % 3];
+        cases.push_back({case_name(p, layout, causal, s.name), p, layout, causal, s.b, s.nq, s.nk,
+                         s.hq, s.hkv, s.d, s.batched});
+      }
+  // Fewer tokens than ranks: some ranks hold nothing.
+  cases.push_back({"P5_zigzag_causal_n_lt_p", 5, "zigzag", true, 1, 3, 3, 2, 1, 16, true});
+  cases.push_back({"P5_striped_full_n_lt_p", 5, "striped", false, 2, 2, 4, 2, 2, 8, true});
+  // Longer than a read window (kReadWindowRows), so that files are read in several slices;
+  // striped outputs with small rows (written by read-modify-write) and wide ones (per row).
+  cases.push_back(
+      {"P3_striped_causal_long_narrow", 3, "striped", true, 2, 2100, 2100, 2, 1, 8, true});
+  cases.push_back(
+      {"P2_striped_full_long_wide", 2, "striped", false, 1, 1500, 1100, 4, 2, 32, false});
+  cases.push_back({"P4_zigzag_causal_long", 4, "zigzag", true, 1, 2500, 2500, 2, 2, 16, true});
+  // 16-bit storage.
+  RunCase f16{"P3_zigzag_causal_f16", 3, "zigzag", true, 1, 40, 40, 4, 2, 32, true};
+  f16.dtype = DType::f16;
+  cases.push_back(f16);
+  RunCase bf16{"P2_striped_full_bf16", 2, "striped", false, 1, 33, 47, 2, 1, 16, false};
+  bf16.dtype = DType::bf16;
+  cases.push_back(bf16);
+  return cases;
+}
+
+class RunCaseTest : public Run, public ::testing::WithParamInterface<RunCase> {};
+
+TEST_P(RunCaseTest, MatchesReference) {
+  const RunCase c = GetParam();
+  const Tensor q = random_tensor(c.dtype, dims(c, c.nq, c.hq), 1);
+  const Tensor k = random_tensor(c.dtype, dims(c, c.nk, c.hkv), 2);
+  const Tensor v = random_tensor(c.dtype, dims(c, c.nk, c.hkv), 3);
+  save_npy(path("q.npy"), q);
+  save_npy(path("k.npy"), k);
+  save_npy(path("v.npy"), v);
+  std::vector<std::string> args = {
+      "--ranks-local", std::to_string(c.ranks), "--layout",  c.layout,
+      "--q",           path("q.npy"),           "--k",       path("k.npy"),
+      "--v",           path("v.npy"),           "--out",     path("o.npy"),
+      "--lse-out",     path("lse.npy"),         "--threads", "1"};
+  if (c.causal) args.push_back("--causal");
+  const Result r = run(args);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("GFLOP/s"), std::string::npos) << r.out;
+  if (c.nq < c.ranks) {
+    EXPECT_NE(r.err.find("warning"), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  }
+  EXPECT_TRUE(temporaries().empty());
+
+  const Tensor o = read_npy(path("o.npy"));
+  const Tensor lse = read_npy(path("lse.npy"));
+  EXPECT_EQ(o.dtype, c.dtype);
+  EXPECT_EQ(o.shape, q.shape);
+  EXPECT_EQ(lse.dtype, DType::f32);
+  const std::vector<int64_t> lse_shape =
+      c.batched ? std::vector<int64_t>{c.b, c.hq, c.nq} : std::vector<int64_t>{c.hq, c.nq};
+  EXPECT_EQ(lse.shape, lse_shape);
+
+  AttentionArgs a;
+  a.batch = c.b, a.nq = c.nq, a.nk = c.nk, a.hq = c.hq, a.hkv = c.hkv, a.head_dim = c.d;
+  a.dtype = c.dtype, a.q = q.data.data(), a.k = k.data.data(), a.v = v.data.data();
+  a.mask = c.causal ? Mask::causal(c.nk - c.nq) : Mask::none();
+  const ReferenceResult ref = reference_attention(a);
+  const std::vector<float> o32 = as_floats(o);
+  if (c.dtype == DType::f32) {
+    const ErrorStats e = compare_to_reference(a, o32.data(), lse.as<float>(), ref);
+    EXPECT_LE(e.o_rel_fro, kTolO);
+    EXPECT_LE(e.lse_max_abs, kTolLse);
+    EXPECT_EQ(e.lse_mismatch, 0);
+  } else {  // each element is the float32 result rounded once to the 16-bit type
+    const double ulp = c.dtype == DType::f16 ? std::ldexp(1.0, -10) : std::ldexp(1.0, -7);
+    for (std::size_t i = 0; i < o32.size(); ++i)
+      ASSERT_LE(std::abs(o32[i] - ref.o[i]), ulp * std::abs(ref.o[i]) + 1e-5) << "element " << i;
+    for (std::size_t i = 0; i < ref.lse.size(); ++i)
+      if (std::isfinite(ref.lse[i])) {
+        ASSERT_NEAR(lse.as<float>()[i], ref.lse[i], kTolLse) << i;
+      }
+  }
+  for (std::size_t i = 0; i < ref.lse.size(); ++i)  // empty rows agree too
+    if (std::isinf(ref.lse[i])) {
+      EXPECT_TRUE(std::isinf(lse.as<float>()[i]) && lse.as<float>()[i] < 0) << "row " << i;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, RunCaseTest, ::testing::ValuesIn(all_cases()),
+                         [](const ::testing::TestParamInfo<RunCase>& p) { return p.param.name; });
+
+// ---- generated inputs ------------------------------------------------------
+
+// The problem `run --seed S` generates, built here from the synth convention directly.
+Tensor synth_tensor(uint64_t seed, SynthStream s, std::vector<int64_t> shape) {
+  Tensor t(DType::f32, std::move(shape));
+  synth_fill(t.data.data(), DType::f32, synth_key(seed, s), 0, t.numel());
+  return t;
+}
+
+TEST_F(Run, GeneratedInputsDoNotDependOnRanksOrLayout) {
+  const std::vector<std::string> common = {
+      "--seed",   "7",          "--seq-len", "45",         "--kv-seq-len", "70",      "--heads",
+      "4",        "--kv-heads", "2",         "--head-dim", "16",           "--batch", "2",
+      "--causal", "--threads",  "1"};
+  const auto run_with = [&](int p, const std::string& layout, const std::string& out) {
+    std::vector<std::string> args = common;
+    args.insert(args.end(), {"--ranks-local", std::to_string(p), "--layout", layout, "--out",
+                             path(out), "--lse-out", path("l" + out)});
+    const Result r = run(args);
+    EXPECT_EQ(r.rc, 0) << r.err;
+  };
+  run_with(1, "contiguous", "p1.npy");
+  run_with(3, "striped", "p3.npy");
+  run_with(4, "zigzag", "p4.npy");
+  const std::vector<float> o1 = as_floats(read_npy(path("p1.npy")));
+  const std::vector<float> l1 = as_floats(read_npy(path("lp1.npy")));
+  for (const char* other : {"p3.npy", "p4.npy"}) {
+    const std::vector<float> o = as_floats(read_npy(path(other)));
+    const std::vector<float> l = as_floats(read_npy(path(std::string("l") + other)));
+    ASSERT_EQ(o.size(), o1.size());
+    for (std::size_t i = 0; i < o.size(); ++i) ASSERT_NEAR(o[i], o1[i], kSameAcrossP) << other;
+    for (std::size_t i = 0; i < l.size(); ++i)
+      if (std::isfinite(l1[i])) {
+        ASSERT_NEAR(l[i], l1[i], kSameAcrossP) << other;
+      }
+  }
+
+  // And they are the documented synth streams, indexed by global position.
+  const Tensor q = synth_tensor(7, SynthStream::q, {2, 45, 4, 16});
+  const Tensor k = synth_tensor(7, SynthStream::k, {2, 70, 2, 16});
+  const Tensor v = synth_tensor(7, SynthStream::v, {2, 70, 2, 16});
+  AttentionArgs a;
+  a.batch = 2, a.nq = 45, a.nk = 70, a.hq = 4, a.hkv = 2, a.head_dim = 16;
+  a.q = q.data.data(), a.k = k.data.data(), a.v = v.data.data(), a.mask = Mask::causal(70 - 45);
+  const ErrorStats e = compare_to_reference(a, o1.data(), l1.data(), reference_attention(a));
+  EXPECT_LE(e.o_rel_fro, kTolO);
+  EXPECT_LE(e.lse_max_abs, kTolLse);
+}
+
+TEST_F(Run, VerifyPassesAndReportsEfficiencyAndMetrics) {
+  const Result r =
+      run({"--ranks-local", "3",  "--seq-len", "300",          "--heads",   "4", "--kv-heads", "1",
+           "--head-dim",    "32", "--causal",  "--verify",     "--repeats", "2", "--warmup",   "1",
+           "--threads",     "1",  "--metrics", path("m.jsonl")});
+  ASSERT_EQ(r.rc, 0) << r.out << r.err;
+  for (const char* s : {"efficiency", "max error", "vs the single-rank kernel: ok", "best of 2",
+                        "work imbalance", "bytes per step", "reproduce", "peak_mem"})
+    EXPECT_NE(r.out.find(s), std::string::npos) << s << " in\n" << r.out;
+  std::istringstream lines(slurp(path("m.jsonl")));
+  std::string line;
+  std::vector<std::string> rows;
+  while (std::getline(lines, line)) rows.push_back(line);
+  ASSERT_EQ(rows.size(), 4u);  // 3 ranks + summary
+  for (std::size_t i = 0; i < 3; ++i)
+    EXPECT_NE(rows[i].find("\"rank\": " + std::to_string(i)), std::string::npos) << rows[i];
+  for (const char* key : {"\"efficiency\"", "\"gflops\"", "\"o_rel_err\"", "\"pass\": true"})
+    EXPECT_NE(rows[3].find(key), std::string::npos) << key << " in " << rows[3];
+}
+
+TEST_F(Run, DefaultConfigRunsScaledDown) {
+  const Result r =
+      run({"--config", std::string(RINGATTN_SOURCE_DIR) + "/configs/default.ini", "--seq-len",
+           "256", "--head-dim", "32", "--ranks-local", "2", "--threads", "1"});
+  ASSERT_EQ(r.rc, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("N=256 Nk=256 B=1 H=8/2 D=32 float32 | mask causal | P=2 (local) | "
+                       "layout zigzag"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("efficiency"), std::string::npos) << r.out;
+}
+
+TEST_F(Run, HelpListsEveryOption) {
+  const Result r = run({"--help"});
+  ASSERT_EQ(r.rc, 0);
+  for (const char* o :
+       {"--backend", "--ranks-local", "--seed",     "--batch",   "--seq-len",   "--kv-seq-len",
+        "--heads",   "--kv-heads",    "--head-dim", "--dtype",   "--q",         "--k",
+        "--v",       "--causal",      "--layout",   "--scale",   "--isa",       "--repeats",
+        "--warmup",  "--verify",      "--out",      "--lse-out", "--fail-rank", "--threads",
+        "--metrics", "--config",      "O(N) memory"})
+    EXPECT_NE(r.out.find(o), std::string::npos) << o;
+}
+
+// ---- bad input: one line naming the option or file, nothing left behind ------
+
+class RunError : public Run {
+ protected:
+  void write_files(std::vector<int64_t> q, std::vector<int64_t> k, std::vector<int64_t> v) {
+    save_npy(path("q.npy"), random_tensor(DType::f32, std::move(q), 1));
+    save_npy(path("k.npy"), random_tensor(DType::f32, std::move(k), 2));
+    save_npy(path("v.npy"), random_tensor(DType::f32, std::move(v), 3));
+  }
+  std::vector<std::string> file_args() const {
+    return {"--q", path("q.npy"), "--k", path("k.npy"), "--v", path("v.npy")};
+  }
+  // Runs with --out/--lse-out in the scratch dir (unless `out` is given) and checks the
+  // error contract; returns stderr.
+  std::string expect_failure(std::vector<std::string> args, const std::string& must_name,
+                             const std::string& out = "") {
+    const std::string out_path = out.empty() ? path("o.npy") : out;
+    args.insert(args.end(), {"--out", out_path, "--lse-out", path("lse.npy"), "--threads", "1"});
+    const Result r = run(args);
+    EXPECT_NE(r.rc, 0);
+    EXPECT_EQ(r.err.rfind("ringattn: error: ", 0), 0u) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_NE(r.err.find(must_name), std::string::npos)
+        << "expected '" << must_name << "' in: " << r.err;
+    EXPECT_FALSE(fs::exists(out_path));
+    EXPECT_FALSE(fs::exists(path("lse.npy")));
+    EXPECT_TRUE(temporaries().empty()) << temporaries().front();
+    return r.err;
+  }
+};
+
+TEST_F(RunError, EmptySequence) {
+  expect_failure({"--seq-len", "0"}, "'--seq-len'");
+  write_files({1, 0, 2, 16}, {1, 8, 2, 16}, {1, 8, 2, 16});
+  expect_failure(file_args(), "q.npy");
+}
+
+TEST_F(RunError, MismatchedShapesAcrossFiles) {
+  write_files({1, 8, 2, 16}, {1, 12, 1, 16}, {1, 11, 1, 16});
+  expect_failure(file_args(), "v.npy");
+  write_files({2, 8, 2, 16}, {1, 12, 1, 16}, {1, 12, 1, 16});
+  expect_failure(file_args(), "batch");
+  write_files({1, 8, 2, 16}, {1, 12, 1, 24}, {1, 12, 1, 24});
+  expect_failure(file_args(), "k.npy");
+  write_files({1, 8, 3, 16}, {1, 12, 2, 16}, {1, 12, 2, 16});
+  expect_failure(file_args(), "multiple");
+  write_files({1, 8, 2, 12}, {1, 8, 2, 12}, {1, 8, 2, 12});
+  expect_failure(file_args(), "head_dim");
+  write_files({1, 8, 2, 16}, {1, 12, 1, 16}, {1, 12, 1, 16});
+  expect_failure({"--q", path("q.npy"), "--k", path("k.npy")}, "'--v'");
+}
+
+TEST_F(RunError, NonFiniteValueNamesTheGlobalIndex) {
+  write_files({1, 12, 2, 16}, {1, 12, 1, 16}, {1, 12, 1, 16});
+  Tensor k = random_tensor(DType::f32, {1, 12, 1, 16}, 2);
+  k.set(5 * 16 + 3, NAN);  // token 5: rank 1 of 3 (contiguous)
+  save_npy(path("k.npy"), k);
+  std::vector<std::string> args = file_args();
+  args.insert(args.end(), {"--ranks-local", "3"});
+  const std::string err = expect_failure(args, "k.npy");
+  EXPECT_NE(err.find("[0, 5, 0, 3]"), std::string::npos) << err;
+}
+
+TEST_F(RunError, BadOptions) {
+  expect_failure({"--ranks-local", "0"}, "'--ranks-local'");
+  expect_failure({"--layout", "diagonal"}, "'--layout'");
+  EXPECT_NE(expect_failure({"--casual"}, "unknown option '--casual'").find("'--causal'"),
+            std::string::npos);
+  expect_failure({"--ranks-local", "4", "--fail-rank", "4", "--seq-len", "64"}, "'--fail-rank'");
+  expect_failure({"--backend", "mpi", "--ranks-local", "2"}, "'--ranks-local'");
+  expect_failure({"--head-dim", "12"}, "'--head-dim'");
+  expect_failure({"--heads", "6", "--kv-heads", "4"}, "--kv-heads");
+}
+
+TEST_F(RunError, UnwritableOutput) {
+  expect_failure({"--seq-len", "64", "--ranks-local", "2"}, "'--out'", path("no_such_dir/o.npy"));
+}
+
+TEST_F(RunError, FailingRankEndsTheJobQuickly) {
+  const Result r = run({"--ranks-local", "4", "--fail-rank", "2", "--seq-len", "4000", "--heads",
+                        "4", "--head-dim", "64", "--out", path("o.npy"), "--lse-out",
+                        path("lse.npy"), "--threads", "1"});
+  EXPECT_NE(r.rc, 0);
+  EXPECT_LT(r.seconds, kFailLimitS);
+  EXPECT_NE(r.err.find("rank 2"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("injected failure"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_FALSE(fs::exists(path("o.npy")));
+  EXPECT_FALSE(fs::exists(path("lse.npy")));
+  EXPECT_TRUE(temporaries().empty());
+}
+
+// What MPI does to the surviving ranks when one aborts: SIGTERM. The handler removes the
+// temporaries (no destructor runs) and exits with 128 + SIGTERM.
+TEST_F(Run, SigtermRemovesTemporaryOutputs) {
+  const std::string out = path("o.npy"), lse = path("lse.npy");
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const int devnull = ::open("/dev/null", O_WRONLY);
+    ::dup2(devnull, 1);
+    ::dup2(devnull, 2);
+    ::execl(bin_.c_str(), bin_.c_str(), "run", "--ranks-local", "2", "--seq-len", "2048", "--heads",
+            "2", "--head-dim", "64", "--repeats", "1000000", "--threads", "1", "--out", out.c_str(),
+            "--lse-out", lse.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  const Clock::time_point t0 = Clock::now();
+  while (temporaries().size() < 2 && Clock::now() - t0 < std::chrono::seconds(kFailLimitS))
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(temporaries().size(), 2u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // into the ring passes
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), kSigtermExit);
+  EXPECT_TRUE(temporaries().empty()) << temporaries().front();
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_FALSE(fs::exists(lse));
+}
+
+// ---- without the binary ----------------------------------------------------
+
+TEST(RunConfigHash, MismatchNamesTheRanksAndHashes) {
+  EXPECT_EQ(cli::config_mismatch({}), "");
+  EXPECT_EQ(cli::config_mismatch({42}), "");
+  EXPECT_EQ(cli::config_mismatch({7, 7, 7, 7}), "");
+  const std::string m = cli::config_mismatch({0x1234, 0x1234, 0xabcd, 0x99});
+  EXPECT_NE(m.find("ranks disagree on the configuration (rank 0 hash 0000000000001234, rank 2 "
+                   "hash 000000000000abcd)"),
+            std::string::npos)
+      << m;
+  EXPECT_NE(cli::config_hash("seq-len:4096"), cli::config_hash("seq-len:4097"));
+  EXPECT_EQ(cli::config_hash("x"), cli::config_hash("x"));
+}
+
+TEST(Synth, CounterBasedStandardNormal) {
+  const uint64_t key = synth_key(3, SynthStream::k);
+  EXPECT_NE(key, synth_key(3, SynthStream::v));
+  EXPECT_NE(key, synth_key(4, SynthStream::k));
+  constexpr int64_t n = 200000;
+  std::vector<float> all(n), parts(n);
+  synth_fill(all.data(), DType::f32, key, 0, n);
+  // Filled in pieces, in any order: the same values.
+  for (int64_t first : {int64_t{150000}, int64_t{0}, int64_t{77777}})
+    synth_fill(parts.data() + first, DType::f32, key, static_cast<uint64_t>(first),
+               std::min<int64_t>(n - first, first == 0       ? 77777
+                                            : first == 77777 ? 72223
+                                                             : 50000));
+  EXPECT_EQ(all, parts);
+  double sum = 0, sum2 = 0;
+  for (float x : all) {
+    ASSERT_TRUE(std::isfinite(x));
+    sum += x;
+    sum2 += double(x) * x;
+  }
+  EXPECT_NEAR(sum / n, 0.0, 0.01);
+  EXPECT_NEAR(sum2 / n, 1.0, 0.02);
+  EXPECT_EQ(synth_normal_at(key, 12345), all[12345]);
+  uint16_t h[4];
+  synth_fill(h, DType::f16, key, 10, 4);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(f16_to_f32(h[i]), round_to(DType::f16, all[10 + i]));
+}
+
+}  // namespace
+}  // namespace ringattn
