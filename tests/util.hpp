@@ -11,6 +11,12 @@
 
 namespace ringattn::test {
 
+#ifndef RINGATTN_TEST_SANITIZED
+#define RINGATTN_TEST_SANITIZED 0
+#endif
+// True in the ASan/UBSan build, where the largest cases are scaled down.
+inline constexpr bool kSanitized = RINGATTN_TEST_SANITIZED != 0;
+
 // Standard-normal values rounded to `dt`.
 inline Tensor random_tensor(DType dt, std::vector<int64_t> shape, uint64_t seed, float sd = 1.0f) {
   Tensor t(dt, std::move(shape));

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "ringattn/kernel.hpp"
 
@@ -17,5 +18,11 @@ void baseline_attention(const AttentionArgs& args, float* o, float* lse, int thr
 // The machine's sgemm rate in GFLOP/s: best of `repeats` runs of an n x n x n
 // product on `threads` threads.
 double measure_sgemm_gflops(int threads, int n = 2048, int repeats = 3);
+
+// The CPU kernel set OpenBLAS chose ("SkylakeX", "Haswell", ...). Distribution
+// builds may not recognise a CPU and fall back to a slow generic core, which
+// understates the sgemm rate; OPENBLAS_CORETYPE=SkylakeX (set before the
+// program starts) overrides that.
+std::string blas_core_name();
 
 }  // namespace ringattn

@@ -170,4 +170,9 @@ double measure_sgemm_gflops(int threads, int n, int repeats) {
   return 2.0 * static_cast<double>(n) * static_cast<double>(nn) / best / 1e9;
 }
 
+std::string blas_core_name() {
+  const char* name = openblas_get_corename();
+  return name != nullptr ? std::string(name) : std::string("unknown");
+}
+
 }  // namespace ringattn
