@@ -15,85 +15,26 @@
 #include <string>
 #include <vector>
 
+#include "cli_fixture.hpp"
 #include "ringattn/npy.hpp"
 #include "ringattn/reference.hpp"
+#include "util.hpp"
 
 namespace ringattn {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int rc = -1;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
+using Result = test::CliResult;
+using test::slurp;
 
 // A scratch directory per test, and running the binary in it.
-class Cli : public ::testing::Test {
+class Cli : public test::CliFixture {
  protected:
-  void SetUp() override {
-    const char* bin = std::getenv("RINGATTN_BIN");
-    ASSERT_NE(bin, nullptr) << "RINGATTN_BIN must name the ringattn binary";
-    bin_ = bin;
-    std::string tmpl = (fs::temp_directory_path() / "ringattn_cli_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-
-  Result run(const std::vector<std::string>& args) const {
-    std::string cmd = quote(bin_);
-    for (const auto& a : args) cmd += " " + quote(a);
-    const fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
-    cmd += " > " + quote(out.string()) + " 2> " + quote(err.string());
-    Result r;
-    const int status = std::system(cmd.c_str());
-    r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = slurp(out);
-    r.err = slurp(err);
-    fs::remove(out);
-    fs::remove(err);
-    return r;
-  }
-
-  // Files in the scratch dir whose name contains ".tmp".
-  std::vector<std::string> temporaries() const {
-    std::vector<std::string> found;
-    for (const auto& e : fs::directory_iterator(dir_))
-      if (e.path().filename().string().find(".tmp") != std::string::npos)
-        found.push_back(e.path().filename().string());
-    return found;
-  }
-
-  std::string bin_;
-  fs::path dir_;
+  Result run(const std::vector<std::string>& args) const { return run_binary(args); }
 };
 
-Tensor random_tensor(DType dt, std::vector<int64_t> shape, uint64_t seed) {
-  Tensor t(dt, std::move(shape));
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (int64_t i = 0; i < t.numel(); ++i) t.set(i, normal(rng));
-  return t;
-}
+using test::random_tensor;
 
 struct Case {
   const char* name;

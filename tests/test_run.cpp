@@ -23,10 +23,12 @@
 #include <vector>
 
 #include "cli/run_hash.hpp"
+#include "cli_fixture.hpp"
 #include "ringattn/layout.hpp"
 #include "ringattn/npy.hpp"
 #include "ringattn/reference.hpp"
 #include "ringattn/synth.hpp"
+#include "util.hpp"
 
 namespace ringattn {
 namespace {
@@ -39,79 +41,20 @@ constexpr double kSameAcrossP = 1e-6;           // generated inputs, P = 1 vs P 
 constexpr int kFailLimitS = 10;                 // a failing rank must end the job by then
 constexpr int kSigtermExit = 128 + SIGTERM;
 
-struct Result {
-  int rc = -1;
-  std::string out, err;
-  double seconds = 0;
-};
+using Result = test::CliResult;
+using test::slurp;
 
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-class Run : public ::testing::Test {
+class Run : public test::CliFixture {
  protected:
-  void SetUp() override {
-    const char* bin = std::getenv("RINGATTN_BIN");
-    ASSERT_NE(bin, nullptr) << "RINGATTN_BIN must name the ringattn binary";
-    bin_ = bin;
-    std::string tmpl = (fs::temp_directory_path() / "ringattn_run_XXXXXX").string();
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-
+  // `ringattn run args...`
   Result run(const std::vector<std::string>& args) const {
-    std::string cmd = quote(bin_) + " run";
-    for (const auto& a : args) cmd += " " + quote(a);
-    const fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
-    cmd += " < /dev/null > " + quote(out.string()) + " 2> " + quote(err.string());
-    Result r;
-    const Clock::time_point t0 = Clock::now();
-    const int status = std::system(cmd.c_str());
-    r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-    r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = slurp(out);
-    r.err = slurp(err);
-    fs::remove(out);
-    fs::remove(err);
-    return r;
+    std::vector<std::string> all = {"run"};
+    all.insert(all.end(), args.begin(), args.end());
+    return run_binary(all);
   }
-
-  // Files in the scratch dir whose name contains ".tmp".
-  std::vector<std::string> temporaries() const {
-    std::vector<std::string> found;
-    for (const auto& e : fs::directory_iterator(dir_))
-      if (e.path().filename().string().find(".tmp") != std::string::npos)
-        found.push_back(e.path().filename().string());
-    return found;
-  }
-
-  std::string bin_;
-  fs::path dir_;
 };
 
-Tensor random_tensor(DType dt, std::vector<int64_t> shape, uint64_t seed) {
-  Tensor t(dt, std::move(shape));
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (int64_t i = 0; i < t.numel(); ++i) t.set(i, normal(rng));
-  return t;
-}
+using test::random_tensor;
 
 std::vector<float> as_floats(const Tensor& t) {
   std::vector<float> v(static_cast<std::size_t>(t.numel()));

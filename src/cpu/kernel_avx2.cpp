@@ -40,17 +40,12 @@ struct Avx2 {
   }
   // Same method as the AVX-512 version.
   static reg exp2(reg x) {
-    const reg live = _mm256_cmp_ps(x, _mm256_set1_ps(-125.0f), _CMP_GE_OQ);
-    x = _mm256_max_ps(x, _mm256_set1_ps(-125.0f));
+    const reg live = _mm256_cmp_ps(x, _mm256_set1_ps(kExp2Floor), _CMP_GE_OQ);
+    x = _mm256_max_ps(x, _mm256_set1_ps(kExp2Floor));
     const reg n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const reg f = _mm256_sub_ps(x, n);
-    reg p = _mm256_set1_ps(1.535336188319500e-4f);
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+    reg p = _mm256_set1_ps(kExp2Poly[0]);
+    for (int i = 1; i < 7; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2Poly[i]));
     const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
     const reg r = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
     return _mm256_and_ps(r, live);

@@ -34,17 +34,12 @@ struct Avx512 {
   // 2^x for x <= 0: x = n + f, |f| <= 1/2; 2^f by a degree-6 polynomial; 2^n
   // added to the exponent field. Inputs below -125 (masked scores: -inf) give 0.
   static reg exp2(reg x) {
-    const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-125.0f), _CMP_GE_OQ);
-    x = _mm512_max_ps(x, _mm512_set1_ps(-125.0f));
+    const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExp2Floor), _CMP_GE_OQ);
+    x = _mm512_max_ps(x, _mm512_set1_ps(kExp2Floor));
     const reg n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const reg f = _mm512_sub_ps(x, n);
-    reg p = _mm512_set1_ps(1.535336188319500e-4f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    reg p = _mm512_set1_ps(kExp2Poly[0]);
+    for (int i = 1; i < 7; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Poly[i]));
     const __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
     const reg r = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
     return _mm512_maskz_mov_ps(live, r);

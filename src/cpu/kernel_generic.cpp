@@ -38,7 +38,7 @@ struct Generic {
     return s;
   }
   static reg exp2(reg x) {
-    for (int i = 0; i < lanes; ++i) x[i] = x[i] < -125.0f ? 0.0f : std::exp2(x[i]);
+    for (int i = 0; i < lanes; ++i) x[i] = x[i] < kExp2Floor ? 0.0f : std::exp2(x[i]);
     return x;
   }
 };

@@ -21,7 +21,7 @@
 //
 // V provides: reg, lanes, kRowsS, kRowsPV, kColsPV, zero(), load(p), store(p, x),
 // set1(s), fma(a, b, c) = a*b+c, mul, max, hmax(x), hsum(x), exp2(x) (x <= 0;
-// exactly 0 below -125).
+// exactly 0 below kExp2Floor).
 
 namespace ringattn::cpu {
 namespace {

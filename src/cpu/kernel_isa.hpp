@@ -26,6 +26,18 @@ inline constexpr int kBlockK = 128;
 inline constexpr double kLog2e = 1.4426950408889634;  // log2(e)
 inline constexpr double kLn2 = 0.6931471805599453;    // ln(2)
 
+// 2^f on |f| <= 1/2 as c0 + f (c1 + f (c2 + ...)), highest degree first:
+// relative error below 2e-7. Shared by the vector exp2 of every ISA.
+inline constexpr float kExp2Poly[] = {1.535336188319500e-4f,
+                                      1.339887440266574e-3f,
+                                      9.618437357674640e-3f,
+                                      5.550332471162809e-2f,
+                                      2.402264791363012e-1f,
+                                      6.931472028550421e-1f,
+                                      1.0f};
+// Below this, 2^x is flushed to exactly 0 (masked scores are -inf).
+inline constexpr float kExp2Floor = -125.0f;
+
 inline int64_t round_up(int64_t x, int64_t m) {
   return (x + m - 1) / m * m;
 }

@@ -1,0 +1,89 @@
+// A GoogleTest fixture for tests that run the ringattn binary (path in the
+// RINGATTN_BIN environment variable): a scratch directory per test, running
+// the binary there with captured stdout/stderr and exit code, and listing
+// stray temporary files.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace ringattn::test {
+
+struct CliResult {
+  int rc = -1;
+  std::string out, err;
+  double seconds = 0;
+};
+
+inline std::string slurp(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Single-quoted for /bin/sh.
+inline std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+class CliFixture : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* bin = std::getenv("RINGATTN_BIN");
+    ASSERT_NE(bin, nullptr) << "RINGATTN_BIN must name the ringattn binary";
+    bin_ = bin;
+    std::string tmpl = (std::filesystem::temp_directory_path() / "ringattn_test_XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  // Runs `ringattn args...` with stdin from /dev/null.
+  CliResult run_binary(const std::vector<std::string>& args) const {
+    std::string cmd = shell_quote(bin_);
+    for (const auto& a : args) cmd += " " + shell_quote(a);
+    const std::filesystem::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
+    cmd += " < /dev/null > " + shell_quote(out.string()) + " 2> " + shell_quote(err.string());
+    CliResult r;
+    const auto t0 = std::chrono::steady_clock::now();
+    const int status = std::system(cmd.c_str());
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    r.out = slurp(out);
+    r.err = slurp(err);
+    std::filesystem::remove(out);
+    std::filesystem::remove(err);
+    return r;
+  }
+
+  // Files in the scratch dir whose name contains ".tmp".
+  std::vector<std::string> temporaries() const {
+    std::vector<std::string> found;
+    for (const auto& e : std::filesystem::directory_iterator(dir_))
+      if (e.path().filename().string().find(".tmp") != std::string::npos)
+        found.push_back(e.path().filename().string());
+    return found;
+  }
+
+  std::string bin_;
+  std::filesystem::path dir_;
+};
+
+}  // namespace ringattn::test
