@@ -63,6 +63,10 @@ class AtomicFile {
   bool committed_ = false;
 };
 
+// The header of an array of this dtype and shape (format 1.0, data aligned to
+// 64 bytes): for writers that place the data themselves.
+std::string npy_header_bytes(DType dtype, const std::vector<int64_t>& shape);
+
 // Serialises t into f (header + data). Does not commit.
 void write_npy(AtomicFile& f, const Tensor& t);
 // Convenience: open, write, commit.

@@ -17,14 +17,6 @@
 namespace ringattn::cli {
 namespace {
 
-// .npy format 1.0: magic, version, uint16 header length, dict padded with spaces and a
-// newline so that the data starts on a kNpyAlign boundary (as NumPy writes it).
-constexpr char kNpyMagic[] = "\x93NUMPY";
-constexpr std::size_t kNpyMagicLen = 6;
-constexpr std::size_t kNpyPreamble = kNpyMagicLen + 2 + 2;
-constexpr std::size_t kNpyAlign = 64;
-constexpr std::size_t kNpyMaxHeader = 65535;
-
 // Strided elements at least this large are written with one pwrite each; smaller ones by
 // read-modify-write of windows of at most kRmwWindowBytes.
 constexpr std::size_t kDirectWriteMinBytes = 512;
@@ -40,28 +32,6 @@ constexpr auto kIdlePoll = std::chrono::milliseconds(1);
 
 void wait_idle(Request& r) {
   while (!r.test()) std::this_thread::sleep_for(kIdlePoll);
-}
-
-std::string npy_header(DType dtype, const std::vector<int64_t>& shape) {
-  const char* descr = dtype == DType::f32 ? "<f4" : dtype == DType::f16 ? "<f2" : "<u2";
-  std::string dims;
-  for (std::size_t i = 0; i < shape.size(); ++i)
-    dims += fmt::format("{}{}", i ? ", " : "", shape[i]);
-  if (shape.size() == 1) dims += ",";
-  std::string dict =
-      fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': ({}), }}", descr, dims);
-  const std::size_t total =
-      (kNpyPreamble + dict.size() + 1 + kNpyAlign - 1) / kNpyAlign * kNpyAlign;
-  const std::size_t hlen = total - kNpyPreamble;
-  if (hlen > kNpyMaxHeader) throw Error(fmt::format("npy header of {} bytes is too long", hlen));
-  dict.resize(hlen - 1, ' ');
-  dict += '\n';
-  std::string head(kNpyMagic, kNpyMagicLen);
-  head += '\x01';
-  head += '\0';
-  head += static_cast<char>(hlen & 0xff);
-  head += static_cast<char>(hlen >> 8);
-  return head + dict;
 }
 
 AtomicFile open_atomic(const std::string& path, const std::string& option) {
@@ -83,7 +53,7 @@ std::size_t elements(const std::vector<int64_t>& shape) {
 NpyOutFile::NpyOutFile(const std::string& path, DType dtype, std::vector<int64_t> shape,
                        const std::string& option)
     : option_(option), dtype_(dtype), file_(open_atomic(path, option)), guard_(file_.temp_path()) {
-  const std::string head = npy_header(dtype, shape);
+  const std::string head = npy_header_bytes(dtype, shape);
   file_.write(head.data(), head.size());
   data_offset_ = head.size();
   data_bytes_ = elements(shape) * dtype_size(dtype);

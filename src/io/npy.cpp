@@ -526,10 +526,10 @@ void AtomicFile::commit() {
   committed_ = true;
 }
 
-void write_npy(AtomicFile& f, const Tensor& t) {
-  const char* descr = t.dtype == DType::f32 ? "<f4" : t.dtype == DType::f16 ? "<f2" : "<u2";
+std::string npy_header_bytes(DType dtype, const std::vector<int64_t>& shape) {
+  const char* descr = dtype == DType::f32 ? "<f4" : dtype == DType::f16 ? "<f2" : "<u2";
   std::string dict = fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", descr,
-                                 shape_repr(t.shape));
+                                 shape_repr(shape));
   // Version 1.0 holds a header of up to 65535 bytes; beyond that (absurdly many dims) use 2.0.
   const bool v1 = kMagicLen + 2 + 2 + dict.size() + 1 + kNpyAlign <= 65535;
   const std::size_t preamble = kMagicLen + 2 + (v1 ? 2 : 4);
@@ -542,7 +542,11 @@ void write_npy(AtomicFile& f, const Tensor& t) {
   head += '\0';
   for (std::size_t k = 0; k < (v1 ? 2u : 4u); ++k)
     head += static_cast<char>((hlen >> (8 * k)) & 0xff);
-  head += dict;
+  return head + dict;
+}
+
+void write_npy(AtomicFile& f, const Tensor& t) {
+  const std::string head = npy_header_bytes(t.dtype, t.shape);
   f.write(head.data(), head.size());
   if (t.bytes() != 0) f.write(t.data.data(), t.bytes());
 }
