@@ -15,12 +15,17 @@ namespace ringattn::test {
 struct RingCase {
   int64_t b = 1, nq = 0, nk = 0, hq = 8, hkv = 8, d = 32;
   bool causal = false;
+  const Mask* mask = nullptr;  // when set, used instead of none/causal
+  std::string mask_name;
   LayoutKind layout = LayoutKind::contiguous;
   uint64_t seed = 1;
   std::string name() const {
     return "B=" + std::to_string(b) + " Nq=" + std::to_string(nq) + " Nk=" + std::to_string(nk) +
            " H=" + std::to_string(hq) + "/" + std::to_string(hkv) + " D=" + std::to_string(d) +
-           (causal ? " causal " : " full ") + layout_name(layout);
+           (mask != nullptr ? " " + mask_name + " "
+            : causal        ? " causal "
+                            : " full ") +
+           layout_name(layout);
   }
 };
 
@@ -51,6 +56,7 @@ inline RingCheck run_ring_case(Communicator& comm, const RingCase& c) {
   // Every rank builds the same global problem (test sizes are small).
   Problem g = make_problem(c.b, c.nq, c.nk, c.hq, c.hkv, c.d, DType::f32, c.seed);
   if (c.causal) g.args.mask = Mask::causal(c.nk - c.nq);
+  if (c.mask != nullptr) g.args.mask = *c.mask;
   const Layout ql(c.layout, c.nq, p), kl(c.layout, c.nk, p);
   const RingSchedule sch = make_ring_schedule(ql, kl, g.args.mask);
   const Tensor q = slice_tokens(g.q, ql, r), k = slice_tokens(g.k, kl, r),

@@ -130,7 +130,7 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(Baseline, FullyMaskedRows) {
   for (int64_t nk : {int64_t{0}, int64_t{9}}) {
     Inputs in = make_inputs(Case{2, 5, nk, 4, 2, 16, false}, 7);
-    in.args.mask = Mask{5, 4};
+    in.args.mask = Mask::band(5, 4);
     std::vector<float> o(2 * 5 * 4 * 16, 123.0f), lse(2 * 4 * 5, 123.0f);
     baseline_attention(in.args, o.data(), lse.data(), 1);
     for (float x : o) EXPECT_EQ(x, 0.0f);
@@ -143,7 +143,7 @@ TEST(Baseline, GlobalPositionsAndBand) {
   Inputs in = make_inputs(Case{1, 600, 500, 4, 2, 32, false}, 11);
   in.args.qpos = {1000, 3};
   in.args.kpos = {900, 4};
-  in.args.mask = Mask{-300, 50};
+  in.args.mask = Mask::band(-300, 50);
   in.args.scale = 0.3f;
   std::vector<float> o(600 * 4 * 32), lse(4 * 600);
   baseline_attention(in.args, o.data(), lse.data(), 2);

@@ -92,7 +92,7 @@ TEST(Kernel, GlobalPositionsAndStrides) {
       {{5000, 1}, {0, 1}, Mask::causal(0)},     // all keys in the past: full tiles
       {{3, 4}, {1, 4}, Mask::causal(0)},        // striped, P = 4
       {{0, 3}, {2, 3}, Mask::causal(0)},        // striped, key offset above query offset
-      {{100, 1}, {0, 2}, Mask{-64, 16}},        // a band (window) in global positions
+      {{100, 1}, {0, 2}, Mask::band(-64, 16)},  // a band (window) in global positions
   };
   int i = 0;
   for (const Case& c : cases) {
@@ -106,9 +106,36 @@ TEST(Kernel, GlobalPositionsAndStrides) {
   }
 }
 
+TEST(Kernel, SparsePatternsAgainstReference) {
+  for (const test::NamedMask& nm : test::sparse_patterns(1000)) {
+    test::Problem p = make_problem(1, 1000, 1000, 4, 2, 64, DType::f32, 61);
+    p.args.mask = nm.mask;
+    for (Isa isa : isas_here())
+      expect_matches_reference(p.args, isa, nm.name + " " + isa_name(isa));
+    // Striped positions (one rank's share under P = 3) see the same pattern.
+    test::Problem s = make_problem(1, 333, 333, 4, 2, 64, DType::f32, 62);
+    s.args.mask = nm.mask;
+    s.args.qpos = {1, 3};
+    s.args.kpos = {2, 3};
+    expect_matches_reference(s.args, best_isa(), nm.name + " striped");
+  }
+}
+
+TEST(Kernel, WindowSkipsTilesOutsideTheBand) {
+  test::Problem p = make_problem(1, 4096, 4096, 1, 1, 64, DType::f32, 63);
+  Mask m = Mask::causal(0);
+  m.lo = -255;
+  p.args.mask = m;
+  const test::Output out = run_kernel(p.args);
+  // 43 query blocks of 96 rows; each touches at most 4 key tiles of 128 around
+  // its diagonal instead of up to 32.
+  EXPECT_LE(out.stats.tiles_computed, 43 * 4);
+  EXPECT_EQ(out.stats.tiles_total, 43 * 32);
+}
+
 TEST(Kernel, EmptyRowsAreZeroWithMinusInfLse) {
   test::Problem p = make_problem(1, 50, 60, 2, 2, 16, DType::f32, 3);
-  p.args.mask = Mask{5, 4};  // an empty band: nothing visible
+  p.args.mask = Mask::band(5, 4);  // an empty band: nothing visible
   const test::Output out = run_kernel(p.args);
   for (float x : out.o) ASSERT_EQ(x, 0.0f);
   for (float x : out.lse) ASSERT_EQ(x, -INFINITY);

@@ -1,4 +1,6 @@
-// Closed-form mask logic checked against brute force over Mask::allows.
+// Closed-form mask logic checked against brute force over Mask::allows, for
+// every part (band, causal bound, dilation, sinks, global ranges, block-sparse)
+// alone and combined.
 #include <gtest/gtest.h>
 
 #include <random>
@@ -9,57 +11,97 @@
 namespace ringattn {
 namespace {
 
+// Hand-picked masks plus random combinations of every part.
 std::vector<Mask> sample_masks() {
-  return {Mask::none(),        Mask::causal(0), Mask::causal(5), Mask::causal(-3),
-          Mask{-4, 0},         Mask{-10, 10},   Mask{2, 7},      Mask{-kUnbounded, -20},
-          Mask{3, kUnbounded}, Mask{5, 4} /* empty band */};
+  std::vector<Mask> v = {Mask::none(),
+                         Mask::causal(0),
+                         Mask::causal(5),
+                         Mask::causal(-3),
+                         Mask::band(-4, 0),
+                         Mask::band(-10, 10),
+                         Mask::band(2, 7),
+                         Mask::band(-kUnbounded, -20),
+                         Mask::band(3, kUnbounded),
+                         Mask::band(5, 4) /* empty band */};
+  std::mt19937_64 rng(11);
+  auto pick = [&](int64_t lo, int64_t hi) {
+    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+  };
+  for (int i = 0; i < 60; ++i) {
+    Mask m = Mask::none();
+    if (pick(0, 2) > 0) m.lo = -pick(0, 12), m.hi = pick(0, 2) ? pick(0, 12) : 0;  // window
+    if (pick(0, 1)) m.limit = pick(-2, 3);                                         // causal
+    if (pick(0, 3) == 0) m.dilation = pick(2, 4);
+    if (pick(0, 2) == 0) m.sinks = pick(1, 6);
+    if (pick(0, 3) == 0) {
+      m.n_global = static_cast<int>(pick(1, 3));
+      for (int g = 0; g < m.n_global; ++g) {
+        const int64_t a = pick(-5, 45);
+        m.global[g] = {a, a + pick(1, 4)};
+      }
+    }
+    if (pick(0, 3) == 0) {
+      if (m.lo <= -kUnbounded) m = Mask::band(1, 0), m.limit = pick(0, 1) ? 0 : kUnbounded;
+      m.blocks.size = pick(2, 6);
+      m.blocks.window = pick(0, 1);
+      m.blocks.global = pick(0, 1);
+      m.blocks.random = static_cast<int>(pick(0, 2));
+      m.blocks.seed = static_cast<uint64_t>(pick(0, 1000));
+      m.blocks.key_blocks = 60 / m.blocks.size + 1;
+    }
+    v.push_back(m);
+  }
+  return v;
 }
 
-TEST(Mask, KeyRangeMatchesBruteForce) {
-  for (const Mask& m : sample_masks())
-    for (int64_t kstride : {1, 2, 3, 7})
+TEST(Mask, KeyRangesMatchBruteForce) {
+  constexpr int kMax = 4 + 2 * kMaxGlobalRanges + kMaxRandomBlocks;
+  int mi = 0;
+  for (const Mask& m : sample_masks()) {
+    for (int64_t kstride : {1, 2, 3})
       for (int64_t kstart : {-5, 0, 4, 13})
-        for (int64_t qp = -10; qp < 40; ++qp) {
+        for (int64_t qp = -6; qp < 50; ++qp) {
           const int64_t nk = 17;
           const Positions kpos{kstart, kstride};
-          int64_t j0, j1;
-          m.key_range(qp, kpos, nk, &j0, &j1);
-          ASSERT_LE(j0, j1);
-          for (int64_t j = 0; j < nk; ++j)
-            ASSERT_EQ(m.allows(qp, kpos.at(j)), j >= j0 && j < j1)
-                << "lo=" << m.lo << " hi=" << m.hi << " qp=" << qp << " kstart=" << kstart
-                << " kstride=" << kstride << " j=" << j;
+          int64_t b[kMax], e[kMax];
+          bool elementwise = false;
+          const int n = m.key_ranges(qp, kpos, nk, b, e, kMax, &elementwise);
+          for (int64_t j = 0; j < nk; ++j) {
+            bool in = false;
+            for (int i = 0; i < n; ++i) in = in || (j >= b[i] && j < e[i]);
+            const bool want = m.allows(qp, kpos.at(j));
+            if (elementwise)
+              ASSERT_TRUE(!want || in) << "mask " << mi << ": visible key outside the outer bound";
+            else
+              ASSERT_EQ(want, in) << "mask " << mi << " qp=" << qp << " kstart=" << kstart
+                                  << " kstride=" << kstride << " j=" << j;
+          }
         }
+    ++mi;
+  }
 }
 
 TEST(Mask, ClassifyIsExactForBlocks) {
   std::mt19937_64 rng(7);
-  std::uniform_int_distribution<int64_t> pos(-50, 50), len(1, 12), stride(1, 4);
+  std::uniform_int_distribution<int64_t> pos(-10, 50), len(1, 12), stride(1, 4);
   int empties = 0, fulls = 0, partials = 0;
   for (const Mask& m : sample_masks())
-    for (int it = 0; it < 400; ++it) {
+    for (int it = 0; it < 300; ++it) {
       const Positions qp{pos(rng), stride(rng)}, kp{pos(rng), stride(rng)};
       const int64_t nq = len(rng), nk = len(rng);
       int64_t allowed = 0;
       for (int64_t i = 0; i < nq; ++i)
         for (int64_t j = 0; j < nk; ++j) allowed += m.allows(qp.at(i), kp.at(j));
       const TileClass c = m.classify(qp.at(0), qp.at(nq - 1), kp.at(0), kp.at(nk - 1));
-      // Empty and full must be exact; partial may be conservative only for
-      // strided blocks (gaps between positions), never for contiguous ones.
+      // Empty and full are exact; partial may be conservative.
       if (c == TileClass::empty) {
         ++empties;
         ASSERT_EQ(allowed, 0);
-      }
-      if (c == TileClass::full) {
+      } else if (c == TileClass::full) {
         ++fulls;
         ASSERT_EQ(allowed, nq * nk);
-      }
-      if (c == TileClass::partial) {
+      } else {
         ++partials;
-        if (qp.stride == 1 && kp.stride == 1) {
-          ASSERT_GT(allowed, 0);
-          ASSERT_LT(allowed, nq * nk);
-        }
       }
     }
   EXPECT_GT(empties, 0);
@@ -67,15 +109,67 @@ TEST(Mask, ClassifyIsExactForBlocks) {
   EXPECT_GT(partials, 0);
 }
 
-TEST(Mask, VisiblePairsCountsCausalTriangle) {
+TEST(Mask, ContiguousBandTilesAreNeverConservative) {
+  // For bands without dilation on contiguous blocks, partial means truly mixed.
+  for (const Mask& m : {Mask::causal(0), Mask::band(-4, 0), Mask::band(-10, 10), Mask::band(2, 7)})
+    for (int64_t q0 = -5; q0 < 20; ++q0)
+      for (int64_t k0 = -5; k0 < 20; ++k0) {
+        const int64_t nq = 6, nk = 5;
+        int64_t allowed = 0;
+        for (int64_t i = 0; i < nq; ++i)
+          for (int64_t j = 0; j < nk; ++j) allowed += m.allows(q0 + i, k0 + j);
+        if (m.classify(q0, q0 + nq - 1, k0, k0 + nk - 1) == TileClass::partial) {
+          ASSERT_GT(allowed, 0);
+          ASSERT_LT(allowed, nq * nk);
+        }
+      }
+}
+
+TEST(Mask, VisiblePairsMatchesBruteForce) {
+  for (const Mask& m : sample_masks())
+    for (int64_t qs : {1, 3})
+      for (int64_t ks : {1, 2}) {
+        const Positions qpos{-3, qs}, kpos{1, ks};
+        const int64_t nq = 23, nk = 29;
+        int64_t want = 0;
+        for (int64_t i = 0; i < nq; ++i)
+          for (int64_t j = 0; j < nk; ++j) want += m.allows(qpos.at(i), kpos.at(j));
+        ASSERT_EQ(visible_pairs(m, qpos, nq, kpos, nk), want);
+      }
   // Causal, Nq = Nk = n: n(n+1)/2 pairs; bottom-right alignment when Nq < Nk.
-  for (int64_t n : {1, 2, 7, 100}) {
+  for (int64_t n : {1, 2, 7, 100})
     EXPECT_EQ(visible_pairs(Mask::causal(0), {}, n, {}, n), n * (n + 1) / 2);
-  }
-  const int64_t nq = 3, nk = 10;  // rows see 8, 9, 10 keys
-  EXPECT_EQ(visible_pairs(Mask::causal(nk - nq), {}, nq, {}, nk), 8 + 9 + 10);
-  EXPECT_EQ(visible_pairs(Mask::none(), {}, nq, {}, nk), nq * nk);
-  EXPECT_EQ(visible_pairs(Mask{5, 4}, {}, nq, {}, nk), 0);
+  EXPECT_EQ(visible_pairs(Mask::causal(7), {}, 3, {}, 10), 8 + 9 + 10);
+  EXPECT_EQ(visible_pairs(Mask::band(5, 4), {}, 3, {}, 10), 0);
+}
+
+TEST(Mask, PartsBehaveAsDocumented) {
+  Mask m = Mask::causal(0);
+  m.lo = -3;  // Mistral-style: causal + left window of 4 keys (W - 1 = 3)
+  m.sinks = 2;
+  EXPECT_TRUE(m.allows(10, 10));
+  EXPECT_TRUE(m.allows(10, 7));
+  EXPECT_FALSE(m.allows(10, 6));
+  EXPECT_TRUE(m.allows(10, 1));  // a sink
+  EXPECT_FALSE(m.allows(0, 1));  // a sink in the future: the causal bound wins
+  Mask g = Mask::band(0, 0);
+  g.n_global = 1;
+  g.global[0] = {5, 7};
+  EXPECT_TRUE(g.allows(5, 100));  // a global query sees everything
+  EXPECT_TRUE(g.allows(100, 6));  // a global key is seen by everyone
+  EXPECT_FALSE(g.allows(100, 7));
+  Mask d = Mask::band(-8, 8);
+  d.dilation = 4;
+  EXPECT_TRUE(d.allows(10, 14));
+  EXPECT_FALSE(d.allows(10, 13));
+  Mask b = Mask::band(1, 0);  // no band: only the block pattern
+  b.blocks.size = 4, b.blocks.window = 0, b.blocks.global = 1, b.blocks.key_blocks = 10;
+  EXPECT_TRUE(b.allows(9, 8));    // same block
+  EXPECT_FALSE(b.allows(9, 12));  // next block
+  EXPECT_TRUE(b.allows(30, 2));   // global block 0
+  EXPECT_TRUE(b.allows(1, 30));   // global query block
+  b.blocks.random = 2, b.blocks.seed = 42;
+  EXPECT_EQ(b.blocks.random_block(3, 1), b.blocks.random_block(3, 1));  // deterministic
 }
 
 TEST(Mask, FloorCeilDiv) {

@@ -105,7 +105,7 @@ TEST(Reference, FullyMaskedRows) {
     fill_random(in.q, 6);
     fill_random(in.k, 7);
     fill_random(in.v, 8);
-    in.args.mask = Mask{5, 4};
+    in.args.mask = Mask::band(5, 4);
     const ReferenceResult r = reference_attention(in.args);
     for (double x : r.o) EXPECT_EQ(x, 0.0);
     for (double l : r.lse) EXPECT_EQ(l, -kInf);
@@ -208,7 +208,7 @@ TEST(Reference, GlobalPositions) {
   for (int64_t j = 0; j < Nk; ++j) in.v[j] = float(j);
   in.args.qpos = {10, 2};  // 10, 12, 14
   in.args.kpos = {3, 3};   // 3, 6, 9, 12, 15, 18
-  in.args.mask = Mask{-4, 1};
+  in.args.mask = Mask::band(-4, 1);
   // By hand: q 10 sees kp in [6, 11] = {6, 9} = keys {1, 2}; q 12: [8, 13] = {9, 12}
   // = keys {2, 3}; q 14: [10, 15] = {12, 15} = keys {3, 4}.
   {
@@ -220,7 +220,8 @@ TEST(Reference, GlobalPositions) {
     }
   }
   // Several masks and layouts against a brute-force count through Mask::allows.
-  const Mask masks[] = {Mask::none(), Mask::causal(), Mask::causal(-7), Mask{-5, 2}, Mask{3, 3}};
+  const Mask masks[] = {Mask::none(), Mask::causal(), Mask::causal(-7), Mask::band(-5, 2),
+                        Mask::band(3, 3)};
   const Positions qps[] = {{0, 1}, {10, 2}, {4, 3}};
   const Positions kps[] = {{0, 1}, {3, 3}, {7, 2}};
   for (const Mask& m : masks)

@@ -70,6 +70,21 @@ TEST_P(RingP, CrossAttention) {
   }
 }
 
+TEST_P(RingP, SparsePatterns) {
+  const int p = GetParam();
+  const int64_t n = 777;
+  const std::vector<test::NamedMask> patterns = test::sparse_patterns(n);
+  int i = 0;
+  for (const test::NamedMask& nm : patterns)
+    for (LayoutKind layout : {LayoutKind::contiguous, LayoutKind::zigzag, LayoutKind::striped}) {
+      RingCase c;
+      c.nq = c.nk = n, c.hq = 4, c.hkv = 2, c.d = 32, c.layout = layout, c.seed = 70 + i++;
+      c.mask = &nm.mask;
+      c.mask_name = nm.name;
+      expect_ok(p, c);
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(Ranks, RingP, ::testing::Values(1, 2, 3, 4, 5, 8));
 
 TEST(Ring, ErrorDoesNotGrowWithRanks) {
@@ -80,6 +95,21 @@ TEST(Ring, ErrorDoesNotGrowWithRanks) {
   EXPECT_LE(e32.o_rel_fro, kTolO);
   EXPECT_LE(e32.o_rel_fro, 4 * e1.o_rel_fro + 1e-7) << "P=1: " << e1.o_rel_fro;
   EXPECT_LE(e32.lse_max_abs, kTolLse);
+}
+
+TEST(Ring, WindowStopsRotationAfterTheNeededSteps) {
+  // Contiguous, 8 ranks of 125 tokens, causal window of 200: each rank needs
+  // its own block and ceil(199 / 125) = 2 earlier ones: 3 steps, 2 rotations.
+  Mask m = Mask::causal(0);
+  m.lo = -199;
+  RingCase c;
+  c.nq = c.nk = 1000, c.hq = 2, c.hkv = 1, c.d = 32, c.mask = &m, c.mask_name = "window 200";
+  run_local(8, [&](Communicator& comm) {
+    const test::RingCheck chk = test::run_ring_case(comm, c);
+    EXPECT_EQ(chk.metrics.steps, 3);
+    EXPECT_EQ(chk.metrics.bytes_sent, 2 * 125 * 1 * 32 * 2 * 4);
+    EXPECT_LE(chk.err.o_rel_fro, kTolO);
+  });
 }
 
 TEST(Ring, TrafficIsOnlyKvHeadsAndStepsAreSkipped) {

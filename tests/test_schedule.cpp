@@ -141,7 +141,7 @@ TEST(Schedule, BandMaskStopsRotationEarly) {
   // Window of 100 behind, contiguous chunks of 1000: only the own and the
   // previous block are needed, so 2 steps (1 rotation) instead of 8.
   const Layout l(LayoutKind::contiguous, 8000, 8);
-  const RingSchedule sch = make_ring_schedule(l, l, Mask{-100, 0});
+  const RingSchedule sch = make_ring_schedule(l, l, Mask::band(-100, 0));
   EXPECT_EQ(sch.steps, 2);
   const RingSchedule dense = make_ring_schedule(l, l, Mask::none());
   EXPECT_EQ(dense.steps, 8);

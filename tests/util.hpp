@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "ringattn/kernel.hpp"
@@ -57,6 +58,43 @@ inline Output run_kernel(const AttentionArgs& a, Isa isa = Isa::automatic, int t
   opt.threads = threads;
   r.stats = attention_forward(a, r.o.data(), r.lse.data(), opt);
   return r;
+}
+
+// The sparse patterns users know, alone and combined, for a self-attention
+// sequence of n tokens (positions 0..n-1).
+struct NamedMask {
+  std::string name;
+  Mask mask;
+};
+inline std::vector<NamedMask> sparse_patterns(int64_t n) {
+  std::vector<NamedMask> v;
+  Mask m = Mask::causal(0);
+  m.lo = -63;  // Mistral: causal + left window W - 1
+  v.push_back({"causal window 64", m});
+  v.push_back({"window -40..+25", Mask::band(-40, 25)});
+  m.sinks = 4;
+  v.push_back({"causal window 64 + 4 sinks", m});
+  Mask d = Mask::band(-96, 96);
+  d.dilation = 3;
+  v.push_back({"dilated window 96 step 3", d});
+  Mask g = Mask::band(-32, 32);
+  g.n_global = 2;
+  g.global[0] = {0, 1};              // [CLS]
+  g.global[1] = {n / 2, n / 2 + 5};  // a marked phrase
+  v.push_back({"window 32 + global tokens", g});
+  Mask lf = g;
+  lf.dilation = 2;
+  lf.sinks = 3;
+  lf.limit = 0;
+  v.push_back({"longformer causal: window + global + dilated + sinks", lf});
+  Mask bb = Mask::band(1, 0);  // no band: blocks only
+  bb.blocks.size = 32, bb.blocks.window = 1, bb.blocks.global = 1, bb.blocks.random = 2;
+  bb.blocks.seed = 9, bb.blocks.key_blocks = (n + 31) / 32;
+  v.push_back({"bigbird blocks 32: window 1, global 1, random 2", bb});
+  Mask empty = Mask::band(5, 4);
+  empty.limit = -1;
+  v.push_back({"nothing visible", empty});
+  return v;
 }
 
 // Rows to check: all when few, else the first and last few plus a spread.

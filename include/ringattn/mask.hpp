@@ -5,10 +5,17 @@
 // global position start + i * stride (stride >= 1). Contiguous and zigzag
 // chunks use stride 1; the striped layout uses stride P.
 //
-// A Mask is a band on the position difference: key at position kp is visible
-// to the query at qp iff  lo <= kp - qp <= hi.  No mask is the unbounded band;
-// causal is hi = diag (bottom-right aligned: diag = Nk - Nq), lo unbounded.
-// Everything here is header-only and usable from host and device code.
+// A Mask says which key position kp a query at position qp sees (d = kp - qp):
+//
+//   visible = d <= limit                                  (causal bound, AND)
+//         and (   lo <= d <= hi and d % dilation == 0     (local band / window)
+//              or 0 <= kp < sinks                         (attention sinks)
+//              or kp or qp in a global range              (Longformer global tokens)
+//              or blocks.allows(qp, kp) )                 (BigBird block-sparse)
+//
+// No mask is the unbounded band; causal is hi = limit = diag (bottom-right
+// aligned: diag = Nk - Nq). Everything is closed form (no per-element tables),
+// header-only, and usable from host and device code.
 #pragma once
 
 #include <algorithm>
@@ -21,6 +28,8 @@ namespace ringattn {
 // Large enough to mean "no bound", small enough that adding any position
 // (< 2^48) cannot overflow int64.
 inline constexpr int64_t kUnbounded = int64_t{1} << 60;
+inline constexpr int kMaxGlobalRanges = 8;
+inline constexpr int kMaxRandomBlocks = 8;
 
 struct Positions {
   int64_t start = 0;
@@ -41,40 +50,190 @@ RINGATTN_HD inline int64_t ceil_div(int64_t a, int64_t b) {
   return -floor_div(-a, b);
 }
 
+// A half-open range of positions [begin, end).
+struct PosRange {
+  int64_t begin = 0, end = 0;
+  RINGATTN_HD bool contains(int64_t p) const { return p >= begin && p < end; }
+};
+
+// BigBird-style block sparsity over blocks of `size` positions: query block
+// bq sees key blocks bq - window .. bq + window, the first `global` blocks
+// (which also see every block), and `random` blocks drawn from `seed` (the
+// same on every rank and for every P) among the `key_blocks` key blocks.
+struct BlockSparse {
+  int64_t size = 0;  // 0: off
+  int64_t window = 1;
+  int64_t global = 0;
+  int random = 0;
+  uint64_t seed = 0;
+  int64_t key_blocks = 0;  // ceil(Nk / size) of the whole key sequence
+
+  RINGATTN_HD bool on() const { return size > 0; }
+  // The r-th random key block of query block bq.
+  RINGATTN_HD int64_t random_block(int64_t bq, int r) const {
+    uint64_t z =
+        seed + 0x9e3779b97f4a7c15ull * static_cast<uint64_t>(bq * kMaxRandomBlocks + r + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;  // splitmix64 finaliser
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return key_blocks > 0 ? static_cast<int64_t>(z % static_cast<uint64_t>(key_blocks)) : 0;
+  }
+  RINGATTN_HD bool allows_blocks(int64_t bq, int64_t bk) const {
+    if (bk < 0 || bq < 0) return false;
+    if (bq - bk <= window && bk - bq <= window) return true;
+    if (bk < global || bq < global) return true;
+    for (int r = 0; r < random; ++r)
+      if (random_block(bq, r) == bk) return true;
+    return false;
+  }
+  RINGATTN_HD bool allows(int64_t qp, int64_t kp) const {
+    return on() && qp >= 0 && kp >= 0 && allows_blocks(qp / size, kp / size);
+  }
+};
+
 struct Mask {
-  int64_t lo = -kUnbounded;  // smallest visible kp - qp
-  int64_t hi = kUnbounded;   // largest visible kp - qp
+  int64_t lo = -kUnbounded;    // local band: smallest visible kp - qp
+  int64_t hi = kUnbounded;     // local band: largest visible kp - qp
+  int64_t limit = kUnbounded;  // causal bound on kp - qp, applied to every part
+  int64_t dilation = 1;        // band keeps only kp - qp divisible by it
+  int64_t sinks = 0;           // keys at 0 <= kp < sinks are seen by every query
+  int n_global = 0;            // global ranges: see and are seen by everything
+  PosRange global[kMaxGlobalRanges] = {};
+  BlockSparse blocks;
 
   static Mask none() { return {}; }
   // Query at qp sees keys at kp <= qp + diag.
-  static Mask causal(int64_t diag = 0) { return {-kUnbounded, diag}; }
+  static Mask causal(int64_t diag = 0) {
+    Mask m;
+    m.hi = m.limit = diag;
+    return m;
+  }
+  // Only the band lo <= kp - qp <= hi.
+  static Mask band(int64_t lo, int64_t hi) {
+    Mask m;
+    m.lo = lo, m.hi = hi;
+    return m;
+  }
 
-  RINGATTN_HD bool is_none() const { return lo <= -kUnbounded && hi >= kUnbounded; }
+  RINGATTN_HD bool band_empty() const { return lo > hi || lo > limit; }
+  RINGATTN_HD bool has_extras() const { return sinks > 0 || n_global > 0 || blocks.on(); }
+  RINGATTN_HD bool is_none() const {
+    return lo <= -kUnbounded && hi >= kUnbounded && limit >= kUnbounded && dilation == 1;
+  }
+  RINGATTN_HD bool in_global(int64_t p) const {
+    for (int i = 0; i < n_global; ++i)
+      if (global[i].contains(p)) return true;
+    return false;
+  }
   RINGATTN_HD bool allows(int64_t qp, int64_t kp) const {
     const int64_t d = kp - qp;
-    return d >= lo && d <= hi;
+    if (d > limit) return false;
+    if (d >= lo && d <= hi && (dilation == 1 || d % dilation == 0)) return true;
+    if (kp >= 0 && kp < sinks) return true;
+    if (n_global > 0 && (in_global(kp) || in_global(qp))) return true;
+    return blocks.allows(qp, kp);
   }
 
   // Classify the tile of queries at positions [q_first, q_last] and keys at
-  // [k_first, k_last] (inclusive extremes of each block).
+  // [k_first, k_last] (the extremes of each block). `empty` and `full` are
+  // exact (never claimed unless true for every pair); `partial` may be
+  // conservative.
   RINGATTN_HD TileClass classify(int64_t q_first, int64_t q_last, int64_t k_first,
                                  int64_t k_last) const {
-    const int64_t dmin = k_first - q_last;
-    const int64_t dmax = k_last - q_first;
-    if (dmax < lo || dmin > hi || lo > hi) return TileClass::empty;
-    if (dmin >= lo && dmax <= hi) return TileClass::full;
-    return TileClass::partial;
+    const int64_t dmin = k_first - q_last, dmax = k_last - q_first;
+    if (dmin > limit) return TileClass::empty;
+    const bool limit_full = dmax <= limit;
+    // The union of the parts: full if one is full, empty if all are empty.
+    bool any = false, full = false;
+    auto add = [&](TileClass c) {
+      any = any || c != TileClass::empty;
+      full = full || c == TileClass::full;
+    };
+    if (!band_empty()) {
+      const bool disjoint = dmax < lo || dmin > hi;
+      const bool inside = dmin >= lo && dmax <= hi;
+      add(disjoint ? TileClass::empty
+                   : (inside && dilation == 1 ? TileClass::full : TileClass::partial));
+    }
+    if (sinks > 0) add(range_class({0, sinks}, k_first, k_last));
+    for (int i = 0; i < n_global; ++i) {
+      add(range_class(global[i], k_first, k_last));
+      add(range_class(global[i], q_first, q_last));
+    }
+    if (blocks.on()) add(block_class(q_first, q_last, k_first, k_last));
+    if (!any) return TileClass::empty;
+    return full && limit_full ? TileClass::full : TileClass::partial;
   }
 
-  // Visible keys of one query, as a half-open range [*j0, *j1) of local key
-  // indices in a block of nk keys at positions kpos. Empty when *j0 >= *j1.
-  RINGATTN_HD void key_range(int64_t qp, Positions kpos, int64_t nk, int64_t* j0,
-                             int64_t* j1) const {
-    int64_t a = 0, b = nk;
-    if (lo > -kUnbounded) a = std::max(a, ceil_div(qp + lo - kpos.start, kpos.stride));
-    if (hi < kUnbounded) b = std::min(b, floor_div(qp + hi - kpos.start, kpos.stride) + 1);
-    *j0 = a;
-    *j1 = std::max(a, b);
+  // Visible keys of one query among nk keys at positions kpos, as up to `max`
+  // half-open ranges of local key indices, in no particular order and possibly
+  // overlapping; returns how many. *elementwise is set when the ranges are only
+  // an outer bound and allows() must be checked per key (dilated bands, or
+  // more ranges than `max`).
+  RINGATTN_HD int key_ranges(int64_t qp, Positions kpos, int64_t nk, int64_t* begin, int64_t* end,
+                             int max, bool* elementwise) const {
+    *elementwise = false;
+    int n = 0;
+    // The causal bound caps every range.
+    int64_t cap = nk;
+    if (limit < kUnbounded)
+      cap = std::min(cap, floor_div(qp + limit - kpos.start, kpos.stride) + 1);
+    if (cap <= 0) return 0;
+    auto push = [&](int64_t lo_pos, int64_t hi_pos_excl) {  // positions -> indices
+      int64_t a = lo_pos <= -kUnbounded
+                      ? 0
+                      : std::max<int64_t>(0, ceil_div(lo_pos - kpos.start, kpos.stride));
+      int64_t b = hi_pos_excl >= kUnbounded
+                      ? cap
+                      : std::min(cap, ceil_div(hi_pos_excl - kpos.start, kpos.stride));
+      if (a < b && n < max)
+        begin[n] = a, end[n] = b, ++n;
+      else if (a < b)
+        begin[n - 1] = std::min(begin[n - 1], a), end[n - 1] = std::max(end[n - 1], b),
+                  *elementwise = true;
+    };
+    if (n_global > 0 && in_global(qp)) {
+      push(-kUnbounded, kUnbounded);
+      return n;
+    }
+    if (!band_empty()) {
+      push(lo <= -kUnbounded ? -kUnbounded : qp + lo, hi >= kUnbounded ? kUnbounded : qp + hi + 1);
+      if (dilation != 1) *elementwise = true;
+    }
+    if (sinks > 0) push(0, sinks);
+    for (int i = 0; i < n_global; ++i) push(global[i].begin, global[i].end);
+    if (blocks.on() && qp >= 0) {
+      const int64_t bq = qp / blocks.size, s = blocks.size;
+      push(std::max<int64_t>(0, (bq - blocks.window) * s), (bq + blocks.window + 1) * s);
+      if (blocks.global > 0) push(0, blocks.global * s);
+      if (bq < blocks.global) push(0, kUnbounded);
+      for (int r = 0; r < blocks.random; ++r) {
+        const int64_t bk = blocks.random_block(bq, r);
+        push(bk * s, (bk + 1) * s);
+      }
+    }
+    return n;
+  }
+
+ private:
+  RINGATTN_HD static TileClass range_class(PosRange r, int64_t first, int64_t last) {
+    if (last < r.begin || first >= r.end) return TileClass::empty;
+    if (first >= r.begin && last < r.end) return TileClass::full;
+    return TileClass::partial;
+  }
+  RINGATTN_HD TileClass block_class(int64_t q_first, int64_t q_last, int64_t k_first,
+                                    int64_t k_last) const {
+    const int64_t s = blocks.size;
+    if (q_last < 0 || k_last < 0) return TileClass::empty;
+    const int64_t bq0 = std::max<int64_t>(q_first, 0) / s, bq1 = q_last / s;
+    const int64_t bk0 = std::max<int64_t>(k_first, 0) / s, bk1 = k_last / s;
+    constexpr int64_t kMaxPairs = 64;  // beyond this many block pairs, do not enumerate
+    if ((bq1 - bq0 + 1) * (bk1 - bk0 + 1) > kMaxPairs) return TileClass::partial;
+    int64_t allowed = 0, total = 0;
+    for (int64_t bq = bq0; bq <= bq1; ++bq)
+      for (int64_t bk = bk0; bk <= bk1; ++bk, ++total) allowed += blocks.allows_blocks(bq, bk);
+    if (allowed == 0) return TileClass::empty;
+    return allowed == total && q_first >= 0 && k_first >= 0 ? TileClass::full : TileClass::partial;
   }
 };
 

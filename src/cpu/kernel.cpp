@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "cpu/kernel_isa.hpp"
@@ -99,12 +100,32 @@ Isa parse_isa(const std::string& s) {
 }
 
 int64_t visible_pairs(const Mask& mask, Positions qpos, int64_t nq, Positions kpos, int64_t nk) {
-  if (mask.is_none()) return nq * nk;
+  if (mask.is_none() || nk == 0) return nq * nk;
+  constexpr int kMaxRanges = 4 + 2 * kMaxGlobalRanges + kMaxRandomBlocks;
   int64_t n = 0;
   for (int64_t i = 0; i < nq; ++i) {
-    int64_t j0, j1;
-    mask.key_range(qpos.at(i), kpos, nk, &j0, &j1);
-    n += j1 - j0;
+    const int64_t qp = qpos.at(i);
+    int64_t b[kMaxRanges], e[kMaxRanges];
+    bool elementwise = false;
+    const int nr = mask.key_ranges(qp, kpos, nk, b, e, kMaxRanges, &elementwise);
+    if (elementwise) {
+      for (int64_t j = 0; j < nk; ++j) n += mask.allows(qp, kpos.at(j));
+      continue;
+    }
+    // Size of the union of the ranges: sort by begin, then sweep.
+    std::sort(b, b + nr);  // only the multiset of begins and ends matters for a sweep
+    std::sort(e, e + nr);
+    int64_t covered = 0, open = 0, since = 0;
+    for (int x = 0, y = 0; x < nr || y < nr;) {
+      if (x < nr && b[x] < e[y]) {
+        if (open++ == 0) since = b[x];
+        ++x;
+      } else {
+        if (--open == 0) covered += e[y] - since;
+        ++y;
+      }
+    }
+    n += covered;
   }
   return n;
 }

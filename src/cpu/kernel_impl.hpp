@@ -172,6 +172,34 @@ struct Impl {
     *m = m_new;
   }
 
+  // For a row of a partial tile: the outer range [*j0, *j1) of visible keys,
+  // with the invisible keys inside it set to -inf in s.
+  static void mask_row(const Mask& mask, int64_t qp, Positions kpos, int kvalid, float* s, int* j0,
+                       int* j1) {
+    constexpr int kMaxRanges = 4 + 2 * kMaxGlobalRanges + kMaxRandomBlocks;
+    int64_t b[kMaxRanges], e[kMaxRanges];
+    bool elementwise = false;
+    const int n = mask.key_ranges(qp, kpos, kvalid, b, e, kMaxRanges, &elementwise);
+    if (n == 0) {
+      *j0 = *j1 = 0;
+      return;
+    }
+    int64_t lo = b[0], hi = e[0];
+    for (int i = 1; i < n; ++i) lo = std::min(lo, b[i]), hi = std::max(hi, e[i]);
+    *j0 = static_cast<int>(lo);
+    *j1 = static_cast<int>(hi);
+    if (elementwise) {
+      for (int64_t j = lo; j < hi; ++j)
+        if (!mask.allows(qp, kpos.at(j))) s[j] = -INFINITY;
+    } else if (n > 1) {  // mask the gaps between the ranges
+      for (int64_t j = lo; j < hi; ++j) {
+        bool in = false;
+        for (int i = 0; i < n && !in; ++i) in = j >= b[i] && j < e[i];
+        if (!in) s[j] = -INFINITY;
+      }
+    }
+  }
+
   static int64_t workspace_floats(int dp) {
     // qs, oacc: kBlockQ x dp; s: kBlockQ x kBlockK; m, l, alpha: kBlockQ
     return 2 * int64_t{kBlockQ} * dp + int64_t{kBlockQ} * kBlockK + 3 * int64_t{kBlockQ};
@@ -216,12 +244,10 @@ struct Impl {
 
       // Mask, online softmax.
       for (int r = 0; r < rows_pv; ++r) {
-        int64_t j0 = 0, j1 = kvalid;
-        if (cls == TileClass::partial && r < rows) {
-          job.mask.key_range(job.qpos.at(r), kpos, kvalid, &j0, &j1);
-        }
-        softmax_row(s + r * kBlockK, static_cast<int>(j0), static_cast<int>(j1), kc, m + r, l + r,
-                    alpha + r);
+        int j0 = 0, j1 = kvalid;
+        if (cls == TileClass::partial && r < rows)
+          mask_row(job.mask, job.qpos.at(r), kpos, kvalid, s + r * kBlockK, &j0, &j1);
+        softmax_row(s + r * kBlockK, j0, j1, kc, m + r, l + r, alpha + r);
       }
 
       // Oacc = Oacc * alpha + P . V
