@@ -189,6 +189,62 @@ TEST_P(RunCaseTest, MatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Cases, RunCaseTest, ::testing::ValuesIn(all_cases()),
                          [](const ::testing::TestParamInfo<RunCase>& p) { return p.param.name; });
 
+// ---- sparse masks from the command line ---------------------------------------
+
+TEST_F(Run, SparseMaskOptionsMatchTheReference) {
+  const int64_t n = 900, h = 2, d = 32;
+  const Tensor q = random_tensor(DType::f32, {1, n, h, d}, 11);
+  const Tensor k = random_tensor(DType::f32, {1, n, h, d}, 12);
+  const Tensor v = random_tensor(DType::f32, {1, n, h, d}, 13);
+  save_npy(path("q.npy"), q);
+  save_npy(path("k.npy"), k);
+  save_npy(path("v.npy"), v);
+  struct Case {
+    std::vector<std::string> flags;
+    Mask mask;  // what the flags mean, written out by hand
+  };
+  std::vector<Case> cases;
+  {
+    Mask m = Mask::causal(0);
+    m.lo = -99, m.sinks = 4;
+    cases.push_back({{"--causal", "--window-left", "99", "--sinks", "4"}, m});
+  }
+  {
+    Mask m = Mask::band(-50, 20);
+    m.dilation = 2, m.n_global = 2, m.global[0] = {0, 1}, m.global[1] = {400, 411};
+    cases.push_back({{"--window-left", "50", "--window-right", "20", "--dilation", "2", "--global",
+                      "0,400-410"},
+                     m});
+  }
+  {
+    Mask m = Mask::band(1, 0);
+    m.blocks.size = 64, m.blocks.window = 1, m.blocks.global = 1, m.blocks.random = 2;
+    m.blocks.seed = 5, m.blocks.key_blocks = (n + 63) / 64;
+    cases.push_back(
+        {{"--block-size", "64", "--block-global", "1", "--block-random", "2", "--block-seed", "5"},
+         m});
+  }
+  for (const Case& c : cases)
+    for (const char* layout : {"contiguous", "zigzag", "striped"}) {
+      std::vector<std::string> args = {"--ranks-local", "3",           "--layout",  layout,
+                                       "--q",           path("q.npy"), "--k",       path("k.npy"),
+                                       "--v",           path("v.npy"), "--out",     path("o.npy"),
+                                       "--lse-out",     path("l.npy"), "--threads", "1"};
+      args.insert(args.end(), c.flags.begin(), c.flags.end());
+      const Result r = run(args);
+      ASSERT_EQ(r.rc, 0) << r.err;
+      AttentionArgs a;
+      a.batch = 1, a.nq = n, a.nk = n, a.hq = h, a.hkv = h, a.head_dim = d;
+      a.q = q.data.data(), a.k = k.data.data(), a.v = v.data.data(), a.mask = c.mask;
+      const ReferenceResult ref = reference_attention(a);
+      const Tensor o = read_npy(path("o.npy")), l = read_npy(path("l.npy"));
+      const ErrorStats e = compare_to_reference(a, o.as<float>(), l.as<float>(), ref);
+      EXPECT_LE(e.o_rel_fro, kTolO) << c.flags[0] << " " << layout;
+      EXPECT_LE(e.lse_max_abs, kTolLse) << c.flags[0] << " " << layout;
+      EXPECT_EQ(e.lse_mismatch, 0) << c.flags[0] << " " << layout;
+    }
+}
+
 // ---- generated inputs ------------------------------------------------------
 
 // The problem `run --seed S` generates, built here from the synth convention directly.
@@ -445,6 +501,24 @@ TEST(Synth, CounterBasedStandardNormal) {
   uint16_t h[4];
   synth_fill(h, DType::f16, key, 10, 4);
   for (int i = 0; i < 4; ++i) EXPECT_EQ(f16_to_f32(h[i]), round_to(DType::f16, all[10 + i]));
+}
+
+TEST_F(RunError, BadMaskOptions) {
+  for (const auto& bad : std::vector<std::vector<std::string>>{{"--global", "7-3"},
+                                                               {"--global", "x"},
+                                                               {"--dilation", "0"},
+                                                               {"--window-left", "-2"},
+                                                               {"--block-random", "99"}}) {
+    std::vector<std::string> args = {"--ranks-local", "2",          "--seq-len", "64",
+                                     "--out",         path("o.npy")};
+    args.insert(args.end(), bad.begin(), bad.end());
+    const Result r = run(args);
+    EXPECT_NE(r.rc, 0) << bad[0];
+    EXPECT_NE(r.err.find(bad[0]), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_FALSE(fs::exists(path("o.npy")));
+    EXPECT_TRUE(temporaries().empty());
+  }
 }
 
 }  // namespace

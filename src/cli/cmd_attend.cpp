@@ -15,6 +15,7 @@
 
 #include "cli/commands.hpp"
 #include "cli/harness.hpp"
+#include "cli/mask_options.hpp"
 #include "cli/metrics.hpp"
 #include "cli/options.hpp"
 #include "ringattn/error.hpp"
@@ -52,6 +53,7 @@ CommandSpec attend_spec() {
                        "also run the float64 reference and print the error; fail (writing "
                        "nothing) if it exceeds the tolerance"),
   };
+  for (OptionSpec& o : mask_option_specs()) s.options.push_back(std::move(o));
   s.epilog = tolerance_help();
   return s;
 }
@@ -171,6 +173,7 @@ int cmd_attend(int argc, char** argv) {
   shape.head_dim = in.dq.d;
   shape.dtype = in.q.dtype;
   shape.causal = opt->flag("causal");
+  shape.masks = parse_mask_options(*opt);
   const float scale = opt->has("scale") ? static_cast<float>(opt->number("scale")) : 0.0f;
   const AttentionArgs args =
       make_args(shape, in.q.data.data(), in.k.data.data(), in.v.data.data(), scale);

@@ -22,6 +22,7 @@
 
 #include "cli/commands.hpp"
 #include "cli/harness.hpp"
+#include "cli/mask_options.hpp"
 #include "cli/metrics.hpp"
 #include "cli/options.hpp"
 #include "cli/table.hpp"
@@ -78,6 +79,7 @@ CommandSpec bench_spec() {
       OptionSpec::integer("sgemm-size", "2048", "n of the n x n x n sgemm measuring the peak rate")
           .positive(),
   };
+  for (OptionSpec& o : mask_option_specs()) s.options.push_back(std::move(o));
   s.epilog = tolerance_help();
   return s;
 }
@@ -167,7 +169,8 @@ RowResult bench_one(const ProblemShape& shape, const Settings& s, MetricsFile& m
                        fmt::format("{}/{}", shape.hq, shape.hkv),
                        fmt::format("{}", shape.head_dim),
                        std::string(dtype_name(shape.dtype)),
-                       shape.causal ? "causal" : "full",
+                       shape.masks.sparse() ? (shape.causal ? "c+sprs" : "sparse")
+                                            : (shape.causal ? "causal" : "full"),
                        cell_fixed(kt.best_s * 1e3, 2),
                        cell_fixed(gflops, 1),
                        cell_fixed(pct, 1),
@@ -223,6 +226,7 @@ int cmd_bench_kernel(int argc, char** argv) {
 
   // Every problem of the sweep, validated before anything runs.
   std::vector<ProblemShape> shapes;
+  const MaskOptions masks = parse_mask_options(*opt);
   for (const std::string& dt : opt->texts("dtype")) {
     for (const bool causal : opt->flags("causal")) {
       for (const int64_t d : opt->integers("head-dim")) {
@@ -236,6 +240,7 @@ int cmd_bench_kernel(int argc, char** argv) {
           p.head_dim = d;
           p.dtype = parse_dtype(dt, "option '--dtype'");
           p.causal = causal;
+          p.masks = masks;
           validate_shape_options(p);
           shapes.push_back(p);
         }
@@ -262,6 +267,10 @@ int cmd_bench_kernel(int argc, char** argv) {
   fmt::print("# isa {}{}, threads {}, sgemm {:.1f} GFLOP/s (OpenBLAS core {}, n = {}, best of 3)\n",
              s.isa, s.kopt.isa == Isa::automatic ? " (auto)" : "", s.threads, s.sgemm_gflops,
              blas_core_name(), sgemm_n);
+  {
+    const MaskOptions sparse_parts = parse_mask_options(*opt);
+    if (sparse_parts.sparse()) fmt::print("# sparse mask: {}\n", sparse_parts.describe());
+  }
   fmt::print(
       "# time: best of {} after {} warm-up; errors: O rel Frobenius and max |dLSE| vs "
       "float64 on {} sampled rows per head; base: materialised OpenBLAS baseline\n",

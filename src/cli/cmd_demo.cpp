@@ -11,6 +11,7 @@
 
 #include "cli/commands.hpp"
 #include "cli/harness.hpp"
+#include "cli/mask_options.hpp"
 #include "cli/metrics.hpp"
 #include "cli/options.hpp"
 #include "ringattn/kernel.hpp"
@@ -51,6 +52,7 @@ CommandSpec demo_spec() {
                           "in full")
           .positive(),
   };
+  for (OptionSpec& o : mask_option_specs()) s.options.push_back(std::move(o));
   s.epilog =
       tolerance_help() +
       fmt::format("\nProblems up to 2^{:.0f} multiply-adds (B Hq Nq Nk D) are checked in full.",
@@ -78,6 +80,7 @@ int cmd_demo(int argc, char** argv) {
   shape.head_dim = opt->integer("head-dim");
   shape.dtype = parse_dtype(opt->text("dtype"), "option '--dtype'");
   shape.causal = opt->flag("causal");
+  shape.masks = parse_mask_options(*opt);
   validate_shape_options(shape);
   apply_threads(opt->threads());
   KernelOptions kopt;

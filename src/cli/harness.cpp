@@ -30,7 +30,19 @@ void fill_normal(Tensor& t, std::mt19937_64& rng) {
 
 std::string ProblemShape::str() const {
   return fmt::format("B={} Nq={} Nk={} Hq={} Hkv={} D={} {} {}", batch, nq, nk, hq, hkv, head_dim,
-                     dtype_name(dtype), causal ? "causal" : "full");
+                     dtype_name(dtype), mask_str());
+}
+
+Mask ProblemShape::mask() const {
+  MaskOptions m = masks;
+  m.causal = causal;
+  return m.build(nq, nk);
+}
+
+std::string ProblemShape::mask_str() const {
+  MaskOptions m = masks;
+  m.causal = causal;
+  return m.sparse() ? m.describe() : (causal ? "causal" : "full");
 }
 
 bool head_dim_supported(int64_t d) {
@@ -61,7 +73,7 @@ AttentionArgs make_args(const ProblemShape& s, const void* q, const void* k, con
   a.k = k;
   a.v = v;
   a.scale = scale;
-  a.mask = s.causal ? Mask::causal(s.nk - s.nq) : Mask::none();
+  a.mask = s.mask();
   return a;
 }
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/mask_options.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/reference.hpp"
 #include "ringattn/tensor.hpp"
@@ -20,7 +21,10 @@ struct ProblemShape {
   int64_t batch = 1, nq = 0, nk = 0, hq = 1, hkv = 1, head_dim = 0;
   DType dtype = DType::f32;
   bool causal = false;
+  MaskOptions masks;        // sparse parts; causal comes from `causal`
   std::string str() const;  // "B=1 Nq=4096 Nk=4096 Hq=8 Hkv=2 D=128 float32 causal"
+  Mask mask() const;
+  std::string mask_str() const;  // "causal", "full", or the sparse description
 };
 
 // Head dims the kernel supports: multiples of kHeadDimMultiple in [kMinHeadDim, kMaxHeadDim].
@@ -33,8 +37,8 @@ bool head_dim_supported(int64_t d);
 // UsageError naming the option.
 void validate_shape_options(const ProblemShape& shape);
 
-// Arguments for q [B, Nq, Hq, D], k/v [B, Nk, Hkv, D] in `shape.dtype`; causal is
-// bottom-right aligned (Mask::causal(Nk - Nq), positions from 0). scale 0 = 1/sqrt(D).
+// Arguments for q [B, Nq, Hq, D], k/v [B, Nk, Hkv, D] in `shape.dtype`; the mask
+// is shape.mask() (bottom-right aligned, positions from 0). scale 0 = 1/sqrt(D).
 AttentionArgs make_args(const ProblemShape& shape, const void* q, const void* k, const void* v,
                         float scale = 0.0f);
 

@@ -101,10 +101,10 @@ std::string RunConfig::config_text() const {
   const std::string source = from_files ? fmt::format("files:{}|{}|{}", q.path, k.path, v.path)
                                         : fmt::format("seed:{}", seed);
   return fmt::format(
-      "shape:{};causal:{};layout:{};scale:{};source:{};repeats:{};warmup:{};verify:{};"
+      "shape:{};causal:{};mask:{};layout:{};scale:{};source:{};repeats:{};warmup:{};verify:{};"
       "fail-rank:{};out:{};lse-out:{}",
-      shape_text(), causal, layout_name(layout), scale, source, repeats, warmup, verify, fail_rank,
-      !out_path.empty(), !lse_path.empty());
+      shape_text(), causal, masks.describe(), layout_name(layout), scale, source, repeats, warmup,
+      verify, fail_rank, !out_path.empty(), !lse_path.empty());
 }
 
 CommandSpec run_spec() {
@@ -173,6 +173,7 @@ CommandSpec run_spec() {
                           "testing: this rank fails right after its first ring pass, to check "
                           "that the whole job ends (-1: none)"),
   };
+  for (OptionSpec& o : mask_option_specs()) s.options.push_back(std::move(o));
   s.epilog =
       "--threads is the kernel threads of each rank: 0 means cores / P for in-process ranks and\n"
       "the OpenMP default (OMP_NUM_THREADS) under MPI.\n"
@@ -199,6 +200,8 @@ RunConfig make_run_config(const ParsedOptions& opt) {
     configure_generated(opt, &c);
   }
   c.causal = opt.flag("causal");
+  c.masks = parse_mask_options(opt);
+  c.masks.causal = c.causal;
   const std::string& layout = opt.text("layout");
   c.layout = layout == kLayoutAuto ? (c.causal ? LayoutKind::zigzag : LayoutKind::contiguous)
                                    : parse_layout(layout);

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <string>
 
+#include "cli/mask_options.hpp"
 #include "cli/options.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/layout.hpp"
@@ -34,6 +35,7 @@ struct RunConfig {
   int64_t batch = 1, nq = 0, nk = 0, hq = 1, hkv = 1, head_dim = 0;
   DType dtype = DType::f32;
   bool causal = false;
+  MaskOptions masks;                           // sparse parts (and causal again)
   LayoutKind layout = LayoutKind::contiguous;  // resolved (never "auto")
   float scale = 0.0f;                          // 0: 1/sqrt(head_dim)
 
@@ -54,7 +56,7 @@ struct RunConfig {
   Isa isa = Isa::automatic;
   std::string command_line;  // `ringattn run ...` with every effective option
 
-  Mask mask() const { return causal ? Mask::causal(nk - nq) : Mask::none(); }
+  Mask mask() const { return masks.build(nq, nk); }
   bool batched_output() const { return !from_files || q.ndim == kNdimBatch; }
   // Whether rank 0 collects every rank's rows after the ring (outputs or --verify).
   bool gathers() const { return !out_path.empty() || !lse_path.empty() || verify; }

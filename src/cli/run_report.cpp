@@ -49,7 +49,8 @@ double bytes_per_step(const RunReport& r) {
 }
 
 std::string mask_text(const RunConfig& c) {
-  return c.causal ? (c.nq == c.nk ? "causal" : "causal (bottom-right)") : "none";
+  const std::string m = c.masks.describe();
+  return c.causal && c.nq != c.nk ? m + " (bottom-right)" : m;
 }
 
 }  // namespace

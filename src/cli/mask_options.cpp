@@ -1,0 +1,142 @@
+#include "cli/mask_options.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace ringattn::cli {
+namespace {
+
+// "0,100-115": single positions or inclusive ranges, comma separated.
+std::vector<PosRange> parse_ranges(const std::vector<std::string>& items) {
+  std::vector<PosRange> out;
+  for (const std::string& item : items) {
+    if (item.empty()) continue;
+    const std::size_t dash = item.find('-', 1);
+    try {
+      std::size_t used = 0;
+      const int64_t a = std::stoll(item.substr(0, dash), &used);
+      if (used != (dash == std::string::npos ? item.size() : dash))
+        throw std::invalid_argument(item);
+      int64_t b = a;
+      if (dash != std::string::npos) {
+        const std::string rest = item.substr(dash + 1);
+        b = std::stoll(rest, &used);
+        if (used != rest.size()) throw std::invalid_argument(item);
+      }
+      if (a < 0 || b < a) throw std::invalid_argument(item);
+      out.push_back({a, b + 1});
+    } catch (const std::logic_error&) {
+      throw UsageError(fmt::format(
+          "option '--global': expected positions or inclusive ranges like '0,100-115', got '{}'",
+          item));
+    }
+  }
+  if (out.size() > static_cast<std::size_t>(kMaxGlobalRanges))
+    throw UsageError(
+        fmt::format("option '--global': at most {} ranges, got {}", kMaxGlobalRanges, out.size()));
+  return out;
+}
+
+int64_t at_least(const ParsedOptions& opt, const char* name, int64_t min) {
+  const int64_t v = opt.integer(name);
+  if (v < min)
+    throw UsageError(fmt::format("option '--{}': expected an integer >= {}, got {}", name, min, v));
+  return v;
+}
+
+}  // namespace
+
+std::vector<OptionSpec> mask_option_specs() {
+  return {
+      OptionSpec::integer("window-left", "-1",
+                          "sliding window: keys up to this many positions before the query's "
+                          "diagonal (-1: unbounded)",
+                          "tokens"),
+      OptionSpec::integer("window-right", "-1",
+                          "sliding window: keys up to this many positions after it (-1: "
+                          "unbounded)",
+                          "tokens"),
+      OptionSpec::integer("dilation", "1",
+                          "dilated window: only keys at a distance divisible by this"),
+      OptionSpec::integer("sinks", "0", "attention sinks: the first S tokens are always visible",
+                          "tokens"),
+      OptionSpec::text("global", "",
+                       "global tokens that see and are seen by all: positions or inclusive "
+                       "ranges, e.g. 0,100-115 (at most 8)",
+                       "RANGES")
+          .as_list(),
+      OptionSpec::integer("block-size", "0", "block-sparse (BigBird) block size; 0: off", "tokens"),
+      OptionSpec::integer("block-window", "1", "block-sparse: neighbouring blocks on each side"),
+      OptionSpec::integer("block-global", "0",
+                          "block-sparse: leading blocks that see and are seen by all"),
+      OptionSpec::integer("block-random", "0", "block-sparse: random key blocks per query block"),
+      OptionSpec::integer("block-seed", "0", "block-sparse: seed of the random blocks"),
+  };
+}
+
+MaskOptions parse_mask_options(const ParsedOptions& opt) {
+  MaskOptions m;
+  m.window_left = at_least(opt, "window-left", -1);
+  m.window_right = at_least(opt, "window-right", -1);
+  m.dilation = at_least(opt, "dilation", 1);
+  m.sinks = at_least(opt, "sinks", 0);
+  if (opt.has("global")) m.global = parse_ranges(opt.texts("global"));
+  m.blocks.size = at_least(opt, "block-size", 0);
+  m.blocks.window = at_least(opt, "block-window", 0);
+  m.blocks.global = at_least(opt, "block-global", 0);
+  const int64_t r = at_least(opt, "block-random", 0);
+  if (r > kMaxRandomBlocks)
+    throw UsageError(
+        fmt::format("option '--block-random': at most {}, got {}", kMaxRandomBlocks, r));
+  m.blocks.random = static_cast<int>(r);
+  m.blocks.seed = static_cast<uint64_t>(opt.integer("block-seed"));
+  return m;
+}
+
+bool MaskOptions::sparse() const {
+  return window_left >= 0 || window_right >= 0 || dilation != 1 || sinks > 0 || !global.empty() ||
+         blocks.on();
+}
+
+Mask MaskOptions::build(int64_t nq, int64_t nk) const {
+  const int64_t diag = nk - nq;  // bottom-right alignment
+  Mask m = causal ? Mask::causal(diag) : Mask::none();
+  const bool window = window_left >= 0 || window_right >= 0;
+  if (window_left >= 0) m.lo = diag - window_left;
+  if (window_right >= 0) m.hi = std::min(m.hi, diag + window_right);
+  if (blocks.on() && !window) m.lo = 1, m.hi = 0;  // blocks only: no band
+  m.dilation = dilation;
+  m.sinks = sinks;
+  m.n_global = static_cast<int>(global.size());
+  std::copy(global.begin(), global.end(), m.global);
+  m.blocks = blocks;
+  if (blocks.on()) m.blocks.key_blocks = (nk + blocks.size - 1) / blocks.size;
+  return m;
+}
+
+std::string MaskOptions::describe() const {
+  std::vector<std::string> parts;
+  if (window_left >= 0 || window_right >= 0)
+    parts.push_back(
+        fmt::format("window {}/{}", window_left < 0 ? "inf" : std::to_string(window_left),
+                    window_right < 0 ? (causal ? "0" : "inf") : std::to_string(window_right)));
+  if (dilation != 1) parts.push_back(fmt::format("dilation {}", dilation));
+  if (sinks > 0) parts.push_back(fmt::format("{} sinks", sinks));
+  if (!global.empty()) {
+    std::string g;
+    for (const PosRange& r : global)
+      g += (g.empty() ? "" : ",") + (r.end - r.begin == 1
+                                         ? std::to_string(r.begin)
+                                         : fmt::format("{}-{}", r.begin, r.end - 1));
+    parts.push_back("global " + g);
+  }
+  if (blocks.on())
+    parts.push_back(fmt::format("blocks {} (window {}, global {}, random {} seed {})", blocks.size,
+                                blocks.window, blocks.global, blocks.random, blocks.seed));
+  std::string s = causal ? "causal" : (parts.empty() ? "none" : "");
+  for (const std::string& p : parts) s += (s.empty() ? "" : " + ") + p;
+  return s;
+}
+
+}  // namespace ringattn::cli
