@@ -55,6 +55,15 @@ double global_flops(const RunConfig& cfg) {
   return attention_flops(a);
 }
 
+// Bytes `rank` would send in a full ring: the blocks it holds at steps 0..P-2.
+int64_t full_ring_bytes(const RunConfig& cfg, const Layout& kvl, int rank) {
+  const int np = kvl.ranks();
+  int64_t tokens = 0;
+  for (int s = 0; s + 1 < np; ++s) tokens += kvl.tokens(((rank - s) % np + np) % np);
+  return 2 * cfg.batch * tokens * cfg.hkv * cfg.head_dim *
+         static_cast<int64_t>(dtype_size(cfg.dtype));
+}
+
 std::string outputs_text(const RunConfig& cfg) {
   std::string s = cfg.out_path;
   if (!cfg.lse_path.empty()) s += (s.empty() ? "" : ", ") + cfg.lse_path;
@@ -109,8 +118,8 @@ void run_job(Communicator& comm, const RunConfig& cfg) {
       best = std::move(m);
     }
   }
-  const RankStats mine =
-      rank_stats(best, rank, nq, kvl.tokens(rank), threads, memory_peak_thread());
+  const RankStats mine = rank_stats(best, rank, nq, kvl.tokens(rank), threads, memory_peak_thread(),
+                                    full_ring_bytes(cfg, kvl, rank));
   std::vector<RankStats> stats(static_cast<std::size_t>(np));
   comm.allgather(&mine, sizeof(mine), stats.data());
 

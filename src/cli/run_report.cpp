@@ -56,8 +56,10 @@ std::string mask_text(const RunConfig& c) {
 }  // namespace
 
 RankStats rank_stats(const RingMetrics& m, int rank, int64_t q_tokens, int64_t kv_tokens,
-                     int threads, std::size_t peak_bytes) {
+                     int threads, std::size_t peak_bytes, int64_t full_ring_bytes) {
   RankStats s;
+  s.tiles_total = m.tiles.tiles_total, s.tiles_computed = m.tiles.tiles_computed;
+  s.tiles_partial = m.tiles.tiles_partial, s.full_ring_bytes = full_ring_bytes;
   s.rank = rank, s.q_tokens = q_tokens, s.kv_tokens = kv_tokens, s.threads = threads;
   s.steps = m.steps, s.computed_steps = m.computed_steps, s.bytes_sent = m.bytes_sent;
   s.peak_bytes = static_cast<int64_t>(peak_bytes), s.pairs = m.pairs;
@@ -122,6 +124,26 @@ void print_report(const RunReport& r) {
        fmt::format("{:.3f} scheduled (max/mean pairs), {:.3f} measured (max/mean compute time)",
                    r.sched_imbalance, measured_imbalance(r)));
   line("bytes per step", fmt::format("{} per rank per rotation", format_bytes(bytes_per_step(r))));
+  {  // what the mask saved: steps, pairs, tiles, bytes
+    const RankStats& s0 = r.stats.front();
+    int64_t tiles = 0, computed = 0, partial = 0, sent = 0, full_sent = 0;
+    for (const RankStats& s : r.stats) {
+      tiles += s.tiles_total, computed += s.tiles_computed, partial += s.tiles_partial;
+      sent += s.bytes_sent, full_sent += s.full_ring_bytes;
+    }
+    const double dense = double(c.batch) * double(c.hq) * double(c.nq) * double(c.nk);
+    line("ring steps", fmt::format("{} of {} run ({} rotations; a full ring has {})", s0.steps,
+                                   r.ranks, std::max<int64_t>(s0.steps - 1, 0), r.ranks - 1));
+    line("visible pairs",
+         fmt::format("{:.4g} of {:.4g} ({:.2f}%)", r.flops / (4.0 * double(c.head_dim)), dense,
+                     kPercent * r.flops / (4.0 * double(c.head_dim)) / dense));
+    line("tiles", fmt::format("{} computed of {} in the kernel calls ({} partial)", computed, tiles,
+                              partial));
+    line("bytes sent",
+         fmt::format("{} in all vs {} for a full ring ({:.1f}%)", format_bytes(double(sent)),
+                     format_bytes(double(full_sent)),
+                     full_sent > 0 ? kPercent * double(sent) / double(full_sent) : 100.0));
+  }
   if (r.verify) {
     const VerifyResult& v = *r.verify;
     line("efficiency",
@@ -160,6 +182,10 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
                    .number("step_ms", s.step_mean_s * kMs)
                    .integer("pairs", s.pairs)
                    .integer("bytes_sent", s.bytes_sent)
+                   .integer("full_ring_bytes", s.full_ring_bytes)
+                   .integer("tiles_total", s.tiles_total)
+                   .integer("tiles_computed", s.tiles_computed)
+                   .integer("tiles_partial", s.tiles_partial)
                    .integer("peak_bytes", s.peak_bytes));
   JsonObject sum;
   sum.text("command", "run")
@@ -181,7 +207,9 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
       .number("gflops", r.flops / r.slowest_s() / kGiga)
       .number("imbalance_scheduled", r.sched_imbalance)
       .number("imbalance_measured", measured_imbalance(r))
-      .number("bytes_per_step", bytes_per_step(r));
+      .number("bytes_per_step", bytes_per_step(r))
+      .text("mask", c.masks.describe())
+      .integer("steps", r.stats.empty() ? 0 : r.stats[0].steps);
   if (r.verify) {
     sum.number("t1_ms", r.verify->t1_s * kMs)
         .number("efficiency", r.efficiency())

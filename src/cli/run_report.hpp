@@ -32,11 +32,13 @@ namespace ringattn::cli {
 struct RankStats {
   int64_t rank = 0, q_tokens = 0, kv_tokens = 0, threads = 0;
   int64_t steps = 0, computed_steps = 0, bytes_sent = 0, peak_bytes = 0, pairs = 0;
+  int64_t tiles_total = 0, tiles_computed = 0, tiles_partial = 0;  // in the kernel calls made
+  int64_t full_ring_bytes = 0;  // what a ring of P - 1 rotations would send from this rank
   double total_s = 0, compute_s = 0, merge_s = 0, wait_s = 0, step_mean_s = 0;
 };
 
 RankStats rank_stats(const RingMetrics& m, int rank, int64_t q_tokens, int64_t kv_tokens,
-                     int threads, std::size_t peak_bytes);
+                     int threads, std::size_t peak_bytes, int64_t full_ring_bytes);
 
 struct VerifyResult {
   double t1_s = 0;  // the single-rank kernel, rank 0's threads
