@@ -191,6 +191,36 @@ INSTANTIATE_TEST_SUITE_P(Cases, RunCaseTest, ::testing::ValuesIn(all_cases()),
 
 // ---- sparse masks from the command line ---------------------------------------
 
+TEST_F(Run, SampledFloat64CheckOnGeneratedInputs) {
+  // --check-rows recomputes sampled rows in float64 from only their visible keys.
+  const Result r = run({"--ranks-local",
+                        "3",
+                        "--batch",
+                        "2",
+                        "--seq-len",
+                        "3001",
+                        "--heads",
+                        "4",
+                        "--kv-heads",
+                        "2",
+                        "--head-dim",
+                        "32",
+                        "--causal",
+                        "--window-left",
+                        "300",
+                        "--sinks",
+                        "4",
+                        "--global",
+                        "1000-1003",
+                        "--check-rows",
+                        "64",
+                        "--threads",
+                        "1"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("vs float64 on 64 sampled query rows x 4 heads: ok"), std::string::npos)
+      << r.out;
+}
+
 TEST_F(Run, SparseMaskOptionsMatchTheReference) {
   const int64_t n = 900, h = 2, d = 32;
   const Tensor q = random_tensor(DType::f32, {1, n, h, d}, 11);
@@ -226,10 +256,10 @@ TEST_F(Run, SparseMaskOptionsMatchTheReference) {
   }
   for (const Case& c : cases)
     for (const char* layout : {"contiguous", "zigzag", "striped"}) {
-      std::vector<std::string> args = {"--ranks-local", "3",           "--layout",  layout,
-                                       "--q",           path("q.npy"), "--k",       path("k.npy"),
-                                       "--v",           path("v.npy"), "--out",     path("o.npy"),
-                                       "--lse-out",     path("l.npy"), "--threads", "1"};
+      std::vector<std::string> args = {
+          "--ranks-local", "3",           "--layout",  layout,        "--q",          path("q.npy"),
+          "--k",           path("k.npy"), "--v",       path("v.npy"), "--out",        path("o.npy"),
+          "--lse-out",     path("l.npy"), "--threads", "1",           "--check-rows", "40"};
       args.insert(args.end(), c.flags.begin(), c.flags.end());
       const Result r = run(args);
       ASSERT_EQ(r.rc, 0) << r.err;

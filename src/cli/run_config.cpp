@@ -165,6 +165,11 @@ CommandSpec run_spec() {
                        "also run the single-rank kernel on the whole problem on rank 0 (which "
                        "then holds all of q, k, v, O: O(N) memory), compare every rank's rows "
                        "and report the efficiency; fail, writing nothing, over the tolerance"),
+      OptionSpec::integer("check-rows", "0",
+                          "compare this many sampled query rows (per batch and head) against "
+                          "the float64 reference, computed on rank 0 from only the keys each "
+                          "row sees (for problems too large for --verify); 0: off")
+          .non_negative(),
       OptionSpec::text("out", "",
                        "write O, shaped like q in its dtype, in the original token order (.npy)"),
       OptionSpec::text("lse-out", "",
@@ -211,6 +216,7 @@ RunConfig make_run_config(const ParsedOptions& opt) {
   c.repeats = opt.integer_int("repeats");
   c.warmup = opt.integer_int("warmup");
   c.verify = opt.flag("verify");
+  c.check_rows = opt.integer("check-rows");
   c.fail_rank = opt.integer_int("fail-rank");
   if (c.fail_rank < -1)
     throw UsageError(

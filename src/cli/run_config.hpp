@@ -51,15 +51,18 @@ struct RunConfig {
   // Execution.
   int repeats = 1, warmup = 0;
   bool verify = false;
-  int fail_rank = -1;  // testing: this rank throws after its first ring pass
-  int threads = 0;     // kernel threads per rank; 0: automatic (see rank_threads)
+  int64_t check_rows = 0;  // float64 reference on this many sampled query rows (0: off)
+  int fail_rank = -1;      // testing: this rank throws after its first ring pass
+  int threads = 0;         // kernel threads per rank; 0: automatic (see rank_threads)
   Isa isa = Isa::automatic;
   std::string command_line;  // `ringattn run ...` with every effective option
 
   Mask mask() const { return masks.build(nq, nk); }
   bool batched_output() const { return !from_files || q.ndim == kNdimBatch; }
   // Whether rank 0 collects every rank's rows after the ring (outputs or --verify).
-  bool gathers() const { return !out_path.empty() || !lse_path.empty() || verify; }
+  bool gathers() const {
+    return !out_path.empty() || !lse_path.empty() || verify || check_rows > 0;
+  }
   // "N=16384 Nk=16384 B=1 H=8/2 D=128 float32"
   std::string shape_text() const;
   // Canonical text of every value that affects the computation or the message

@@ -14,6 +14,7 @@
 #include "cli/run_inputs.hpp"
 #include "cli/run_output.hpp"
 #include "cli/run_report.hpp"
+#include "cli/run_sample_check.hpp"
 #include "cli/run_tempfiles.hpp"
 #include "cli/run_verify.hpp"
 #include "ringattn/error.hpp"
@@ -127,11 +128,14 @@ void run_job(Communicator& comm, const RunConfig& cfg) {
   memory_reset_peak_thread();
   std::optional<SingleRankCheck> check;
   if (rank == 0 && cfg.verify) check.emplace(cfg, kopt);
+  std::optional<SampledReferenceCheck> sampled;
+  if (rank == 0 && cfg.check_rows > 0) sampled.emplace(cfg, cfg.check_rows);
   if (cfg.gathers())
     gather_rows(comm, ql, cfg.batch, cfg.hq, cfg.head_dim, o.as<float>(), lse.as<float>(),
                 [&](int src, const float* ro, const float* rl) {
                   if (outputs) outputs->write_rank(ql, src, ro, rl);
                   if (check) check->compare(ql, src, ro, rl);
+                  if (sampled) sampled->compare(ql, src, ro, rl);
                 });
   if (rank != 0) return;
 
@@ -159,6 +163,22 @@ void run_job(Communicator& comm, const RunConfig& cfg) {
       throw Error(fmt::format(
           "option '--verify': the ring result differs from the single-rank kernel beyond the {} "
           "tolerance (O rel. Frobenius {:.2e}, max |dLSE| {:.2e}); no output written",
+          dtype_name(cfg.dtype), v.err.o_rel_fro, v.err.lse_max_abs));
+    }
+  }
+  if (sampled) {
+    VerifyResult v;
+    v.err = sampled->errors();
+    v.tol = sampled->tolerance();
+    v.ok = sampled->ok();
+    report.sampled = v;
+    report.sampled_rows = sampled->rows();
+    if (!v.ok) {
+      report.outputs.clear();
+      print_report(report);
+      throw Error(fmt::format(
+          "option '--check-rows': the ring result differs from the float64 reference beyond the "
+          "{} tolerance (O rel. Frobenius {:.2e}, max |dLSE| {:.2e}); no output written",
           dtype_name(cfg.dtype), v.err.o_rel_fro, v.err.lse_max_abs));
     }
   }

@@ -157,6 +157,16 @@ void print_report(const RunReport& r) {
                                         : std::string(),
                      v.ok ? "ok" : "FAIL"));
   }
+  if (r.sampled) {
+    const VerifyResult& v = *r.sampled;
+    line("reference check",
+         fmt::format("O rel. Frobenius {:.2e} (tolerance {:.0e}), max |dLSE| {:.2e} (tolerance "
+                     "{:.0e}){} vs float64 on {} sampled query rows x {} heads: {}",
+                     v.err.o_rel_fro, v.tol.o_rel_fro, v.err.lse_max_abs, v.tol.lse_max_abs,
+                     v.err.lse_mismatch ? fmt::format(", {} mismatched rows", v.err.lse_mismatch)
+                                        : std::string(),
+                     r.sampled_rows, c.hq, v.ok ? "ok" : "FAIL"));
+  }
   line("rank 0 gather peak", fmt::format("{}{}", format_bytes(double(r.rank0_output_peak)),
                                          r.verify ? " (with --verify's whole problem)" : ""));
   if (!r.outputs.empty()) line("outputs", r.outputs);
@@ -210,6 +220,12 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
       .number("bytes_per_step", bytes_per_step(r))
       .text("mask", c.masks.describe())
       .integer("steps", r.stats.empty() ? 0 : r.stats[0].steps);
+  if (r.sampled) {
+    sum.integer("check_rows", r.sampled_rows)
+        .number("ref_o_rel_err", r.sampled->err.o_rel_fro)
+        .number("ref_lse_max_err", r.sampled->err.lse_max_abs)
+        .boolean("ref_pass", r.sampled->ok);
+  }
   if (r.verify) {
     sum.number("t1_ms", r.verify->t1_s * kMs)
         .number("efficiency", r.efficiency())

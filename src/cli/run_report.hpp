@@ -58,6 +58,8 @@ struct RunReport {
   std::vector<RankStats> stats;       // per rank, in rank order
   std::size_t rank0_output_peak = 0;  // rank 0's peak while writing/verifying
   std::optional<VerifyResult> verify;
+  std::optional<VerifyResult> sampled;  // --check-rows (t1_s unused)
+  int64_t sampled_rows = 0;
   std::string outputs;  // "o.npy, lse.npy" or ""
 
   double slowest_s() const;

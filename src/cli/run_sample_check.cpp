@@ -1,0 +1,158 @@
+#include "cli/run_sample_check.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "ringattn/npy.hpp"
+#include "ringattn/synth.hpp"
+
+namespace ringattn::cli {
+namespace {
+
+constexpr int64_t kWindowRows = 4096;  // key rows read or generated at a time
+constexpr int kMaxRanges = 4 + 2 * kMaxGlobalRanges + kMaxRandomBlocks;
+
+// The first and last rows plus an even spread between: mask edges sit there.
+std::vector<int64_t> sample_rows(int64_t n, int64_t k) {
+  std::vector<int64_t> r;
+  if (k >= n) {
+    for (int64_t i = 0; i < n; ++i) r.push_back(i);
+    return r;
+  }
+  for (int64_t i = 0; i < k; ++i) r.push_back(k == 1 ? 0 : i * (n - 1) / (k - 1));
+  r.erase(std::unique(r.begin(), r.end()), r.end());
+  return r;
+}
+
+}  // namespace
+
+std::vector<double> SampledReferenceCheck::load_q(int64_t b, int64_t t) const {
+  const int64_t row = cfg_.hq * cfg_.head_dim;
+  std::vector<double> q(static_cast<std::size_t>(row));
+  if (cfg_.from_files) {
+    const Tensor w = read_npy_slice(cfg_.q.path, cfg_.q.axis(), t, 1);
+    const int64_t off = cfg_.q.ndim == kNdimBatch ? b * row : 0;
+    for (int64_t e = 0; e < row; ++e) q[static_cast<std::size_t>(e)] = w.get(off + e);
+  } else {
+    std::vector<float> f(static_cast<std::size_t>(row));
+    Tensor tmp(cfg_.dtype, {row});
+    synth_fill(tmp.data.data(), cfg_.dtype, synth_key(cfg_.seed, SynthStream::q),
+               static_cast<uint64_t>((b * cfg_.nq + t) * row), row);
+    for (int64_t e = 0; e < row; ++e) q[static_cast<std::size_t>(e)] = tmp.get(e);
+  }
+  return q;
+}
+
+void SampledReferenceCheck::load_kv(int64_t b, int64_t j0, int64_t n, std::vector<double>* k,
+                                    std::vector<double>* v) const {
+  const int64_t row = cfg_.hkv * cfg_.head_dim;
+  k->assign(static_cast<std::size_t>(n * row), 0.0);
+  v->assign(static_cast<std::size_t>(n * row), 0.0);
+  if (cfg_.from_files) {
+    const Tensor wk = read_npy_slice(cfg_.k.path, cfg_.k.axis(), j0, n);
+    const Tensor wv = read_npy_slice(cfg_.v.path, cfg_.v.axis(), j0, n);
+    const int64_t off = cfg_.k.ndim == kNdimBatch ? b * n * row : 0;
+    for (int64_t e = 0; e < n * row; ++e) {
+      (*k)[static_cast<std::size_t>(e)] = wk.get(off + e);
+      (*v)[static_cast<std::size_t>(e)] = wv.get(off + e);
+    }
+  } else {
+    Tensor tk(cfg_.dtype, {n * row}), tv(cfg_.dtype, {n * row});
+    const uint64_t first = static_cast<uint64_t>((b * cfg_.nk + j0) * row);
+    synth_fill(tk.data.data(), cfg_.dtype, synth_key(cfg_.seed, SynthStream::k), first, n * row);
+    synth_fill(tv.data.data(), cfg_.dtype, synth_key(cfg_.seed, SynthStream::v), first, n * row);
+    for (int64_t e = 0; e < n * row; ++e) {
+      (*k)[static_cast<std::size_t>(e)] = tk.get(e);
+      (*v)[static_cast<std::size_t>(e)] = tv.get(e);
+    }
+  }
+}
+
+SampledReferenceCheck::SampledReferenceCheck(const RunConfig& cfg, int64_t rows)
+    : cfg_(cfg), rows_(sample_rows(cfg.nq, rows)) {
+  const int64_t hq = cfg.hq, d = cfg.head_dim, group = cfg.hq / cfg.hkv, nr = this->rows();
+  const double scale = cfg.scale > 0 ? double(cfg.scale) : 1.0 / std::sqrt(double(d));
+  const Mask mask = cfg.mask();
+  ref_o_.assign(static_cast<std::size_t>(cfg.batch * nr * hq * d), 0.0);
+  ref_lse_.assign(static_cast<std::size_t>(cfg.batch * nr * hq), -INFINITY);
+  std::vector<double> k, v;
+  for (int64_t b = 0; b < cfg.batch; ++b)
+    for (int64_t ri = 0; ri < nr; ++ri) {
+      const int64_t t = rows_[static_cast<std::size_t>(ri)];
+      const std::vector<double> q = load_q(b, t);
+      int64_t rb[kMaxRanges], re[kMaxRanges];
+      bool elementwise = false;
+      const int n = mask.key_ranges(t, Positions{0, 1}, cfg.nk, rb, re, kMaxRanges, &elementwise);
+      // Visit every visible key once: mark the union of the ranges window by window.
+      std::vector<double> m(static_cast<std::size_t>(hq), -INFINITY),
+          l(static_cast<std::size_t>(hq), 0.0);
+      double* o = ref_o_.data() + (b * nr + ri) * hq * d;
+      int64_t lo = cfg.nk, hi = 0;
+      for (int i = 0; i < n; ++i) lo = std::min(lo, rb[i]), hi = std::max(hi, re[i]);
+      for (int64_t w0 = lo; w0 < hi; w0 += kWindowRows) {
+        const int64_t wn = std::min(kWindowRows, hi - w0);
+        bool any = false;
+        for (int i = 0; i < n && !any; ++i) any = rb[i] < w0 + wn && re[i] > w0;
+        if (!any) continue;
+        load_kv(b, w0, wn, &k, &v);
+        for (int64_t j = w0; j < w0 + wn; ++j) {
+          if (!mask.allows(t, j)) continue;
+          for (int64_t h = 0; h < hq; ++h) {  // online softmax in double, per head
+            const double* kr = k.data() + ((j - w0) * cfg.hkv + h / group) * d;
+            const double* vr = v.data() + ((j - w0) * cfg.hkv + h / group) * d;
+            double s = 0;
+            for (int64_t e = 0; e < d; ++e) s += q[static_cast<std::size_t>(h * d + e)] * kr[e];
+            s *= scale;
+            double& mh = m[static_cast<std::size_t>(h)];
+            double& lh = l[static_cast<std::size_t>(h)];
+            const double mnew = std::max(mh, s);
+            const double alpha = std::exp(mh - mnew), p = std::exp(s - mnew);
+            for (int64_t e = 0; e < d; ++e) o[h * d + e] = o[h * d + e] * alpha + p * vr[e];
+            lh = lh * alpha + p;
+            mh = mnew;
+          }
+        }
+      }
+      for (int64_t h = 0; h < hq; ++h) {
+        const double lh = l[static_cast<std::size_t>(h)];
+        if (lh == 0) continue;  // no visible key: O = 0, LSE = -inf
+        for (int64_t e = 0; e < d; ++e) o[h * d + e] /= lh;
+        ref_lse_[static_cast<std::size_t>((b * nr + ri) * hq + h)] =
+            m[static_cast<std::size_t>(h)] + std::log(lh);
+      }
+    }
+}
+
+void SampledReferenceCheck::compare(const Layout& ql, int rank, const float* o, const float* lse) {
+  const int64_t n = ql.tokens(rank), hq = cfg_.hq, d = cfg_.head_dim, nr = rows();
+  for (int64_t ri = 0; ri < nr; ++ri) {
+    const int64_t li = ql.local_index(rank, rows_[static_cast<std::size_t>(ri)]);
+    if (li < 0) continue;
+    for (int64_t b = 0; b < cfg_.batch; ++b) {
+      const float* x = o + (b * n + li) * hq * d;
+      const double* y = ref_o_.data() + (b * nr + ri) * hq * d;
+      for (int64_t e = 0; e < hq * d; ++e) {
+        const double diff = double(x[e]) - y[e];
+        diff2_ += diff * diff;
+        ref2_ += y[e] * y[e];
+        err_.o_max_abs = std::isnan(diff) ? diff : std::max(err_.o_max_abs, std::abs(diff));
+      }
+      for (int64_t h = 0; h < hq; ++h) {
+        const double lx = lse[(b * hq + h) * n + li];
+        const double ly = ref_lse_[static_cast<std::size_t>((b * nr + ri) * hq + h)];
+        if (std::isfinite(lx) && std::isfinite(ly))
+          err_.lse_max_abs = std::max(err_.lse_max_abs, std::abs(lx - ly));
+        else if (!(lx == ly))
+          ++err_.lse_mismatch;
+      }
+    }
+  }
+}
+
+ErrorStats SampledReferenceCheck::errors() const {
+  ErrorStats e = err_;
+  e.o_rel_fro = ref2_ > 0 ? std::sqrt(diff2_ / ref2_) : std::sqrt(diff2_);
+  return e;
+}
+
+}  // namespace ringattn::cli
