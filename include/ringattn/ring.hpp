@@ -8,13 +8,14 @@
 //           state   = merge(state, partial)
 //       wait for both transfers; the received block is held next
 //
-// Two block buffers alternate (double buffering), so the next transfer is in
-// flight during the current compute. Sends and receives are all non-blocking
-// and posted before any wait: deadlock-free for any P, including P = 1.
-// Only the Hkv heads travel: GQA/MQA shrink the traffic by Hq / Hkv.
+// Step 0 computes on the caller's own K/V; later steps on two receive buffers
+// that alternate (double buffering), so the next transfer is in flight during
+// the current compute. K and V travel as two messages (tags 2s, 2s + 1). Sends and receives are all
+// non-blocking and posted before any wait: deadlock-free for any P, including P = 1. Only the Hkv
+// heads travel: GQA/MQA shrink the traffic by Hq / Hkv.
 //
-// Memory per rank: local Q, K, V, O, LSE plus two K/V blocks of the largest
-// rank's size and one segment's partial state: O(N / P).
+// Memory per rank: local Q, K, V, O, LSE plus min(2, steps - 1) K/V blocks of
+// the largest rank's size and one segment's partial state: O(N / P).
 #pragma once
 
 #include <cstdint>

@@ -4,7 +4,6 @@
 #include <omp.h>
 
 #include <chrono>
-#include <cstring>
 
 #include "ringattn/error.hpp"
 #include "ringattn/memory.hpp"
@@ -58,16 +57,11 @@ RingMetrics ring_attention(Communicator& comm, const RingSchedule& sch, const Ri
   const StateView acc{o, lse, p.batch, nq, p.hq, d};
   clear_state(acc);
 
-  // The two block buffers; our own block goes into the first.
-  Buffer blocks[2] = {Buffer(max_block, "K/V block"),
-                      Buffer(sch.steps > 1 ? max_block : 0, "K/V block")};
-  {
-    const std::size_t half = block_bytes(p, r) / 2;
-    if (half > 0) {
-      std::memcpy(blocks[0].data(), p.k, half);
-      std::memcpy(static_cast<char*>(blocks[0].data()) + half, p.v, half);
-    }
-  }
+  // Receive buffers: step s >= 1 computes on buffer (s - 1) % 2, step 0 on the
+  // caller's own K and V (no copy). Two steps need one buffer, more need two.
+  const int nbuf = std::min(2, sch.steps - 1);
+  Buffer blocks[2] = {Buffer(nbuf >= 1 ? max_block : 0, "K/V block"),
+                      Buffer(nbuf >= 2 ? max_block : 0, "K/V block")};
   // One segment's partial state (batch 1).
   int64_t max_seg = 0;
   for (const Segment& s : p.q_layout->segments(r)) max_seg = std::max(max_seg, s.count);
@@ -77,17 +71,22 @@ RingMetrics ring_attention(Communicator& comm, const RingSchedule& sch, const Ri
   for (int s = 0; s < sch.steps; ++s) {
     const Clock::time_point t_step = Clock::now();
     const RingStep& st = sch.step(r, s);
-    const char* held = static_cast<const char*>(blocks[s % 2].data());
-    Request send, recv;
-    if (s + 1 < sch.steps) {
-      const int incoming = sch.step(r, s + 1).source;
-      recv = comm.irecv(blocks[(s + 1) % 2].data(), block_bytes(p, incoming), prev, s + 1);
-      send = comm.isend(held, block_bytes(p, st.source), next, s + 1);
-      m.bytes_sent += static_cast<int64_t>(block_bytes(p, st.source));
+    const std::size_t half = block_bytes(p, st.source) / 2;  // K, then V
+    const char* held_k = s == 0 ? static_cast<const char*>(p.k)
+                                : static_cast<const char*>(blocks[(s - 1) % 2].data());
+    const char* held_v = s == 0 ? static_cast<const char*>(p.v) : held_k + half;
+    Request send_k, send_v, recv_k, recv_v;
+    if (s + 1 < sch.steps) {  // K and V as two messages, tags 2(s+1) and 2(s+1)+1
+      const std::size_t in_half = block_bytes(p, sch.step(r, s + 1).source) / 2;
+      char* into = static_cast<char*>(blocks[s % 2].data());
+      recv_k = comm.irecv(into, in_half, prev, 2 * (s + 1));
+      recv_v = comm.irecv(into + in_half, in_half, prev, 2 * (s + 1) + 1);
+      send_k = comm.isend(held_k, half, next, 2 * (s + 1));
+      send_v = comm.isend(held_v, half, next, 2 * (s + 1) + 1);
+      m.bytes_sent += static_cast<int64_t>(2 * half);
     }
 
     const int64_t nk_src = p.kv_layout->tokens(st.source);
-    const std::size_t v_off = block_bytes(p, st.source) / 2;
     for (const SegmentWork& w : st.work) {
       const Segment& qs = p.q_layout->segments(r)[static_cast<std::size_t>(w.q_seg)];
       const Segment& ks = p.kv_layout->segments(st.source)[static_cast<std::size_t>(w.k_seg)];
@@ -100,8 +99,8 @@ RingMetrics ring_attention(Communicator& comm, const RingSchedule& sch, const Ri
               static_cast<std::size_t>((b * nq + qs.local_offset) * p.hq * d) * esz;
         const std::size_t k_off =
             static_cast<std::size_t>((b * nk_src + ks.local_offset) * p.hkv * d) * esz;
-        a.k = held + k_off;
-        a.v = held + v_off + k_off;
+        a.k = held_k + k_off;
+        a.v = held_v + k_off;
         const Clock::time_point t0 = Clock::now();
         const KernelStats ks_stats =
             attention_forward(a, part_o.as<float>(), part_lse.as<float>(), kopt);
@@ -127,8 +126,10 @@ RingMetrics ring_attention(Communicator& comm, const RingSchedule& sch, const Ri
     m.computed_steps += !st.work.empty();
 
     const Clock::time_point t_wait = Clock::now();
-    recv.wait();
-    send.wait();
+    recv_k.wait();
+    recv_v.wait();
+    send_k.wait();
+    send_v.wait();
     m.wait_s += since(t_wait);
     m.step_s.push_back(since(t_step));
   }
