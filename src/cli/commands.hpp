@@ -10,5 +10,6 @@ int cmd_attend(int argc, char** argv);
 int cmd_demo(int argc, char** argv);
 int cmd_bench_kernel(int argc, char** argv);
 int cmd_run(int argc, char** argv);
+int cmd_mask(int argc, char** argv);
 
 }  // namespace ringattn::cli

@@ -37,6 +37,7 @@ const Command kCommands[] = {
     {"run", "ring attention over P ranks (in-process or MPI), checked and timed", cmd_run},
     {"bench-kernel", "benchmark the CPU kernel against the materialised OpenBLAS baseline",
      cmd_bench_kernel},
+    {"mask", "draw a mask at block resolution (ASCII or SVG), with rank boundaries", cmd_mask},
 };
 
 void print_usage(std::FILE* to) {

@@ -1,0 +1,117 @@
+// ringattn mask: draw a mask at block resolution (ASCII on stdout, optionally
+// an SVG file), with rank boundaries for a layout over P ranks, and count the
+// visible (query, key) pairs. See cli/mask_picture.hpp for what is drawn.
+//
+//   ringattn mask --seq-len 65536 --causal --window-left 4095 --sinks 4 --ranks 4
+//
+// Nothing is computed on tensors: this is the mask the kernel and the ring
+// schedule see, at the resolution of the picture.
+#include <fmt/format.h>
+
+#include <optional>
+#include <string>
+
+#include "cli/commands.hpp"
+#include "cli/mask_options.hpp"
+#include "cli/mask_picture.hpp"
+#include "cli/options.hpp"
+#include "ringattn/npy.hpp"  // AtomicFile
+
+namespace ringattn::cli {
+namespace {
+
+constexpr int64_t kMinWidth = 8;
+constexpr int64_t kMaxWidth = 4096;               // cells per side
+constexpr int64_t kMaxSeqLen = int64_t{1} << 40;  // positions stay far from kUnbounded
+constexpr int kMaxRanks = 4096;
+constexpr const char* kLayoutAuto = "auto";
+
+CommandSpec mask_spec() {
+  CommandSpec s;
+  s.name = "mask";
+  s.summary =
+      "Draw an attention mask at block resolution: each cell (query block, key block) is\n"
+      "'#' (every pair visible), '+' (some) or '.' (none); rows are queries, top first.\n"
+      "With --ranks P, rank boundaries of the layout are marked. Counts the visible pairs.";
+  s.usage = "--seq-len N [--causal] [mask options] [--ranks P --layout L] [--svg FILE]";
+  s.options = {
+      OptionSpec::integer("seq-len", "4096", "query sequence length N", "tokens"),
+      OptionSpec::integer("kv-seq-len", "0", "key sequence length Nk (0 = same as N)", "tokens")
+          .non_negative(),
+      OptionSpec::flag("causal", "false",
+                       "causal mask, bottom-right aligned: query i sees key j iff j <= i + Nk - N"),
+      OptionSpec::integer("block", "", "tokens per cell of the picture (both axes)", "tokens")
+          .shown_default("the smallest that fits --width cells"),
+      OptionSpec::integer(
+          "width", "64", "most cells per side (--block is chosen to fit; a given --block must fit)",
+          "cells"),
+      OptionSpec::choice("layout", kLayoutAuto, {kLayoutAuto, "contiguous", "zigzag", "striped"},
+                         "how tokens are split over ranks (auto: zigzag when causal, else "
+                         "contiguous)"),
+      OptionSpec::integer("ranks", "1", "ranks P whose boundaries are marked").positive(),
+      OptionSpec::flag("show", "true", "print the picture as ASCII"),
+      OptionSpec::text("svg", "", "also write the picture as an SVG image"),
+      OptionSpec::flag("legend", "false", "explain the characters of the picture"),
+  };
+  for (OptionSpec& o : mask_option_specs()) s.options.push_back(std::move(o));
+  s.epilog =
+      "A cell is full or empty only when every pair in it is; classify() answers are refined\n"
+      "by exact counting when that is cheap. The visible fraction is exact up to 2^32 pairs.";
+  return s;
+}
+
+int64_t checked(const ParsedOptions& opt, const char* name, int64_t lo, int64_t hi) {
+  const int64_t v = opt.integer(name);
+  if (v < lo || v > hi)
+    throw UsageError(
+        fmt::format("option '--{}': expected an integer in [{}, {}], got {}", name, lo, hi, v));
+  return v;
+}
+
+}  // namespace
+
+int cmd_mask(int argc, char** argv) {
+  const CommandSpec spec = mask_spec();
+  const std::optional<ParsedOptions> opt = parse_options(spec, argc, argv);
+  if (!opt) return kExitOk;
+
+  PictureProblem p;
+  p.nq = checked(*opt, "seq-len", 1, kMaxSeqLen);
+  p.nk = checked(*opt, "kv-seq-len", 0, kMaxSeqLen);
+  if (p.nk == 0) p.nk = p.nq;
+  const int64_t width = checked(*opt, "width", kMinWidth, kMaxWidth);
+  if (opt->has("block")) {
+    p.cell = checked(*opt, "block", 1, kMaxSeqLen);
+    const int64_t cells = (std::max(p.nq, p.nk) + p.cell - 1) / p.cell;
+    if (cells > width)
+      throw UsageError(fmt::format(
+          "option '--block': {} tokens per cell makes {} cells per side, more than --width {}",
+          p.cell, cells, width));
+  } else {
+    p.cell = fit_cell(p.nq, p.nk, width);
+  }
+  MaskOptions masks = parse_mask_options(*opt);
+  masks.causal = opt->flag("causal");
+  p.mask = masks.build(p.nq, p.nk);
+  p.mask_text = masks.describe();
+  p.ranks = static_cast<int>(checked(*opt, "ranks", 1, kMaxRanks));
+  const std::string& layout = opt->text("layout");
+  p.layout = layout == kLayoutAuto ? (masks.causal ? LayoutKind::zigzag : LayoutKind::contiguous)
+                                   : parse_layout(layout);
+  const std::string svg_path = opt->has("svg") ? opt->text("svg") : std::string();
+
+  std::optional<AtomicFile> svg;  // opened first: an unwritable path fails before any output
+  if (!svg_path.empty()) svg.emplace(svg_path);
+
+  const MaskPicture pic = make_picture(p);
+  fmt::print("{}", render_text(pic, opt->flag("show"), opt->flag("legend")));
+  if (svg) {
+    const std::string doc = render_svg(pic);
+    svg->write(doc.data(), doc.size());
+    svg->commit();
+    fmt::print("wrote {} ({} cells)\n", svg_path, pic.rows * pic.cols);
+  }
+  return kExitOk;
+}
+
+}  // namespace ringattn::cli
