@@ -189,17 +189,8 @@ int cmd_attend(int argc, char** argv) {
   const double seconds = watch.seconds();
   const double gflops = attention_flops(args) / seconds / 1e9;
 
-  JsonObject row;
-  row.text("command", "attend")
-      .integer("b", shape.batch)
-      .integer("nq", shape.nq)
-      .integer("nk", shape.nk)
-      .integer("hq", shape.hq)
-      .integer("hkv", shape.hkv)
-      .integer("d", shape.head_dim)
-      .text("dtype", std::string(dtype_name(shape.dtype)))
-      .boolean("causal", shape.causal)
-      .text("isa", effective_isa_name(kopt.isa))
+  JsonObject row = shape_record("attend", shape);
+  row.text("isa", effective_isa_name(kopt.isa))
       .integer("threads", effective_threads(kopt.threads))
       .number("time_ms", seconds * 1e3)
       .number("gflops", gflops);

@@ -187,16 +187,7 @@ RowResult bench_one(const ProblemShape& shape, const Settings& s, MetricsFile& m
                    }));
   std::fflush(stdout);
 
-  metrics.write(JsonObject()
-                    .text("command", "bench-kernel")
-                    .integer("b", shape.batch)
-                    .integer("nq", shape.nq)
-                    .integer("nk", shape.nk)
-                    .integer("hq", shape.hq)
-                    .integer("hkv", shape.hkv)
-                    .integer("d", shape.head_dim)
-                    .text("dtype", std::string(dtype_name(shape.dtype)))
-                    .boolean("causal", shape.causal)
+  metrics.write(shape_record("bench-kernel", shape)
                     .text("isa", s.isa)
                     .integer("threads", s.threads)
                     .number("time_ms", kt.best_s * 1e3)

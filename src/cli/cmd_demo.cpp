@@ -133,16 +133,7 @@ int cmd_demo(int argc, char** argv) {
          fmt::format("{} rows (NaN, or empty on one side only)   FAIL", err.lse_mismatch));
   fmt::print("{}\n", ok ? "PASS" : "FAIL: the error exceeds the tolerance");
 
-  metrics.write(JsonObject()
-                    .text("command", "demo")
-                    .integer("b", shape.batch)
-                    .integer("nq", shape.nq)
-                    .integer("nk", shape.nk)
-                    .integer("hq", shape.hq)
-                    .integer("hkv", shape.hkv)
-                    .integer("d", shape.head_dim)
-                    .text("dtype", std::string(dtype_name(shape.dtype)))
-                    .boolean("causal", shape.causal)
+  metrics.write(shape_record("demo", shape)
                     .text("isa", effective_isa_name(kopt.isa))
                     .integer("threads", effective_threads(kopt.threads))
                     .number("time_ms", seconds * 1e3)

@@ -33,6 +33,21 @@ std::string ProblemShape::str() const {
                      dtype_name(dtype), mask_str());
 }
 
+JsonObject shape_record(const std::string& command, const ProblemShape& shape) {
+  JsonObject r;
+  r.text("command", command)
+      .integer("b", shape.batch)
+      .integer("nq", shape.nq)
+      .integer("nk", shape.nk)
+      .integer("hq", shape.hq)
+      .integer("hkv", shape.hkv)
+      .integer("d", shape.head_dim)
+      .text("dtype", std::string(dtype_name(shape.dtype)))
+      .boolean("causal", shape.causal)
+      .text("mask", shape.mask_str());
+  return r;
+}
+
 Mask ProblemShape::mask() const {
   MaskOptions m = masks;
   m.causal = causal;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cli/mask_options.hpp"
+#include "cli/metrics.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/reference.hpp"
 #include "ringattn/tensor.hpp"
@@ -36,6 +37,10 @@ bool head_dim_supported(int64_t d);
 // Checks sizes that came from options (--heads, --kv-heads, --head-dim); throws
 // UsageError naming the option.
 void validate_shape_options(const ProblemShape& shape);
+
+// A metrics record that starts with the command and the problem's shape
+// (b, nq, nk, hq, hkv, d, dtype, causal, mask).
+JsonObject shape_record(const std::string& command, const ProblemShape& shape);
 
 // Arguments for q [B, Nq, Hq, D], k/v [B, Nk, Hkv, D] in `shape.dtype`; the mask
 // is shape.mask() (bottom-right aligned, positions from 0). scale 0 = 1/sqrt(D).
