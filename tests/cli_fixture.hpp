@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -71,6 +72,22 @@ class CliFixture : public ::testing::Test {
     std::filesystem::remove(out);
     std::filesystem::remove(err);
     return r;
+  }
+
+  // The checks every failing invocation must pass: non-zero exit, exactly one
+  // stderr line "ringattn: error: ..." naming `must_name`, and none of
+  // `outputs` nor any temporary left behind. Returns the message.
+  std::string expect_clean_failure(const CliResult& r, const std::string& must_name,
+                                   const std::vector<std::string>& outputs) const {
+    EXPECT_NE(r.rc, 0);
+    EXPECT_EQ(r.err.rfind("ringattn: error: ", 0), 0u) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_NE(r.err.find(must_name), std::string::npos)
+        << "expected '" << must_name << "' in: " << r.err;
+    for (const std::string& o : outputs) EXPECT_FALSE(std::filesystem::exists(o)) << o;
+    const std::vector<std::string> temps = temporaries();
+    EXPECT_TRUE(temps.empty()) << temps.front();
+    return r.err;
   }
 
   // Files in the scratch dir whose name contains ".tmp".

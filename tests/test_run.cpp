@@ -386,16 +386,7 @@ class RunError : public Run {
                              const std::string& out = "") {
     const std::string out_path = out.empty() ? path("o.npy") : out;
     args.insert(args.end(), {"--out", out_path, "--lse-out", path("lse.npy"), "--threads", "1"});
-    const Result r = run(args);
-    EXPECT_NE(r.rc, 0);
-    EXPECT_EQ(r.err.rfind("ringattn: error: ", 0), 0u) << r.err;
-    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-    EXPECT_NE(r.err.find(must_name), std::string::npos)
-        << "expected '" << must_name << "' in: " << r.err;
-    EXPECT_FALSE(fs::exists(out_path));
-    EXPECT_FALSE(fs::exists(path("lse.npy")));
-    EXPECT_TRUE(temporaries().empty()) << temporaries().front();
-    return r.err;
+    return expect_clean_failure(run(args), must_name, {out_path, path("lse.npy")});
   }
 };
 
