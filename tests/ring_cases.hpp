@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "ringattn/comm.hpp"
 #include "ringattn/reference.hpp"
@@ -44,6 +45,22 @@ inline Tensor slice_tokens(const Tensor& g, const Layout& l, int rank) {
                 ((bi * n + s.start + i * s.stride) * row) * esz,
             static_cast<std::size_t>(row) * esz);
   return t;
+}
+
+// Every sparse pattern on every layout (the masks stay owned by `patterns`).
+inline std::vector<RingCase> sparse_ring_cases(const std::vector<NamedMask>& patterns, int64_t n,
+                                               uint64_t seed0) {
+  std::vector<RingCase> cases;
+  for (const NamedMask& nm : patterns)
+    for (LayoutKind layout : {LayoutKind::contiguous, LayoutKind::zigzag, LayoutKind::striped}) {
+      RingCase c;
+      c.nq = c.nk = n, c.hq = 4, c.hkv = 2, c.d = 32, c.layout = layout;
+      c.seed = seed0 + cases.size();
+      c.mask = &nm.mask;
+      c.mask_name = nm.name;
+      cases.push_back(c);
+    }
+  return cases;
 }
 
 struct RingCheck {

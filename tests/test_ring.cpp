@@ -74,15 +74,7 @@ TEST_P(RingP, SparsePatterns) {
   const int p = GetParam();
   const int64_t n = 777;
   const std::vector<test::NamedMask> patterns = test::sparse_patterns(n);
-  int i = 0;
-  for (const test::NamedMask& nm : patterns)
-    for (LayoutKind layout : {LayoutKind::contiguous, LayoutKind::zigzag, LayoutKind::striped}) {
-      RingCase c;
-      c.nq = c.nk = n, c.hq = 4, c.hkv = 2, c.d = 32, c.layout = layout, c.seed = 70 + i++;
-      c.mask = &nm.mask;
-      c.mask_name = nm.name;
-      expect_ok(p, c);
-    }
+  for (const RingCase& c : test::sparse_ring_cases(patterns, n, 70)) expect_ok(p, c);
 }
 
 INSTANTIATE_TEST_SUITE_P(Ranks, RingP, ::testing::Values(1, 2, 3, 4, 5, 8));

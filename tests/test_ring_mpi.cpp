@@ -41,15 +41,7 @@ TEST(RingMpi, EveryLayoutMaskAndHeadLayout) {
 TEST(RingMpi, SparsePatterns) {
   const int64_t n = 777;
   const std::vector<test::NamedMask> patterns = test::sparse_patterns(n);
-  int i = 0;
-  for (const test::NamedMask& nm : patterns)
-    for (LayoutKind layout : {LayoutKind::contiguous, LayoutKind::zigzag, LayoutKind::striped}) {
-      RingCase c;
-      c.nq = c.nk = n, c.hq = 4, c.hkv = 2, c.d = 32, c.layout = layout, c.seed = 90 + i++;
-      c.mask = &nm.mask;
-      c.mask_name = nm.name;
-      expect_ok(c);
-    }
+  for (const RingCase& c : test::sparse_ring_cases(patterns, n, 90)) expect_ok(c);
 }
 
 TEST(RingMpi, CrossAttention) {
