@@ -120,6 +120,10 @@ struct BadProfile {
   const char* expect;    // in the message
 };
 
+void PrintTo(const BadProfile& c, std::ostream* os) {
+  *os << c.name;
+}
+
 class HardwareErrors : public ::testing::TestWithParam<BadProfile> {};
 
 TEST_P(HardwareErrors, NameTheProblem) {

@@ -115,7 +115,8 @@ struct Plan {
   int steps = 1;                // ring steps run; rotations = steps - 1
   double imbalance = 1;         // schedule: max / mean pairs per rank
   double total_flops = 0;
-  double block_bytes = 0;  // largest K/V block in flight
+  double block_bytes = 0;     // largest K/V block in flight
+  double bytes_per_step = 0;  // mean over ranks and rotations of the bytes a rank sends (as run)
   std::vector<RankPlan> per_rank;
   std::vector<StepPlan> per_step;
   double predicted_s = 0;

@@ -11,7 +11,7 @@
 //   merge       merge_states (the ring's merge) over a float32 state, one thread:
 //               bytes streamed (read O twice, write once) / time
 //   links       the ring's exchange: every rank isends --message bytes to rank + 1 and
-//               irecvs from rank - 1, both waited; latency = the smallest message's time,
+//               irecvs from rank - 1, both waited; latency = the fastest message <= 4 KiB,
 //               bandwidth = 1 / slope of time over the messages >= 1 MiB; overlap = how much
 //               of a large exchange completes while both ranks are busy computing
 //               (in-process: 2 threads of this process; MPI: every rank of the job)
@@ -54,6 +54,7 @@ constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 constexpr int64_t kMinMessage = 8;                   // bytes: the latency probe
 constexpr int64_t kMessageStep = 8;                  // sizes grow by this factor
 constexpr int64_t kFitFrom = int64_t{1} << 20;       // bandwidth fit over messages >= 1 MiB
+constexpr int64_t kLatencyProbeMax = 4096;           // latency: the fastest message up to this
 constexpr int kSmallMessageIters = 20;               // exchanges per small message
 constexpr int64_t kSmallMessage = int64_t{1} << 16;  // up to here, kSmallMessageIters
 constexpr int64_t kMergeRows = 4096 * 8;             // state rows of the merge probe
@@ -214,7 +215,10 @@ LinkProbe probe_link(Communicator& comm, int64_t max_message, int repeats) {
   }
   const double var = n * sxx - sx * sx;
   double slope = var > 0 ? (n * sxy - sx * sy) / var : 0;
-  const double lat = p.seconds.front();
+  // Latency: the fastest small exchange (a single probe can catch a descheduled rank).
+  double lat = p.seconds.front();
+  for (std::size_t i = 0; i < p.sizes.size(); ++i)
+    if (p.sizes[i] <= kLatencyProbeMax) lat = std::min(lat, p.seconds[i]);
   if (!(slope > 0)) slope = (p.seconds.back() - lat) / double(p.sizes.back());
   if (!(slope > 0)) slope = p.seconds.back() / double(p.sizes.back());
   p.fit.present = true;

@@ -153,12 +153,14 @@ class Reader {
     return number(section, key, *e, zero_ok, max);
   }
 
-  // Keys of a section that were never read.
-  void check_all_used(const std::string& section, const char* const* known, std::size_t n) {
+  // Throws for the first key of the section not in `known` (before reading any
+  // value, so a typo is reported as such rather than as a missing key).
+  void check_known(const std::string& section, const char* const* known, std::size_t n) {
     Section* sec = this->section(section);
     if (sec == nullptr) return;
     for (auto& [key, e] : *sec) {
-      if (e.used) continue;
+      if (std::find_if(known, known + n, [&](const char* k) { return key == k; }) != known + n)
+        continue;
       std::vector<std::string> names(known, known + n);
       fail(e.line, fmt::format("[{}]: unknown key '{}' (expected one of {})", section, key,
                                fmt::join(names, ", ")));
@@ -176,10 +178,10 @@ LinkSpec read_link(Reader& r, const std::string& section) {
   LinkSpec l;
   if (!r.has_section(section)) return l;
   l.present = true;
+  r.check_known(section, kLinkKeys, std::size(kLinkKeys));
   l.latency_s = r.number(section, "latency-us", true, 0, true) * kMicro;
   l.bandwidth_bps = r.number(section, "bandwidth-gb-s", true, 0) * kGiga;
   l.overlap = r.number(section, "overlap", false, 1.0, true, 1.0);
-  r.check_all_used(section, kLinkKeys, std::size(kLinkKeys));
   return l;
 }
 
@@ -248,6 +250,7 @@ HardwareProfile parse_hardware_profile(const std::string& text, const std::strin
                     source, kDevice));
   HardwareProfile p;
   p.source = source;
+  r.check_known(kDevice, kDeviceKeys, std::size(kDeviceKeys));
   p.name = r.text(kDevice, "name", true);
   p.description = r.text(kDevice, "description", false);
   const std::string kind = r.text(kDevice, "kind", true);
@@ -268,7 +271,6 @@ HardwareProfile parse_hardware_profile(const std::string& text, const std::strin
   p.memory_bytes = r.number(kDevice, "memory-gib", true, 0) * kGiB;
   p.memory_bw_bps = r.number(kDevice, "memory-bandwidth-gb-s", true, 0) * kGiga;
   p.parallel_eff = r.number(kDevice, "parallel-efficiency", false, 1.0, false, 1.0);
-  r.check_all_used(kDevice, kDeviceKeys, std::size(kDeviceKeys));
   read_kernel(r, &p);
   p.intra = read_link(r, kIntra);
   p.inter = read_link(r, kInter);

@@ -161,6 +161,7 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
       xfer[ri] = sends ? link[ri]->seconds(block_bytes(rs.source), kMessagesPerStep) : 0.0;
       if (sends) {
         st.bytes = std::max(st.bytes, block_bytes(rs.source));
+        p.bytes_per_step += block_bytes(rs.source) / (double(np) * (p.steps - 1));
         transfer_pairs += double(rs.pairs);
         transfer_area += double(ql.tokens(r)) * double(kvl.tokens(rs.source));
       }
