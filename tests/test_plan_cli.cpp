@@ -90,7 +90,15 @@ TEST_F(PlanCli, HelpDocumentsTheOptions) {
   for (const char* s : {"--hardware", "--ranks ", "--ranks-local", "--ranks-per-node", "--json",
                         "--seq-len", "--kv-heads", "--causal", "--window-left", "(default: 4096)"})
     EXPECT_NE(r.out.find(s), std::string::npos) << s;
-  EXPECT_EQ(r.out.find("--verify"), std::string::npos);  // execution options are run's only
+  EXPECT_NE(r.out.find("(run only: accepted, does not change the plan)"), std::string::npos);
+}
+
+TEST_F(PlanCli, PlansARunsConfigFile) {
+  const std::string cfg = std::string(RINGATTN_SOURCE_DIR) + "/configs/default.ini";
+  const Result r = plan({"--hardware", "h100-sxm", "--ranks", "8", "--config", cfg});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("N=16384"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("mask causal"), std::string::npos) << r.out;
 }
 
 TEST_F(PlanCli, ShippedProfilesPlan) {

@@ -55,7 +55,7 @@ constexpr int64_t kMinMessage = 8;                   // bytes: the latency probe
 constexpr int64_t kMessageStep = 8;                  // sizes grow by this factor
 constexpr int64_t kFitFrom = int64_t{1} << 20;       // bandwidth fit over messages >= 1 MiB
 constexpr int64_t kLatencyProbeMax = 4096;           // latency: the fastest message up to this
-constexpr int kSmallMessageIters = 20;               // exchanges per small message
+constexpr int kSmallMessageIters = 100;              // exchanges per small message (best of)
 constexpr int64_t kSmallMessage = int64_t{1} << 16;  // up to here, kSmallMessageIters
 constexpr int64_t kMergeRows = 4096 * 8;             // state rows of the merge probe
 constexpr int64_t kMergeDim = 128;

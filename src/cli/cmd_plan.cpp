@@ -1,7 +1,9 @@
 // ringattn plan: how long, how much memory, and whether communication hides
 // behind compute, for a problem on P ranks of a hardware profile -- without
 // running it. The problem options are `run`'s own (same names, same checks);
-// the arithmetic is the library's (ringattn/plan.hpp).
+// the arithmetic is the library's (ringattn/plan.hpp). run's execution options
+// (--verify, --repeats, ...) are accepted and ignored, so a run's config file or
+// command line plans as it is.
 //
 //   ringattn plan --hardware h100-sxm --ranks 64 --seq-len 1048576 --heads 32 --kv-heads 8
 //       --head-dim 128 --dtype bf16 --causal
@@ -30,10 +32,12 @@
 namespace ringattn::cli {
 namespace {
 
-// `run` options that describe the problem (the rest are about executing it).
+// `run` options that describe the problem; plan accepts run's others too, so run's
+// config files and command lines plan unchanged, but they do not change the plan.
 const std::set<std::string> kProblemOptions = {
     "batch", "seq-len", "kv-seq-len", "heads",  "kv-heads", "head-dim",   "dtype",
     "q",     "k",       "v",          "causal", "layout",   "ranks-local"};
+constexpr const char* kRunOnly = "(run only: accepted, does not change the plan) ";
 
 CommandSpec plan_spec() {
   CommandSpec s;
@@ -63,12 +67,13 @@ CommandSpec plan_spec() {
                        "print JSON lines (a summary, then one record per rank and per step) "
                        "instead of the table"),
   };
-  for (OptionSpec& o : run_spec().options)
-    if (kProblemOptions.count(o.name) != 0) {
-      if (o.name == "ranks-local") o.help = "in-process ranks P (threads of one process, as run)";
-      s.options.push_back(std::move(o));
-    }
-  for (OptionSpec& o : mask_option_specs()) s.options.push_back(std::move(o));
+  for (OptionSpec& o : run_spec().options) {
+    if (o.name == "ranks-local") o.help = "in-process ranks P (threads of one process, as run)";
+    const bool mask = o.name.rfind("window", 0) == 0 || o.name.rfind("block", 0) == 0 ||
+                      o.name == "dilation" || o.name == "sinks" || o.name == "global";
+    if (kProblemOptions.count(o.name) == 0 && !mask) o.help = kRunOnly + o.help;
+    s.options.push_back(std::move(o));
+  }
   s.epilog =
       "--threads is the kernel threads of each rank on cpu profiles, as for run: 0 means cores / "
       "P\n"
