@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Put the prediction beside each measurement: one CSV row per ring run.
 
-    launch/collect.py OUT.csv --mode strong RUN1.jsonl PLAN1.jsonl [RUN2.jsonl PLAN2.jsonl ...]
+    launch/collect.py OUT.csv --mode strong [--load L] RUN1.jsonl PLAN1.jsonl [RUN2.jsonl PLAN2.jsonl ...]
 
 RUNk.jsonl is what `ringattn run --metrics` wrote for one run (one "rank" record per
 rank, then a "summary"); PLANk.jsonl is `ringattn plan --json` for the same problem
 (a "summary", then "rank" and "step" records). Rows are appended to OUT.csv (the
 header is written when the file is new). Standard library only: any python3 runs it.
 
-Columns: see COLUMNS below; per-rank lists are ';'-separated in rank order. Times
+--load: the 1-minute load average before the runs (other work on the machine), recorded
+as it is. Columns: see COLUMNS below; per-rank lists are ';'-separated in rank order. Times
 are milliseconds, memory bytes; error_pct = 100 (predicted / measured - 1).
 """
 import csv
@@ -29,7 +30,7 @@ COLUMNS = [
     "hidden", "min_tokens_hidden",
     "rank_total_ms", "rank_compute_ms", "rank_merge_ms", "rank_wait_ms",
     "pred_rank_total_ms", "pred_rank_compute_ms", "pred_rank_merge_ms", "pred_rank_wait_ms",
-    "reproduce",
+    "load", "reproduce",
 ]
 
 
@@ -42,7 +43,7 @@ def joined(rows, key):
     return ";".join(f"{r[key]:.3f}" for r in rows)
 
 
-def row(mode, run_path, plan_path):
+def row(mode, load, run_path, plan_path):
     run = records(run_path)
     plan = records(plan_path)
     rs = [r for r in run if r.get("record") == "summary"]
@@ -82,21 +83,26 @@ def row(mode, run_path, plan_path):
         "pred_rank_compute_ms": joined(prank, "compute_ms"),
         "pred_rank_merge_ms": joined(prank, "merge_ms"),
         "pred_rank_wait_ms": joined(prank, "wait_ms"),
-        "reproduce": m["reproduce"],
+        "load": load, "reproduce": m["reproduce"],
     }
 
 
 def main(argv):
-    if len(argv) < 5 or argv[2] != "--mode" or (len(argv) - 4) % 2:
+    if len(argv) < 5 or argv[2] != "--mode":
         raise SystemExit(__doc__.split("\n\n")[1])
     out, mode, pairs = argv[1], argv[3], argv[4:]
+    load = ""
+    if pairs[:1] == ["--load"]:
+        load, pairs = pairs[1], pairs[2:]
+    if not pairs or len(pairs) % 2:
+        raise SystemExit(__doc__.split("\n\n")[1])
     new = not os.path.exists(out) or os.path.getsize(out) == 0
     with open(out, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         if new:
             w.writeheader()
         for i in range(0, len(pairs), 2):
-            w.writerow(row(mode, pairs[i], pairs[i + 1]))
+            w.writerow(row(mode, load, pairs[i], pairs[i + 1]))
 
 
 if __name__ == "__main__":

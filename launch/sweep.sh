@@ -20,6 +20,8 @@
 #   --tokens-per-rank T            weak (default 4096)
 #   --backend local|mpi            in-process ranks (run --ranks-local P) or processes
 #                                  (launch/mpirun.sh -np P; --oversubscribe as needed) (default local)
+#   --hostfile FILE                mpi: Open MPI hostfile (default: every rank on this machine)
+#   --ranks-per-node K             mpi with --hostfile: ranks per node (default: all on one node)
 #   --hardware NAME|FILE           profile for the predictions (default cpu-2core)
 #   --out FILE.csv                 appended to (default sweep.csv)
 #   --run-args "..."               extra options for run only (e.g. "--repeats 3 --warmup 1")
@@ -35,6 +37,8 @@ seq_len=16384
 per_rank=4096
 backend=local
 hardware=cpu-2core
+hostfile=""
+per_node=""
 out=sweep.csv
 run_args=""
 bin=${RINGATTN_BIN:-$here/../build/release/src/ringattn}
@@ -47,6 +51,8 @@ while (($#)); do
     --tokens-per-rank) per_rank="$2"; shift 2 ;;
     --backend) backend="$2"; shift 2 ;;
     --hardware) hardware="$2"; shift 2 ;;
+    --hostfile) hostfile="$2"; shift 2 ;;
+    --ranks-per-node) per_node="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --run-args) run_args="$2"; shift 2 ;;
     --bin) bin="$2"; shift 2 ;;
@@ -80,7 +86,8 @@ for p in "$@"; do
     weak-sqrt) n=$(awk -v n="$seq_len" -v p="$p" 'BEGIN { printf "%d", n * sqrt(p) }') ;;
   esac
   n=$(((n + 2 * p - 1) / (2 * p) * 2 * p))
-  printf '[%d/%d] %s %s P=%d N=%d: running ...' "$i" "$total" "$mode" "$backend" "$p" "$n"
+  load=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo nan)  # other work on the machine
+  printf '[%d/%d] %s %s P=%d N=%d (load %s): running ...' "$i" "$total" "$mode" "$backend" "$p" "$n" "$load"
   run_json="$tmp/run$i.jsonl" plan_json="$tmp/plan$i.jsonl"
   if [[ $backend == local ]]; then
     "$bin" run --ranks-local "$p" --seq-len "$n" "${problem[@]}" "${extra[@]}" \
@@ -89,17 +96,24 @@ for p in "$@"; do
     "$bin" plan --hardware "$hardware" --ranks-local "$p" --seq-len "$n" "${problem[@]}" \
       "${extra[@]}" --json >"$plan_json" || die "plan failed (P=$p N=$n)"
   else
-    "$here/mpirun.sh" -np "$p" -- "$bin" run --backend mpi --seq-len "$n" "${problem[@]}" \
+    # One node unless a hostfile spreads the ranks: tell plan where the ring crosses nodes.
+    launch=(-np "$p")
+    rpn=$p
+    if [[ -n "$hostfile" ]]; then
+      launch+=(--hostfile "$hostfile")
+      if [[ -n "$per_node" ]]; then launch+=(--ranks-per-node "$per_node"); rpn=$per_node; else rpn=0; fi
+    fi
+    "$here/mpirun.sh" "${launch[@]}" -- "$bin" run --backend mpi --seq-len "$n" "${problem[@]}" \
       "${extra[@]}" --metrics "$run_json" >"$tmp/run$i.log" 2>&1 ||
       { echo; cat "$tmp/run$i.log" >&2; die "run failed (P=$p N=$n)"; }
-    "$bin" plan --hardware "$hardware" --ranks "$p" --seq-len "$n" "${problem[@]}" \
-      "${extra[@]}" --json >"$plan_json" || die "plan failed (P=$p N=$n)"
+    "$bin" plan --hardware "$hardware" --ranks "$p" --ranks-per-node "$rpn" --seq-len "$n" \
+      "${problem[@]}" "${extra[@]}" --json >"$plan_json" || die "plan failed (P=$p N=$n)"
   fi
-  "$python" "$here/collect.py" "$out" --mode "$mode" "$run_json" "$plan_json"
+  "$python" "$here/collect.py" "$out" --mode "$mode" --load "$load" "$run_json" "$plan_json"
   tail -n 1 "$out" | "$python" -c '
 import csv, sys
 r = next(csv.reader(sys.stdin))
 print(f"\r\033[K{sys.argv[1]} measured {float(r[14]):.1f} ms, predicted {float(r[15]):.1f} ms ({float(r[16]):+.1f}%)")
-' "$(printf '[%d/%d] %s %s P=%d N=%d:' "$i" "$total" "$mode" "$backend" "$p" "$n")"
+' "$(printf '[%d/%d] %s %s P=%d N=%d (load %s):' "$i" "$total" "$mode" "$backend" "$p" "$n" "$load")"
 done
 echo "launch/sweep.sh: $total rows appended to $out (plot: /usr/bin/python3 $here/plot.py $out)"
