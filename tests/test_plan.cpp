@@ -211,6 +211,32 @@ TEST(Plan, FlopsStepsAndImbalanceFollowTheSchedule) {
       }
 }
 
+TEST(Plan, SharedRowsAndDirectTransfersFollowTheSchedule) {
+  const HardwareProfile hw = parse_hardware_profile(kProfile, "t.ini");
+  PlanInput in = problem(4000, 4, true, LayoutKind::zigzag);
+  in.mask.lo = -300;  // causal window of 301 keys ...
+  in.mask.sinks = 4;  // ... and 4 sinks, shared outside the rotation
+  const Plan p = make_plan(in, hw);
+  const Layout ql(in.layout, in.nq, in.ranks);
+  const RingSchedule sch = make_ring_schedule(ql, ql, in.mask);
+  ASSERT_TRUE(sch.shared.on());
+  EXPECT_EQ(p.steps, sch.steps);
+  EXPECT_EQ(p.transfer, sch.transfer == Transfer::direct ? "direct" : "ring");
+  AttentionArgs a;
+  a.batch = in.batch, a.nq = in.nq, a.nk = in.nk, a.hq = in.hq, a.hkv = in.hkv;
+  a.head_dim = in.head_dim, a.mask = in.mask;
+  // Shared pairs are spread over ranks by query tokens: at most one pair of rounding per rank.
+  EXPECT_NEAR(p.total_flops, attention_flops(a), double(in.ranks * 4 * in.hq * in.head_dim));
+  double sent = 0;
+  for (int r = 0; r < in.ranks; ++r) {
+    EXPECT_EQ(p.per_rank[static_cast<std::size_t>(r)].ring_pairs, sch.rank_pairs(r));
+    EXPECT_GT(p.per_rank[static_cast<std::size_t>(r)].mem.shared, 0);
+    sent += double(sch.tokens_sent(ql, r) * 2 * in.hkv * in.head_dim * 2);  // float16
+  }
+  // bytes_per_step also counts the shared rows' all-gather, as run does.
+  EXPECT_GE(p.bytes_per_step * in.ranks * (p.steps - 1), sent);
+}
+
 TEST(Plan, WindowStopsTheRingEarly) {
   const HardwareProfile hw = parse_hardware_profile(kProfile, "t.ini");
   PlanInput in = problem(8000, 8, true, LayoutKind::contiguous);

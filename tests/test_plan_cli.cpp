@@ -145,12 +145,23 @@ TEST_F(PlanCli, JsonHasOneSummaryThenRanksThenSteps) {
   EXPECT_EQ(lines_of(test::slurp(path("m.jsonl"))), lines);
 }
 
-// What plan predicts for memory, steps and bytes is what run measures.
-TEST_F(PlanCli, MemoryStepsAndBytesMatchARun) {
+// What plan predicts for memory, steps, transfers and bytes is what run measures:
+// a plain causal ring, and a window with sinks (shared rows, direct transfers).
+class PlanVsRun : public PlanCli, public ::testing::WithParamInterface<std::vector<std::string>> {};
+
+INSTANTIATE_TEST_SUITE_P(
+    Problems, PlanVsRun,
+    ::testing::Values(
+        std::vector<std::string>{"--ranks-local", "3", "--seq-len", "1000", "--causal"},
+        std::vector<std::string>{"--ranks-local", "4", "--seq-len", "2000", "--causal",
+                                 "--window-left", "200", "--sinks", "4"}));
+
+TEST_P(PlanVsRun, MemoryStepsAndBytesMatch) {
   const std::string hw = write_profile("cpu.ini", kCpuProfile);
-  const std::vector<std::string> problem = {
-      "--ranks-local", "3",  "--seq-len", "1000", "--heads", "4", "--kv-heads", "2",
-      "--head-dim",    "64", "--threads", "1",    "--causal"};
+  std::vector<std::string> problem = {"--heads",    "4",  "--kv-heads", "2",
+                                      "--head-dim", "64", "--threads",  "1"};
+  problem.insert(problem.end(), GetParam().begin(), GetParam().end());
+  const int ranks = std::stoi(GetParam()[1]);
   std::vector<std::string> pargs = {"--hardware", hw, "--json"};
   pargs.insert(pargs.end(), problem.begin(), problem.end());
   const Result p = plan(pargs);
@@ -161,13 +172,14 @@ TEST_F(PlanCli, MemoryStepsAndBytesMatchARun) {
   ASSERT_EQ(r.rc, 0) << r.err;
   const auto planned = lines_of(p.out);
   const auto measured = lines_of(test::slurp(path("run.jsonl")));
-  ASSERT_EQ(measured.size(), 4u);  // 3 ranks + summary
+  ASSERT_EQ(measured.size(), static_cast<std::size_t>(ranks + 1));  // ranks + summary
   const std::string& sum = measured.back();
   EXPECT_EQ(json_number(planned[0], "steps"), json_number(sum, "steps"));
+  EXPECT_EQ(json_field(planned[0], "transfer"), json_field(sum, "transfer"));
   EXPECT_EQ(json_number(planned[0], "bytes_per_step"), json_number(sum, "bytes_per_step"));
   EXPECT_NEAR(json_number(planned[0], "imbalance_scheduled"),
               json_number(sum, "imbalance_scheduled"), 1e-9);
-  for (int rank = 0; rank < 3; ++rank) {
+  for (int rank = 0; rank < ranks; ++rank) {
     const std::string& pr = planned[static_cast<std::size_t>(1 + rank)];
     const std::string& mr = measured[static_cast<std::size_t>(rank)];
     EXPECT_EQ(json_number(pr, "pairs"), json_number(mr, "pairs")) << rank;

@@ -2,19 +2,24 @@
 // behind compute, for one attention problem on P ranks of a hardware profile
 // (ringattn/hardware.hpp) -- without running it.
 //
-// Steps, pairs and imbalance come from the real ring schedule
-// (make_ring_schedule over the layouts and the Mask), so masks and layouts are
-// honoured exactly. FLOPs follow kernel.hpp: 4 B Hq D per visible pair. Memory
+// Steps, pairs, imbalance and who sends what to whom come from the real ring
+// schedule (make_ring_schedule over the layouts and the Mask: ring or direct
+// transfers, sinks and global tokens shared outside the rotation), so masks and
+// layouts are honoured exactly. FLOPs follow kernel.hpp: 4 B Hq D per visible pair. Memory
 // follows ring.hpp: local Q, K, V (storage dtype), O and LSE (float32), min(2,
 // steps - 1) receive buffers of the largest K/V block, one query segment's
-// partial state, and the kernel workspace (cpu: one packed float32 K/V head +
-// per-thread tiles; gpu: on-chip, counted as 0).
+// partial state, the gathered shared rows, and the kernel workspace (cpu: one
+// packed float32 K/V head + per-thread tiles; gpu: on-chip, counted as 0).
 //
 // Time model, per rank r and step s (all seconds):
 //   c(r,s) = 4 B Hq D pairs(r,s) / R            R = rate of one rank (below)
 //   m(r,s) = merged rows x Hq x (3 D + 3) x 4 B / (memory bandwidth x threads)
-//   x(r,s) = 2 latency + block bytes / bandwidth  (K and V: two messages; 0 at the last step)
-//   end(r,s) = max(start + c + m + (1 - overlap) x,  start + x,  start(r-1,s) + x(r-1,s))
+//   x(r,s) = 2 latency + block bytes / bandwidth  (K and V: two messages; the block r
+//            sends during step s for step s + 1, if any)
+//   end(r,s) = max(start + c + m + (1 - overlap) x,  start + x,  start(src,s) + x(src,s))
+//            src = the rank r receives its next block from (r - 1 in the ring)
+// Shared rows (sinks, global tokens) add an all-gather before step 0 and their
+// pairs to step 0.
 //   start(r,s+1) = end(r,s); predicted total = max over ranks of the last end.
 // R is the profile's kernel rate for (dtype, head dim), times the rank's
 // threads (cpu; x parallel efficiency when > 1), divided by the
@@ -82,15 +87,17 @@ struct MemoryBreakdown {  // bytes, one rank
   double q = 0, k = 0, v = 0, o = 0, lse = 0;
   double recv_buffers = 0;  // min(2, steps - 1) K/V blocks
   int recv_count = 0;
-  double partial = 0;    // one query segment's partial O and LSE
+  double partial = 0;    // one query segment's (or global query chunk's) partial O and LSE
+  double shared = 0;     // sinks / global keys and global queries gathered from every rank
   double workspace = 0;  // kernel: packed K/V head + thread tiles (cpu)
-  double total() const { return q + k + v + o + lse + recv_buffers + partial + workspace; }
+  double total() const { return q + k + v + o + lse + recv_buffers + partial + shared + workspace; }
 };
 
 struct RankPlan {
   int rank = 0;
   int64_t q_tokens = 0, kv_tokens = 0;
-  int64_t pairs = 0;  // visible pairs per (batch, head)
+  int64_t pairs = 0;       // visible pairs per (batch, head), shared rows included
+  int64_t ring_pairs = 0;  // of which in the rotation (what run reports as pairs)
   double flops = 0;
   int computed_steps = 0;
   MemoryBreakdown mem;
@@ -113,6 +120,7 @@ struct Plan {
   double oversubscription = 1;  // ranks x threads per device (>= 1)
   double rate = 0;              // FLOP/s of one rank
   int steps = 1;                // ring steps run; rotations = steps - 1
+  std::string transfer;         // "ring" or "direct" (schedule.hpp: which sends fewer bytes)
   double imbalance = 1;         // schedule: max / mean pairs per rank
   double total_flops = 0;
   double block_bytes = 0;     // largest K/V block in flight

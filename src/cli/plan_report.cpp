@@ -146,15 +146,21 @@ void print_plan(const PlanReport& r) {
   const MemoryBreakdown& m = big.mem;
   line("memory (rank " + std::to_string(big.rank) + ")",
        fmt::format("{} = q {} + k {} + v {} + O {} + LSE {} + {} receive buffer{} {} + partial "
-                   "state {} + kernel workspace {}",
+                   "state {}{} + kernel workspace {}",
                    format_bytes(m.total()), format_bytes(m.q), format_bytes(m.k), format_bytes(m.v),
                    format_bytes(m.o), format_bytes(m.lse), m.recv_count,
                    m.recv_count == 1 ? "" : "s", format_bytes(m.recv_buffers),
-                   format_bytes(m.partial), format_bytes(m.workspace)));
+                   format_bytes(m.partial),
+                   m.shared > 0 ? " + shared rows " + format_bytes(m.shared) : std::string(),
+                   format_bytes(m.workspace)));
   line("memory available", fmt::format("{} per rank: {}", format_bytes(p.memory_available),
                                        p.fits ? "fits" : "DOES NOT FIT"));
-  line("ring steps", fmt::format("{} of {} ({} rotations); {} per rank per step at most", p.steps,
-                                 p.in.ranks, p.steps - 1, format_bytes(p.block_bytes)));
+  line("ring steps",
+       fmt::format("{} of {} ({} transfer: {}); {} per rank per step on average, {} at most",
+                   p.steps, p.in.ranks, p.transfer,
+                   p.transfer == "direct" ? "owners send a block only to the ranks that need it"
+                                          : "neighbours pass blocks on",
+                   format_bytes(p.bytes_per_step), format_bytes(p.block_bytes)));
   line("work", fmt::format("{:.4g} GFLOP in all; {:.4g} GFLOP on the busiest rank; imbalance "
                            "{:.3f} (max/mean visible pairs)",
                            p.total_flops / kGiga,
@@ -215,6 +221,7 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
       .number("rank_gflops", p.rate / kGiga)
       .number("oversubscription", p.oversubscription)
       .integer("steps", p.steps)
+      .text("transfer", p.transfer)
       .number("imbalance_scheduled", p.imbalance)
       .number("total_gflop", p.total_flops / kGiga)
       .number("max_rank_gflop", max_flops / kGiga)
@@ -241,6 +248,7 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
       .number("mem_lse", big.mem.lse)
       .number("mem_recv", big.mem.recv_buffers)
       .number("mem_partial", big.mem.partial)
+      .number("mem_shared", big.mem.shared)
       .number("mem_workspace", big.mem.workspace)
       .number("memory_available", p.memory_available)
       .boolean("fits", p.fits)
@@ -259,7 +267,8 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
                       .integer("tokens", k.q_tokens)
                       .integer("kv_tokens", k.kv_tokens)
                       .integer("computed_steps", k.computed_steps)
-                      .integer("pairs", k.pairs)
+                      .integer("pairs", k.ring_pairs)
+                      .integer("all_pairs", k.pairs)
                       .number("gflop", k.flops / kGiga)
                       .number("total_ms", k.total_s * kMs)
                       .number("compute_ms", k.compute_s * kMs)

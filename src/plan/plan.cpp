@@ -82,33 +82,36 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
   p.rate = hw.kernel_rate(in.dtype, in.head_dim) * thread_factor / p.oversubscription;
   const double merge_bw = hw.memory_bw_bps * (cpu ? p.threads : 1) / p.oversubscription;
 
-  // Links: rank r sends to r + 1.
-  std::vector<const LinkSpec*> link(static_cast<std::size_t>(np), nullptr);
+  // Links: the ring's neighbour link names the plan (the slowest one it uses);
+  // each transfer uses the link between its two ranks.
   if (np > 1) {
     if (local) {
       p.link =
           require_link(hw, hw.in_process, "in-process", "for in-process ranks (--ranks-local)");
       p.link_name = "in-process";
-      std::fill(link.begin(), link.end(), &hw.in_process);
     } else {
-      for (int r = 0; r < np; ++r) {
-        const bool across = r / p.ranks_per_node != ((r + 1) % np) / p.ranks_per_node;
-        link[static_cast<std::size_t>(r)] =
-            across ? &require_link(hw, hw.inter, "inter-node", "for a ring over several nodes")
-                   : &require_link(hw, hw.intra, "intra-node", "for ranks sharing a node");
-      }
       const bool multi = p.nodes > 1;
-      p.link = multi ? hw.inter : hw.intra;
+      p.link = multi ? require_link(hw, hw.inter, "inter-node", "for a ring over several nodes")
+                     : require_link(hw, hw.intra, "intra-node", "for ranks sharing a node");
       p.link_name = multi ? "inter-node" : "intra-node";
     }
   }
+  const auto link_of = [&](int from, int to) -> const LinkSpec& {
+    if (local) return hw.in_process;
+    return from / p.ranks_per_node == to / p.ranks_per_node
+               ? require_link(hw, hw.intra, "intra-node", "for ranks sharing a node")
+               : require_link(hw, hw.inter, "inter-node", "for a ring over several nodes");
+  };
 
   const Layout ql(in.layout, in.nq, np), kvl(in.layout, in.nk, np);
   const RingSchedule sch = make_ring_schedule(ql, kvl, in.mask);
   p.steps = sch.steps;
   p.imbalance = sch.imbalance();
+  p.transfer = sch.transfer == Transfer::direct ? "direct" : "ring";
   const double esz = double(dtype_size(in.dtype));
   const double flops_per_pair = 4.0 * double(in.batch * in.hq * in.head_dim);
+  const double b = double(in.batch), hq = double(in.hq), hkv = double(in.hkv),
+               d = double(in.head_dim);
   const auto block_bytes = [&](int rank) {
     return 2.0 * double(in.batch * kvl.tokens(rank) * in.hkv * in.head_dim) * esz;
   };
@@ -117,15 +120,39 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
   for (int r = 0; r < np; ++r)
     for (const Segment& s : kvl.segments(r)) max_kseg = std::max(max_kseg, s.count);
 
+  // Sinks and global tokens outside the rotation (ring_shared): gathered once
+  // by every rank, attended at step 0. Their pairs are the problem's visible
+  // pairs the rotation does not compute, spread over ranks by query tokens.
+  const SharedPart& sh = sch.shared;
+  int64_t ring_pairs = 0;
+  for (int r = 0; r < np; ++r) ring_pairs += sch.rank_pairs(r);
+  const int64_t all_pairs = visible_pairs(in.mask, {0, 1}, in.nq, {0, 1}, in.nk);
+  const double shared_pairs = sh.on() ? double(std::max<int64_t>(all_pairs - ring_pairs, 0)) : 0;
+  const auto chunk_tokens = [](const std::vector<Chunk>& v) {
+    int64_t n = 0;
+    for (const Chunk& c : v) n += c.count;
+    return n;
+  };
+  // Keys, queries, query states; each buffer at least 1 byte (ring_shared.cpp).
+  const double shared_buffers =
+      std::max(1.0, double(2 * in.batch * sh.key_tokens * in.hkv * in.head_dim) * esz) +
+      std::max(1.0, double(in.batch * sh.query_tokens * in.hq * in.head_dim) * esz) +
+      std::max(1.0, b * double(sh.query_tokens) * hq * (d + 1) * kFloatBytes);
+  int64_t shared_rows = 0;  // largest global query chunk
+  for (const auto& v : sh.query_chunks)
+    for (const Chunk& c : v) shared_rows = std::max(shared_rows, c.count);
+
   // Memory of each rank.
   p.per_rank.resize(static_cast<std::size_t>(np));
-  const double b = double(in.batch), hq = double(in.hq), hkv = double(in.hkv),
-               d = double(in.head_dim);
+  std::vector<double> shared_sent(static_cast<std::size_t>(np), 0.0);
   for (int r = 0; r < np; ++r) {
-    RankPlan& rp = p.per_rank[static_cast<std::size_t>(r)];
+    const auto ri = static_cast<std::size_t>(r);
+    RankPlan& rp = p.per_rank[ri];
     rp.rank = r;
     rp.q_tokens = ql.tokens(r), rp.kv_tokens = kvl.tokens(r);
-    rp.pairs = sch.rank_pairs(r);
+    const double my_shared = in.nq > 0 ? shared_pairs * double(rp.q_tokens) / double(in.nq) : 0.0;
+    rp.ring_pairs = sch.rank_pairs(r);
+    rp.pairs = rp.ring_pairs + static_cast<int64_t>(std::llround(my_shared));
     rp.flops = flops_per_pair * double(rp.pairs);
     rp.computed_steps = sch.computed_steps(r);
     MemoryBreakdown& m = rp.mem;
@@ -136,21 +163,43 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
     m.lse = b * hq * nq * kFloatBytes;
     m.recv_count = std::min(kMaxRecvBuffers, p.steps - 1);
     m.recv_buffers = m.recv_count * p.block_bytes;
-    int64_t max_qseg = 0;
-    for (const Segment& s : ql.segments(r)) max_qseg = std::max(max_qseg, s.count);
-    m.partial = double(max_qseg) * hq * (d + 1) * kFloatBytes;
+    int64_t max_rows = sh.on() ? shared_rows : 0;
+    for (const Segment& s : ql.segments(r)) max_rows = std::max(max_rows, s.count);
+    m.partial = double(max_rows) * hq * (d + 1) * kFloatBytes;
+    m.shared = sh.on() ? shared_buffers : 0.0;
     m.workspace = cpu && rp.pairs > 0 ? cpu_workspace_bytes(max_kseg, in.head_dim, p.threads) : 0;
     p.max_rank_memory = std::max(p.max_rank_memory, m.total());
     p.total_flops += rp.flops;
+    if (sh.on() && np > 1)
+      shared_sent[ri] =
+          (double(2 * in.batch * chunk_tokens(sh.key_chunks[ri]) * in.hkv * in.head_dim) * esz +
+           double(in.batch * chunk_tokens(sh.query_chunks[ri]) * in.hq * in.head_dim) * esz) *
+          (np - 1);
   }
   p.memory_available = cpu ? hw.memory_bytes / p.ranks_per_node
                            : hw.memory_bytes / std::max(1.0, p.oversubscription);
   p.fits = p.max_rank_memory <= p.memory_available;
 
-  // The ring, step by step (see the header).
+  // The shared rows' all-gather, before the ring: every rank receives the others' rows.
   std::vector<double> start(static_cast<std::size_t>(np), 0.0), end(start), xfer(start);
+  double sent_total = 0;
+  if (sh.on() && np > 1) {
+    double gathered = 0;
+    for (int r = 0; r < np; ++r) gathered += shared_sent[static_cast<std::size_t>(r)] / (np - 1);
+    const double t = (np - 1) * p.link.latency_s + gathered / p.link.bandwidth_bps;
+    for (int r = 0; r < np; ++r) {
+      start[static_cast<std::size_t>(r)] = t;
+      p.per_rank[static_cast<std::size_t>(r)].wait_s += t;
+      sent_total += shared_sent[static_cast<std::size_t>(r)];
+    }
+  }
+
+  // The ring, step by step (see the header). The transfers into step s + 1 are
+  // in flight during step s: rank r sends to step(r, s+1).send_to (ring: the
+  // block it holds; direct: its own) and receives from step(r, s+1).recv_from.
   p.per_step.resize(static_cast<std::size_t>(p.steps));
   double transfer_pairs = 0, transfer_area = 0;
+  int64_t rotations = 0;
   for (int s = 0; s < p.steps; ++s) {
     StepPlan& st = p.per_step[static_cast<std::size_t>(s)];
     st.step = s;
@@ -158,13 +207,17 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
     for (int r = 0; r < np; ++r) {
       const RingStep& rs = sch.step(r, s);
       const auto ri = static_cast<std::size_t>(r);
-      xfer[ri] = sends ? link[ri]->seconds(block_bytes(rs.source), kMessagesPerStep) : 0.0;
-      if (sends) {
-        st.bytes = std::max(st.bytes, block_bytes(rs.source));
-        p.bytes_per_step += block_bytes(rs.source) / (double(np) * (p.steps - 1));
-        transfer_pairs += double(rs.pairs);
-        transfer_area += double(ql.tokens(r)) * double(kvl.tokens(rs.source));
-      }
+      xfer[ri] = 0.0;
+      if (!sends) continue;
+      ++rotations;
+      transfer_pairs += double(rs.pairs);
+      transfer_area += double(ql.tokens(r)) * double(kvl.tokens(rs.source));
+      const RingStep& nx = sch.step(r, s + 1);
+      if (nx.send_to < 0) continue;
+      const double bytes = block_bytes(sch.transfer == Transfer::ring ? rs.source : r);
+      xfer[ri] = link_of(r, nx.send_to).seconds(bytes, kMessagesPerStep);
+      st.bytes = std::max(st.bytes, bytes);
+      sent_total += bytes;
     }
     for (int r = 0; r < np; ++r) {
       const RingStep& rs = sch.step(r, s);
@@ -173,20 +226,28 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
       double merged_rows = 0;
       for (const SegmentWork& w : rs.work)
         merged_rows += double(ql.segments(r)[static_cast<std::size_t>(w.q_seg)].count);
-      const double c = flops_per_pair * double(rs.pairs) / p.rate;
+      double pairs = double(rs.pairs);
+      if (s == 0) pairs += double(rp.pairs - rp.ring_pairs);  // the shared rows
+      const double c = flops_per_pair * pairs / p.rate;
       const double m =
           merged_rows * b * hq * (kMergeAccesses * d + kMergeAccesses) * kFloatBytes / merge_bw;
       double e = start[ri] + c + m;
       if (sends) {
-        const LinkSpec& l = *link[ri];
-        const double serial = (1.0 - l.overlap) * xfer[ri] * (cpu ? p.oversubscription : 1.0);
-        const std::size_t prev = static_cast<std::size_t>((r - 1 + np) % np);
-        e = std::max({e + serial, start[ri] + xfer[ri], start[prev] + xfer[prev]});
+        const RingStep& nx = sch.step(r, s + 1);
+        double serial = 0;
+        if (nx.send_to >= 0) {
+          const LinkSpec& l = link_of(r, nx.send_to);
+          serial = (1.0 - l.overlap) * xfer[ri] * (cpu ? p.oversubscription : 1.0);
+          st.hidden = st.hidden && l.overlap >= 1.0 && xfer[ri] <= c + m;
+          st.transfer_s = std::max(st.transfer_s, xfer[ri]);
+          rp.transfer_s += xfer[ri];
+        }
+        e = std::max(e + serial, start[ri] + xfer[ri]);
+        if (nx.recv_from >= 0) {
+          const auto src = static_cast<std::size_t>(nx.recv_from);
+          e = std::max(e, start[src] + xfer[src]);
+        }
         rp.wait_s += e - (start[ri] + c + m + serial);
-        rp.transfer_s += xfer[ri];
-        const bool hidden = l.overlap >= 1.0 && xfer[ri] <= c + m;
-        st.hidden = st.hidden && hidden;
-        st.transfer_s = std::max(st.transfer_s, xfer[ri]);
       }
       rp.compute_s += c;
       rp.merge_s += m;
@@ -196,6 +257,7 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
     start = end;
     p.all_hidden = p.all_hidden && st.hidden;
   }
+  p.bytes_per_step = rotations > 0 ? sent_total / double(rotations) : 0.0;
   for (int r = 0; r < np; ++r) {
     p.per_rank[static_cast<std::size_t>(r)].total_s = end[static_cast<std::size_t>(r)];
     p.predicted_s = std::max(p.predicted_s, end[static_cast<std::size_t>(r)]);
