@@ -61,6 +61,7 @@ constexpr int64_t kMergeRows = 4096 * 8;             // state rows of the merge 
 constexpr int64_t kMergeDim = 128;
 constexpr int64_t kProbeHeadDim = 128;  // the all-cores probe's preferred head dim
 constexpr int kTagExchange = 7, kTagGo = 8;
+constexpr double kBusyLoad = 0.5;  // load average above which calibrate warns
 constexpr auto kIdlePoll = std::chrono::milliseconds(20);
 
 CommandSpec calibrate_spec() {
@@ -251,6 +252,16 @@ std::string link_comment(const char* name, const LinkProbe& p) {
   return s;
 }
 
+// The 1-minute load average (/proc/loadavg), or -1 when unknown.
+double load_average() {
+  std::FILE* f = std::fopen("/proc/loadavg", "r");
+  if (f == nullptr) return -1;
+  double l = -1;
+  if (std::fscanf(f, "%lf", &l) != 1) l = -1;
+  std::fclose(f);
+  return l;
+}
+
 // Rank != 0 under MPI: wait for rank 0's local probes without spinning on a core.
 void idle_until_go(Communicator& comm) {
   char go = 0;
@@ -274,6 +285,7 @@ int cmd_calibrate(int argc, char** argv) {
                                  kMinMessage, max_message));
 
   HardwareProfile hw;
+  double load = -1;  // before calibrating (rank 0)
   std::optional<AtomicFile> file;
   std::optional<MetricsFile> metrics;
   std::vector<std::string> notes;
@@ -295,6 +307,12 @@ int cmd_calibrate(int argc, char** argv) {
           mem > 0 ? mem * kGiB : double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
       fmt::print("ringattn calibrate: {} ({} cores, {}), isa {}\n", hw.name, cores, hw.description,
                  effective_isa_name(Isa::automatic));
+      load = load_average();
+      if (load > kBusyLoad)
+        fmt::print(stderr,
+                   "ringattn: warning: load average {:.2f} before calibrating: other work shares "
+                   "this machine, so rates (all-core ones most) come out low\n",
+                   load);
 
       ProblemShape shape;
       shape.nq = shape.nk = opt->integer("seq-len");
@@ -382,6 +400,11 @@ int cmd_calibrate(int argc, char** argv) {
       date, np >= 2 ? fmt::format("mpirun -np {}, ", np) : "", opt->command_line(),
       opt->integer("seq-len"), opt->integer("heads"));
   for (const std::string& n : notes) header += n + "\n";
+  if (load >= 0)
+    header += fmt::format(
+        "1-minute load average before calibrating: {:.2f} (other work on the "
+        "machine lowers the rates; {} cores)\n",
+        load, hw.devices_per_node);
   hw.source = opt->text("out");
   const std::string text = hardware_profile_text(hw, header);
   file->write(text.data(), text.size());
