@@ -274,6 +274,11 @@ void idle_until_go(Communicator& comm) {
 int cmd_calibrate(int argc, char** argv) {
   const std::optional<ParsedOptions> opt = parse_options(calibrate_spec(), argc, argv);
   if (!opt) return kExitOk;
+  for (const int64_t d : opt->integers("head-dims"))  // before any output or measurement
+    if (!head_dim_supported(d))
+      throw UsageError(
+          fmt::format("option '--head-dims': expected multiples of {} in [{}, {}], got {}",
+                      kHeadDimMultiple, kMinHeadDim, kMaxHeadDim, d));
   const bool mpi = launched_by_mpi() && mpi_built();
   Communicator* world = mpi ? &mpi_world() : nullptr;
   const int rank = world != nullptr ? world->rank() : 0;
@@ -321,10 +326,6 @@ int cmd_calibrate(int argc, char** argv) {
       fmt::print("{}", kt.header());
       for (const std::string& dn : opt->texts("dtypes"))
         for (const int64_t d : opt->integers("head-dims")) {
-          if (!head_dim_supported(d))
-            throw UsageError(
-                fmt::format("option '--head-dims': expected multiples of {} in [{}, {}], got {}",
-                            kHeadDimMultiple, kMinHeadDim, kMaxHeadDim, d));
           shape.head_dim = d;
           shape.dtype = parse_dtype(dn, "option '--dtypes'");
           const RandomProblem prob = make_random_problem(shape, 1);
