@@ -149,17 +149,20 @@ TEST_F(PlanCli, JsonHasOneSummaryThenRanksThenSteps) {
 // a plain causal ring, and a window with sinks (shared rows, direct transfers).
 class PlanVsRun : public PlanCli, public ::testing::WithParamInterface<std::vector<std::string>> {};
 
+// Each: --ranks-local P first, then the rest. Two threads on a small problem check the
+// kernel's thread cap on its workspace.
 INSTANTIATE_TEST_SUITE_P(
     Problems, PlanVsRun,
     ::testing::Values(
-        std::vector<std::string>{"--ranks-local", "3", "--seq-len", "1000", "--causal"},
+        std::vector<std::string>{"--ranks-local", "3", "--seq-len", "1000", "--causal", "--threads",
+                                 "1"},
         std::vector<std::string>{"--ranks-local", "4", "--seq-len", "2000", "--causal",
-                                 "--window-left", "200", "--sinks", "4"}));
+                                 "--window-left", "200", "--sinks", "4", "--threads", "1"},
+        std::vector<std::string>{"--ranks-local", "1", "--seq-len", "100", "--threads", "2"}));
 
 TEST_P(PlanVsRun, MemoryStepsAndBytesMatch) {
   const std::string hw = write_profile("cpu.ini", kCpuProfile);
-  std::vector<std::string> problem = {"--heads",    "4",  "--kv-heads", "2",
-                                      "--head-dim", "64", "--threads",  "1"};
+  std::vector<std::string> problem = {"--heads", "4", "--kv-heads", "2", "--head-dim", "64"};
   problem.insert(problem.end(), GetParam().begin(), GetParam().end());
   const int ranks = std::stoi(GetParam()[1]);
   std::vector<std::string> pargs = {"--hardware", hw, "--json"};

@@ -167,7 +167,10 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
     for (const Segment& s : ql.segments(r)) max_rows = std::max(max_rows, s.count);
     m.partial = double(max_rows) * hq * (d + 1) * kFloatBytes;
     m.shared = sh.on() ? shared_buffers : 0.0;
-    m.workspace = cpu && rp.pairs > 0 ? cpu_workspace_bytes(max_kseg, in.head_dim, p.threads) : 0;
+    // The kernel runs at most one thread per task (query head of a group x block of rows).
+    const int64_t tasks = (in.hq / in.hkv) * ((max_rows + cpu::kBlockQ - 1) / cpu::kBlockQ);
+    const int kthreads = static_cast<int>(std::clamp<int64_t>(tasks, 1, p.threads));
+    m.workspace = cpu && rp.pairs > 0 ? cpu_workspace_bytes(max_kseg, in.head_dim, kthreads) : 0;
     p.max_rank_memory = std::max(p.max_rank_memory, m.total());
     p.total_flops += rp.flops;
     if (sh.on() && np > 1)
