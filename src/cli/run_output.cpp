@@ -131,6 +131,18 @@ void NpyOutFile::commit() {
   guard_.release();
 }
 
+void RunOutputs::check_writable(const RunConfig& cfg) {
+  const std::pair<const std::string*, const char*> outs[] = {{&cfg.out_path, "out"},
+                                                             {&cfg.lse_path, "lse-out"}};
+  for (const auto& [path, option] : outs) {
+    if (path->empty()) continue;
+    const AtomicFile probe = open_atomic(*path, option);
+    TempFileGuard guard(probe.temp_path());
+    ::unlink(probe.temp_path().c_str());  // then forgotten; the destructor's unlink finds nothing
+    guard.release();
+  }
+}
+
 RunOutputs::RunOutputs(const RunConfig& cfg) : cfg_(cfg) {
   const bool b = cfg.batched_output();
   if (!cfg.out_path.empty()) {

@@ -59,10 +59,14 @@ class NpyOutFile {
   std::size_t data_offset_ = 0, data_bytes_ = 0;
 };
 
-// The O and LSE files of a run (either may be absent), opened before compute.
+// The O and LSE files of a run (either may be absent), opened after the ring
+// pass; check_writable() tells before compute whether they can be.
 class RunOutputs {
  public:
   explicit RunOutputs(const RunConfig& cfg);
+  // Creates and removes a temporary beside each output: throws the Error the
+  // constructor would (naming the option) if a file cannot be written there.
+  static void check_writable(const RunConfig& cfg);
   // Writes rank `rank`'s rows: o float32 [B, n_r, Hq, D] (rounded to the
   // output dtype), lse [B, Hq, n_r], n_r = ql.tokens(rank), in ql's local order.
   void write_rank(const Layout& ql, int rank, const float* o, const float* lse);

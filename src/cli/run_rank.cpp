@@ -90,7 +90,7 @@ void run_job(Communicator& comm, const RunConfig& cfg) {
   std::optional<MetricsFile> metrics;
   if (rank == 0) {
     warn_empty_ranks(cfg, ql, kvl);
-    outputs.emplace(cfg);  // before any compute: an unwritable path fails fast
+    RunOutputs::check_writable(cfg);  // before any compute: an unwritable path fails fast
     metrics.emplace(cfg.metrics_path);
   }
 
@@ -124,8 +124,10 @@ void run_job(Communicator& comm, const RunConfig& cfg) {
   std::vector<RankStats> stats(static_cast<std::size_t>(np));
   comm.allgather(&mine, sizeof(mine), stats.data());
 
-  // Collect every rank's rows on rank 0, one rank at a time.
+  // Collect every rank's rows on rank 0, one rank at a time. The output files
+  // exist only from here on: a job ended during compute leaves none behind.
   memory_reset_peak_thread();
+  if (rank == 0) outputs.emplace(cfg);
   std::optional<SingleRankCheck> check;
   if (rank == 0 && cfg.verify) check.emplace(cfg, kopt);
   std::optional<SampledReferenceCheck> sampled;
