@@ -453,6 +453,23 @@ TEST_F(RunError, FailingRankEndsTheJobQuickly) {
 
 // What MPI does to the surviving ranks when one aborts: SIGTERM. The handler removes the
 // temporaries (no destructor runs) and exits with 128 + SIGTERM.
+// Starts `ringattn run ARGS...` in a child process (output discarded).
+pid_t spawn_run(const std::string& bin, std::vector<std::string> args) {
+  args.insert(args.begin(), {bin, "run"});
+  std::vector<char*> argv;
+  for (std::string& x : args) argv.push_back(x.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int devnull = ::open("/dev/null", O_WRONLY);
+    ::dup2(devnull, 1);
+    ::dup2(devnull, 2);
+    ::execv(bin.c_str(), argv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
 TEST_F(Run, SigtermRemovesTemporaryOutputs) {
   // The output temporaries exist from the end of the ring pass until commit;
   // --verify's single-rank kernel runs in that window (seconds at this size),
@@ -463,17 +480,10 @@ TEST_F(Run, SigtermRemovesTemporaryOutputs) {
   const char* n = "16384";
 #endif
   const std::string out = path("o.npy"), lse = path("lse.npy");
-  const pid_t pid = ::fork();
+  const pid_t pid =
+      spawn_run(bin_, {"--ranks-local", "2", "--seq-len", n, "--heads", "2", "--head-dim", "64",
+                       "--verify", "--threads", "1", "--out", out, "--lse-out", lse});
   ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    const int devnull = ::open("/dev/null", O_WRONLY);
-    ::dup2(devnull, 1);
-    ::dup2(devnull, 2);
-    ::execl(bin_.c_str(), bin_.c_str(), "run", "--ranks-local", "2", "--seq-len", n, "--heads", "2",
-            "--head-dim", "64", "--verify", "--threads", "1", "--out", out.c_str(), "--lse-out",
-            lse.c_str(), static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
   const Clock::time_point t0 = Clock::now();
   while (temporaries().size() < 2 && Clock::now() - t0 < std::chrono::seconds(kFailLimitS))
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -493,17 +503,10 @@ TEST_F(Run, OutputsDoNotExistDuringTheRing) {
   // A job ended during compute (the common case: a failing rank) leaves no
   // temporary behind even if it is killed outright.
   const std::string out = path("o.npy");
-  const pid_t pid = ::fork();
+  const pid_t pid =
+      spawn_run(bin_, {"--ranks-local", "2", "--seq-len", "2048", "--heads", "2", "--head-dim",
+                       "64", "--repeats", "1000000", "--threads", "1", "--out", out});
   ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    const int devnull = ::open("/dev/null", O_WRONLY);
-    ::dup2(devnull, 1);
-    ::dup2(devnull, 2);
-    ::execl(bin_.c_str(), bin_.c_str(), "run", "--ranks-local", "2", "--seq-len", "2048", "--heads",
-            "2", "--head-dim", "64", "--repeats", "1000000", "--threads", "1", "--out", out.c_str(),
-            static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
   EXPECT_TRUE(temporaries().empty()) << temporaries().front();
   ::kill(pid, SIGKILL);
