@@ -57,9 +57,17 @@ KernelStats cuda_attention_partial(const AttentionArgs& a, float* o, float* lse,
 KernelStats cuda_attention_merge(const AttentionArgs& a, const StateView& acc, int64_t batch_index,
                                  int64_t row0, void* stream = nullptr);
 
+// Seconds one cuda_attention_forward takes on the device (CUDA events around
+// it on the default stream), for benchmarks.
+double cuda_time_forward(const AttentionArgs& a, void* o, float* lse);
+
 // acc <- merge(acc, part) on the GPU (state.hpp's merge_row, per row); device
 // pointers, shapes must match (throws Error).
 void cuda_merge_states(const StateView& acc, const StateView& part, void* stream = nullptr);
+// Rows (b, n) of `part` merge into rows (batch_index + b, row0 + n) of acc
+// (same heads and head dim; throws Error when part does not fit).
+void cuda_merge_rows(const StateView& acc, int64_t batch_index, int64_t row0, const StateView& part,
+                     void* stream = nullptr);
 // Every row empty: O = 0, LSE = -inf.
 void cuda_clear_state(const StateView& s, void* stream = nullptr);
 

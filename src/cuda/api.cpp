@@ -93,9 +93,39 @@ KernelStats cuda_attention_merge(const AttentionArgs& a, const StateView& acc, i
   return run(a, t, stream);
 }
 
+double cuda_time_forward(const AttentionArgs& a, void* o, float* lse) {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  cuda::check(cudaEventCreate(&start), "cudaEventCreate");
+  cuda::check(cudaEventCreate(&stop), "cudaEventCreate");
+  float ms = 0;
+  try {
+    cuda::check(cudaEventRecord(start, nullptr), "cudaEventRecord");
+    cuda_attention_forward(a, o, lse, nullptr);
+    cuda::check(cudaEventRecord(stop, nullptr), "cudaEventRecord");
+    cuda::check(cudaEventSynchronize(stop), "timed kernel run");
+    cuda::check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+  } catch (...) {
+    cudaEventDestroy(start), cudaEventDestroy(stop);
+    throw;
+  }
+  cudaEventDestroy(start), cudaEventDestroy(stop);
+  return ms * 1e-3;
+}
+
 void cuda_merge_states(const StateView& acc, const StateView& part, void* stream) {
   check_same_shape(acc, part);
-  cuda::launch_merge(acc, part, stream);
+  cuda::launch_merge(acc, 0, 0, part, stream);
+}
+
+void cuda_merge_rows(const StateView& acc, int64_t batch_index, int64_t row0, const StateView& part,
+                     void* stream) {
+  if (part.heads != acc.heads || part.head_dim != acc.head_dim || batch_index < 0 ||
+      batch_index + part.batch > acc.batch || row0 < 0 || row0 + part.tokens > acc.tokens)
+    throw Error(fmt::format(
+        "cuda merge: part [{}, {}, {}, {}] does not fit state [{}, {}, {}, {}] at batch {} row {}",
+        part.batch, part.tokens, part.heads, part.head_dim, acc.batch, acc.tokens, acc.heads,
+        acc.head_dim, batch_index, row0));
+  cuda::launch_merge(acc, batch_index, row0, part, stream);
 }
 
 void cuda_clear_state(const StateView& s, void* stream) {

@@ -17,8 +17,10 @@ void check(int err, const char* what);
 void launch_flash(const FlashConfig& cfg, DType dtype, const FlashParams& p, const LaunchGrid& g,
                   void* stream);
 
-// acc <- merge(acc, part), one warp per row; shapes already checked.
-void launch_merge(const StateView& acc, const StateView& part, void* stream);
+// Rows (b, n) of part merge into rows (batch0 + b, row0 + n) of acc, one warp
+// per row; shapes already checked.
+void launch_merge(const StateView& acc, int64_t batch0, int64_t row0, const StateView& part,
+                  void* stream);
 // O = 0, LSE = -inf.
 void launch_clear(const StateView& s, void* stream);
 

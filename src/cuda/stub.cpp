@@ -38,8 +38,14 @@ KernelStats cuda_attention_partial(const AttentionArgs&, float*, float*, void*) 
 KernelStats cuda_attention_merge(const AttentionArgs&, const StateView&, int64_t, int64_t, void*) {
   no_cuda("cuda_attention_merge");
 }
+double cuda_time_forward(const AttentionArgs&, void*, float*) {
+  no_cuda("cuda_time_forward");
+}
 void cuda_merge_states(const StateView&, const StateView&, void*) {
   no_cuda("cuda_merge_states");
+}
+void cuda_merge_rows(const StateView&, int64_t, int64_t, const StateView&, void*) {
+  no_cuda("cuda_merge_rows");
 }
 void cuda_clear_state(const StateView&, void*) {
   no_cuda("cuda_clear_state");
