@@ -117,7 +117,7 @@ gtest_step() {
   local name="$1"
   step "$name" 240 "$build/tests/$name"
   local skipped
-  skipped=$(grep -c '^\[  SKIPPED \]' "$log/$name.log" || true)
+  skipped=$(grep -Eo '^\[  SKIPPED \] [0-9]+ test' "$log/$name.log" | grep -Eo '[0-9]+' || echo 0)
   if [[ -n "$gpu" ]] && ((skipped > 0)) && [[ "$name" != test_cuda_plan ]]; then
     summary+=("FAIL  $name: $skipped GPU test(s) skipped on a GPU machine (see $log/$name.log)")
     print_summary; exit 1
