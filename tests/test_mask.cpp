@@ -1,5 +1,6 @@
 // Closed-form mask logic checked against brute force over Mask::allows, for
-// every part (band, causal bound, dilation, sinks, global ranges, block-sparse)
+// every part (band, causal bound, dilation, sinks, global ranges, block-sparse,
+// skipped ranges)
 // alone and combined.
 #include <gtest/gtest.h>
 
@@ -48,6 +49,18 @@ std::vector<Mask> sample_masks() {
       m.blocks.random = static_cast<int>(pick(0, 2));
       m.blocks.seed = static_cast<uint64_t>(pick(0, 1000));
       m.blocks.key_blocks = 60 / m.blocks.size + 1;
+    }
+    if (pick(0, 3) == 0) {  // skipped ranges, as the ring carves out shared parts
+      m.n_skip_q = static_cast<int>(pick(0, 2));
+      for (int k = 0; k < m.n_skip_q; ++k) {
+        const int64_t a = pick(-5, 45);
+        m.skip_q[k] = {a, a + pick(1, 8)};
+      }
+      m.n_skip_k = static_cast<int>(pick(1, 3));
+      for (int k = 0; k < m.n_skip_k; ++k) {
+        const int64_t a = pick(-5, 45);
+        m.skip_k[k] = {a, a + pick(1, 8)};
+      }
     }
     v.push_back(m);
   }

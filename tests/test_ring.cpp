@@ -99,9 +99,43 @@ TEST(Ring, WindowStopsRotationAfterTheNeededSteps) {
   run_local(8, [&](Communicator& comm) {
     const test::RingCheck chk = test::run_ring_case(comm, c);
     EXPECT_EQ(chk.metrics.steps, 3);
-    EXPECT_EQ(chk.metrics.bytes_sent, 2 * 125 * 1 * 32 * 2 * 4);
+    // Direct transfer: rank r sends its block only to r + 1 and r + 2.
+    const int r = comm.rank();
+    EXPECT_EQ(chk.metrics.bytes_sent, ((r + 1 < 8) + (r + 2 < 8)) * 125 * 1 * 32 * 2 * 4);
     EXPECT_LE(chk.err.o_rel_fro, kTolO);
   });
+}
+
+TEST(Ring, SharedSinksAndGlobalTokensWithBatchesAndGqa) {
+  // Sinks and global keys gathered once, global queries merged by LSE on their
+  // owner: checked with B = 2 and GQA (the batch and head offsets of the
+  // shared rows), on every layout.
+  const int64_t n = 600;
+  Mask sinks = Mask::causal(0);
+  sinks.lo = -40;
+  sinks.sinks = 5;
+  Mask lf = Mask::band(-16, 16);
+  lf.n_global = 2;
+  lf.global[0] = {0, 3};
+  lf.global[1] = {299, 307};
+  for (const Mask* m : {&sinks, &lf})
+    for (LayoutKind layout : {LayoutKind::contiguous, LayoutKind::zigzag, LayoutKind::striped})
+      for (int p : {2, 3, 4}) {
+        RingCase c;
+        c.b = 2, c.nq = c.nk = n, c.hq = 4, c.hkv = 2, c.d = 16, c.layout = layout, c.mask = m;
+        c.mask_name = m == &sinks ? "causal window 41 + 5 sinks" : "window 16 + global";
+        SCOPED_TRACE(c.name() + " P=" + std::to_string(p));
+        run_local(p, [&](Communicator& comm) {
+          const test::RingCheck chk = test::run_ring_case(comm, c);
+          EXPECT_LE(chk.err.o_rel_fro, kTolO);
+          EXPECT_LE(chk.err.lse_max_abs, kTolLse);
+          // Only the ranks holding shared rows send them.
+          EXPECT_GT(comm.allreduce_one(chk.metrics.shared_bytes, ReduceOp::sum), 0);
+          if (layout == LayoutKind::contiguous && m == &sinks) {
+            EXPECT_EQ(chk.metrics.steps, 2);
+          }
+        });
+      }
 }
 
 TEST(Ring, TrafficIsOnlyKvHeadsAndStepsAreSkipped) {

@@ -7,6 +7,7 @@
 #include "ringattn/error.hpp"
 #include "ringattn/layout.hpp"
 #include "ringattn/schedule.hpp"
+#include "util.hpp"
 
 namespace ringattn {
 namespace {
@@ -58,22 +59,31 @@ TEST(Layout, ShapesOfEachKind) {
   EXPECT_THROW(parse_layout("zig-zag"), Error);
 }
 
-// Brute force: every visible (query, key) pair appears in exactly one step of
-// exactly one rank, and nothing invisible is scheduled as work.
-void check_coverage(const Layout& q, const Layout& kv, const Mask& mask) {
-  const RingSchedule sch = make_ring_schedule(q, kv, mask);
+// Brute force: every visible (query, key) pair is covered exactly once, by
+// one step of one rank or by the shared part (queries x shared keys, global
+// queries x the other keys), and nothing invisible is scheduled as work.
+void check_coverage(const Layout& q, const Layout& kv, const Mask& mask,
+                    const ScheduleOptions& opt = {}) {
+  const RingSchedule sch = make_ring_schedule(q, kv, mask, opt);
   std::map<std::pair<int64_t, int64_t>, int> seen;
+  ASSERT_EQ(static_cast<int>(sch.shift.size()), sch.steps);
+  ASSERT_EQ(sch.shift[0], 0);
   for (int r = 0; r < sch.ranks; ++r)
     for (int s = 0; s < sch.steps; ++s) {
       const RingStep& st = sch.step(r, s);
-      ASSERT_EQ(st.source, ((r - s) % sch.ranks + sch.ranks) % sch.ranks);
+      ASSERT_EQ(st.source,
+                ((r - sch.shift[static_cast<std::size_t>(s)]) % sch.ranks + sch.ranks) % sch.ranks);
+      if (s > 0 && !st.work.empty()) {
+        ASSERT_GE(st.recv_from, 0) << "work without a block";
+      }
       for (const SegmentWork& w : st.work) {
         const Segment& a = q.segments(r)[static_cast<std::size_t>(w.q_seg)];
         const Segment& b = kv.segments(st.source)[static_cast<std::size_t>(w.k_seg)];
         int64_t pairs = 0;
         for (int64_t i = 0; i < a.count; ++i)
           for (int64_t j = 0; j < b.count; ++j)
-            if (mask.allows(a.start + i * a.stride, b.start + j * b.stride)) {
+            if (sch.ring_mask.allows(a.start + i * a.stride, b.start + j * b.stride)) {
+              ASSERT_TRUE(mask.allows(a.start + i * a.stride, b.start + j * b.stride));
               ++seen[{a.start + i * a.stride, b.start + j * b.stride}];
               ++pairs;
             }
@@ -81,6 +91,26 @@ void check_coverage(const Layout& q, const Layout& kv, const Mask& mask) {
         ASSERT_GT(pairs, 0);
       }
     }
+  auto in = [](const std::vector<PosRange>& v, int64_t x) {
+    for (const PosRange& r : v)
+      if (r.contains(x)) return true;
+    return false;
+  };
+  for (int64_t i = 0; i < q.length(); ++i)
+    for (int64_t j = 0; j < kv.length(); ++j)
+      if (mask.allows(i, j) && (in(sch.shared.keys, j) || in(sch.shared.queries, i)))
+        ++seen[{i, j}];
+  // Every shared token sits in exactly one rank's chunks.
+  int64_t key_chunk_tokens = 0;
+  for (int r = 0; r < sch.ranks && sch.shared.on(); ++r)
+    for (const Chunk& c : sch.shared.key_chunks[static_cast<std::size_t>(r)]) {
+      key_chunk_tokens += c.count;
+      for (int64_t t = 0; t < c.count; ++t) {
+        ASSERT_TRUE(in(sch.shared.keys, c.pos.at(t)));
+        ASSERT_EQ(kv.local_index(r, c.pos.at(t)), c.local + t);
+      }
+    }
+  ASSERT_EQ(key_chunk_tokens, sch.shared.key_tokens);
   int64_t expected = 0;
   for (int64_t i = 0; i < q.length(); ++i)
     for (int64_t j = 0; j < kv.length(); ++j)
@@ -101,6 +131,20 @@ TEST(Schedule, EachPairCoveredExactlyOnce) {
                        " nk=" + std::to_string(nk) + " causal=" + std::to_string(causal));
           check_coverage(Layout(k, nq, p), Layout(k, nk, p),
                          causal ? Mask::causal(nk - nq) : Mask::none());
+        }
+}
+
+TEST(Schedule, SparsePatternsCoveredExactlyOnceWithSharedPartsAndDirectTransfers) {
+  const int64_t n = 130;
+  for (const test::NamedMask& nm : test::sparse_patterns(n))
+    for (LayoutKind k : kAll)
+      for (int p : {1, 2, 3, 4, 8})
+        for (bool share : {true, false}) {
+          SCOPED_TRACE(nm.name + " " + layout_name(k) + " p=" + std::to_string(p) +
+                       " share=" + std::to_string(share));
+          ScheduleOptions opt;
+          opt.share = share;
+          check_coverage(Layout(k, n, p), Layout(k, n, p), nm.mask, opt);
         }
 }
 
@@ -146,6 +190,84 @@ TEST(Schedule, BandMaskStopsRotationEarly) {
   const RingSchedule dense = make_ring_schedule(l, l, Mask::none());
   EXPECT_EQ(dense.steps, 8);
   EXPECT_DOUBLE_EQ(dense.imbalance(), 1.0);
+}
+
+TEST(Schedule, WindowOnContiguousSendsOnlyToTheRanksThatNeedIt) {
+  // 8 ranks of 125 tokens, causal window 200: rank r needs blocks r-1 and r-2
+  // (ceil(199 / 125) = 2 earlier ones): 3 steps. Direct: rank r sends its block
+  // to r+1 and r+2 where they exist; the ring would pass 2 blocks from every rank.
+  Mask m = Mask::causal(0);
+  m.lo = -199;
+  const Layout l(LayoutKind::contiguous, 1000, 8);
+  const RingSchedule sch = make_ring_schedule(l, l, m);
+  EXPECT_EQ(sch.transfer, Transfer::direct);
+  EXPECT_EQ(sch.steps, 3);
+  for (int r = 0; r < 8; ++r)
+    EXPECT_EQ(sch.tokens_sent(l, r), 125 * ((r + 1 < 8) + (r + 2 < 8))) << "rank " << r;
+  ScheduleOptions ring_only;
+  ring_only.direct = false;
+  const RingSchedule ring = make_ring_schedule(l, l, m, ring_only);
+  EXPECT_EQ(ring.transfer, Transfer::ring);
+  EXPECT_EQ(ring.steps, 3);
+  for (int r = 0; r < 8; ++r) EXPECT_EQ(ring.tokens_sent(l, r), 2 * 125);
+}
+
+TEST(Schedule, ZigzagWindowSkipsTheMiddleSteps) {
+  // Zigzag, P = 4, chunks of 512, causal window 256: chunk c_r needs c_{r-1}
+  // (rank r - 1: shift 1) and c_{7-r} needs c_{6-r} (rank r + 1: shift 3).
+  // Shift 2 is needed by nobody: the direct transfer runs 3 steps, not 4.
+  Mask m = Mask::causal(0);
+  m.lo = -255;
+  const int p = 4;
+  const Layout l(LayoutKind::zigzag, 4096, p);
+  const RingSchedule sch = make_ring_schedule(l, l, m);
+  EXPECT_EQ(sch.transfer, Transfer::direct);
+  EXPECT_EQ(sch.shift, (std::vector<int>{0, 1, 3}));
+  ScheduleOptions ring_only;
+  ring_only.direct = false;
+  EXPECT_EQ(make_ring_schedule(l, l, m, ring_only).steps, p);
+  int64_t sent = 0;
+  for (int r = 0; r < p; ++r) sent += sch.tokens_sent(l, r);
+  // Rank 0 (c0, c7) needs only rank 1 (c6); rank 3 (c3, c4) needs c2 (rank 2)
+  // and c3 is its own; ranks 1 and 2 need both neighbours: 1 + 1 + 2 + 2 blocks.
+  EXPECT_EQ(sent, 6 * 1024);
+}
+
+TEST(Schedule, SinksAndGlobalTokensAreSharedNotRotated) {
+  // Contiguous, 4 ranks of 100, causal window 50 + 4 sinks: without sharing,
+  // rank 3 needs rank 0's block for the sinks (all 4 steps); shared, only the
+  // neighbour is needed (2 steps).
+  Mask m = Mask::causal(0);
+  m.lo = -49;
+  m.sinks = 4;
+  const Layout l(LayoutKind::contiguous, 400, 4);
+  ScheduleOptions no_share;
+  no_share.share = false;
+  EXPECT_EQ(make_ring_schedule(l, l, m, no_share).steps, 4);
+  const RingSchedule sch = make_ring_schedule(l, l, m);
+  EXPECT_EQ(sch.steps, 2);
+  ASSERT_EQ(sch.shared.keys.size(), 1u);
+  EXPECT_EQ(sch.shared.keys[0].end, 4);
+  EXPECT_EQ(sch.shared.key_tokens, 4);
+  EXPECT_EQ(sch.shared.query_tokens, 0);
+  EXPECT_EQ(sch.ring_mask.sinks, 0);
+  EXPECT_FALSE(sch.ring_mask.allows(300, 2));  // sinks left out of the ring
+  EXPECT_TRUE(sch.ring_mask.allows(300, 260));
+  // Global tokens: both keys and queries; a single rank shares nothing.
+  Mask g = Mask::band(-8, 8);
+  g.n_global = 2;
+  g.global[0] = {0, 2};
+  g.global[1] = {250, 253};
+  const RingSchedule gs = make_ring_schedule(l, l, g);
+  EXPECT_EQ(gs.shared.key_tokens, 5);
+  EXPECT_EQ(gs.shared.query_tokens, 5);
+  EXPECT_EQ(gs.steps, 3);  // neighbours on both sides: shifts 0, 1 and P - 1
+  const Layout one(LayoutKind::contiguous, 400, 1);
+  EXPECT_FALSE(make_ring_schedule(one, one, g).shared.on());
+  // More shared tokens than one rank holds: they ride the ring (memory O(N/P)).
+  Mask big = m;
+  big.sinks = 101;
+  EXPECT_FALSE(make_ring_schedule(l, l, big).shared.on());
 }
 
 }  // namespace

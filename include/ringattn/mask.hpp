@@ -12,6 +12,10 @@
 //              or 0 <= kp < sinks                         (attention sinks)
 //              or kp or qp in a global range              (Longformer global tokens)
 //              or blocks.allows(qp, kp) )                 (BigBird block-sparse)
+//         and qp not in a skipped query range and kp not in a skipped key range
+//
+// The skipped ranges carve parts out of a mask: the ring computes sinks and
+// global tokens outside the rotation and runs the rest with them skipped.
 //
 // No mask is the unbounded band; causal is hi = limit = diag (bottom-right
 // aligned: diag = Nk - Nq). Everything is closed form (no per-element tables),
@@ -100,6 +104,10 @@ struct Mask {
   int n_global = 0;            // global ranges: see and are seen by everything
   PosRange global[kMaxGlobalRanges] = {};
   BlockSparse blocks;
+  int n_skip_q = 0;  // queries in these ranges see nothing
+  PosRange skip_q[kMaxGlobalRanges] = {};
+  int n_skip_k = 0;  // keys in these ranges are seen by nothing
+  PosRange skip_k[kMaxGlobalRanges + 1] = {};
 
   static Mask none() { return {}; }
   // Query at qp sees keys at kp <= qp + diag.
@@ -118,7 +126,16 @@ struct Mask {
   RINGATTN_HD bool band_empty() const { return lo > hi || lo > limit; }
   RINGATTN_HD bool has_extras() const { return sinks > 0 || n_global > 0 || blocks.on(); }
   RINGATTN_HD bool is_none() const {
-    return lo <= -kUnbounded && hi >= kUnbounded && limit >= kUnbounded && dilation == 1;
+    return lo <= -kUnbounded && hi >= kUnbounded && limit >= kUnbounded && dilation == 1 &&
+           !has_skips();
+  }
+  RINGATTN_HD bool has_skips() const { return n_skip_q > 0 || n_skip_k > 0; }
+  RINGATTN_HD bool skipped(int64_t qp, int64_t kp) const {
+    for (int i = 0; i < n_skip_q; ++i)
+      if (skip_q[i].contains(qp)) return true;
+    for (int i = 0; i < n_skip_k; ++i)
+      if (skip_k[i].contains(kp)) return true;
+    return false;
   }
   RINGATTN_HD bool in_global(int64_t p) const {
     for (int i = 0; i < n_global; ++i)
@@ -128,6 +145,7 @@ struct Mask {
   RINGATTN_HD bool allows(int64_t qp, int64_t kp) const {
     const int64_t d = kp - qp;
     if (d > limit) return false;
+    if (has_skips() && skipped(qp, kp)) return false;
     if (d >= lo && d <= hi && (dilation == 1 || d % dilation == 0)) return true;
     if (kp >= 0 && kp < sinks) return true;
     if (n_global > 0 && (in_global(kp) || in_global(qp))) return true;
@@ -142,7 +160,19 @@ struct Mask {
                                  int64_t k_last) const {
     const int64_t dmin = k_first - q_last, dmax = k_last - q_first;
     if (dmin > limit) return TileClass::empty;
-    const bool limit_full = dmax <= limit;
+    // Skipped ranges: a tile inside one is empty, a tile touching one is at best partial.
+    bool touches_skip = false;
+    for (int i = 0; i < n_skip_q; ++i) {
+      const TileClass c = range_class(skip_q[i], q_first, q_last);
+      if (c == TileClass::full) return TileClass::empty;
+      touches_skip = touches_skip || c == TileClass::partial;
+    }
+    for (int i = 0; i < n_skip_k; ++i) {
+      const TileClass c = range_class(skip_k[i], k_first, k_last);
+      if (c == TileClass::full) return TileClass::empty;
+      touches_skip = touches_skip || c == TileClass::partial;
+    }
+    const bool limit_full = dmax <= limit && !touches_skip;
     // The union of the parts: full if one is full, empty if all are empty.
     bool any = false, full = false;
     auto add = [&](TileClass c) {
@@ -169,7 +199,7 @@ struct Mask {
   // half-open ranges of local key indices, in no particular order and possibly
   // overlapping; returns how many. *elementwise is set when the ranges are only
   // an outer bound and allows() must be checked per key (dilated bands, or
-  // more ranges than `max`).
+  // more ranges than `max`, or a skipped key range among the keys).
   RINGATTN_HD int key_ranges(int64_t qp, Positions kpos, int64_t nk, int64_t* begin, int64_t* end,
                              int max, bool* elementwise) const {
     *elementwise = false;
@@ -179,6 +209,10 @@ struct Mask {
     if (limit < kUnbounded)
       cap = std::min(cap, floor_div(qp + limit - kpos.start, kpos.stride) + 1);
     if (cap <= 0) return 0;
+    for (int i = 0; i < n_skip_q; ++i)
+      if (skip_q[i].contains(qp)) return 0;
+    for (int i = 0; i < n_skip_k; ++i)  // keys at kpos.at(0) .. kpos.at(cap - 1)
+      if (skip_k[i].begin <= kpos.at(cap - 1) && skip_k[i].end > kpos.at(0)) *elementwise = true;
     auto push = [&](int64_t lo_pos, int64_t hi_pos_excl) {  // positions -> indices
       int64_t a = lo_pos <= -kUnbounded
                       ? 0

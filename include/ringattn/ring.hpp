@@ -1,21 +1,29 @@
 // Ring attention: exact attention of a sequence split over the ranks of a
-// communicator, with K/V blocks rotating around the ring.
+// communicator, with K/V blocks moving between ranks.
 //
+//   gather shared rows (sinks, global keys; global queries)   if the schedule has any
 //   for s in 0 .. steps-1:                       (steps from the RingSchedule)
-//       post irecv(next block <- rank r-1), isend(held block -> rank r+1)
+//       post the transfers of step s + 1: irecv(block <- recv_from), isend(block -> send_to)
 //       for each (query segment, key segment) the schedule lists for step s:
-//           partial = kernel(Q segment, held K/V segment, mask in global positions)
-//           state   = merge(state, partial)
-//       wait for both transfers; the received block is held next
+//           state = merge(state, kernel(Q segment, held K/V segment, ring mask))
+//       at step 0 also: queries x shared keys; global queries x own keys
+//       wait for the transfers; the received block is held next
+//   send the global queries' partial states to their owners, merge them by LSE
 //
 // Step 0 computes on the caller's own K/V; later steps on two receive buffers
 // that alternate (double buffering), so the next transfer is in flight during
-// the current compute. K and V travel as two messages (tags 2s, 2s + 1). Sends and receives are all
-// non-blocking and posted before any wait: deadlock-free for any P, including P = 1. Only the Hkv
-// heads travel: GQA/MQA shrink the traffic by Hq / Hkv.
+// the current compute. K and V travel as two messages (tags 2s, 2s + 1). Sends
+// and receives are all non-blocking and posted before any wait: deadlock-free
+// for any P, including P = 1. Only the Hkv heads travel: GQA/MQA shrink the
+// traffic by Hq / Hkv. The schedule picks the transfer (ring: neighbours pass
+// blocks on; direct: owners send a block only to ranks that need it).
+//
+// All compute goes through a RingEngine (CPU, or CUDA on device buffers): this
+// is the only copy of the loop.
 //
 // Memory per rank: local Q, K, V, O, LSE plus min(2, steps - 1) K/V blocks of
-// the largest rank's size and one segment's partial state: O(N / P).
+// the largest rank's size, one segment's partial state, and the shared rows
+// (at most one rank's share, else they ride the ring): O(N / P).
 #pragma once
 
 #include <cstdint>
@@ -24,6 +32,7 @@
 #include "ringattn/comm.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/layout.hpp"
+#include "ringattn/ring_engine.hpp"
 #include "ringattn/schedule.hpp"
 
 namespace ringattn {
@@ -36,27 +45,33 @@ struct RingProblem {
   Mask mask;                          // in global positions
   const Layout* q_layout = nullptr;   // the query sequence over all ranks
   const Layout* kv_layout = nullptr;  // the key/value sequence over all ranks
-  const void* q = nullptr;            // local [B, q_layout.tokens(rank), Hq, D], storage dtype
-  const void* k = nullptr;            // local [B, kv_layout.tokens(rank), Hkv, D]
+  // Local tensors, in the engine's memory space:
+  const void* q = nullptr;  // local [B, q_layout.tokens(rank), Hq, D], storage dtype
+  const void* k = nullptr;  // local [B, kv_layout.tokens(rank), Hkv, D]
   const void* v = nullptr;
 };
 
 struct RingMetrics {
-  double total_s = 0;    // wall time of the whole loop
-  double compute_s = 0;  // in the kernel
-  double merge_s = 0;    // merging partial states
-  double wait_s = 0;     // blocked on transfers after compute
-  int64_t bytes_sent = 0;
-  int steps = 0;           // steps run (rotations = steps - 1)
-  int computed_steps = 0;  // steps with compute
-  int64_t pairs = 0;       // visible (query, key) pairs computed per (batch, head)
+  double total_s = 0;        // wall time of the whole loop
+  double compute_s = 0;      // in the kernel
+  double merge_s = 0;        // merging partial states
+  double wait_s = 0;         // blocked on transfers after compute
+  int64_t bytes_sent = 0;    // K/V blocks plus this rank's share of the shared rows
+  int64_t shared_bytes = 0;  // of which sinks, global keys, global queries and their states
+  int steps = 0;             // steps run (rotations = steps - 1)
+  int computed_steps = 0;    // steps with compute
+  int64_t pairs = 0;         // visible (query, key) pairs computed per (batch, head)
   KernelStats tiles;
   std::vector<double> step_s;   // wall time of each step
   std::size_t block_bytes = 0;  // bytes of the largest K/V block in flight
 };
 
-// Computes this rank's O [B, nq_local, Hq, D] and LSE [B, Hq, nq_local] (float32).
-// Every rank of `comm` calls it with the same schedule and shapes.
+// Computes this rank's O [B, nq_local, Hq, D] and LSE [B, Hq, nq_local]
+// (float32, in the engine's memory). Every rank of `comm` calls it with the
+// same schedule (made from p's layouts and mask) and shapes.
+RingMetrics ring_attention(Communicator& comm, RingEngine& engine, const RingSchedule& schedule,
+                           const RingProblem& p, float* o, float* lse);
+// The same on the CPU engine (host memory).
 RingMetrics ring_attention(Communicator& comm, const RingSchedule& schedule, const RingProblem& p,
                            float* o, float* lse, const KernelOptions& kopt = {});
 

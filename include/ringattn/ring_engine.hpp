@@ -7,7 +7,7 @@
 // NCCL or for in-process virtual ranks on one GPU).
 //
 // Ordering contract (what lets a GPU engine run asynchronously):
-//   * attend_merge / attend / merge / copy may return before their work is
+//   * attend / merge_rows / clear / copy may return before their work is
 //     done; they run in call order with respect to each other.
 //   * sync() returns once every call before it has finished. The ring calls it
 //     before a transfer overwrites or sends a buffer that queued work reads or
@@ -47,20 +47,22 @@ class RingEngine {
   // in out-of-memory errors and memory accounting.
   virtual std::unique_ptr<EngineBuffer> alloc(std::size_t bytes, const char* what) = 0;
 
-  // Attention of a.q (a.batch must be 1: one batch index at a time) against
-  // a.k / a.v, merged into the running state rows acc[batch_index, row0 ..
-  // row0 + a.nq). `work` is scratch of at least partial_bytes(a) bytes.
+  // The partial state of a.q against a.k / a.v: o [a.batch, a.nq, Hq, D],
+  // lse [a.batch, Hq, a.nq] (float32, in the engine's memory).
+  virtual KernelStats attend(const AttentionArgs& a, float* o, float* lse) = 0;
+
+  // acc rows [row0, row0 + part.tokens) of batch `batch_index` <- merge(acc
+  // rows, part); `part` is a batch-1 state of the same heads and head_dim.
+  virtual void merge_rows(const StateView& acc, int64_t batch_index, int64_t row0,
+                          const StateView& part) = 0;
+
+  // attend() of a batch-1 problem into `work` (at least partial_bytes(a.nq,
+  // a.hq, a.head_dim) bytes), then merge_rows() into acc. An engine may fuse them.
   virtual KernelStats attend_merge(const AttentionArgs& a, const StateView& acc,
-                                   int64_t batch_index, int64_t row0, EngineBuffer& work) = 0;
+                                   int64_t batch_index, int64_t row0, EngineBuffer& work);
   static std::size_t partial_bytes(int64_t nq, int64_t hq, int64_t head_dim) {
     return static_cast<std::size_t>(nq * hq * (head_dim + 1)) * sizeof(float);
   }
-
-  // The partial state only: o [a.batch, a.nq, Hq, D], lse [a.batch, Hq, a.nq].
-  virtual KernelStats attend(const AttentionArgs& a, float* o, float* lse) = 0;
-
-  // acc <- merge(acc, part) for states of the same shape.
-  virtual void merge(const StateView& acc, const StateView& part) = 0;
 
   // Empty state (O = 0, LSE = -inf).
   virtual void clear(const StateView& s) = 0;

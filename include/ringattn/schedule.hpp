@@ -4,10 +4,14 @@
 // unit-tested on its own, and the planner can evaluate it for any P.
 //
 // At step s (0 <= s < steps) rank r holds the K/V block that originated on rank
-// (r - s) mod P; after each step blocks move to rank r + 1. For every pair of
+// (r - shift[s]) mod P; in the plain ring shift[s] = s and blocks move to rank r + 1
+// after each step. For every pair of
 // (query segment of r, key segment of the held block) the schedule records the
 // mask's verdict on the whole pair (empty pairs are dropped) and the number of
 // visible (query, key) pairs, the compute each rank will do.
+//
+// Sinks and global tokens (see SharedPart) are taken out of the rotation, and
+// the transfer (ring or direct) is the one that sends fewer bytes.
 #pragma once
 
 #include <cstdint>
@@ -25,27 +29,79 @@ struct SegmentWork {
   int64_t pairs = 0;  // visible (query, key) pairs, per (batch, head)
 };
 
+// How K/V blocks reach the ranks that need them.
+//   ring    each step every rank passes the block it holds to rank r + 1 (only
+//           neighbours talk); steps in the middle with no work still rotate.
+//   direct  at step s rank r receives the block of rank r - shift[s] straight
+//           from its owner, only if it has work with it; steps with no work
+//           anywhere are dropped. Chosen when it sends fewer bytes than the ring.
+enum class Transfer : uint8_t { ring, direct };
+
 struct RingStep {
-  int source = 0;                 // rank whose K/V block is held at this step
+  int source = 0;      // rank whose K/V block is held (computed on) at this step
+  int recv_from = -1;  // the held block arrived from this rank before the step (-1: none)
+  int send_to = -1;    // this rank sends a block to this rank for the step (-1: none):
+                       // ring: the block it held at the previous step; direct: its own
   std::vector<SegmentWork> work;  // empty: nothing to compute at this step
   int64_t pairs = 0;
 };
 
+// Tokens of one rank inside a set of position ranges: local indices
+// [local, local + count) at positions pos.at(0 .. count - 1).
+struct Chunk {
+  int64_t local = 0, count = 0;
+  Positions pos;
+};
+
+// Sinks and global tokens, computed outside the rotation:
+//   keys     every rank receives the K/V rows of these positions once
+//            (all-gather) and attends to them with the full mask;
+//   queries  the rows of global queries are given to every rank (all-gather),
+//            attended there against its own keys, and the partial states are
+//            merged by LSE on the owner.
+// The ring then runs `ring_mask`: the mask with both carved out (skipped).
+struct SharedPart {
+  std::vector<PosRange> keys, queries;           // sorted, disjoint
+  std::vector<std::vector<Chunk>> key_chunks;    // [rank]: its tokens among `keys`
+  std::vector<std::vector<Chunk>> query_chunks;  // [rank]: its tokens among `queries`
+  int64_t key_tokens = 0, query_tokens = 0;      // totals over ranks
+  bool on() const { return key_tokens > 0 || query_tokens > 0; }
+};
+
 struct RingSchedule {
   int ranks = 1;
-  int steps = 1;                                // steps run; rotations = steps - 1
+  int steps = 1;  // steps run; a rank takes part in the transfers its steps name
+  Transfer transfer = Transfer::ring;
+  std::vector<int> shift;  // [step]: the held block is from rank r - shift[step]
+  Mask ring_mask;          // the mask the rotating part runs (shared parts skipped)
+  SharedPart shared;
   std::vector<std::vector<RingStep>> per_rank;  // [rank][step]
 
   const RingStep& step(int rank, int s) const {
     return per_rank[static_cast<std::size_t>(rank)][static_cast<std::size_t>(s)];
   }
-  int64_t rank_pairs(int rank) const;  // visible pairs the rank computes
+  int64_t rank_pairs(int rank) const;  // visible pairs the rank computes in the ring
   int computed_steps(int rank) const;  // steps with work
+  // K/V tokens `rank` sends during the rotation (multiply by 2 B Hkv D dtype
+  // bytes for bytes); `kv` is the key layout the schedule was made with.
+  int64_t tokens_sent(const Layout& kv, int rank) const;
   // max over ranks of rank_pairs / mean: 1.0 is perfectly balanced.
   double imbalance() const;
 };
 
+struct ScheduleOptions {
+  // Share sinks and global tokens outside the ring (when P > 1 and they are
+  // no more than one rank's tokens); off: they ride the ring like any key.
+  bool share = true;
+  // Allow the direct transfer when it sends fewer bytes.
+  bool direct = true;
+};
+
 // Throws Error if the layouts have different rank counts.
-RingSchedule make_ring_schedule(const Layout& q, const Layout& kv, const Mask& mask);
+RingSchedule make_ring_schedule(const Layout& q, const Layout& kv, const Mask& mask,
+                                const ScheduleOptions& opt = {});
+
+// The tokens of `rank` at positions inside `ranges`.
+std::vector<Chunk> chunks_in(const Layout& l, int rank, const std::vector<PosRange>& ranges);
 
 }  // namespace ringattn

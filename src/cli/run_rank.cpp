@@ -146,6 +146,9 @@ void run_job(Communicator& comm, const RunConfig& cfg) {
   report.isa = effective_isa_name(cfg.isa);
   report.flops = global_flops(cfg);
   report.sched_imbalance = schedule.imbalance();
+  report.transfer = schedule.transfer == Transfer::direct ? "direct" : "ring";
+  report.shared_keys = schedule.shared.key_tokens;
+  report.shared_queries = schedule.shared.query_tokens;
   report.repeats = cfg.repeats;
   report.stats = std::move(stats);
   report.rank0_output_peak = memory_peak_thread();

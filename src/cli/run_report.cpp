@@ -63,6 +63,7 @@ RankStats rank_stats(const RingMetrics& m, int rank, int64_t q_tokens, int64_t k
   s.rank = rank, s.q_tokens = q_tokens, s.kv_tokens = kv_tokens, s.threads = threads;
   s.steps = m.steps, s.computed_steps = m.computed_steps, s.bytes_sent = m.bytes_sent;
   s.peak_bytes = static_cast<int64_t>(peak_bytes), s.pairs = m.pairs;
+  s.shared_bytes = m.shared_bytes;
   s.total_s = m.total_s, s.compute_s = m.compute_s, s.merge_s = m.merge_s, s.wait_s = m.wait_s;
   s.step_mean_s = m.steps > 0 ? m.total_s / m.steps : 0.0;
   return s;
@@ -98,7 +99,6 @@ void print_report(const RunReport& r) {
                      {"steps", 7},
                      {"total_ms", 9},
                      {"compute_ms", 10},
-                     {"merge_ms", 8},
                      {"wait_ms", 8},
                      {"step_ms", 8},
                      {"sent", 10},
@@ -109,7 +109,7 @@ void print_report(const RunReport& r) {
                table.row({fmt::format("{}", s.rank), fmt::format("{}", s.q_tokens),
                           fmt::format("{}", s.kv_tokens), fmt::format("{}", s.threads),
                           fmt::format("{}/{}", s.computed_steps, s.steps), ms(s.total_s),
-                          ms(s.compute_s), ms(s.merge_s), ms(s.wait_s), ms(s.step_mean_s),
+                          ms(s.compute_s), ms(s.wait_s), ms(s.step_mean_s),
                           format_bytes(double(s.bytes_sent)), format_bytes(double(s.peak_bytes))}));
 
   const auto line = [](const std::string& label, const std::string& value) {
@@ -132,8 +132,21 @@ void print_report(const RunReport& r) {
       sent += s.bytes_sent, full_sent += s.full_ring_bytes;
     }
     const double dense = double(c.batch) * double(c.hq) * double(c.nq) * double(c.nk);
-    line("ring steps", fmt::format("{} of {} run ({} rotations; a full ring has {})", s0.steps,
-                                   r.ranks, std::max<int64_t>(s0.steps - 1, 0), r.ranks - 1));
+    if (r.transfer == "direct")
+      line("ring steps", fmt::format("{} of {} run (direct: each block sent by its owner only to "
+                                     "the ranks that need it; a full ring rotates {} times)",
+                                     s0.steps, r.ranks, r.ranks - 1));
+    else
+      line("ring steps", fmt::format("{} of {} run ({} rotations; a full ring has {})", s0.steps,
+                                     r.ranks, std::max<int64_t>(s0.steps - 1, 0), r.ranks - 1));
+    if (r.shared_keys > 0 || r.shared_queries > 0) {
+      int64_t shared = 0;
+      for (const RankStats& s : r.stats) shared += s.shared_bytes;
+      line("shared rows",
+           fmt::format("{} sink/global key tokens gathered once, {} global query "
+                       "rows merged by LSE ({} of the bytes sent)",
+                       r.shared_keys, r.shared_queries, format_bytes(double(shared))));
+    }
     line("visible pairs",
          fmt::format("{:.4g} of {:.4g} ({:.2f}%)", r.flops / (4.0 * double(c.head_dim)), dense,
                      kPercent * r.flops / (4.0 * double(c.head_dim)) / dense));
@@ -192,6 +205,7 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
                    .number("step_ms", s.step_mean_s * kMs)
                    .integer("pairs", s.pairs)
                    .integer("bytes_sent", s.bytes_sent)
+                   .integer("shared_bytes", s.shared_bytes)
                    .integer("full_ring_bytes", s.full_ring_bytes)
                    .integer("tiles_total", s.tiles_total)
                    .integer("tiles_computed", s.tiles_computed)
@@ -219,7 +233,10 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
       .number("imbalance_measured", measured_imbalance(r))
       .number("bytes_per_step", bytes_per_step(r))
       .text("mask", c.masks.describe())
-      .integer("steps", r.stats.empty() ? 0 : r.stats[0].steps);
+      .integer("steps", r.stats.empty() ? 0 : r.stats[0].steps)
+      .text("transfer", r.transfer)
+      .integer("shared_keys", r.shared_keys)
+      .integer("shared_queries", r.shared_queries);
   if (r.sampled) {
     sum.integer("check_rows", r.sampled_rows)
         .number("ref_o_rel_err", r.sampled->err.o_rel_fro)

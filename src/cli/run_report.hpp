@@ -10,6 +10,8 @@
 //   imbalance    schedule: max / mean visible pairs per rank (1 = balanced);
 //                measured: max / mean compute time per rank
 //   bytes/step   K/V bytes each rank sends per rotation (mean over ranks)
+//   compute      kernel calls and the merge of their partial states into the
+//                running state; merge: the global queries' states from other ranks
 //   efficiency   T1 / (P T_ring), T1 the single-rank kernel on rank 0 (--verify)
 //   peak mem     bytes in Buffers allocated by the rank, high-water mark of the
 //                ring pass (inputs, O, LSE, K/V blocks, kernel workspace)
@@ -34,6 +36,7 @@ struct RankStats {
   int64_t steps = 0, computed_steps = 0, bytes_sent = 0, peak_bytes = 0, pairs = 0;
   int64_t tiles_total = 0, tiles_computed = 0, tiles_partial = 0;  // in the kernel calls made
   int64_t full_ring_bytes = 0;  // what a ring of P - 1 rotations would send from this rank
+  int64_t shared_bytes = 0;     // of bytes_sent: sinks, global keys and queries, their states
   double total_s = 0, compute_s = 0, merge_s = 0, wait_s = 0, step_mean_s = 0;
 };
 
@@ -52,8 +55,10 @@ struct RunReport {
   int ranks = 1;
   std::string backend;  // "local", "mpi"
   std::string isa;
-  double flops = 0;            // of the global problem
-  double sched_imbalance = 1;  // RingSchedule::imbalance()
+  double flops = 0;                             // of the global problem
+  double sched_imbalance = 1;                   // RingSchedule::imbalance()
+  std::string transfer;                         // "ring" or "direct" (RingSchedule::transfer)
+  int64_t shared_keys = 0, shared_queries = 0;  // tokens taken out of the rotation
   int repeats = 1;
   std::vector<RankStats> stats;       // per rank, in rank order
   std::size_t rank0_output_peak = 0;  // rank 0's peak while writing/verifying

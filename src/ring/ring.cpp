@@ -1,13 +1,12 @@
 #include "ringattn/ring.hpp"
 
 #include <fmt/format.h>
-#include <omp.h>
 
+#include <algorithm>
 #include <chrono>
 
+#include "ring/ring_shared.hpp"
 #include "ringattn/error.hpp"
-#include "ringattn/memory.hpp"
-#include "ringattn/state.hpp"
 
 namespace ringattn {
 namespace {
@@ -21,6 +20,12 @@ double since(Clock::time_point t0) {
 std::size_t block_bytes(const RingProblem& p, int rank) {
   return 2 * static_cast<std::size_t>(p.batch * p.kv_layout->tokens(rank) * p.hkv * p.head_dim) *
          dtype_size(p.dtype);
+}
+
+void add_stats(KernelStats& to, const KernelStats& s) {
+  to.tiles_total += s.tiles_total;
+  to.tiles_computed += s.tiles_computed;
+  to.tiles_partial += s.tiles_partial;
 }
 
 void check_problem(const Communicator& comm, const RingSchedule& sch, const RingProblem& p) {
@@ -37,15 +42,13 @@ void check_problem(const Communicator& comm, const RingSchedule& sch, const Ring
 
 }  // namespace
 
-RingMetrics ring_attention(Communicator& comm, const RingSchedule& sch, const RingProblem& p,
-                           float* o, float* lse, const KernelOptions& kopt) {
+RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedule& sch,
+                           const RingProblem& p, float* o, float* lse) {
   check_problem(comm, sch, p);
   const Clock::time_point t_start = Clock::now();
   const int r = comm.rank(), np = comm.size();
-  const int next = (r + 1) % np, prev = (r - 1 + np) % np;
   const int64_t nq = p.q_layout->tokens(r), d = p.head_dim;
   const std::size_t esz = dtype_size(p.dtype);
-  const int threads = kopt.threads > 0 ? kopt.threads : omp_get_max_threads();
 
   RingMetrics m;
   m.steps = sch.steps;
@@ -55,45 +58,70 @@ RingMetrics ring_attention(Communicator& comm, const RingSchedule& sch, const Ri
 
   // Running state, starting empty.
   const StateView acc{o, lse, p.batch, nq, p.hq, d};
-  clear_state(acc);
+  eng.clear(acc);
+
+  // Sinks, global keys and global queries: gathered once, outside the rotation.
+  std::unique_ptr<detail::SharedRows> shared;
+  if (sch.shared.on()) {
+    const Clock::time_point t0 = Clock::now();
+    shared = std::make_unique<detail::SharedRows>(comm, eng, sch, p, &m.shared_bytes);
+    m.wait_s += since(t0);
+  }
 
   // Receive buffers: step s >= 1 computes on buffer (s - 1) % 2, step 0 on the
   // caller's own K and V (no copy). Two steps need one buffer, more need two.
   const int nbuf = std::min(2, sch.steps - 1);
-  Buffer blocks[2] = {Buffer(nbuf >= 1 ? max_block : 0, "K/V block"),
-                      Buffer(nbuf >= 2 ? max_block : 0, "K/V block")};
-  // One segment's partial state (batch 1).
-  int64_t max_seg = 0;
-  for (const Segment& s : p.q_layout->segments(r)) max_seg = std::max(max_seg, s.count);
-  Buffer part_o(static_cast<std::size_t>(max_seg * p.hq * d) * sizeof(float), "partial O");
-  Buffer part_lse(static_cast<std::size_t>(max_seg * p.hq) * sizeof(float), "partial LSE");
+  std::unique_ptr<EngineBuffer> blocks[2];
+  for (int i = 0; i < nbuf; ++i) blocks[i] = eng.alloc(max_block, "K/V block");
+  // One batch-1 partial state: the largest query segment or global query chunk.
+  int64_t max_rows = shared ? shared->max_rows() : 0;
+  for (const Segment& s : p.q_layout->segments(r)) max_rows = std::max(max_rows, s.count);
+  auto work = eng.alloc(std::max<std::size_t>(RingEngine::partial_bytes(max_rows, p.hq, d), 1),
+                        "partial state");
 
   for (int s = 0; s < sch.steps; ++s) {
     const Clock::time_point t_step = Clock::now();
     const RingStep& st = sch.step(r, s);
     const std::size_t half = block_bytes(p, st.source) / 2;  // K, then V
-    const char* held_k = s == 0 ? static_cast<const char*>(p.k)
-                                : static_cast<const char*>(blocks[(s - 1) % 2].data());
+    const char* held_k = s == 0              ? static_cast<const char*>(p.k)
+                         : st.recv_from >= 0 ? blocks[(s - 1) % 2]->as<char>()
+                                             : nullptr;
     const char* held_v = s == 0 ? static_cast<const char*>(p.v) : held_k + half;
+
+    // Transfers of the next step: K and V as two messages, tags 2(s+1), 2(s+1)+1.
     Request send_k, send_v, recv_k, recv_v;
-    if (s + 1 < sch.steps) {  // K and V as two messages, tags 2(s+1) and 2(s+1)+1
-      const std::size_t in_half = block_bytes(p, sch.step(r, s + 1).source) / 2;
-      char* into = static_cast<char*>(blocks[s % 2].data());
-      recv_k = comm.irecv(into, in_half, prev, 2 * (s + 1));
-      recv_v = comm.irecv(into + in_half, in_half, prev, 2 * (s + 1) + 1);
-      send_k = comm.isend(held_k, half, next, 2 * (s + 1));
-      send_v = comm.isend(held_v, half, next, 2 * (s + 1) + 1);
-      m.bytes_sent += static_cast<int64_t>(2 * half);
+    if (s + 1 < sch.steps) {
+      const RingStep& nx = sch.step(r, s + 1);
+      if (nx.recv_from >= 0) {
+        eng.sync();  // the buffer received into was read by the previous step
+        const std::size_t in_half = block_bytes(p, nx.source) / 2;
+        char* into = blocks[s % 2]->as<char>();
+        recv_k = comm.irecv(into, in_half, nx.recv_from, 2 * (s + 1));
+        recv_v = comm.irecv(into + in_half, in_half, nx.recv_from, 2 * (s + 1) + 1);
+      }
+      if (nx.send_to >= 0) {
+        // ring: pass on the held block; direct: send the own block.
+        const bool own = sch.transfer == Transfer::direct;
+        const char* k = own ? static_cast<const char*>(p.k) : held_k;
+        const char* v = own ? static_cast<const char*>(p.v) : held_v;
+        const std::size_t out_half = own ? block_bytes(p, r) / 2 : half;
+        if (k == nullptr) throw Error("ring: schedule sends a block this rank does not hold");
+        send_k = comm.isend(k, out_half, nx.send_to, 2 * (s + 1));
+        send_v = comm.isend(v, out_half, nx.send_to, 2 * (s + 1) + 1);
+        m.bytes_sent += static_cast<int64_t>(2 * out_half);
+      }
     }
 
+    const Clock::time_point t0 = Clock::now();
     const int64_t nk_src = p.kv_layout->tokens(st.source);
     for (const SegmentWork& w : st.work) {
+      if (held_k == nullptr) throw Error("ring: schedule computes on a block never received");
       const Segment& qs = p.q_layout->segments(r)[static_cast<std::size_t>(w.q_seg)];
       const Segment& ks = p.kv_layout->segments(st.source)[static_cast<std::size_t>(w.k_seg)];
       for (int64_t b = 0; b < p.batch; ++b) {
         AttentionArgs a;
         a.batch = 1, a.nq = qs.count, a.nk = ks.count, a.hq = p.hq, a.hkv = p.hkv, a.head_dim = d;
-        a.dtype = p.dtype, a.scale = p.scale, a.mask = p.mask;
+        a.dtype = p.dtype, a.scale = p.scale, a.mask = sch.ring_mask;
         a.qpos = qs.positions(), a.kpos = ks.positions();
         a.q = static_cast<const char*>(p.q) +
               static_cast<std::size_t>((b * nq + qs.local_offset) * p.hq * d) * esz;
@@ -101,27 +129,11 @@ RingMetrics ring_attention(Communicator& comm, const RingSchedule& sch, const Ri
             static_cast<std::size_t>((b * nk_src + ks.local_offset) * p.hkv * d) * esz;
         a.k = held_k + k_off;
         a.v = held_v + k_off;
-        const Clock::time_point t0 = Clock::now();
-        const KernelStats ks_stats =
-            attention_forward(a, part_o.as<float>(), part_lse.as<float>(), kopt);
-        m.compute_s += since(t0);
-        m.tiles.tiles_total += ks_stats.tiles_total;
-        m.tiles.tiles_computed += ks_stats.tiles_computed;
-        m.tiles.tiles_partial += ks_stats.tiles_partial;
-
-        const Clock::time_point t1 = Clock::now();
-        const float* po = part_o.as<float>();
-        const float* pl = part_lse.as<float>();
-        const int64_t cnt = qs.count, hq = p.hq;
-#pragma omp parallel for num_threads(threads) schedule(static)
-        for (int64_t i = 0; i < cnt; ++i)
-          for (int64_t h = 0; h < hq; ++h)
-            merge_row(o + ((b * nq + qs.local_offset + i) * hq + h) * d,
-                      lse + (b * hq + h) * nq + qs.local_offset + i, po + (i * hq + h) * d,
-                      pl[h * cnt + i], d);
-        m.merge_s += since(t1);
+        add_stats(m.tiles, eng.attend_merge(a, acc, b, qs.local_offset, *work));
       }
     }
+    if (s == 0 && shared) add_stats(m.tiles, shared->compute(acc, *work));
+    m.compute_s += since(t0);
     m.pairs += st.pairs;
     m.computed_steps += !st.work.empty();
 
@@ -133,8 +145,21 @@ RingMetrics ring_attention(Communicator& comm, const RingSchedule& sch, const Ri
     m.wait_s += since(t_wait);
     m.step_s.push_back(since(t_step));
   }
+  if (shared) {
+    const Clock::time_point t0 = Clock::now();
+    shared->finish(acc, &m.shared_bytes);
+    m.merge_s += since(t0);
+  }
+  eng.sync();
+  m.bytes_sent += m.shared_bytes;
   m.total_s = since(t_start);
   return m;
+}
+
+RingMetrics ring_attention(Communicator& comm, const RingSchedule& sch, const RingProblem& p,
+                           float* o, float* lse, const KernelOptions& kopt) {
+  const auto eng = make_cpu_engine(kopt);
+  return ring_attention(comm, *eng, sch, p, o, lse);
 }
 
 }  // namespace ringattn

@@ -1,0 +1,54 @@
+// The shared part of a ring pass: sinks and global keys given to every rank
+// once, and global queries attended on every rank and merged on their owner
+// (see SharedPart in ringattn/schedule.hpp). Internal to the ring.
+//
+// Buffers (engine memory):
+//   keys     rank-major: rank x contributes K [B, m_x, Hkv, D] then V likewise,
+//            m_x = its tokens among the shared keys, in chunk order
+//   queries  rank-major: rank x contributes Q [B, g_x, Hq, D]
+//   states   owner-major partial states of the global queries: for owner x,
+//            batch b, chunk c: O [count, Hq, D] then LSE [Hq, count] (float32)
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "ringattn/comm.hpp"
+#include "ringattn/ring.hpp"
+
+namespace ringattn::detail {
+
+class SharedRows {
+ public:
+  // Gathers the shared keys and global query rows (collectives: every rank
+  // calls it). Adds the bytes this rank sends to *bytes_sent.
+  SharedRows(Communicator& comm, RingEngine& eng, const RingSchedule& sch, const RingProblem& p,
+             int64_t* bytes_sent);
+
+  // Local queries x shared keys (full mask), merged into acc; and global
+  // queries x this rank's own keys (shared keys skipped), kept as partial states.
+  KernelStats compute(const StateView& acc, EngineBuffer& work);
+  // Sends the global queries' partial states to their owners and merges the
+  // ones this rank owns into acc (a collective). Adds to *bytes_sent.
+  void finish(const StateView& acc, int64_t* bytes_sent);
+
+  // Largest batch-1 partial state compute() needs in `work`, in rows.
+  int64_t max_rows() const;
+
+ private:
+  std::size_t kv_offset(int rank, int64_t b, int64_t chunk_off) const;
+  std::size_t q_offset(int rank, int64_t b, int64_t chunk_off) const;
+  std::size_t state_offset(int owner, int64_t b, int64_t chunk_off) const;  // in floats
+
+  Communicator& comm_;
+  RingEngine& eng_;
+  const RingSchedule& sch_;
+  const RingProblem& p_;
+  std::size_t esz_;
+  std::vector<int64_t> m_, g_;  // [rank] shared key tokens, global query tokens
+  std::vector<std::size_t> kv_base_, q_base_, state_base_;
+  std::unique_ptr<EngineBuffer> keys_, queries_, states_;
+};
+
+}  // namespace ringattn::detail
