@@ -128,7 +128,7 @@ TEST_F(CudaKernel, PartialsMergeToTheWhole) {
       if (off % 16 != 0) continue;  // 16-byte alignment: every cut here is even
       engine->attend_merge(a, fused, 0, 0, *work);
       engine->attend(a, part.o, part.lse);
-      engine->merge(merged, part);
+      engine->merge_rows(merged, 0, 0, part);
     }
     engine->sync();
     const std::vector<int64_t> rows = check_rows(n, 64);
@@ -163,8 +163,8 @@ TEST_F(CudaKernel, MergeKernelMatchesCpuMerge) {
   }
   auto da = upload(oa.data(), on * 4, "a o"), dla = upload(la.data(), ln * 4, "a lse");
   auto db = upload(ob.data(), on * 4, "b o"), dlb = upload(lb.data(), ln * 4, "b lse");
-  engine->merge({da->as<float>(), dla->as<float>(), b, n, h, d},
-                {db->as<float>(), dlb->as<float>(), b, n, h, d});
+  cuda_merge_states({da->as<float>(), dla->as<float>(), b, n, h, d},
+                    {db->as<float>(), dlb->as<float>(), b, n, h, d});
   merge_states({oa.data(), la.data(), b, n, h, d}, {ob.data(), lb.data(), b, n, h, d});
   const auto go = download<float>(*da, on), gl = download<float>(*dla, ln);
   for (std::size_t i = 0; i < ln; ++i) {
@@ -175,8 +175,29 @@ TEST_F(CudaKernel, MergeKernelMatchesCpuMerge) {
     }
   }
   for (std::size_t i = 0; i < on; ++i) ASSERT_NEAR(go[i], oa[i], kTolStateO) << i;
-  EXPECT_THROW(engine->merge({da->as<float>(), dla->as<float>(), b, n, h, d},
-                             {db->as<float>(), dlb->as<float>(), b, n - 1, h, d}),
+  EXPECT_THROW(cuda_merge_states({da->as<float>(), dla->as<float>(), b, n, h, d},
+                                 {db->as<float>(), dlb->as<float>(), b, n - 1, h, d}),
+               Error);
+  // merge_rows: a batch-1 part into rows 5..8 of batch 1, as the CPU engine does it.
+  {
+    auto cpu = make_cpu_engine();
+    const StateView part_h{ob.data(), lb.data(), 1, 4, h, d};
+    auto dpo = upload(ob.data(), static_cast<std::size_t>(4 * h * d) * 4, "part o");
+    auto dpl = upload(lb.data(), static_cast<std::size_t>(h * 4) * 4, "part lse");
+    cpu->merge_rows({oa.data(), la.data(), b, n, h, d}, 1, 5, part_h);
+    engine->merge_rows({da->as<float>(), dla->as<float>(), b, n, h, d}, 1, 5,
+                       {dpo->as<float>(), dpl->as<float>(), 1, 4, h, d});
+    const auto ro = download<float>(*da, on), rl = download<float>(*dla, ln);
+    for (std::size_t i = 0; i < ln; ++i)
+      if (!std::isinf(la[i])) {
+        EXPECT_NEAR(rl[i], la[i], 1e-5) << "merge_rows lse " << i;
+      }
+    for (std::size_t i = 0; i < on; ++i)
+      ASSERT_NEAR(ro[i], oa[i], kTolStateO) << "merge_rows " << i;
+  }
+  // A part that does not fit.
+  EXPECT_THROW(engine->merge_rows({da->as<float>(), dla->as<float>(), b, n, h, d}, 1, n - 3,
+                                  {db->as<float>(), dlb->as<float>(), 1, 4, h, d}),
                Error);
 }
 

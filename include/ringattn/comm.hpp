@@ -92,8 +92,10 @@ class Communicator {
 // copies them between the ranks' buffers and that storage. The default is
 // host memory and memcpy; virtual ranks on one GPU use device memory and
 // device copies (ringattn/cuda.hpp: cuda_local_memory), so isend/irecv take
-// device pointers. Every copy is complete when `copy` returns. Collectives
-// (allreduce, allgather(v), alltoallv) always work on host memory.
+// device pointers. Every copy is complete when `copy` returns. The byte
+// collectives (allgather(v), alltoallv) copy with it too, so they take
+// buffers of that memory (the ring gathers shared rows in engine buffers);
+// `copy` must also handle host-to-host (allreduce works on host values).
 struct LocalMemory {
   std::string name;                               // "host", "cuda:0", ...
   std::function<void*(std::size_t bytes)> alloc;  // storage for one message

@@ -11,8 +11,9 @@
 //   * Messages between two ranks are matched in posting order (NCCL has no
 //     tags): the tags of a pair's messages must be posted in the same order on
 //     both sides, which the ring does.
-//   * Collectives take host pointers (as in every backend); they are staged
-//     through a small device buffer and complete on return.
+//   * allgather(v) / alltoallv take device buffers (the ring gathers shared
+//     rows in engine buffers) or host buffers (staged through a device
+//     buffer); allreduce works on host values. All complete on return.
 //   * abort() aborts the NCCL communicator, then the bootstrap communicator's
 //     job (MPI_Abort under MPI).
 // The NCCL unique id is created on rank 0 and shared over the bootstrap

@@ -207,7 +207,7 @@ class LocalComm final : public Communicator {
     char* dst = static_cast<char*>(out);
     for (int r = 0; r < w_.size; ++r) {
       const std::size_t n = counts[static_cast<std::size_t>(r)];
-      if (n > 0) std::memcpy(dst, w_.slots[static_cast<std::size_t>(r)].data, n);
+      if (n > 0) w_.memory.copy(dst, w_.slots[static_cast<std::size_t>(r)].data, n);
       dst += n;
     }
     w_.barrier();
@@ -227,7 +227,7 @@ class LocalComm final : public Communicator {
             fmt::format("local comm: alltoallv: rank {} sends {} bytes to rank {}, which "
                         "expects {}",
                         r, n, rank_, recv_counts[static_cast<std::size_t>(r)]));
-      if (n > 0) std::memcpy(dst, static_cast<const char*>(s.data) + off, n);
+      if (n > 0) w_.memory.copy(dst, static_cast<const char*>(s.data) + off, n);
       dst += n;
     }
     w_.barrier();

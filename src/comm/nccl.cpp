@@ -114,54 +114,19 @@ class NcclComm final : public Communicator {
   }
 
   void allgather(const void* in, std::size_t bytes, void* out) override {
-    const std::size_t total = bytes * static_cast<std::size_t>(size_);
-    char* d = staging(bytes + total);
-    check(cudaMemcpy(d, in, bytes, cudaMemcpyHostToDevice), "allgather staging");
-    check_nccl(ncclAllGather(d, d + bytes, bytes, ncclUint8, comm_, stream_), "ncclAllGather");
-    check(cudaStreamSynchronize(stream_), "allgather");
-    check(cudaMemcpy(out, d + bytes, total, cudaMemcpyDeviceToHost), "allgather staging");
+    allgatherv(in, std::vector<std::size_t>(static_cast<std::size_t>(size_), bytes), out);
   }
 
   void allgatherv(const void* in, const std::vector<std::size_t>& counts, void* out) override {
-    // Pad every contribution to the largest, gather, then close the gaps.
-    std::size_t most = 0;
-    for (std::size_t c : counts) most = std::max(most, c);
-    std::vector<char> mine(most, 0), all(most * static_cast<std::size_t>(size_));
-    const std::size_t my = counts[static_cast<std::size_t>(rank_)];
-    if (my > 0) std::memcpy(mine.data(), in, my);
-    allgather(mine.data(), most, all.data());
-    char* dst = static_cast<char*>(out);
-    for (int r = 0; r < size_; ++r) {
-      const std::size_t c = counts[static_cast<std::size_t>(r)];
-      if (c > 0) std::memcpy(dst, all.data() + static_cast<std::size_t>(r) * most, c);
-      dst += c;
-    }
+    const std::vector<std::size_t> send(static_cast<std::size_t>(size_),
+                                        counts[static_cast<std::size_t>(rank_)]);
+    exchange(in, send, false, out, counts);
   }
 
   void alltoallv(const void* in, const std::vector<std::size_t>& send_counts, void* out,
                  const std::vector<std::size_t>& recv_counts) override {
-    flush();
-    std::size_t sin = 0, sout = 0;
-    for (int r = 0; r < size_; ++r)
-      sin += send_counts[static_cast<std::size_t>(r)],
-          sout += recv_counts[static_cast<std::size_t>(r)];
-    char* d = staging(sin + sout);
-    if (sin > 0) check(cudaMemcpy(d, in, sin, cudaMemcpyHostToDevice), "alltoallv staging");
-    check_nccl(ncclGroupStart(), "ncclGroupStart");
-    std::size_t so = 0, ro = 0;
-    for (int r = 0; r < size_; ++r) {
-      const std::size_t s = send_counts[static_cast<std::size_t>(r)];
-      const std::size_t c = recv_counts[static_cast<std::size_t>(r)];
-      if (s > 0) check_nccl(ncclSend(d + so, s, ncclUint8, r, comm_, stream_), "ncclSend");
-      if (c > 0) check_nccl(ncclRecv(d + sin + ro, c, ncclUint8, r, comm_, stream_), "ncclRecv");
-      so += s, ro += c;
-    }
-    check_nccl(ncclGroupEnd(), "ncclGroupEnd");
-    check(cudaStreamSynchronize(stream_), "alltoallv");
-    if (sout > 0)
-      check(cudaMemcpy(out, d + sin, sout, cudaMemcpyDeviceToHost), "alltoallv staging");
+    exchange(in, send_counts, true, out, recv_counts);
   }
-
   void barrier() override {
     int64_t one = 1;
     allreduce(&one, 1, ReduceOp::sum);
@@ -182,6 +147,62 @@ class NcclComm final : public Communicator {
     if (!pending_) pending_ = std::make_shared<Batch>();
     if (bytes > 0) pending_->ops.push_back({send, buf, bytes, peer});
     return Request(std::make_unique<NcclRequest>(*this, pending_));
+  }
+
+  // Rank x receives send[x] bytes: from `in` at the running offset when
+  // `split` (alltoallv), else all of `in` (allgatherv); recv[x] bytes from
+  // rank x land in `out` in rank order. Device buffers go to NCCL directly,
+  // host buffers through the staging buffer. Complete on return.
+  void exchange(const void* in, const std::vector<std::size_t>& send, bool split, void* out,
+                const std::vector<std::size_t>& recv) {
+    flush();
+    check(cudaSetDevice(device_), "cudaSetDevice");
+    std::size_t sin = 0, sout = 0;
+    for (int x = 0; x < size_; ++x) {
+      sin += split ? send[static_cast<std::size_t>(x)] : 0;
+      sout += recv[static_cast<std::size_t>(x)];
+    }
+    if (!split) sin = send[static_cast<std::size_t>(rank_)];
+    const bool device = on_device(in) && on_device(out);
+    const char* din = static_cast<const char*>(in);
+    char* dout = static_cast<char*>(out);
+    if (!device) {
+      char* d = staging(sin + sout);
+      if (sin > 0) check(cudaMemcpy(d, in, sin, cudaMemcpyHostToDevice), "collective staging");
+      din = d, dout = d + sin;
+    }
+    check_nccl(ncclGroupStart(), "ncclGroupStart");
+    std::size_t so = 0, ro = 0;
+    for (int x = 0; x < size_; ++x) {
+      const std::size_t sn = send[static_cast<std::size_t>(x)];
+      const std::size_t rn = recv[static_cast<std::size_t>(x)];
+      const char* from = din + (split ? so : 0);
+      if (x == rank_) {
+        if (rn != sn)
+          throw Error(fmt::format("nccl comm: rank {} sends itself {} bytes but expects {}", rank_,
+                                  sn, rn));
+        if (rn > 0)
+          check(cudaMemcpyAsync(dout + ro, from, rn, cudaMemcpyDeviceToDevice, stream_),
+                "collective self copy");
+      } else {
+        if (sn > 0) check_nccl(ncclSend(from, sn, ncclUint8, x, comm_, stream_), "ncclSend");
+        if (rn > 0) check_nccl(ncclRecv(dout + ro, rn, ncclUint8, x, comm_, stream_), "ncclRecv");
+      }
+      so += sn, ro += rn;
+    }
+    check_nccl(ncclGroupEnd(), "ncclGroupEnd");
+    check(cudaStreamSynchronize(stream_), "collective");
+    if (!device && sout > 0)
+      check(cudaMemcpy(out, dout, sout, cudaMemcpyDeviceToHost), "collective staging");
+  }
+
+  static bool on_device(const void* p) {
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
   }
 
   template <class T>

@@ -83,9 +83,10 @@ class CudaEngine final : public RingEngine {
     return cuda_attention_partial(a, o, lse, stream_);
   }
 
-  void merge(const StateView& acc, const StateView& part) override {
+  void merge_rows(const StateView& acc, int64_t batch_index, int64_t row0,
+                  const StateView& part) override {
     select();
-    cuda_merge_states(acc, part, stream_);
+    cuda_merge_rows(acc, batch_index, row0, part, stream_);
   }
 
   void clear(const StateView& s) override {
