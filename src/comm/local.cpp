@@ -20,6 +20,7 @@
 #include <exception>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "ringattn/comm.hpp"
@@ -137,16 +138,26 @@ class LocalRecv final : public Request::Impl {
  public:
   LocalRecv(World& w, void* buf, std::size_t bytes, int me, int src, int tag)
       : w_(w), buf_(buf), bytes_(bytes), key_(me, src, tag) {}
+  // The message is taken under the world's lock and copied out after it is
+  // released: a device copy must not hold up the other ranks.
   void wait() override {
-    std::unique_lock<std::mutex> lk(w_.mu);
-    w_.wait_locked(lk, [&] { return ready_locked(); });
-    take_locked();
+    std::optional<Message> msg;
+    {
+      std::unique_lock<std::mutex> lk(w_.mu);
+      w_.wait_locked(lk, [&] { return ready_locked(); });
+      msg.emplace(take_locked());
+    }
+    deliver(*msg);
   }
   bool test() override {
-    std::unique_lock<std::mutex> lk(w_.mu);
-    w_.check_locked();
-    if (!ready_locked()) return false;
-    take_locked();
+    std::optional<Message> msg;
+    {
+      std::unique_lock<std::mutex> lk(w_.mu);
+      w_.check_locked();
+      if (!ready_locked()) return false;
+      msg.emplace(take_locked());
+    }
+    deliver(*msg);
     return true;
   }
 
@@ -155,10 +166,13 @@ class LocalRecv final : public Request::Impl {
     auto it = w_.mail.find(key_);
     return it != w_.mail.end() && !it->second.empty();
   }
-  void take_locked() {
+  Message take_locked() {
     auto& q = w_.mail[key_];
     Message msg = std::move(q.front());
     q.pop_front();
+    return msg;
+  }
+  void deliver(const Message& msg) {
     if (msg.size() != bytes_)
       throw Error(fmt::format("local comm: rank {} expected {} bytes from rank {} (tag {}), got {}",
                               std::get<0>(key_), bytes_, std::get<1>(key_), std::get<2>(key_),
