@@ -33,5 +33,5 @@ for preset in release asan nompi cuda; do
 done
 echo "== gpu-check build (minimal configuration, no GPU here: GPU tests skip)"
 bash launch/gpu-check.sh --pack build/gpu-deps
-bash launch/gpu-check.sh --deps build/gpu-deps --arch 90 --no-gpu-ok
+bash launch/gpu-check.sh --deps build/gpu-deps --arch 90 --no-gpu-ok --werror
 echo "== all tests passed"
