@@ -130,6 +130,11 @@ TEST(CudaPlan, LaunchGrid) {
   EXPECT_EQ(g.threads, 256);
   EXPECT_EQ(g.smem_bytes, cuda::kFlashD128.smem_bytes());
   EXPECT_EQ(cuda::flash_grid(cuda::kFlashD128, args(0, 5, 128)).x, 0);
+  AttentionArgs many = args(8, 8, 128);
+  many.batch = 70000;
+  EXPECT_NE(
+      error_of([&] { cuda::flash_grid(cuda::kFlashD128, many); }).find("exceeds CUDA's limits"),
+      std::string::npos);
 }
 
 // Tile counts: every (query block, key tile) pair the mask leaves a visible

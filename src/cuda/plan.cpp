@@ -11,7 +11,9 @@ namespace ringattn::cuda {
 namespace {
 
 constexpr double kLog2e = 1.4426950408889634;
-constexpr std::uintptr_t kLoadAlign = 16;  // cp.async moves 16-byte chunks
+constexpr std::uintptr_t kLoadAlign = 16;              // cp.async moves 16-byte chunks
+constexpr int64_t kMaxGridX = (int64_t{1} << 31) - 1;  // CUDA grid limits
+constexpr int64_t kMaxGridYZ = 65535;
 
 void check_aligned(const void* p, const char* what) {
   if (reinterpret_cast<std::uintptr_t>(p) % kLoadAlign != 0)
@@ -98,6 +100,11 @@ LaunchGrid flash_grid(const FlashConfig& cfg, const AttentionArgs& a) {
   g.x = (a.nq + cfg.block_m() - 1) / cfg.block_m();
   g.y = a.hq;
   g.z = a.batch;
+  if (g.x > kMaxGridX || g.y > kMaxGridYZ || g.z > kMaxGridYZ)
+    throw Error(fmt::format(
+        "cuda kernel: launch grid {} x {} x {} (query blocks x heads x batch) exceeds CUDA's "
+        "limits ({} x {} x {})",
+        g.x, g.y, g.z, kMaxGridX, kMaxGridYZ, kMaxGridYZ));
   return g;
 }
 
