@@ -38,6 +38,8 @@ const Command kCommands[] = {
     {"bench-kernel", "benchmark the CPU kernel against the materialised OpenBLAS baseline",
      cmd_bench_kernel},
     {"mask", "draw a mask at block resolution (ASCII or SVG), with rank boundaries", cmd_mask},
+    {"plan", "predict time, memory and comm/compute overlap on a hardware profile", cmd_plan},
+    {"calibrate", "measure this machine and write a hardware profile for plan", cmd_calibrate},
 };
 
 void print_usage(std::FILE* to) {

@@ -77,7 +77,6 @@ void configure_from_files(RunConfig* c) {
 }
 
 void configure_generated(const ParsedOptions& opt, RunConfig* c) {
-  c->seed = static_cast<uint64_t>(opt.integer("seed"));
   c->batch = opt.integer("batch");
   c->nq = opt.integer("seq-len");
   c->nk = opt.integer("kv-seq-len") == 0 ? c->nq : opt.integer("kv-seq-len");
@@ -190,7 +189,7 @@ CommandSpec run_spec() {
   return s;
 }
 
-RunConfig make_run_config(const ParsedOptions& opt) {
+RunConfig make_problem_config(const ParsedOptions& opt) {
   RunConfig c;
   const bool any_file = opt.has("q") || opt.has("k") || opt.has("v");
   if (any_file) {
@@ -210,6 +209,12 @@ RunConfig make_run_config(const ParsedOptions& opt) {
   const std::string& layout = opt.text("layout");
   c.layout = layout == kLayoutAuto ? (c.causal ? LayoutKind::zigzag : LayoutKind::contiguous)
                                    : parse_layout(layout);
+  return c;
+}
+
+RunConfig make_run_config(const ParsedOptions& opt) {
+  RunConfig c = make_problem_config(opt);
+  if (!c.from_files) c.seed = static_cast<uint64_t>(opt.integer("seed"));
   c.scale = opt.has("scale") ? static_cast<float>(opt.number("scale")) : 0.0f;
   c.isa = resolve_isa(opt.text("isa"));
   c.threads = opt.threads();

@@ -78,4 +78,10 @@ CommandSpec run_spec();
 // UsageError or Error with one line naming the option or file.
 RunConfig make_run_config(const ParsedOptions& opt);
 
+// Only the problem: sizes (options or file headers), dtype, causal, mask and
+// layout; reads none of the execution options (for `ringattn plan`, whose spec
+// keeps run's problem options: batch, seq-len, kv-seq-len, heads, kv-heads,
+// head-dim, dtype, q, k, v, causal, layout and the mask options).
+RunConfig make_problem_config(const ParsedOptions& opt);
+
 }  // namespace ringattn::cli

@@ -1,0 +1,153 @@
+// The planner: how long, how much memory, and whether communication hides
+// behind compute, for one attention problem on P ranks of a hardware profile
+// (ringattn/hardware.hpp) -- without running it.
+//
+// Steps, pairs, imbalance and who sends what to whom come from the real ring
+// schedule (make_ring_schedule over the layouts and the Mask: ring or direct
+// transfers, sinks and global tokens shared outside the rotation), so masks and
+// layouts are honoured exactly. FLOPs follow kernel.hpp: 4 B Hq D per visible pair. Memory
+// follows ring.hpp: local Q, K, V (storage dtype), O and LSE (float32), min(2,
+// steps - 1) receive buffers of the largest K/V block, one query segment's
+// partial state, the gathered shared rows, and the kernel workspace (cpu: one
+// packed float32 K/V head + per-thread tiles; gpu: on-chip, counted as 0).
+//
+// Time model, per rank r and step s (all seconds):
+//   c(r,s) = 4 B Hq D pairs(r,s) / R            R = rate of one rank (below)
+//   m(r,s) = merged rows x Hq x (3 D + 3) x 4 B / (memory bandwidth x threads)
+//   x(r,s) = 2 latency + block bytes / bandwidth  (K and V: two messages; the block r
+//            sends during step s for step s + 1, if any)
+//   end(r,s) = max(start + c + m + (1 - overlap) x,  start + x,  start(src,s) + x(src,s))
+//            src = the rank r receives its next block from (r - 1 in the ring)
+// Shared rows (sinks, global tokens) add an all-gather before step 0 and their
+// pairs to step 0.
+//   start(r,s+1) = end(r,s); predicted total = max over ranks of the last end.
+// R is the profile's kernel rate for (dtype, head dim), times the rank's
+// threads (cpu; x parallel efficiency when > 1), divided by the
+// oversubscription max(1, ranks per node x threads / devices per node) when
+// ranks share devices (which also scales the non-overlapped part of x on cpu).
+//
+// Hiding (RingAttention's block-size condition, generalised): with c tokens
+// per rank, a step computes f c^2 pairs (f = the visible fraction of the
+// steps that overlap a transfer, from the schedule: 1 dense, ~1/2 causal
+// zigzag) and sends 2 c Hkv D esz bytes, so it hides when
+//   4 B Hq D f c^2 / R  >=  2 B Hkv D esz c / BW + 2 latency,
+// i.e. c >= c_min = (b + sqrt(b^2 + 4 a L)) / (2 a), a = 4 B Hq D f / R,
+// b = 2 B Hkv D esz / BW, L = 2 latency. For MHA, bf16, f = 1 and no latency
+// this is RingAttention's c >= R / BW.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ringattn/dtype.hpp"
+#include "ringattn/hardware.hpp"
+#include "ringattn/layout.hpp"
+#include "ringattn/mask.hpp"
+
+namespace ringattn {
+
+// ---- the source design's arithmetic (bytes, values) -------------------------
+
+inline constexpr int64_t kScoreBytes = 4;        // float32 scores
+inline constexpr int64_t kFlashBlockKeys = 256;  // the source design's flash block
+// One nq x nk float32 score matrix (per head, per layer): 1M x 1M = 4 TB.
+inline constexpr double score_matrix_bytes(int64_t nq, int64_t nk) {
+  return double(nq) * double(nk) * double(kScoreBytes);
+}
+// A flash buffer of nq rows x `block` keys, float32 (1M x 256 = 1 GB).
+inline constexpr double flash_block_bytes(int64_t nq, int64_t block = kFlashBlockKeys) {
+  return double(nq) * double(block) * double(kScoreBytes);
+}
+// Values in one layer's K/V cache: n tokens x Hkv heads x D x 2 (K and V).
+// d_model 512, 32 heads of 16: MHA (Hkv 32) n x 1024, GQA 8 groups n x 256, MQA n x 32.
+inline constexpr int64_t kv_cache_values(int64_t n, int64_t hkv, int64_t head_dim) {
+  return n * hkv * head_dim * 2;
+}
+
+// ---- planning ---------------------------------------------------------------
+
+enum class PlanLinks : uint8_t { network, in_process };  // MPI/NCCL ranks, or threads
+
+// Hard cap on P: the planner evaluates the full P x P schedule.
+inline constexpr int kMaxPlanRanks = 2048;
+
+struct PlanInput {
+  int64_t batch = 1, nq = 0, nk = 0, hq = 1, hkv = 1, head_dim = 0;
+  DType dtype = DType::f32;
+  Mask mask;
+  LayoutKind layout = LayoutKind::contiguous;
+  int ranks = 1;
+  int ranks_per_node = 0;  // 0: min(P, devices per node)
+  int threads = 0;         // cpu kernel threads per rank; 0: as `run` (see plan.cpp)
+  PlanLinks links = PlanLinks::network;
+};
+
+struct MemoryBreakdown {  // bytes, one rank
+  double q = 0, k = 0, v = 0, o = 0, lse = 0;
+  double recv_buffers = 0;  // min(2, steps - 1) K/V blocks
+  int recv_count = 0;
+  double partial = 0;    // one query segment's (or global query chunk's) partial O and LSE
+  double shared = 0;     // sinks / global keys and global queries gathered from every rank
+  double workspace = 0;  // kernel: packed K/V head + thread tiles (cpu)
+  double total() const { return q + k + v + o + lse + recv_buffers + partial + shared + workspace; }
+};
+
+struct RankPlan {
+  int rank = 0;
+  int64_t q_tokens = 0, kv_tokens = 0;
+  int64_t pairs = 0;       // visible pairs per (batch, head), shared rows included
+  int64_t ring_pairs = 0;  // of which in the rotation (what run reports as pairs)
+  double flops = 0;
+  int computed_steps = 0;
+  MemoryBreakdown mem;
+  double compute_s = 0, merge_s = 0, transfer_s = 0, wait_s = 0, total_s = 0;
+};
+
+struct StepPlan {
+  int step = 0;
+  double bytes = 0;       // max over ranks of bytes sent during this step (0 at the last)
+  double compute_s = 0;   // max over ranks of compute + merge
+  double transfer_s = 0;  // max over ranks
+  bool hidden = true;     // every rank's transfer fits behind its compute (and the link overlaps)
+};
+
+struct Plan {
+  PlanInput in;
+  std::string link_name;  // "in-process", "intra-node", "inter-node"
+  LinkSpec link;          // the slowest link the ring uses
+  int nodes = 1, ranks_per_node = 1, threads = 1;
+  double oversubscription = 1;  // ranks x threads per device (>= 1)
+  double rate = 0;              // FLOP/s of one rank
+  int steps = 1;                // ring steps run; rotations = steps - 1
+  std::string transfer;         // "ring" or "direct" (schedule.hpp: which sends fewer bytes)
+  double imbalance = 1;         // schedule: max / mean pairs per rank
+  double total_flops = 0;
+  double block_bytes = 0;     // largest K/V block in flight
+  double bytes_per_step = 0;  // mean over ranks and rotations of the bytes a rank sends (as run)
+  std::vector<RankPlan> per_rank;
+  std::vector<StepPlan> per_step;
+  double predicted_s = 0;
+  // Hiding.
+  bool all_hidden = true;         // every transfer step hidden
+  double visible_fraction = 1;    // f
+  int64_t tokens_per_rank = 0;    // c: largest rank's query tokens
+  int64_t min_tokens_hidden = 0;  // c_min; -1: never (no overlap, or f = 0)
+  // For comparison (whole problem unless noted).
+  double naive_scores_per_head = 0;  // score_matrix_bytes(nq, nk)
+  double naive_scores_total = 0;     // x B x Hq
+  double flash_block_per_head = 0;   // flash_block_bytes(nq)
+  double kv_cache_bytes = 0;         // kv_cache_values(nk, hkv, D) x B x esz
+  double max_rank_memory = 0;
+  double memory_available = 0;  // per rank: device memory (cpu: node memory / ranks per node)
+  bool fits = true;
+};
+
+// Throws Error naming the option (--ranks, --ranks-per-node, --hardware) when
+// the input cannot be planned (P too large, a link the ring needs is missing).
+Plan make_plan(const PlanInput& in, const HardwareProfile& hw);
+
+// Smallest c >= 1 with a c^2 >= b c + L (see above); -1 when a <= 0.
+int64_t min_hiding_tokens(double a, double b, double latency_total);
+
+}  // namespace ringattn

@@ -1,0 +1,152 @@
+// ringattn plan: how long, how much memory, and whether communication hides
+// behind compute, for a problem on P ranks of a hardware profile -- without
+// running it. The problem options are `run`'s own (same names, same checks);
+// the arithmetic is the library's (ringattn/plan.hpp). run's execution options
+// (--verify, --repeats, ...) are accepted and ignored, so a run's config file or
+// command line plans as it is.
+//
+//   ringattn plan --hardware h100-sxm --ranks 64 --seq-len 1048576 --heads 32 --kv-heads 8
+//       --head-dim 128 --dtype bf16 --causal
+//   ringattn plan --hardware cpu-2core --ranks-local 4 --seq-len 16384 --json
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "cli/commands.hpp"
+#include "cli/metrics.hpp"
+#include "cli/options.hpp"
+#include "cli/plan_report.hpp"
+#include "cli/run_config.hpp"
+#include "ringattn/hardware.hpp"
+#include "ringattn/plan.hpp"
+
+#ifndef RINGATTN_HARDWARE_DIR
+#define RINGATTN_HARDWARE_DIR "configs/hardware"
+#endif
+
+namespace ringattn::cli {
+namespace {
+
+// `run` options that describe the problem; plan accepts run's others too, so run's
+// config files and command lines plan unchanged, but they do not change the plan.
+const std::set<std::string> kProblemOptions = {
+    "batch", "seq-len", "kv-seq-len", "heads",  "kv-heads", "head-dim",   "dtype",
+    "q",     "k",       "v",          "causal", "layout",   "ranks-local"};
+constexpr const char* kRunOnly = "(run only: accepted, does not change the plan) ";
+
+CommandSpec plan_spec() {
+  CommandSpec s;
+  s.name = "plan";
+  s.summary =
+      "Predicts a ring-attention job without running it: per-rank memory (Q/K/V/O/LSE, the K/V\n"
+      "receive buffers, kernel workspace), FLOPs per rank and imbalance, ring steps and bytes per\n"
+      "step, per-step compute and transfer time, whether transfers hide behind compute and from\n"
+      "how many tokens per rank they do, the predicted time, and what naive attention would\n"
+      "need. The problem options are `ringattn run`'s; --hardware names a profile\n"
+      "(configs/hardware/*.ini, or one written by `ringattn calibrate`).";
+  s.usage = "--hardware NAME|FILE [--ranks P | --ranks-local P] [run's problem options]";
+  s.options = {
+      OptionSpec::text("hardware", "",
+                       "hardware profile: a name in configs/hardware (h100-sxm, a100, h200, "
+                       "cpu-2core, ...) or an .ini path",
+                       "NAME|FILE")
+          .as_required(),
+      OptionSpec::integer("ranks", "", "ranks P, one per device, over MPI/NCCL links")
+          .positive()
+          .shown_default("1"),
+      OptionSpec::integer("ranks-per-node", "0",
+                          "ranks on each node (0: the profile's devices per node); the ring "
+                          "crosses nodes over the inter-node link")
+          .non_negative(),
+      OptionSpec::flag("json", "false",
+                       "print JSON lines (a summary, then one record per rank and per step) "
+                       "instead of the table"),
+  };
+  for (OptionSpec& o : run_spec().options) {
+    if (o.name == "ranks-local") o.help = "in-process ranks P (threads of one process, as run)";
+    const bool mask = o.name.rfind("window", 0) == 0 || o.name.rfind("block", 0) == 0 ||
+                      o.name == "dilation" || o.name == "sinks" || o.name == "global";
+    if (kProblemOptions.count(o.name) == 0 && !mask) o.help = kRunOnly + o.help;
+    s.options.push_back(std::move(o));
+  }
+  s.epilog =
+      "--threads is the kernel threads of each rank on cpu profiles, as for run: 0 means cores / "
+      "P\n"
+      "for in-process ranks and all cores under MPI.\n"
+      "Profiles are looked up in $RINGATTN_HARDWARE_DIR, ./configs/hardware "
+      "and " RINGATTN_HARDWARE_DIR
+      ".\nThe model and its units are in docs/PERFORMANCE.md; ring.hpp describes the memory.";
+  return s;
+}
+
+std::vector<std::string> hardware_dirs() {
+  std::vector<std::string> dirs;
+  if (const char* env = std::getenv("RINGATTN_HARDWARE_DIR"); env != nullptr && *env != '\0')
+    dirs.emplace_back(env);
+  dirs.emplace_back("configs/hardware");
+  dirs.emplace_back(RINGATTN_HARDWARE_DIR);
+  return dirs;
+}
+
+HardwareProfile load_profile(const std::string& value) {
+  try {
+    return load_hardware_profile(resolve_hardware_profile(value, hardware_dirs()));
+  } catch (const Error& e) {
+    throw UsageError(fmt::format("option '--hardware': {}", e.what()));
+  }
+}
+
+}  // namespace
+
+int cmd_plan(int argc, char** argv) {
+  const std::optional<ParsedOptions> opt = parse_options(plan_spec(), argc, argv);
+  if (!opt) return kExitOk;
+  if (opt->has("ranks") && opt->has("ranks-local"))
+    throw UsageError(
+        "option '--ranks-local': give --ranks P (MPI/NCCL ranks) or --ranks-local P (in-process), "
+        "not both");
+  const RunConfig cfg = make_problem_config(*opt);
+  const HardwareProfile hw = load_profile(opt->text("hardware"));
+
+  PlanInput in;
+  in.batch = cfg.batch, in.nq = cfg.nq, in.nk = cfg.nk, in.hq = cfg.hq, in.hkv = cfg.hkv;
+  in.head_dim = cfg.head_dim, in.dtype = cfg.dtype, in.mask = cfg.mask(), in.layout = cfg.layout;
+  in.links = opt->has("ranks-local") ? PlanLinks::in_process : PlanLinks::network;
+  in.ranks = opt->has("ranks-local") ? opt->integer_int("ranks-local")
+             : opt->has("ranks")     ? opt->integer_int("ranks")
+                                     : 1;
+  in.ranks_per_node = opt->integer_int("ranks-per-node");
+  in.threads = opt->threads();
+  Plan plan;
+  try {
+    plan = make_plan(in, hw);
+  } catch (const UsageError&) {
+    throw;
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    throw UsageError(m.rfind("option '", 0) == 0 ? m : "option '--hardware': " + m);
+  }
+
+  MetricsFile metrics(opt->metrics_path());
+  PlanReport report;
+  report.plan = &plan;
+  report.hw = &hw;
+  report.shape = cfg.shape_text();
+  report.mask = cfg.masks.describe();
+  report.command_line = opt->command_line();
+  const std::vector<JsonObject> records = plan_records(report);
+  if (opt->flag("json")) {
+    for (const JsonObject& j : records) fmt::print("{}\n", j.str());
+  } else {
+    print_plan(report);
+  }
+  for (const JsonObject& j : records) metrics.write(j);
+  return kExitOk;
+}
+
+}  // namespace ringattn::cli

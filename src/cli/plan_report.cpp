@@ -1,0 +1,291 @@
+#include "cli/plan_report.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "cli/table.hpp"
+#include "ringattn/memory.hpp"
+
+namespace ringattn::cli {
+namespace {
+
+constexpr int kLabelWidth = 20;
+constexpr double kMs = 1e3;
+constexpr double kGiga = 1e9;
+constexpr double kMicro = 1e6;
+constexpr double kTera = 1e12;
+constexpr double kPeta = 1e15;
+constexpr std::size_t kMaxRows = 12;  // longer tables: the first and last rows only
+
+// "4.00 TB (3.6 TiB)": decimal and binary, as the source design writes decimal.
+std::string bytes2(double b) {
+  const char* units[] = {"B", "kB", "MB", "GB", "TB", "PB"};
+  double v = b;
+  int u = 0;
+  while (v >= 1000.0 && u < 5) v /= 1000.0, ++u;
+  return fmt::format("{:.{}f} {} ({})", v, u == 0 ? 0 : 2, units[u], format_bytes(b));
+}
+
+// "335.0 TFLOP/s", "127.1 GFLOP/s".
+std::string rate_text(double flops_per_s) {
+  if (flops_per_s >= kPeta) return fmt::format("{:.2f} PFLOP/s", flops_per_s / kPeta);
+  if (flops_per_s >= kTera) return fmt::format("{:.1f} TFLOP/s", flops_per_s / kTera);
+  return fmt::format("{:.1f} GFLOP/s", flops_per_s / kGiga);
+}
+
+// Rows to print of a list of n: all, or the first and last kMaxRows / 2.
+void skip_rows(std::size_t n, std::size_t* i) {
+  if (n <= kMaxRows || *i != kMaxRows / 2) return;
+  fmt::print("  ... {} more ...\n", n - kMaxRows);
+  *i = n - kMaxRows / 2;
+}
+
+std::string backend_name(const Plan& p) {
+  return p.in.links == PlanLinks::in_process ? "local" : "mpi";
+}
+
+const RankPlan& slowest(const Plan& p) {
+  return *std::max_element(
+      p.per_rank.begin(), p.per_rank.end(),
+      [](const RankPlan& a, const RankPlan& b) { return a.total_s < b.total_s; });
+}
+
+const RankPlan& largest(const Plan& p) {
+  return *std::max_element(
+      p.per_rank.begin(), p.per_rank.end(),
+      [](const RankPlan& a, const RankPlan& b) { return a.mem.total() < b.mem.total(); });
+}
+
+double max_step(const Plan& p, double StepPlan::*f) {
+  double m = 0;
+  for (const StepPlan& s : p.per_step) m = std::max(m, s.*f);
+  return m;
+}
+
+int exposed_steps(const Plan& p) {
+  int n = 0;
+  for (std::size_t s = 0; s + 1 < p.per_step.size(); ++s) n += !p.per_step[s].hidden;
+  return n;
+}
+
+std::string hiding_text(const Plan& p) {
+  if (p.steps == 1) return "no transfers (one ring step)";
+  const int exposed = exposed_steps(p), transfers = p.steps - 1;
+  std::string s = exposed == 0
+                      ? fmt::format("yes: all {} transfer steps", transfers)
+                      : fmt::format("no: {} of {} transfer steps exposed", exposed, transfers);
+  if (p.min_tokens_hidden < 0)
+    return s + fmt::format(" (the {} link does not overlap compute: overlap {:.2f})", p.link_name,
+                           p.link.overlap);
+  return s + fmt::format("; hides from {} tokens per rank (now {}; visible fraction f = {:.3f})",
+                         p.min_tokens_hidden, p.tokens_per_rank, p.visible_fraction);
+}
+
+}  // namespace
+
+void print_plan(const PlanReport& r) {
+  const Plan& p = *r.plan;
+  const HardwareProfile& hw = *r.hw;
+  const auto line = [](const std::string& label, const std::string& value) {
+    fmt::print("  {:<{}}{}\n", label, kLabelWidth, value);
+  };
+  fmt::print("ringattn plan: {} | mask {} | layout {} | P={} ({}, {} node{} x {}) | {}\n", r.shape,
+             r.mask, layout_name(p.in.layout), p.in.ranks, backend_name(p), p.nodes,
+             p.nodes == 1 ? "" : "s", p.ranks_per_node, hw.name);
+  line("hardware", fmt::format("{} ({}): {}, {} device{} per node{}", hw.name, hw.source,
+                               hw.kind == DeviceKind::gpu ? "gpu" : "cpu (a device is a core)",
+                               hw.devices_per_node, hw.devices_per_node == 1 ? "" : "s",
+                               hw.description.empty() ? "" : "; " + hw.description));
+  line("rank rate", fmt::format("{} ({} at D={}: {} per device; {} thread{} per "
+                                "rank; oversubscription {:.2f}x)",
+                                rate_text(p.rate), dtype_name(p.in.dtype), p.in.head_dim,
+                                rate_text(hw.kernel_rate(p.in.dtype, p.in.head_dim)), p.threads,
+                                p.threads == 1 ? "" : "s", p.oversubscription));
+  if (p.in.ranks > 1)
+    line("link", fmt::format("{}: latency {:.1f} us, {:.2f} GB/s per direction, overlap {:.2f}",
+                             p.link_name, p.link.latency_s * kMicro, p.link.bandwidth_bps / kGiga,
+                             p.link.overlap));
+
+  const Table ranks({{"rank", 4},
+                     {"tokens", 8},
+                     {"kv", 8},
+                     {"steps", 7},
+                     {"GFLOP", 9},
+                     {"compute_ms", 10},
+                     {"merge_ms", 8},
+                     {"xfer_ms", 8},
+                     {"wait_ms", 8},
+                     {"total_ms", 9},
+                     {"memory", 10}});
+  fmt::print("{}", ranks.header());
+  for (std::size_t i = 0; i < p.per_rank.size(); ++i) {
+    skip_rows(p.per_rank.size(), &i);
+    const RankPlan& k = p.per_rank[i];
+    fmt::print("{}", ranks.row({fmt::format("{}", k.rank), fmt::format("{}", k.q_tokens),
+                                fmt::format("{}", k.kv_tokens),
+                                fmt::format("{}/{}", k.computed_steps, p.steps),
+                                cell_fixed(k.flops / kGiga, 2), cell_fixed(k.compute_s * kMs, 2),
+                                cell_fixed(k.merge_s * kMs, 2), cell_fixed(k.transfer_s * kMs, 2),
+                                cell_fixed(k.wait_s * kMs, 2), cell_fixed(k.total_s * kMs, 2),
+                                format_bytes(k.mem.total())}));
+  }
+
+  const Table steps({{"step", 4}, {"sent", 10}, {"compute_ms", 10}, {"xfer_ms", 8}, {"hidden", 6}});
+  fmt::print("{}", steps.header());
+  for (std::size_t i = 0; i < p.per_step.size(); ++i) {
+    skip_rows(p.per_step.size(), &i);
+    const StepPlan& s = p.per_step[i];
+    const bool last = i + 1 == p.per_step.size();
+    fmt::print("{}", steps.row({fmt::format("{}", s.step), format_bytes(s.bytes),
+                                cell_fixed(s.compute_s * kMs, 2), cell_fixed(s.transfer_s * kMs, 2),
+                                last ? "-" : (s.hidden ? "yes" : "no")}));
+  }
+
+  const RankPlan& big = largest(p);
+  const MemoryBreakdown& m = big.mem;
+  line("memory (rank " + std::to_string(big.rank) + ")",
+       fmt::format("{} = q {} + k {} + v {} + O {} + LSE {} + {} receive buffer{} {} + partial "
+                   "state {}{} + kernel workspace {}",
+                   format_bytes(m.total()), format_bytes(m.q), format_bytes(m.k), format_bytes(m.v),
+                   format_bytes(m.o), format_bytes(m.lse), m.recv_count,
+                   m.recv_count == 1 ? "" : "s", format_bytes(m.recv_buffers),
+                   format_bytes(m.partial),
+                   m.shared > 0 ? " + shared rows " + format_bytes(m.shared) : std::string(),
+                   format_bytes(m.workspace)));
+  line("memory available", fmt::format("{} per rank: {}", format_bytes(p.memory_available),
+                                       p.fits ? "fits" : "DOES NOT FIT"));
+  line("ring steps",
+       fmt::format("{} of {} ({} transfer: {}); {} per rank per step on average, {} at most",
+                   p.steps, p.in.ranks, p.transfer,
+                   p.transfer == "direct" ? "owners send a block only to the ranks that need it"
+                                          : "neighbours pass blocks on",
+                   format_bytes(p.bytes_per_step), format_bytes(p.block_bytes)));
+  line("work", fmt::format("{:.4g} GFLOP in all; {:.4g} GFLOP on the busiest rank; imbalance "
+                           "{:.3f} (max/mean visible pairs)",
+                           p.total_flops / kGiga,
+                           std::max_element(
+                               p.per_rank.begin(), p.per_rank.end(),
+                               [](const RankPlan& a, const RankPlan& b) {
+                                 return a.flops < b.flops;
+                               })->flops /
+                               kGiga,
+                           p.imbalance));
+  line("per step", fmt::format("compute {:.3f} ms, transfer {:.3f} ms (max over ranks and steps)",
+                               max_step(p, &StepPlan::compute_s) * kMs,
+                               max_step(p, &StepPlan::transfer_s) * kMs));
+  line("transfer hidden", hiding_text(p));
+  line("predicted time", fmt::format("{:.3f} ms (slowest rank {}), {}", p.predicted_s * kMs,
+                                     slowest(p).rank, rate_text(p.total_flops / p.predicted_s)));
+  line("naive attention",
+       fmt::format("score matrix {} per head per layer (float32 Nq x Nk); {} "
+                   "for B x Hq heads",
+                   bytes2(p.naive_scores_per_head), bytes2(p.naive_scores_total)));
+  line("flash buffer",
+       fmt::format("{} per head (float32 Nq x {}); this runtime: {} kernel "
+                   "workspace per rank",
+                   bytes2(p.flash_block_per_head), kFlashBlockKeys, format_bytes(m.workspace)));
+  line("KV cache",
+       fmt::format("{} for the whole sequence, one layer ({} values = Nk x Hkv x D x 2)",
+                   bytes2(p.kv_cache_bytes),
+                   kv_cache_values(p.in.nk, p.in.hkv, p.in.head_dim) * p.in.batch));
+  line("reproduce", r.command_line);
+}
+
+std::vector<JsonObject> plan_records(const PlanReport& r) {
+  const Plan& p = *r.plan;
+  const RankPlan& big = largest(p);
+  const RankPlan& slow = slowest(p);
+  double max_flops = 0;
+  for (const RankPlan& k : p.per_rank) max_flops = std::max(max_flops, k.flops);
+  std::vector<JsonObject> out;
+  JsonObject s;
+  s.text("command", "plan")
+      .text("record", "summary")
+      .integer("n", p.in.nq)
+      .integer("nk", p.in.nk)
+      .integer("b", p.in.batch)
+      .integer("hq", p.in.hq)
+      .integer("hkv", p.in.hkv)
+      .integer("d", p.in.head_dim)
+      .text("dtype", std::string(dtype_name(p.in.dtype)))
+      .text("mask", r.mask)
+      .text("layout", layout_name(p.in.layout))
+      .integer("ranks", p.in.ranks)
+      .text("backend", backend_name(p))
+      .integer("nodes", p.nodes)
+      .integer("ranks_per_node", p.ranks_per_node)
+      .integer("threads", p.threads)
+      .text("hardware", r.hw->name)
+      .text("link", p.link_name)
+      .number("rank_gflops", p.rate / kGiga)
+      .number("oversubscription", p.oversubscription)
+      .integer("steps", p.steps)
+      .text("transfer", p.transfer)
+      .number("imbalance_scheduled", p.imbalance)
+      .number("total_gflop", p.total_flops / kGiga)
+      .number("max_rank_gflop", max_flops / kGiga)
+      .number("bytes_per_step", p.bytes_per_step)
+      .number("max_bytes_per_step", p.block_bytes)
+      .number("step_compute_ms", max_step(p, &StepPlan::compute_s) * kMs)
+      .number("step_transfer_ms", max_step(p, &StepPlan::transfer_s) * kMs)
+      .boolean("hidden", p.all_hidden)
+      .integer("exposed_steps", exposed_steps(p))
+      .number("visible_fraction", p.visible_fraction)
+      .integer("tokens_per_rank", p.tokens_per_rank)
+      .integer("min_tokens_hidden", p.min_tokens_hidden)
+      .number("time_ms", p.predicted_s * kMs)
+      .number("compute_ms", slow.compute_s * kMs)
+      .number("merge_ms", slow.merge_s * kMs)
+      .number("transfer_ms", slow.transfer_s * kMs)
+      .number("wait_ms", slow.wait_s * kMs)
+      .number("gflops", p.total_flops / p.predicted_s / kGiga)
+      .number("memory_bytes", big.mem.total())
+      .number("mem_q", big.mem.q)
+      .number("mem_k", big.mem.k)
+      .number("mem_v", big.mem.v)
+      .number("mem_o", big.mem.o)
+      .number("mem_lse", big.mem.lse)
+      .number("mem_recv", big.mem.recv_buffers)
+      .number("mem_partial", big.mem.partial)
+      .number("mem_shared", big.mem.shared)
+      .number("mem_workspace", big.mem.workspace)
+      .number("memory_available", p.memory_available)
+      .boolean("fits", p.fits)
+      .number("naive_score_bytes_per_head", p.naive_scores_per_head)
+      .number("naive_score_bytes", p.naive_scores_total)
+      .number("flash_block_bytes_per_head", p.flash_block_per_head)
+      .integer("kv_cache_values", kv_cache_values(p.in.nk, p.in.hkv, p.in.head_dim) * p.in.batch)
+      .number("kv_cache_bytes", p.kv_cache_bytes)
+      .text("reproduce", r.command_line);
+  out.push_back(s);
+  for (const RankPlan& k : p.per_rank)
+    out.push_back(JsonObject()
+                      .text("command", "plan")
+                      .text("record", "rank")
+                      .integer("rank", k.rank)
+                      .integer("tokens", k.q_tokens)
+                      .integer("kv_tokens", k.kv_tokens)
+                      .integer("computed_steps", k.computed_steps)
+                      .integer("pairs", k.ring_pairs)
+                      .integer("all_pairs", k.pairs)
+                      .number("gflop", k.flops / kGiga)
+                      .number("total_ms", k.total_s * kMs)
+                      .number("compute_ms", k.compute_s * kMs)
+                      .number("merge_ms", k.merge_s * kMs)
+                      .number("transfer_ms", k.transfer_s * kMs)
+                      .number("wait_ms", k.wait_s * kMs)
+                      .number("memory_bytes", k.mem.total()));
+  for (const StepPlan& st : p.per_step)
+    out.push_back(JsonObject()
+                      .text("command", "plan")
+                      .text("record", "step")
+                      .integer("step", st.step)
+                      .number("bytes", st.bytes)
+                      .number("compute_ms", st.compute_s * kMs)
+                      .number("transfer_ms", st.transfer_s * kMs)
+                      .boolean("hidden", st.hidden));
+  return out;
+}
+
+}  // namespace ringattn::cli

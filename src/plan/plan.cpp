@@ -1,0 +1,289 @@
+#include "ringattn/plan.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "cpu/kernel_isa.hpp"
+#include "ringattn/error.hpp"
+#include "ringattn/kernel.hpp"
+#include "ringattn/schedule.hpp"
+
+namespace ringattn {
+namespace {
+
+constexpr int kMessagesPerStep = 2;   // K and V travel as two messages (ring.hpp)
+constexpr int kMaxRecvBuffers = 2;    // double buffering (ring.hpp)
+constexpr double kFloatBytes = 4.0;   // O, LSE, partial states and packed K/V are float32
+constexpr double kMergeAccesses = 3;  // merge_row reads O_a and O_b, writes O_a
+
+// The CPU kernel's per-call workspace for keys of one segment (kernel.cpp):
+// packed float32 K and V of one head, plus per-thread tiles.
+double cpu_workspace_bytes(int64_t nk_seg, int64_t head_dim, int threads) {
+  const cpu::IsaKernels& k = best_isa() == Isa::avx512 ? cpu::avx512_kernels()
+                             : best_isa() == Isa::avx2 ? cpu::avx2_kernels()
+                                                       : cpu::generic_kernels();
+  const int64_t dp = cpu::round_up(head_dim, k.lanes);
+  const int64_t nk_pad = std::max<int64_t>(cpu::round_up(nk_seg, k.panel), 1);
+  return kFloatBytes * double(2 * nk_pad * dp + k.workspace_floats(static_cast<int>(dp)) * threads);
+}
+
+const LinkSpec& require_link(const HardwareProfile& hw, const LinkSpec& l, const char* section,
+                             const char* why) {
+  if (!l.present)
+    throw Error(
+        fmt::format("option '--hardware': profile '{}' ({}) has no [link.{}] section, "
+                    "needed {}",
+                    hw.name, hw.source, section, why));
+  return l;
+}
+
+}  // namespace
+
+int64_t min_hiding_tokens(double a, double b, double latency_total) {
+  if (!(a > 0)) return -1;
+  const double c = (b + std::sqrt(b * b + 4 * a * latency_total)) / (2 * a);
+  int64_t n = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(c)));
+  while (n > 1 && a * double(n - 1) * double(n - 1) >= b * double(n - 1) + latency_total) --n;
+  while (a * double(n) * double(n) < b * double(n) + latency_total) ++n;  // rounding
+  return n;
+}
+
+Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
+  if (in.ranks < 1 || in.ranks > kMaxPlanRanks)
+    throw Error(
+        fmt::format("option '--ranks': expected 1 to {} ranks (the planner evaluates the "
+                    "full P x P schedule), got {}",
+                    kMaxPlanRanks, in.ranks));
+  if (in.ranks_per_node < 0)
+    throw Error(fmt::format("option '--ranks-per-node': expected >= 0, got {}", in.ranks_per_node));
+  Plan p;
+  p.in = in;
+  const int np = in.ranks;
+  const bool local = in.links == PlanLinks::in_process;
+  const bool cpu = hw.kind == DeviceKind::cpu;
+  p.ranks_per_node = local                   ? np
+                     : in.ranks_per_node > 0 ? std::min(in.ranks_per_node, np)
+                                             : std::min(np, hw.devices_per_node);
+  p.nodes = (np + p.ranks_per_node - 1) / p.ranks_per_node;
+  // Threads per rank as `run` picks them: in-process ranks share the cores, an
+  // MPI rank gets the OpenMP default (all cores); a GPU rank is one device.
+  if (!cpu) {
+    p.threads = 1;
+  } else if (in.threads > 0) {
+    p.threads = in.threads;
+  } else {
+    p.threads = local ? std::max(1, hw.devices_per_node / np) : hw.devices_per_node;
+  }
+  p.oversubscription =
+      std::max(1.0, double(p.ranks_per_node) * p.threads / double(hw.devices_per_node));
+  const double thread_factor = p.threads * (p.threads > 1 ? hw.parallel_eff : 1.0);
+  p.rate = hw.kernel_rate(in.dtype, in.head_dim) * thread_factor / p.oversubscription;
+  const double merge_bw = hw.memory_bw_bps * (cpu ? p.threads : 1) / p.oversubscription;
+
+  // Links: the ring's neighbour link names the plan (the slowest one it uses);
+  // each transfer uses the link between its two ranks.
+  if (np > 1) {
+    if (local) {
+      p.link =
+          require_link(hw, hw.in_process, "in-process", "for in-process ranks (--ranks-local)");
+      p.link_name = "in-process";
+    } else {
+      const bool multi = p.nodes > 1;
+      p.link = multi ? require_link(hw, hw.inter, "inter-node", "for a ring over several nodes")
+                     : require_link(hw, hw.intra, "intra-node", "for ranks sharing a node");
+      p.link_name = multi ? "inter-node" : "intra-node";
+    }
+  }
+  const auto link_of = [&](int from, int to) -> const LinkSpec& {
+    if (local) return hw.in_process;
+    return from / p.ranks_per_node == to / p.ranks_per_node
+               ? require_link(hw, hw.intra, "intra-node", "for ranks sharing a node")
+               : require_link(hw, hw.inter, "inter-node", "for a ring over several nodes");
+  };
+
+  const Layout ql(in.layout, in.nq, np), kvl(in.layout, in.nk, np);
+  const RingSchedule sch = make_ring_schedule(ql, kvl, in.mask);
+  p.steps = sch.steps;
+  p.imbalance = sch.imbalance();
+  p.transfer = sch.transfer == Transfer::direct ? "direct" : "ring";
+  const double esz = double(dtype_size(in.dtype));
+  const double flops_per_pair = 4.0 * double(in.batch * in.hq * in.head_dim);
+  const double b = double(in.batch), hq = double(in.hq), hkv = double(in.hkv),
+               d = double(in.head_dim);
+  const auto block_bytes = [&](int rank) {
+    return 2.0 * double(in.batch * kvl.tokens(rank) * in.hkv * in.head_dim) * esz;
+  };
+  for (int r = 0; r < np; ++r) p.block_bytes = std::max(p.block_bytes, block_bytes(r));
+  int64_t max_kseg = 0;
+  for (int r = 0; r < np; ++r)
+    for (const Segment& s : kvl.segments(r)) max_kseg = std::max(max_kseg, s.count);
+
+  // Sinks and global tokens outside the rotation (ring_shared): gathered once
+  // by every rank, attended at step 0. Their pairs are the problem's visible
+  // pairs the rotation does not compute, spread over ranks by query tokens.
+  const SharedPart& sh = sch.shared;
+  int64_t ring_pairs = 0;
+  for (int r = 0; r < np; ++r) ring_pairs += sch.rank_pairs(r);
+  const int64_t all_pairs = visible_pairs(in.mask, {0, 1}, in.nq, {0, 1}, in.nk);
+  const double shared_pairs = sh.on() ? double(std::max<int64_t>(all_pairs - ring_pairs, 0)) : 0;
+  const auto chunk_tokens = [](const std::vector<Chunk>& v) {
+    int64_t n = 0;
+    for (const Chunk& c : v) n += c.count;
+    return n;
+  };
+  // Keys, queries, query states; each buffer at least 1 byte (ring_shared.cpp).
+  const double shared_buffers =
+      std::max(1.0, double(2 * in.batch * sh.key_tokens * in.hkv * in.head_dim) * esz) +
+      std::max(1.0, double(in.batch * sh.query_tokens * in.hq * in.head_dim) * esz) +
+      std::max(1.0, b * double(sh.query_tokens) * hq * (d + 1) * kFloatBytes);
+  int64_t shared_rows = 0;  // largest global query chunk
+  for (const auto& v : sh.query_chunks)
+    for (const Chunk& c : v) shared_rows = std::max(shared_rows, c.count);
+
+  // Memory of each rank.
+  p.per_rank.resize(static_cast<std::size_t>(np));
+  std::vector<double> shared_sent(static_cast<std::size_t>(np), 0.0);
+  for (int r = 0; r < np; ++r) {
+    const auto ri = static_cast<std::size_t>(r);
+    RankPlan& rp = p.per_rank[ri];
+    rp.rank = r;
+    rp.q_tokens = ql.tokens(r), rp.kv_tokens = kvl.tokens(r);
+    const double my_shared = in.nq > 0 ? shared_pairs * double(rp.q_tokens) / double(in.nq) : 0.0;
+    rp.ring_pairs = sch.rank_pairs(r);
+    rp.pairs = rp.ring_pairs + static_cast<int64_t>(std::llround(my_shared));
+    rp.flops = flops_per_pair * double(rp.pairs);
+    rp.computed_steps = sch.computed_steps(r);
+    MemoryBreakdown& m = rp.mem;
+    const double nq = double(rp.q_tokens), nk = double(rp.kv_tokens);
+    m.q = b * nq * hq * d * esz;
+    m.k = m.v = b * nk * hkv * d * esz;
+    m.o = b * nq * hq * d * kFloatBytes;
+    m.lse = b * hq * nq * kFloatBytes;
+    m.recv_count = std::min(kMaxRecvBuffers, p.steps - 1);
+    m.recv_buffers = m.recv_count * p.block_bytes;
+    int64_t max_rows = sh.on() ? shared_rows : 0;
+    for (const Segment& s : ql.segments(r)) max_rows = std::max(max_rows, s.count);
+    m.partial = double(max_rows) * hq * (d + 1) * kFloatBytes;
+    m.shared = sh.on() ? shared_buffers : 0.0;
+    // The kernel runs at most one thread per task (query head of a group x block of rows).
+    const int64_t tasks = (in.hq / in.hkv) * ((max_rows + cpu::kBlockQ - 1) / cpu::kBlockQ);
+    const int kthreads = static_cast<int>(std::clamp<int64_t>(tasks, 1, p.threads));
+    m.workspace = cpu && rp.pairs > 0 ? cpu_workspace_bytes(max_kseg, in.head_dim, kthreads) : 0;
+    p.max_rank_memory = std::max(p.max_rank_memory, m.total());
+    p.total_flops += rp.flops;
+    if (sh.on() && np > 1)
+      shared_sent[ri] =
+          (double(2 * in.batch * chunk_tokens(sh.key_chunks[ri]) * in.hkv * in.head_dim) * esz +
+           double(in.batch * chunk_tokens(sh.query_chunks[ri]) * in.hq * in.head_dim) * esz) *
+          (np - 1);
+  }
+  p.memory_available = cpu ? hw.memory_bytes / p.ranks_per_node
+                           : hw.memory_bytes / std::max(1.0, p.oversubscription);
+  p.fits = p.max_rank_memory <= p.memory_available;
+
+  // The shared rows' all-gather, before the ring: every rank receives the others' rows.
+  std::vector<double> start(static_cast<std::size_t>(np), 0.0), end(start), xfer(start);
+  double sent_total = 0;
+  if (sh.on() && np > 1) {
+    double gathered = 0;
+    for (int r = 0; r < np; ++r) gathered += shared_sent[static_cast<std::size_t>(r)] / (np - 1);
+    const double t = (np - 1) * p.link.latency_s + gathered / p.link.bandwidth_bps;
+    for (int r = 0; r < np; ++r) {
+      start[static_cast<std::size_t>(r)] = t;
+      p.per_rank[static_cast<std::size_t>(r)].wait_s += t;
+      sent_total += shared_sent[static_cast<std::size_t>(r)];
+    }
+  }
+
+  // The ring, step by step (see the header). The transfers into step s + 1 are
+  // in flight during step s: rank r sends to step(r, s+1).send_to (ring: the
+  // block it holds; direct: its own) and receives from step(r, s+1).recv_from.
+  p.per_step.resize(static_cast<std::size_t>(p.steps));
+  double transfer_pairs = 0, transfer_area = 0;
+  int64_t rotations = 0;
+  for (int s = 0; s < p.steps; ++s) {
+    StepPlan& st = p.per_step[static_cast<std::size_t>(s)];
+    st.step = s;
+    const bool sends = s + 1 < p.steps;
+    for (int r = 0; r < np; ++r) {
+      const RingStep& rs = sch.step(r, s);
+      const auto ri = static_cast<std::size_t>(r);
+      xfer[ri] = 0.0;
+      if (!sends) continue;
+      ++rotations;
+      transfer_pairs += double(rs.pairs);
+      transfer_area += double(ql.tokens(r)) * double(kvl.tokens(rs.source));
+      const RingStep& nx = sch.step(r, s + 1);
+      if (nx.send_to < 0) continue;
+      const double bytes = block_bytes(sch.transfer == Transfer::ring ? rs.source : r);
+      xfer[ri] = link_of(r, nx.send_to).seconds(bytes, kMessagesPerStep);
+      st.bytes = std::max(st.bytes, bytes);
+      sent_total += bytes;
+    }
+    for (int r = 0; r < np; ++r) {
+      const RingStep& rs = sch.step(r, s);
+      const auto ri = static_cast<std::size_t>(r);
+      RankPlan& rp = p.per_rank[ri];
+      double merged_rows = 0;
+      for (const SegmentWork& w : rs.work)
+        merged_rows += double(ql.segments(r)[static_cast<std::size_t>(w.q_seg)].count);
+      double pairs = double(rs.pairs);
+      if (s == 0) pairs += double(rp.pairs - rp.ring_pairs);  // the shared rows
+      const double c = flops_per_pair * pairs / p.rate;
+      const double m =
+          merged_rows * b * hq * (kMergeAccesses * d + kMergeAccesses) * kFloatBytes / merge_bw;
+      double e = start[ri] + c + m;
+      if (sends) {
+        const RingStep& nx = sch.step(r, s + 1);
+        double serial = 0;
+        if (nx.send_to >= 0) {
+          const LinkSpec& l = link_of(r, nx.send_to);
+          serial = (1.0 - l.overlap) * xfer[ri] * (cpu ? p.oversubscription : 1.0);
+          st.hidden = st.hidden && l.overlap >= 1.0 && xfer[ri] <= c + m;
+          st.transfer_s = std::max(st.transfer_s, xfer[ri]);
+          rp.transfer_s += xfer[ri];
+        }
+        e = std::max(e + serial, start[ri] + xfer[ri]);
+        if (nx.recv_from >= 0) {
+          const auto src = static_cast<std::size_t>(nx.recv_from);
+          e = std::max(e, start[src] + xfer[src]);
+        }
+        rp.wait_s += e - (start[ri] + c + m + serial);
+      }
+      rp.compute_s += c;
+      rp.merge_s += m;
+      st.compute_s = std::max(st.compute_s, c + m);
+      end[ri] = e;
+    }
+    start = end;
+    p.all_hidden = p.all_hidden && st.hidden;
+  }
+  p.bytes_per_step = rotations > 0 ? sent_total / double(rotations) : 0.0;
+  for (int r = 0; r < np; ++r) {
+    p.per_rank[static_cast<std::size_t>(r)].total_s = end[static_cast<std::size_t>(r)];
+    p.predicted_s = std::max(p.predicted_s, end[static_cast<std::size_t>(r)]);
+  }
+
+  // Hiding condition.
+  for (int r = 0; r < np; ++r) p.tokens_per_rank = std::max(p.tokens_per_rank, ql.tokens(r));
+  if (p.steps == 1) {
+    p.visible_fraction = transfer_area > 0 ? transfer_pairs / transfer_area : 1.0;
+    p.min_tokens_hidden = 0;  // nothing to hide
+  } else {
+    p.visible_fraction = transfer_area > 0 ? transfer_pairs / transfer_area : 0.0;
+    const double a = flops_per_pair * p.visible_fraction / p.rate;
+    const double bb = 2.0 * b * hkv * d * esz / p.link.bandwidth_bps;
+    p.min_tokens_hidden =
+        p.link.overlap < 1.0 ? -1 : min_hiding_tokens(a, bb, kMessagesPerStep * p.link.latency_s);
+  }
+
+  p.naive_scores_per_head = score_matrix_bytes(in.nq, in.nk);
+  p.naive_scores_total = p.naive_scores_per_head * b * hq;
+  p.flash_block_per_head = flash_block_bytes(in.nq);
+  p.kv_cache_bytes = double(kv_cache_values(in.nk, in.hkv, in.head_dim)) * b * esz;
+  return p;
+}
+
+}  // namespace ringattn

@@ -1,0 +1,262 @@
+// `ringattn plan` and `ringattn calibrate` end to end (RINGATTN_BIN): the shipped
+// profiles plan, --json is consistent with itself and with what `run` measures
+// (memory, steps, bytes), calibrate writes a profile plan reads, and every bad
+// input is one clear line with exit status 2.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "cli_fixture.hpp"
+
+namespace ringattn {
+namespace {
+
+using Result = test::CliResult;
+
+constexpr int kExitUsage = 2;
+
+// A profile with every section; tests break it in one place.
+const char* const kCpuProfile = R"([device]
+name = test-cpu
+kind = cpu
+devices-per-node = 2
+memory-gib = 8
+memory-bandwidth-gb-s = 20
+
+[kernel-gflops]
+float32.d64 = 100
+float32.d128 = 120
+
+[link.intra-node]
+latency-us = 2
+bandwidth-gb-s = 5
+overlap = 0
+
+[link.in-process]
+latency-us = 5
+bandwidth-gb-s = 3
+overlap = 0
+)";
+
+// The value of "key" in a flat JSON line, as text ("" when absent).
+std::string json_field(const std::string& line, const std::string& key) {
+  const std::string k = "\"" + key + "\": ";
+  const auto at = line.find(k);
+  if (at == std::string::npos) return "";
+  const auto b = at + k.size();
+  if (line[b] == '"') return line.substr(b + 1, line.find('"', b + 1) - b - 1);
+  return line.substr(b, line.find_first_of(",}", b) - b);
+}
+
+double json_number(const std::string& line, const std::string& key) {
+  const std::string v = json_field(line, key);
+  EXPECT_FALSE(v.empty()) << key << " in " << line;
+  return std::atof(v.c_str());
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string l; std::getline(in, l);)
+    if (!l.empty()) out.push_back(l);
+  return out;
+}
+
+class PlanCli : public test::CliFixture {
+ protected:
+  std::string write_profile(const std::string& name, const std::string& text) const {
+    std::ofstream(path(name)) << text;
+    return path(name);
+  }
+  Result plan(std::vector<std::string> args) const {
+    args.insert(args.begin(), "plan");
+    return run_binary(args);
+  }
+  // Exit 2, one line naming `must_name`.
+  void expect_usage_error(const Result& r, const std::string& must_name) const {
+    EXPECT_EQ(r.rc, kExitUsage) << r.err;
+    expect_clean_failure(r, must_name, {});
+  }
+};
+
+TEST_F(PlanCli, HelpDocumentsTheOptions) {
+  const Result r = plan({"--help"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  for (const char* s : {"--hardware", "--ranks ", "--ranks-local", "--ranks-per-node", "--json",
+                        "--seq-len", "--kv-heads", "--causal", "--window-left", "(default: 4096)"})
+    EXPECT_NE(r.out.find(s), std::string::npos) << s;
+  EXPECT_NE(r.out.find("(run only: accepted, does not change the plan)"), std::string::npos);
+}
+
+TEST_F(PlanCli, PlansARunsConfigFile) {
+  const std::string cfg = std::string(RINGATTN_SOURCE_DIR) + "/configs/default.ini";
+  const Result r = plan({"--hardware", "h100-sxm", "--ranks", "8", "--config", cfg});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("N=16384"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("mask causal"), std::string::npos) << r.out;
+}
+
+TEST_F(PlanCli, ShippedProfilesPlan) {
+  for (const std::string hw : {"h100-sxm", "a100", "h200", "cpu-2core"}) {
+    const bool cpu = hw == "cpu-2core";  // one node, threads of one process
+    const Result r =
+        plan({"--hardware", hw, cpu ? "--ranks-local" : "--ranks", "16", "--seq-len", "131072",
+              "--heads", "32", "--kv-heads", "8", "--dtype", "bf16", "--causal"});
+    ASSERT_EQ(r.rc, 0) << hw << ": " << r.err;
+    for (const char* s : {"predicted time", "transfer hidden", "memory (rank", "naive attention",
+                          "KV cache", "receive buffers"})
+      EXPECT_NE(r.out.find(s), std::string::npos) << hw << ": " << s << "\n" << r.out;
+  }
+}
+
+TEST_F(PlanCli, SourceDesignNumbersInTheJson) {
+  // d_model 512 = 32 heads of 16, GQA with 8 K/V heads, 1M (2^20) tokens, float32.
+  const Result r = plan({"--hardware", "h100-sxm", "--ranks", "64", "--seq-len", "1048576",
+                         "--heads", "32", "--kv-heads", "8", "--head-dim", "16", "--json"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const std::string s = lines_of(r.out).front();
+  EXPECT_EQ(json_number(s, "naive_score_bytes_per_head"), 4398046511104.0);  // 4 TiB
+  EXPECT_EQ(json_number(s, "flash_block_bytes_per_head"), 1073741824.0);     // 1 GiB
+  EXPECT_EQ(json_number(s, "kv_cache_values"), 1048576.0 * 256);             // N x 256
+}
+
+TEST_F(PlanCli, JsonHasOneSummaryThenRanksThenSteps) {
+  const std::string hw = write_profile("cpu.ini", kCpuProfile);
+  const Result r = plan({"--hardware", hw, "--ranks-local", "4", "--seq-len", "4096", "--heads",
+                         "2", "--causal", "--json", "--metrics", path("m.jsonl")});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto lines = lines_of(r.out);
+  ASSERT_EQ(lines.size(), 1u + 4u + 4u);  // zigzag causal: 4 steps
+  EXPECT_EQ(json_field(lines[0], "record"), "summary");
+  EXPECT_EQ(json_field(lines[0], "backend"), "local");
+  EXPECT_EQ(json_field(lines[0], "layout"), "zigzag");
+  EXPECT_EQ(json_number(lines[0], "steps"), 4);
+  for (int i = 1; i <= 4; ++i) EXPECT_EQ(json_field(lines[i], "record"), "rank");
+  for (int i = 5; i < 9; ++i) EXPECT_EQ(json_field(lines[i], "record"), "step");
+  // The link does not overlap: never hidden.
+  EXPECT_EQ(json_field(lines[0], "hidden"), "false");
+  EXPECT_EQ(json_number(lines[0], "min_tokens_hidden"), -1);
+  // --metrics gets the same records.
+  EXPECT_EQ(lines_of(test::slurp(path("m.jsonl"))), lines);
+}
+
+// What plan predicts for memory, steps, transfers and bytes is what run measures:
+// a plain causal ring, and a window with sinks (shared rows, direct transfers).
+class PlanVsRun : public PlanCli, public ::testing::WithParamInterface<std::vector<std::string>> {};
+
+// Each: --ranks-local P first, then the rest. Two threads on a small problem check the
+// kernel's thread cap on its workspace.
+INSTANTIATE_TEST_SUITE_P(
+    Problems, PlanVsRun,
+    ::testing::Values(
+        std::vector<std::string>{"--ranks-local", "3", "--seq-len", "1000", "--causal", "--threads",
+                                 "1"},
+        std::vector<std::string>{"--ranks-local", "4", "--seq-len", "2000", "--causal",
+                                 "--window-left", "200", "--sinks", "4", "--threads", "1"},
+        std::vector<std::string>{"--ranks-local", "1", "--seq-len", "100", "--threads", "2"}));
+
+TEST_P(PlanVsRun, MemoryStepsAndBytesMatch) {
+  const std::string hw = write_profile("cpu.ini", kCpuProfile);
+  std::vector<std::string> problem = {"--heads", "4", "--kv-heads", "2", "--head-dim", "64"};
+  problem.insert(problem.end(), GetParam().begin(), GetParam().end());
+  const int ranks = std::stoi(GetParam()[1]);
+  std::vector<std::string> pargs = {"--hardware", hw, "--json"};
+  pargs.insert(pargs.end(), problem.begin(), problem.end());
+  const Result p = plan(pargs);
+  ASSERT_EQ(p.rc, 0) << p.err;
+  std::vector<std::string> rargs = {"run", "--metrics", path("run.jsonl")};
+  rargs.insert(rargs.end(), problem.begin(), problem.end());
+  const Result r = run_binary(rargs);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  const auto planned = lines_of(p.out);
+  const auto measured = lines_of(test::slurp(path("run.jsonl")));
+  ASSERT_EQ(measured.size(), static_cast<std::size_t>(ranks + 1));  // ranks + summary
+  const std::string& sum = measured.back();
+  EXPECT_EQ(json_number(planned[0], "steps"), json_number(sum, "steps"));
+  EXPECT_EQ(json_field(planned[0], "transfer"), json_field(sum, "transfer"));
+  EXPECT_EQ(json_number(planned[0], "bytes_per_step"), json_number(sum, "bytes_per_step"));
+  EXPECT_NEAR(json_number(planned[0], "imbalance_scheduled"),
+              json_number(sum, "imbalance_scheduled"), 1e-9);
+  for (int rank = 0; rank < ranks; ++rank) {
+    const std::string& pr = planned[static_cast<std::size_t>(1 + rank)];
+    const std::string& mr = measured[static_cast<std::size_t>(rank)];
+    EXPECT_EQ(json_number(pr, "pairs"), json_number(mr, "pairs")) << rank;
+    EXPECT_EQ(json_number(pr, "memory_bytes"), json_number(mr, "peak_bytes")) << rank;
+  }
+}
+
+TEST_F(PlanCli, CalibrateWritesAProfilePlanReads) {
+  const Result c = run_binary({"calibrate", "--out", path("me.ini"), "--dtypes", "f32",
+                               "--head-dims", "64", "--seq-len", "256", "--heads", "1",
+                               "--max-message", "65536", "--repeats", "1", "--threads", "1"});
+  ASSERT_EQ(c.rc, 0) << c.err;
+  EXPECT_NE(c.out.find("GFLOP/s"), std::string::npos) << c.out;
+  EXPECT_TRUE(temporaries().empty());
+  const std::string text = test::slurp(path("me.ini"));
+  for (const char* s : {"[device]", "kind = cpu", "float32.d64", "[link.in-process]"})
+    EXPECT_NE(text.find(s), std::string::npos) << s << "\n" << text;
+  const Result p = plan({"--hardware", path("me.ini"), "--ranks-local", "2", "--seq-len", "2048",
+                         "--heads", "1", "--head-dim", "64"});
+  EXPECT_EQ(p.rc, 0) << p.err;
+}
+
+TEST_F(PlanCli, CalibrateBadInput) {
+  expect_usage_error(run_binary({"calibrate", "--out", path("x.ini"), "--head-dims", "7"}),
+                     "--head-dims");
+  expect_usage_error(run_binary({"calibrate"}), "--out");
+  const Result r = run_binary({"calibrate", "--out", path("no/such/dir/x.ini")});
+  expect_clean_failure(r, "no/such/dir", {});
+}
+
+TEST_F(PlanCli, BadHardwareIsOneLineAndExitTwo) {
+  expect_usage_error(plan({"--seq-len", "1024"}), "--hardware");
+  expect_usage_error(plan({"--hardware", "h9000"}), "unknown hardware profile 'h9000'");
+  expect_usage_error(plan({"--hardware", path("missing.ini")}), "missing.ini");
+  struct Bad {
+    std::string from, to, expect;
+  };
+  const std::vector<Bad> bad = {
+      {"[link.in-process]", "[link.in-process", "malformed section"},
+      {"kind = cpu", "kind = fpga", "expected gpu or cpu"},
+      {"memory-gib = 8\n", "", "missing key 'memory-gib'"},
+      {"bandwidth-gb-s = 3\n", "bandwidth-gb-s = -3\n", "positive number"},
+      {"float32.d64 = 100", "float32.d64 = lots", "got 'lots'"},
+      {"latency-us = 5", "latency = 5", "unknown key 'latency'"},
+      {"float32.d64", "fp99.d64", "<dtype>.d<head dim>"},
+  };
+  for (const Bad& b : bad) {
+    std::string text = kCpuProfile;
+    const auto at = text.find(b.from);
+    ASSERT_NE(at, std::string::npos) << b.from;
+    text.replace(at, b.from.size(), b.to);
+    const std::string f = write_profile("bad.ini", text);
+    const Result r = plan({"--hardware", f, "--ranks-local", "2"});
+    expect_usage_error(r, b.expect);
+    EXPECT_NE(r.err.find("option '--hardware'"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("bad.ini"), std::string::npos) << r.err;
+  }
+}
+
+TEST_F(PlanCli, BadRanksAndLinks) {
+  const std::string hw = write_profile("cpu.ini", kCpuProfile);
+  expect_usage_error(plan({"--hardware", hw, "--ranks", "0"}), "--ranks");
+  expect_usage_error(plan({"--hardware", hw, "--ranks", "2", "--ranks-local", "2"}),
+                     "--ranks-local");
+  expect_usage_error(plan({"--hardware", hw, "--ranks", "100000"}), "--ranks");
+  expect_usage_error(plan({"--hardware", hw, "--ranks-per-node", "-1"}), "--ranks-per-node");
+  // The profile has no inter-node link, and no bfloat16 rate.
+  expect_usage_error(plan({"--hardware", hw, "--ranks", "4", "--ranks-per-node", "2"}),
+                     "[link.inter-node]");
+  expect_usage_error(plan({"--hardware", hw, "--dtype", "bf16"}), "bfloat16");
+  // run's checks apply as they are.
+  expect_usage_error(plan({"--hardware", hw, "--heads", "6", "--kv-heads", "4"}), "--kv-heads");
+  expect_usage_error(plan({"--hardware", hw, "--head-dim", "12"}), "--head-dim");
+}
+
+}  // namespace
+}  // namespace ringattn
