@@ -1,4 +1,4 @@
-// Host-side planning of the CUDA kernel (see flash_plan.hpp). Built in every
+// Host-side planning of the CUDA kernel (flash_plan.hpp). Built in every
 // configuration, with or without CUDA, so its tests run everywhere.
 #include <fmt/format.h>
 
