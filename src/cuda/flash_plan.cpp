@@ -1,10 +1,11 @@
 // Host-side planning of the CUDA kernel (flash_plan.hpp). Built in every
 // configuration, with or without CUDA, so its tests run everywhere.
+#include "cuda/flash_plan.hpp"
+
 #include <fmt/format.h>
 
 #include <cmath>
 
-#include "cuda/flash_plan.hpp"
 #include "ringattn/error.hpp"
 
 namespace ringattn::cuda {
