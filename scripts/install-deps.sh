@@ -8,7 +8,7 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git
-  libboost-program-options-dev libfmt-dev libgtest-dev
+  libboost-program-options-dev libfmt-dev libgtest-dev googletest
   libopenmpi-dev openmpi-bin
   libopenblas-dev
   clang-format

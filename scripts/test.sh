@@ -4,6 +4,13 @@
 #   2. release build, warnings as errors, full ctest
 #   3. Debug -O1 build with AddressSanitizer + UBSan, full ctest
 #   4. a build without MPI (the single-process tool), its ctest
+#   5. the GPU path (preset cuda: nvcc for sm_80 and sm_90, NCCL), warnings as
+#      errors; its ctest runs the tests of the GPU path (host-side planning,
+#      NCCL helpers, pluggable local memory; GPU tests skip without a GPU) and
+#      the docker check. Its CPU code is the same sources and flags as the
+#      release build, whose ctest ran every other test already.
+#   6. the minimal build launch/gpu-check.sh uses on GPU machines (fmt and
+#      GoogleTest carried from --pack), host-side tests only here
 # Installs missing Debian packages first. Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,13 +20,18 @@ jobs=$(nproc)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
 echo "== format check"
-mapfile -t files < <(git ls-files 'src/*.cpp' 'src/*.hpp' 'include/*.hpp' 'tests/*.cpp' 'tests/*.hpp' 2>/dev/null || find src include tests -name '*.[ch]pp')
+mapfile -t files < <(git ls-files 'src/*.cpp' 'src/*.hpp' 'src/*.cu' 'src/*.cuh' 'include/*.hpp' 'tests/*.cpp' 'tests/*.hpp' 2>/dev/null || find src include tests -name '*.[ch]pp' -o -name '*.cu' -o -name '*.cuh')
 clang-format --dry-run -Werror "${files[@]}"
 
-for preset in release asan nompi; do
+for preset in release asan nompi cuda; do
   echo "== $preset: configure, build, test"
   cmake --preset "$preset" >/dev/null
   cmake --build --preset "$preset" -j "$jobs"
-  ctest --test-dir "build/$preset" --output-on-failure -j "$jobs" --timeout 900
+  only=()
+  [[ "$preset" == cuda ]] && only=(-R 'Cuda|Nccl|LocalMemory|dockerfiles')
+  ctest --test-dir "build/$preset" --output-on-failure -j "$jobs" --timeout 900 "${only[@]}"
 done
+echo "== gpu-check build (minimal configuration, no GPU here: GPU tests skip)"
+bash launch/gpu-check.sh --pack build/gpu-deps
+bash launch/gpu-check.sh --deps build/gpu-deps --arch 90 --no-gpu-ok --werror
 echo "== all tests passed"

@@ -88,10 +88,28 @@ class Communicator {
   }
 };
 
+// Where the in-process backend keeps point-to-point message bytes and how it
+// copies them between the ranks' buffers and that storage. The default is
+// host memory and memcpy; virtual ranks on one GPU use device memory and
+// device copies (ringattn/cuda.hpp: cuda_local_memory), so isend/irecv take
+// device pointers. Every copy is complete when `copy` returns. The byte
+// collectives (allgather(v), alltoallv) copy with it too, so they take
+// buffers of that memory (the ring gathers shared rows in engine buffers);
+// `copy` must also handle host-to-host (allreduce works on host values).
+struct LocalMemory {
+  std::string name;                               // "host", "cuda:0", ...
+  std::function<void*(std::size_t bytes)> alloc;  // storage for one message
+  std::function<void(void* p, std::size_t bytes)> release;
+  std::function<void(void* dst, const void* src, std::size_t bytes)> copy;
+};
+LocalMemory host_local_memory();
+
 // Runs fn(comm) on `ranks` virtual ranks, each in its own thread of this
 // process, sharing one in-process world. An exception thrown on any rank
 // aborts the world (the other ranks' blocking calls throw), and is rethrown
 // here (the first one, prefixed with its rank) once every thread has ended.
 void run_local(int ranks, const std::function<void(Communicator&)>& fn);
+// The same, with point-to-point messages in `memory`.
+void run_local(int ranks, const std::function<void(Communicator&)>& fn, const LocalMemory& memory);
 
 }  // namespace ringattn

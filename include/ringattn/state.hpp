@@ -21,6 +21,20 @@
 
 namespace ringattn {
 
+// The weights of merge(a, b) for rows with LSEs la and lb, both finite:
+// O = ca O_a + cb O_b, LSE = lse. (merge_row handles empty rows first; the GPU
+// merge uses the same function, so both compute the same floats.)
+struct MergeCoef {
+  float ca, cb, lse;
+};
+RINGATTN_HD inline MergeCoef merge_coefficients(float la, float lb) {
+  const float m = la > lb ? la : lb;
+  const float wa = expf(la - m);
+  const float wb = expf(lb - m);
+  const float s = wa + wb;
+  return {wa / s, wb / s, m + logf(s)};
+}
+
 // Merge the row (o_b, lse_b) into (o_a, *lse_a), d values each.
 RINGATTN_HD inline void merge_row(float* o_a, float* lse_a, const float* o_b, float lse_b,
                                   int64_t d) {
@@ -31,13 +45,9 @@ RINGATTN_HD inline void merge_row(float* o_a, float* lse_a, const float* o_b, fl
     *lse_a = lse_b;
     return;
   }
-  const float m = la > lse_b ? la : lse_b;
-  const float wa = expf(la - m);
-  const float wb = expf(lse_b - m);
-  const float s = wa + wb;
-  const float ca = wa / s, cb = wb / s;
-  for (int64_t i = 0; i < d; ++i) o_a[i] = ca * o_a[i] + cb * o_b[i];
-  *lse_a = m + logf(s);
+  const MergeCoef c = merge_coefficients(la, lse_b);
+  for (int64_t i = 0; i < d; ++i) o_a[i] = c.ca * o_a[i] + c.cb * o_b[i];
+  *lse_a = c.lse;
 }
 
 // A mutable view of a state [B, N, H, D] + [B, H, N] (both float32, row-major).

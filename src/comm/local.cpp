@@ -14,11 +14,13 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <exception>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "ringattn/comm.hpp"
@@ -53,15 +55,41 @@ namespace {
 
 constexpr auto kPoll = std::chrono::milliseconds(50);
 
+// One message's bytes in the world's LocalMemory.
+class Message {
+ public:
+  Message(const LocalMemory& mem, std::size_t bytes)
+      : mem_(&mem), bytes_(bytes), p_(bytes > 0 ? mem.alloc(bytes) : nullptr) {
+    if (bytes > 0 && p_ == nullptr)
+      throw Error(
+          fmt::format("local comm: out of {} memory for a {}-byte message", mem.name, bytes));
+  }
+  Message(Message&& o) noexcept : mem_(o.mem_), bytes_(o.bytes_), p_(o.p_) { o.p_ = nullptr; }
+  Message(const Message&) = delete;
+  Message& operator=(const Message&) = delete;
+  Message& operator=(Message&&) = delete;
+  ~Message() {
+    if (p_ != nullptr) mem_->release(p_, bytes_);
+  }
+  void* data() const { return p_; }
+  std::size_t size() const { return bytes_; }
+
+ private:
+  const LocalMemory* mem_;
+  std::size_t bytes_;
+  void* p_;
+};
+
 struct World {
-  explicit World(int n) : size(n), slots(static_cast<std::size_t>(n)) {}
+  World(int n, const LocalMemory& m) : size(n), memory(m), slots(static_cast<std::size_t>(n)) {}
   const int size;
+  const LocalMemory memory;
   std::mutex mu;
   std::condition_variable cv;
   bool aborted = false;
   std::string abort_message;
   // mailbox[(dst, src, tag)] = FIFO of messages
-  std::map<std::tuple<int, int, int>, std::deque<std::vector<char>>> mail;
+  std::map<std::tuple<int, int, int>, std::deque<Message>> mail;
   // barrier
   int arrived = 0;
   uint64_t generation = 0;
@@ -110,16 +138,26 @@ class LocalRecv final : public Request::Impl {
  public:
   LocalRecv(World& w, void* buf, std::size_t bytes, int me, int src, int tag)
       : w_(w), buf_(buf), bytes_(bytes), key_(me, src, tag) {}
+  // The message is taken under the world's lock and copied out after it is
+  // released: a device copy must not hold up the other ranks.
   void wait() override {
-    std::unique_lock<std::mutex> lk(w_.mu);
-    w_.wait_locked(lk, [&] { return ready_locked(); });
-    take_locked();
+    std::optional<Message> msg;
+    {
+      std::unique_lock<std::mutex> lk(w_.mu);
+      w_.wait_locked(lk, [&] { return ready_locked(); });
+      msg.emplace(take_locked());
+    }
+    deliver(*msg);
   }
   bool test() override {
-    std::unique_lock<std::mutex> lk(w_.mu);
-    w_.check_locked();
-    if (!ready_locked()) return false;
-    take_locked();
+    std::optional<Message> msg;
+    {
+      std::unique_lock<std::mutex> lk(w_.mu);
+      w_.check_locked();
+      if (!ready_locked()) return false;
+      msg.emplace(take_locked());
+    }
+    deliver(*msg);
     return true;
   }
 
@@ -128,15 +166,18 @@ class LocalRecv final : public Request::Impl {
     auto it = w_.mail.find(key_);
     return it != w_.mail.end() && !it->second.empty();
   }
-  void take_locked() {
+  Message take_locked() {
     auto& q = w_.mail[key_];
-    std::vector<char> msg = std::move(q.front());
+    Message msg = std::move(q.front());
     q.pop_front();
+    return msg;
+  }
+  void deliver(const Message& msg) {
     if (msg.size() != bytes_)
       throw Error(fmt::format("local comm: rank {} expected {} bytes from rank {} (tag {}), got {}",
                               std::get<0>(key_), bytes_, std::get<1>(key_), std::get<2>(key_),
                               msg.size()));
-    if (bytes_ > 0) std::memcpy(buf_, msg.data(), bytes_);
+    if (bytes_ > 0) w_.memory.copy(buf_, msg.data(), bytes_);
   }
   World& w_;
   void* buf_;
@@ -153,8 +194,8 @@ class LocalComm final : public Communicator {
 
   Request isend(const void* buf, std::size_t bytes, int dest, int tag) override {
     check_peer(dest, "isend");
-    std::vector<char> msg(bytes);
-    if (bytes > 0) std::memcpy(msg.data(), buf, bytes);
+    Message msg(w_.memory, bytes);
+    if (bytes > 0) w_.memory.copy(msg.data(), buf, bytes);
     std::lock_guard<std::mutex> lk(w_.mu);
     w_.check_locked();
     w_.mail[{dest, rank_, tag}].push_back(std::move(msg));
@@ -180,7 +221,7 @@ class LocalComm final : public Communicator {
     char* dst = static_cast<char*>(out);
     for (int r = 0; r < w_.size; ++r) {
       const std::size_t n = counts[static_cast<std::size_t>(r)];
-      if (n > 0) std::memcpy(dst, w_.slots[static_cast<std::size_t>(r)].data, n);
+      if (n > 0) w_.memory.copy(dst, w_.slots[static_cast<std::size_t>(r)].data, n);
       dst += n;
     }
     w_.barrier();
@@ -200,7 +241,7 @@ class LocalComm final : public Communicator {
             fmt::format("local comm: alltoallv: rank {} sends {} bytes to rank {}, which "
                         "expects {}",
                         r, n, rank_, recv_counts[static_cast<std::size_t>(r)]));
-      if (n > 0) std::memcpy(dst, static_cast<const char*>(s.data) + off, n);
+      if (n > 0) w_.memory.copy(dst, static_cast<const char*>(s.data) + off, n);
       dst += n;
     }
     w_.barrier();
@@ -247,9 +288,24 @@ class LocalComm final : public Communicator {
 
 }  // namespace
 
+LocalMemory host_local_memory() {
+  LocalMemory m;
+  m.name = "host";
+  m.alloc = [](std::size_t bytes) { return std::malloc(bytes); };
+  m.release = [](void* p, std::size_t) { std::free(p); };
+  m.copy = [](void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); };
+  return m;
+}
+
 void run_local(int ranks, const std::function<void(Communicator&)>& fn) {
+  run_local(ranks, fn, host_local_memory());
+}
+
+void run_local(int ranks, const std::function<void(Communicator&)>& fn, const LocalMemory& memory) {
   if (ranks < 1) throw Error(fmt::format("option '--ranks-local': expected >= 1, got {}", ranks));
-  World world(ranks);
+  if (!memory.alloc || !memory.release || !memory.copy)
+    throw Error(fmt::format("local comm: memory '{}' lacks alloc, release or copy", memory.name));
+  World world(ranks, memory);
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(ranks));
   std::vector<std::thread> threads;
   threads.reserve(static_cast<std::size_t>(ranks));
