@@ -390,6 +390,20 @@ class RunError : public Run {
   }
 };
 
+TEST_F(RunError, DeviceCudaNeedsHalfPrecisionAGpuAndAKnownHeadDim) {
+  expect_failure({"--device", "gpu"}, "'--device'");
+  expect_failure({"--device", "cuda", "--dtype", "float32", "--seq-len", "64"}, "'--device'");
+  expect_failure({"--device", "cuda", "--dtype", "bf16", "--head-dim", "80", "--seq-len", "64"},
+                 "'--device'");
+  // No GPU here (or no CUDA in this build): one line naming the option, nothing written.
+  const std::string err = expect_failure({"--device", "cuda", "--dtype", "bf16", "--head-dim", "64",
+                                          "--seq-len", "256", "--ranks-local", "2"},
+                                         "'--device'");
+  EXPECT_TRUE(err.find("no usable CUDA device") != std::string::npos ||
+              err.find("built without CUDA") != std::string::npos)
+      << err;
+}
+
 TEST_F(RunError, EmptySequence) {
   expect_failure({"--seq-len", "0"}, "'--seq-len'");
   write_files({1, 0, 2, 16}, {1, 8, 2, 16}, {1, 8, 2, 16});

@@ -14,6 +14,7 @@
 #include "cli/commands.hpp"
 #include "cli/options.hpp"
 #include "cli/run_config.hpp"
+#include "cli/run_device.hpp"
 #include "cli/run_rank.hpp"
 #include "ringattn/comm.hpp"
 #include "ringattn/comm_mpi.hpp"
@@ -80,7 +81,9 @@ int cmd_run(int argc, char** argv) {
     return kExitOk;
   }
   const RunConfig cfg = make_run_config(*opt);
-  run_local(backend.local_ranks, [&cfg](Communicator& comm) { run_rank(comm, cfg); });
+  run_local(
+      backend.local_ranks, [&cfg](Communicator& comm) { run_rank(comm, cfg); },
+      local_memory_for(cfg));
   return kExitOk;
 }
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "cli/harness.hpp"
+#include "cli/run_device.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/npy.hpp"
 
@@ -101,9 +102,9 @@ std::string RunConfig::config_text() const {
                                         : fmt::format("seed:{}", seed);
   return fmt::format(
       "shape:{};causal:{};mask:{};layout:{};scale:{};source:{};repeats:{};warmup:{};verify:{};"
-      "fail-rank:{};out:{};lse-out:{}",
+      "fail-rank:{};out:{};lse-out:{};device:{}",
       shape_text(), causal, masks.describe(), layout_name(layout), scale, source, repeats, warmup,
-      verify, fail_rank, !out_path.empty(), !lse_path.empty());
+      verify, fail_rank, !out_path.empty(), !lse_path.empty(), cuda ? "cuda" : "cpu");
 }
 
 CommandSpec run_spec() {
@@ -157,6 +158,10 @@ CommandSpec run_spec() {
       OptionSpec::number("scale", "", "softmax scale").positive().shown_default("1/sqrt(D)"),
       OptionSpec::choice("isa", "auto", {"auto", "avx512", "avx2", "generic"},
                          "kernel instruction set (auto: the best this CPU supports)"),
+      OptionSpec::choice("device", "cpu", {"cpu", "cuda"},
+                         "where each rank computes: cpu, or cuda (one GPU per MPI rank by "
+                         "node-local rank, K/V over NCCL; in-process ranks share GPU 0; "
+                         "float16/bfloat16, head dims 64, 128, 256)"),
       OptionSpec::integer("repeats", "1", "timed ring passes; the best one is reported").positive(),
       OptionSpec::integer("warmup", "0", "untimed ring passes before the timed ones")
           .non_negative(),
@@ -217,6 +222,8 @@ RunConfig make_run_config(const ParsedOptions& opt) {
   if (!c.from_files) c.seed = static_cast<uint64_t>(opt.integer("seed"));
   c.scale = opt.has("scale") ? static_cast<float>(opt.number("scale")) : 0.0f;
   c.isa = resolve_isa(opt.text("isa"));
+  c.cuda = opt.text("device") == "cuda";
+  check_device_options(c);
   c.threads = opt.threads();
   c.repeats = opt.integer_int("repeats");
   c.warmup = opt.integer_int("warmup");

@@ -55,6 +55,7 @@ struct RunConfig {
   int fail_rank = -1;      // testing: this rank throws after its first ring pass
   int threads = 0;         // kernel threads per rank; 0: automatic (see rank_threads)
   Isa isa = Isa::automatic;
+  bool cuda = false;         // --device cuda
   std::string command_line;  // `ringattn run ...` with every effective option
 
   Mask mask() const { return masks.build(nq, nk); }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cli/options.hpp"
+#include "cli/run_device.hpp"
 #include "cli/run_hash.hpp"
 #include "cli/run_inputs.hpp"
 #include "cli/run_output.hpp"
@@ -105,12 +106,13 @@ void run_job(Communicator& comm, const RunConfig& cfg) {
            "local O");
   Buffer lse(static_cast<std::size_t>(cfg.batch * cfg.hq * nq) * sizeof(float), "local LSE");
 
+  RankDevice device(comm, cfg, kopt);
   // Ring passes; the best timed one is the one whose slowest rank was fastest.
   RingMetrics best;
   double best_slowest = std::numeric_limits<double>::infinity();
   for (int pass = 0; pass < cfg.warmup + cfg.repeats; ++pass) {
     comm.barrier();
-    RingMetrics m = ring_attention(comm, schedule, p, o.as<float>(), lse.as<float>(), kopt);
+    RingMetrics m = device.pass(schedule, p, o.as<float>(), lse.as<float>());
     if (pass == 0 && rank == cfg.fail_rank) throw Error(kInjectedFailure);
     if (pass < cfg.warmup) continue;
     const double slowest = comm.allreduce_one(m.total_s, ReduceOp::max);
@@ -119,6 +121,7 @@ void run_job(Communicator& comm, const RunConfig& cfg) {
       best = std::move(m);
     }
   }
+  device.finish(o.as<float>(), lse.as<float>());
   const RankStats mine = rank_stats(best, rank, nq, kvl.tokens(rank), threads, memory_peak_thread(),
                                     full_ring_bytes(cfg, kvl, rank));
   std::vector<RankStats> stats(static_cast<std::size_t>(np));
@@ -145,7 +148,7 @@ void run_job(Communicator& comm, const RunConfig& cfg) {
   report.cfg = &cfg;
   report.ranks = np;
   report.backend = comm.backend();
-  report.isa = effective_isa_name(cfg.isa);
+  report.isa = cfg.cuda ? device.name() : effective_isa_name(cfg.isa);
   report.flops = global_flops(cfg);
   report.sched_imbalance = schedule.imbalance();
   report.transfer = schedule.transfer == Transfer::direct ? "direct" : "ring";
