@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "cli_fixture.hpp"
+#include "output_check.hpp"
 #include "ringattn/npy.hpp"
 #include "ringattn/reference.hpp"
 #include "util.hpp"
@@ -76,41 +77,10 @@ TEST_P(AttendCase, MatchesReference) {
   EXPECT_NE(r.out.find("GFLOP/s"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("verified vs float64"), std::string::npos) << r.out;
 
-  const Tensor o = read_npy(path("o.npy"));
-  const Tensor lse = read_npy(path("lse.npy"));
-  EXPECT_EQ(o.dtype, c.dtype);
-  EXPECT_EQ(o.shape, q.shape);
-  EXPECT_EQ(lse.dtype, DType::f32);
-  const std::vector<int64_t> lse_shape =
-      c.batched ? std::vector<int64_t>{c.b, c.hq, c.nq} : std::vector<int64_t>{c.hq, c.nq};
-  EXPECT_EQ(lse.shape, lse_shape);
-
-  AttentionArgs a;
-  a.batch = c.b, a.nq = c.nq, a.nk = c.nk, a.hq = c.hq, a.hkv = c.hkv, a.head_dim = c.d;
-  a.dtype = c.dtype, a.q = q.data.data(), a.k = k.data.data(), a.v = v.data.data();
-  a.scale = c.scale;
-  a.mask = c.causal ? Mask::causal(c.nk - c.nq) : Mask::none();
-  const ReferenceResult ref = reference_attention(a);
-
-  std::vector<float> o32(static_cast<std::size_t>(o.numel()));
-  for (int64_t i = 0; i < o.numel(); ++i) o32[static_cast<std::size_t>(i)] = o.get(i);
-  if (c.dtype == DType::f32) {
-    const ErrorStats e = compare_to_reference(a, o32.data(), lse.as<float>(), ref);
-    EXPECT_LE(e.o_rel_fro, 1e-5);
-    EXPECT_LE(e.lse_max_abs, 1e-4);
-    EXPECT_EQ(e.lse_mismatch, 0);
-  } else {
-    // Each element is the float32 result rounded once to the 16-bit type.
-    const double ulp = c.dtype == DType::f16 ? std::ldexp(1.0, -10) : std::ldexp(1.0, -7);
-    for (std::size_t i = 0; i < o32.size(); ++i)
-      ASSERT_LE(std::abs(o32[i] - ref.o[i]), ulp * std::abs(ref.o[i]) + 1e-5) << "element " << i;
-    for (std::size_t i = 0; i < ref.lse.size(); ++i)
-      ASSERT_NEAR(lse.as<float>()[i], ref.lse[i], 1e-4) << "row " << i;
-  }
-  for (std::size_t i = 0; i < ref.lse.size(); ++i)  // empty rows agree too
-    if (std::isinf(ref.lse[i])) {
-      EXPECT_TRUE(std::isinf(lse.as<float>()[i]) && lse.as<float>()[i] < 0) << "row " << i;
-    }
+  test::FileProblem fp;
+  fp.dtype = c.dtype, fp.batched = c.batched, fp.b = c.b, fp.nq = c.nq, fp.nk = c.nk;
+  fp.hq = c.hq, fp.hkv = c.hkv, fp.d = c.d, fp.causal = c.causal, fp.scale = c.scale;
+  test::expect_outputs_match_reference(fp, q, k, v, path("o.npy"), path("lse.npy"));
 }
 
 INSTANTIATE_TEST_SUITE_P(
