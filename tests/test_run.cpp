@@ -426,9 +426,10 @@ TEST_F(RunError, UnwritableOutput) {
 TEST_F(RunError, FailingRankEndsTheJobQuickly) {
   const Result r = run({"--ranks-local", "4", "--fail-rank", "2", "--seq-len", "4000", "--heads",
                         "4", "--head-dim", "64", "--out", path("o.npy"), "--lse-out",
-                        path("lse.npy"), "--threads", "1"});
+                        path("lse.npy"), "--metrics", path("m.jsonl"), "--threads", "1"});
   EXPECT_NE(r.rc, 0);
   EXPECT_LT(r.seconds, kFailLimitS);
+  EXPECT_FALSE(fs::exists(path("m.jsonl")));  // metrics are written once a run succeeded
   EXPECT_NE(r.err.find("rank 2"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("injected failure"), std::string::npos) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
@@ -437,8 +438,6 @@ TEST_F(RunError, FailingRankEndsTheJobQuickly) {
   EXPECT_TRUE(temporaries().empty());
 }
 
-// What MPI does to the surviving ranks when one aborts: SIGTERM. The handler removes the
-// temporaries (no destructor runs) and exits with 128 + SIGTERM.
 // Starts `ringattn run ARGS...` in a child process (output discarded).
 pid_t spawn_run(const std::string& bin, std::vector<std::string> args) {
   args.insert(args.begin(), {bin, "run"});
@@ -456,6 +455,8 @@ pid_t spawn_run(const std::string& bin, std::vector<std::string> args) {
   return pid;
 }
 
+// What MPI does to the surviving ranks when one aborts: SIGTERM. The handler removes the
+// temporaries (no destructor runs) and exits with 128 + SIGTERM.
 TEST_F(Run, SigtermRemovesTemporaryOutputs) {
   // The output temporaries exist from the end of the ring pass until commit;
   // --verify's single-rank kernel runs in that window (seconds at this size),

@@ -1,6 +1,8 @@
 #include "cli/metrics.hpp"
 
 #include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cmath>
@@ -79,6 +81,14 @@ MetricsFile::MetricsFile(const std::string& path) : path_(path) {
   if (f_ == nullptr)
     throw Error(fmt::format("option '--metrics': cannot open '{}' for appending ({})", path,
                             std::strerror(errno)));
+}
+
+void MetricsFile::check_writable(const std::string& path) {
+  if (path.empty()) return;
+  struct stat st {};
+  const bool existed = ::stat(path.c_str(), &st) == 0;
+  { const MetricsFile probe(path); }
+  if (!existed) ::unlink(path.c_str());
 }
 
 MetricsFile::~MetricsFile() {

@@ -29,6 +29,9 @@ class JsonObject {
 class MetricsFile {
  public:
   explicit MetricsFile(const std::string& path);
+  // Throws the constructor's Error if `path` cannot be appended to; leaves no
+  // file behind that was not there before.
+  static void check_writable(const std::string& path);
   ~MetricsFile();
   MetricsFile(const MetricsFile&) = delete;
   MetricsFile& operator=(const MetricsFile&) = delete;

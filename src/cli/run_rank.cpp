@@ -88,11 +88,10 @@ void run_job(Communicator& comm, const RunConfig& cfg) {
   const Layout ql(cfg.layout, cfg.nq, np), kvl(cfg.layout, cfg.nk, np);
   const RingSchedule schedule = make_ring_schedule(ql, kvl, cfg.mask());
   std::optional<RunOutputs> outputs;
-  std::optional<MetricsFile> metrics;
   if (rank == 0) {
     warn_empty_ranks(cfg, ql, kvl);
     RunOutputs::check_writable(cfg);  // before any compute: an unwritable path fails fast
-    metrics.emplace(cfg.metrics_path);
+    MetricsFile::check_writable(cfg.metrics_path);  // opened (appended to) once the run succeeded
   }
 
   const RankInputs in = load_rank_inputs(cfg, ql, kvl, rank);
@@ -192,7 +191,8 @@ void run_job(Communicator& comm, const RunConfig& cfg) {
   }
   outputs->commit();
   print_report(report);
-  write_metrics(*metrics, report);
+  MetricsFile metrics(cfg.metrics_path);
+  write_metrics(metrics, report);
 }
 
 }  // namespace
