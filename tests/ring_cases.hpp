@@ -79,9 +79,8 @@ inline RingCheck run_ring_case(Communicator& comm, const RingCase& c) {
   const Tensor q = slice_tokens(g.q, ql, r), k = slice_tokens(g.k, kl, r),
                v = slice_tokens(g.v, kl, r);
 
-  RingProblem rp;
-  rp.batch = c.b, rp.hq = c.hq, rp.hkv = c.hkv, rp.head_dim = c.d, rp.dtype = DType::f32;
-  rp.mask = g.args.mask, rp.q_layout = &ql, rp.kv_layout = &kl;
+  RingProblem rp(g.args);  // the global problem
+  rp.q_layout = &ql, rp.kv_layout = &kl;
   rp.q = q.data.data(), rp.k = k.data.data(), rp.v = v.data.data();
   const int64_t nl = ql.tokens(r);
   std::vector<float> o(static_cast<std::size_t>(c.b * nl * c.hq * c.d)),

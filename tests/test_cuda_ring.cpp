@@ -166,9 +166,8 @@ RingRun ring_attention_on_gpu(const test::Problem& g, int ranks, LayoutKind kind
             eng->alloc(std::max<std::size_t>(static_cast<std::size_t>(nl * hq * d) * 4, 4), "o");
         auto sl =
             eng->alloc(std::max<std::size_t>(static_cast<std::size_t>(hq * nl) * 4, 4), "lse");
-        RingProblem rp;
-        rp.batch = 1, rp.hq = hq, rp.hkv = ga.hkv, rp.head_dim = d, rp.dtype = ga.dtype;
-        rp.mask = ga.mask, rp.q_layout = &ql, rp.kv_layout = &kl;
+        RingProblem rp(ga);  // the global problem
+        rp.q_layout = &ql, rp.kv_layout = &kl;
         rp.q = dq->data(), rp.k = dk->data(), rp.v = dv->data();
         eng->sync();
         comm.barrier();

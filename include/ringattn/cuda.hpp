@@ -7,10 +7,10 @@
 // (cuda_built() false) they throw Error saying so, and cuda_device_count()
 // returns 0 with the reason.
 //
-// Kernel contract: the CPU kernel's (kernel.hpp), with q, k, v [B, N, H, D]
-// in float16 or bfloat16 (float32 accumulation), head dims 64, 128 and 256,
-// GQA/MQA, the full Mask in global positions, LSE float32 natural log, empty
-// rows O = 0 and LSE = -inf. q, k, v must be 16-byte aligned.
+// Kernel contract: the CPU kernel's (kernel.hpp, on attention.hpp's problem),
+// with q, k, v [B, N, H, D] in float16 or bfloat16 (float32 accumulation), head
+// dims 64, 128 and 256, GQA/MQA, the full Mask in global positions, LSE float32
+// natural log, empty rows O = 0 and LSE = -inf. q, k, v must be 16-byte aligned.
 #pragma once
 
 #include <cstddef>
@@ -18,8 +18,8 @@
 #include <memory>
 #include <string>
 
+#include "ringattn/attention.hpp"
 #include "ringattn/comm.hpp"
-#include "ringattn/kernel.hpp"
 #include "ringattn/ring_engine.hpp"
 #include "ringattn/state.hpp"
 

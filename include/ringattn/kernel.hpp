@@ -16,22 +16,9 @@
 #include <cstdint>
 #include <string>
 
-#include "ringattn/dtype.hpp"
-#include "ringattn/mask.hpp"
+#include "ringattn/attention.hpp"
 
 namespace ringattn {
-
-struct AttentionArgs {
-  int64_t batch = 1, nq = 0, nk = 0, hq = 1, hkv = 1, head_dim = 0;
-  DType dtype = DType::f32;
-  const void* q = nullptr;
-  const void* k = nullptr;
-  const void* v = nullptr;
-  float scale = 0.0f;  // softmax scale; 0 means 1/sqrt(head_dim)
-  Mask mask;           // in global positions
-  Positions qpos;      // global positions of the queries
-  Positions kpos;      // global positions of the keys
-};
 
 enum class Isa : uint8_t { automatic, avx512, avx2, generic };
 
@@ -40,25 +27,21 @@ struct KernelOptions {
   Isa isa = Isa::automatic;  // automatic: best the CPU supports
 };
 
-// Counters of one call: what the mask let the kernel skip.
-struct KernelStats {
-  int64_t tiles_total = 0;     // (query block, key tile) pairs over all heads
-  int64_t tiles_computed = 0;  // of which not skipped as empty
-  int64_t tiles_partial = 0;   // of which needed an element mask
-};
-
-// Checks the arguments (throws Error naming the bad field) and runs.
+// Checks the arguments (AttentionArgs::validate_args: FieldError naming the
+// field; an unsupported ISA is FieldError("isa")) and runs.
 KernelStats attention_forward(const AttentionArgs& args, float* o, float* lse,
                               const KernelOptions& opt = {});
 
 Isa best_isa();                       // what automatic resolves to on this CPU
 bool isa_supported(Isa isa);          // whether this CPU can run it
 std::string isa_name(Isa isa);        // "avx512", "avx2", "generic"
-Isa parse_isa(const std::string& s);  // inverse of isa_name plus "auto"; throws Error
+Isa parse_isa(const std::string& s);  // inverse of isa_name plus "auto"; FieldError("isa")
 
-// Exact FLOP count of the visible (query, key) pairs: 4 * D * Hq * B * pairs.
-double attention_flops(const AttentionArgs& args);
-// Number of visible (query, key) pairs for one (batch, head).
-int64_t visible_pairs(const Mask& mask, Positions qpos, int64_t nq, Positions kpos, int64_t nk);
+// Bytes of workspace one attention_forward call allocates for `nk` keys, at
+// most `rows` query rows and `group` query heads per K/V head, on `threads`
+// threads (capped at the task count, as the call does) with the ISA that
+// automatic picks: the packed float32 K/V of one head plus per-thread tiles.
+double kernel_workspace_bytes(int64_t nk, int64_t head_dim, int64_t rows, int64_t group,
+                              int threads);
 
 }  // namespace ringattn

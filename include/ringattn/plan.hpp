@@ -5,7 +5,7 @@
 // Steps, pairs, imbalance and who sends what to whom come from the real ring
 // schedule (make_ring_schedule over the layouts and the Mask: ring or direct
 // transfers, sinks and global tokens shared outside the rotation), so masks and
-// layouts are honoured exactly. FLOPs follow kernel.hpp: 4 B Hq D per visible pair. Memory
+// layouts are honoured exactly. FLOPs follow attention.hpp: 4 B Hq D per visible pair. Memory
 // follows ring.hpp: local Q, K, V (storage dtype), O and LSE (float32), min(2,
 // steps - 1) receive buffers of the largest K/V block, one query segment's
 // partial state, the gathered shared rows, and the kernel workspace (cpu: one
@@ -40,6 +40,7 @@
 #include <string>
 #include <vector>
 
+#include "ringattn/attention.hpp"
 #include "ringattn/dtype.hpp"
 #include "ringattn/hardware.hpp"
 #include "ringattn/layout.hpp"
@@ -72,10 +73,10 @@ enum class PlanLinks : uint8_t { network, in_process };  // MPI/NCCL ranks, or t
 // Hard cap on P: the planner evaluates the full P x P schedule.
 inline constexpr int kMaxPlanRanks = 2048;
 
-struct PlanInput {
-  int64_t batch = 1, nq = 0, nk = 0, hq = 1, hkv = 1, head_dim = 0;
-  DType dtype = DType::f32;
-  Mask mask;
+// The problem (ringattn/attention.hpp) and how it would run.
+struct PlanInput : AttentionProblem {
+  PlanInput() = default;
+  explicit PlanInput(const AttentionProblem& p) : AttentionProblem(p) {}
   LayoutKind layout = LayoutKind::contiguous;
   int ranks = 1;
   int ranks_per_node = 0;  // 0: min(P, devices per node)
@@ -143,8 +144,8 @@ struct Plan {
   bool fits = true;
 };
 
-// Throws Error naming the option (--ranks, --ranks-per-node, --hardware) when
-// the input cannot be planned (P too large, a link the ring needs is missing).
+// Throws FieldError naming the field (ranks, ranks_per_node, hardware, or a
+// problem field) when the input cannot be planned (P too large, a link the ring needs is missing).
 Plan make_plan(const PlanInput& in, const HardwareProfile& hw);
 
 // Smallest c >= 1 with a c^2 >= b c + L (see above); -1 when a <= 0.

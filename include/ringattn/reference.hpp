@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "ringattn/kernel.hpp"
+#include "ringattn/attention.hpp"
 
 namespace ringattn {
 

@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "ringattn/attention.hpp"
 #include "ringattn/comm.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/layout.hpp"
@@ -37,12 +38,11 @@
 
 namespace ringattn {
 
-// One rank's part of a problem.
-struct RingProblem {
-  int64_t batch = 1, hq = 1, hkv = 1, head_dim = 0;
-  DType dtype = DType::f32;
-  float scale = 0.0f;                 // 0: 1/sqrt(head_dim)
-  Mask mask;                          // in global positions
+// One rank's part of a problem: the global problem (nq, nk are the whole
+// sequences, the layouts' lengths), how it is split, and this rank's tensors.
+struct RingProblem : AttentionProblem {
+  RingProblem() = default;
+  explicit RingProblem(const AttentionProblem& p) : AttentionProblem(p) {}
   const Layout* q_layout = nullptr;   // the query sequence over all ranks
   const Layout* kv_layout = nullptr;  // the key/value sequence over all ranks
   // Local tensors, in the engine's memory space:

@@ -31,18 +31,7 @@ constexpr int64_t kBlockRows = 512;  // query rows per materialised score block
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 void check_args(const AttentionArgs& a) {
-  if (a.batch < 1 || a.nq < 0 || a.nk < 0 || a.hq < 1 || a.hkv < 1 || a.head_dim < 1)
-    throw Error(fmt::format(
-        "baseline: bad shape batch={} nq={} nk={} hq={} hkv={} head_dim={} (need batch, heads, "
-        "head_dim >= 1 and nq, nk >= 0)",
-        a.batch, a.nq, a.nk, a.hq, a.hkv, a.head_dim));
-  if (a.hq % a.hkv != 0)
-    throw Error(fmt::format("baseline: hq={} is not a multiple of hkv={}", a.hq, a.hkv));
-  if (a.qpos.stride < 1 || a.kpos.stride < 1)
-    throw Error(fmt::format("baseline: position strides must be >= 1 (qpos {}, kpos {})",
-                            a.qpos.stride, a.kpos.stride));
-  if ((a.nq > 0 && a.q == nullptr) || (a.nk > 0 && (a.k == nullptr || a.v == nullptr)))
-    throw Error("baseline: q, k or v is null");
+  a.validate_args(HeadDims::any);
   constexpr int64_t kIntMax = std::numeric_limits<int>::max();
   if (a.nk > kIntMax || a.hq * a.head_dim > kIntMax || a.hkv * a.head_dim > kIntMax)
     throw Error("baseline: dimensions exceed the BLAS integer range");

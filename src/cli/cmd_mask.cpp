@@ -15,14 +15,14 @@
 #include "cli/mask_options.hpp"
 #include "cli/mask_picture.hpp"
 #include "cli/options.hpp"
+#include "ringattn/attention.hpp"
 #include "ringattn/npy.hpp"  // AtomicFile
 
 namespace ringattn::cli {
 namespace {
 
 constexpr int64_t kMinWidth = 8;
-constexpr int64_t kMaxWidth = 4096;               // cells per side
-constexpr int64_t kMaxSeqLen = int64_t{1} << 40;  // positions stay far from kUnbounded
+constexpr int64_t kMaxWidth = 4096;  // cells per side
 constexpr int kMaxRanks = 4096;
 constexpr const char* kLayoutAuto = "auto";
 

@@ -125,11 +125,13 @@ int cmd_plan(int argc, char** argv) {
   Plan plan;
   try {
     plan = make_plan(in, hw);
-  } catch (const UsageError&) {
-    throw;
+  } catch (const FieldError& e) {
+    if (e.field() == "ranks" && opt->has("ranks-local"))
+      throw UsageError("option '--ranks-local': " + e.detail());
+    if (!option_for_field(e.field()).empty()) throw UsageError(option_message(e));
+    throw UsageError("option '--hardware': " + std::string(e.what()));
   } catch (const Error& e) {
-    const std::string m = e.what();
-    throw UsageError(m.rfind("option '", 0) == 0 ? m : "option '--hardware': " + m);
+    throw UsageError("option '--hardware': " + std::string(e.what()));
   }
 
   MetricsFile metrics(opt->metrics_path());

@@ -60,10 +60,6 @@ std::string ProblemShape::mask_str() const {
   return m.sparse() ? m.describe() : (causal ? "causal" : "full");
 }
 
-bool head_dim_supported(int64_t d) {
-  return d >= kMinHeadDim && d <= kMaxHeadDim && d % kHeadDimMultiple == 0;
-}
-
 void validate_shape_options(const ProblemShape& s) {
   if (!head_dim_supported(s.head_dim))
     throw UsageError(

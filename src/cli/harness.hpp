@@ -28,12 +28,6 @@ struct ProblemShape {
   std::string mask_str() const;  // "causal", "full", or the sparse description
 };
 
-// Head dims the kernel supports: multiples of kHeadDimMultiple in [kMinHeadDim, kMaxHeadDim].
-inline constexpr int64_t kMinHeadDim = 8;
-inline constexpr int64_t kMaxHeadDim = 256;
-inline constexpr int64_t kHeadDimMultiple = 8;
-bool head_dim_supported(int64_t d);
-
 // Checks sizes that came from options (--heads, --kv-heads, --head-dim); throws
 // UsageError naming the option.
 void validate_shape_options(const ProblemShape& shape);

@@ -16,6 +16,7 @@
 namespace {
 
 using namespace ringattn::cli;
+using ringattn::FieldError;
 
 // The build may pass the project version; keep the fallback in step with project() in
 // CMakeLists.txt.
@@ -102,6 +103,9 @@ int main(int argc, char** argv) {
   } catch (const UsageError& e) {
     report(e.what());
     return kExitUsage;
+  } catch (const FieldError& e) {  // a library field that an option set: a bad option value
+    report(option_message(e).c_str());
+    return option_for_field(e.field()).empty() ? kExitFailure : kExitUsage;
   } catch (const boost::program_options::error& e) {
     report(e.what());
     return kExitUsage;

@@ -511,6 +511,40 @@ std::string help_text(const CommandSpec& command) {
   return out;
 }
 
+std::string option_for_field(const std::string& field) {
+  static const std::map<std::string, std::string> kOptions = {
+      {"batch", "batch"},
+      {"nq", "seq-len"},
+      {"nk", "kv-seq-len"},
+      {"hq", "heads"},
+      {"hkv", "kv-heads"},
+      {"head_dim", "head-dim"},
+      {"dtype", "dtype"},
+      {"scale", "scale"},
+      {"isa", "isa"},
+      {"layout", "layout"},
+      {"ranks", "ranks"},
+      {"ranks_per_node", "ranks-per-node"},
+      {"hardware", "hardware"},
+      {"threads", "threads"},
+      {"device", "device"},
+      {"out", "out"},
+      {"lse_out", "lse-out"},
+      {"metrics", "metrics"},
+      {"verify", "verify"},
+      {"check_rows", "check-rows"},
+      {"fail_rank", "fail-rank"},
+      {"repeats", "repeats"},
+  };
+  const auto it = kOptions.find(field);
+  return it == kOptions.end() ? std::string() : it->second;
+}
+
+std::string option_message(const FieldError& e) {
+  const std::string option = option_for_field(e.field());
+  return option.empty() ? std::string(e.what()) : "option '--" + option + "': " + e.detail();
+}
+
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {
   std::string best;
   std::size_t best_d = std::numeric_limits<std::size_t>::max();

@@ -155,6 +155,23 @@ std::string help_text(const CommandSpec& spec);
 // count one), or "" when none is close enough to be a plausible typo.
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
 
+// The option that gives a library field (FieldError::field(), error.hpp):
+// "nq" -> "seq-len", "hkv" -> "kv-heads", "lse_out" -> "lse-out", ...; "" for a
+// field no option sets (an internal argument).
+std::string option_for_field(const std::string& field);
+// "option '--<option>': <detail>" for a field an option sets, else e.what().
+std::string option_message(const FieldError& e);
+// Runs `f`; a FieldError naming an option's field becomes a UsageError naming the option.
+template <class F>
+auto with_option_names(F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const FieldError& e) {
+    if (option_for_field(e.field()).empty()) throw;
+    throw UsageError(option_message(e));
+  }
+}
+
 // "'; did you mean '<x>'?" style suffix, or "" when nothing is close.
 std::string did_you_mean(const std::string& word, const std::vector<std::string>& candidates,
                          const std::string& prefix = "");

@@ -96,7 +96,8 @@ void run_job(Communicator& comm, const RunConfig& cfg) {
 
   const RankInputs in = load_rank_inputs(cfg, ql, kvl, rank);
   RingProblem p;
-  p.batch = cfg.batch, p.hq = cfg.hq, p.hkv = cfg.hkv, p.head_dim = cfg.head_dim;
+  p.batch = cfg.batch, p.nq = cfg.nq, p.nk = cfg.nk, p.hq = cfg.hq, p.hkv = cfg.hkv;
+  p.head_dim = cfg.head_dim;
   p.dtype = cfg.dtype, p.scale = cfg.scale, p.mask = cfg.mask();
   p.q_layout = &ql, p.kv_layout = &kvl;
   p.q = in.q.data.data(), p.k = in.k.data.data(), p.v = in.v.data.data();

@@ -302,7 +302,8 @@ void run_local(int ranks, const std::function<void(Communicator&)>& fn) {
 }
 
 void run_local(int ranks, const std::function<void(Communicator&)>& fn, const LocalMemory& memory) {
-  if (ranks < 1) throw Error(fmt::format("option '--ranks-local': expected >= 1, got {}", ranks));
+  if (ranks < 1)
+    throw FieldError("ranks", fmt::format("expected >= 1 in-process ranks, got {}", ranks));
   if (!memory.alloc || !memory.release || !memory.copy)
     throw Error(fmt::format("local comm: memory '{}' lacks alloc, release or copy", memory.name));
   World world(ranks, memory);

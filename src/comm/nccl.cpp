@@ -10,7 +10,7 @@
 #include <cstring>
 #include <vector>
 
-#include "cuda/launch.hpp"
+#include "cuda/check.hpp"
 #include "ringattn/comm_nccl.hpp"
 #include "ringattn/error.hpp"
 

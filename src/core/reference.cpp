@@ -26,21 +26,6 @@ namespace {
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
-void check_args(const AttentionArgs& a) {
-  if (a.batch < 1 || a.nq < 0 || a.nk < 0 || a.hq < 1 || a.hkv < 1 || a.head_dim < 1)
-    throw Error(fmt::format(
-        "reference: bad shape batch={} nq={} nk={} hq={} hkv={} head_dim={} (need batch, heads, "
-        "head_dim >= 1 and nq, nk >= 0)",
-        a.batch, a.nq, a.nk, a.hq, a.hkv, a.head_dim));
-  if (a.hq % a.hkv != 0)
-    throw Error(fmt::format("reference: hq={} is not a multiple of hkv={}", a.hq, a.hkv));
-  if (a.qpos.stride < 1 || a.kpos.stride < 1)
-    throw Error(fmt::format("reference: position strides must be >= 1 (qpos {}, kpos {})",
-                            a.qpos.stride, a.kpos.stride));
-  if ((a.nq > 0 && a.q == nullptr) || (a.nk > 0 && (a.k == nullptr || a.v == nullptr)))
-    throw Error("reference: q, k or v is null");
-}
-
 double softmax_scale(const AttentionArgs& a) {
   return a.scale != 0.0f ? static_cast<double>(a.scale)
                          : 1.0 / std::sqrt(static_cast<double>(a.head_dim));
@@ -119,7 +104,7 @@ void compute(const AttentionArgs& a, const std::vector<int64_t>& rows, double* o
 }
 
 ReferenceResult run(const AttentionArgs& a, const std::vector<int64_t>& rows) {
-  check_args(a);
+  a.validate_args(HeadDims::any);
   for (int64_t i : rows)
     if (i < 0 || i >= a.nq)
       throw Error(fmt::format("reference: row {} is out of range [0, {})", i, a.nq));
@@ -152,7 +137,7 @@ ReferenceResult reference_attention_rows(const AttentionArgs& args,
 // NaN in O also propagates into o_rel_fro and o_max_abs, so tolerances fail.
 ErrorStats compare_to_reference(const AttentionArgs& args, const float* o_f32, const float* lse_f32,
                                 const ReferenceResult& ref, const std::vector<int64_t>& rows) {
-  check_args(args);
+  args.validate_args(HeadDims::any);
   const int64_t B = args.batch, Nq = args.nq, Hq = args.hq, D = args.head_dim;
   std::vector<int64_t> sel = rows;
   if (sel.empty()) {

@@ -149,6 +149,7 @@ RingRow run_ring_row(int64_t n, int64_t d, double single_ms) {
         auto so = eng->alloc(nl * row * 4, "o"),
              sl = eng->alloc(static_cast<std::size_t>(h * nl) * 4, "lse");
         RingProblem p;
+        p.nq = p.nk = layout.length();
         p.hq = p.hkv = h, p.head_dim = d, p.dtype = DType::bf16;
         p.q_layout = p.kv_layout = &layout;
         p.q = dq->data(), p.k = dk->data(), p.v = dv->data();

@@ -15,7 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "ringattn/kernel.hpp"
+#include "ringattn/attention.hpp"
 
 namespace ringattn::cuda {
 

@@ -1,17 +1,15 @@
-// The launchers of the CUDA kernels (implemented in .cu files) and the CUDA
-// error check, for the host code of the GPU path. Plain C++; streams are
+// The launchers of the CUDA kernels (implemented in .cu files), for the host
+// code of the GPU path. Plain C++; streams are
 // cudaStream_t passed as void*. Every launcher throws Error naming the kernel
 // and the CUDA error string when a launch fails.
 #pragma once
 
+#include "cuda/check.hpp"
 #include "cuda/flash_plan.hpp"
 #include "ringattn/dtype.hpp"
 #include "ringattn/state.hpp"
 
 namespace ringattn::cuda {
-
-// Throws Error("cuda: <what>: <cudaGetErrorString> (<name>)") unless err == 0.
-void check(int err, const char* what);
 
 // The flash kernel for `cfg` (from flash_config) and dtype f16/bf16.
 void launch_flash(const FlashConfig& cfg, DType dtype, const FlashParams& p, const LaunchGrid& g,

@@ -13,6 +13,7 @@
 #include <set>
 #include <sstream>
 
+#include "ringattn/attention.hpp"
 #include "ringattn/error.hpp"
 
 namespace ringattn {
@@ -21,7 +22,6 @@ namespace {
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 constexpr double kGiga = 1e9;
 constexpr double kMicro = 1e-6;
-constexpr int64_t kMinHeadDim = 8, kMaxHeadDim = 256;
 constexpr int kMaxDevicesPerNode = 1 << 16;
 constexpr const char* kDevice = "device";
 constexpr const char* kKernel = "kernel-gflops";

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 
-#include "cpu/kernel_isa.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/schedule.hpp"
@@ -18,24 +17,12 @@ constexpr int kMaxRecvBuffers = 2;    // double buffering (ring.hpp)
 constexpr double kFloatBytes = 4.0;   // O, LSE, partial states and packed K/V are float32
 constexpr double kMergeAccesses = 3;  // merge_row reads O_a and O_b, writes O_a
 
-// The CPU kernel's per-call workspace for keys of one segment (kernel.cpp):
-// packed float32 K and V of one head, plus per-thread tiles.
-double cpu_workspace_bytes(int64_t nk_seg, int64_t head_dim, int threads) {
-  const cpu::IsaKernels& k = best_isa() == Isa::avx512 ? cpu::avx512_kernels()
-                             : best_isa() == Isa::avx2 ? cpu::avx2_kernels()
-                                                       : cpu::generic_kernels();
-  const int64_t dp = cpu::round_up(head_dim, k.lanes);
-  const int64_t nk_pad = std::max<int64_t>(cpu::round_up(nk_seg, k.panel), 1);
-  return kFloatBytes * double(2 * nk_pad * dp + k.workspace_floats(static_cast<int>(dp)) * threads);
-}
-
 const LinkSpec& require_link(const HardwareProfile& hw, const LinkSpec& l, const char* section,
                              const char* why) {
   if (!l.present)
-    throw Error(
-        fmt::format("option '--hardware': profile '{}' ({}) has no [link.{}] section, "
-                    "needed {}",
-                    hw.name, hw.source, section, why));
+    throw FieldError("hardware",
+                     fmt::format("profile '{}' ({}) has no [link.{}] section, needed {}", hw.name,
+                                 hw.source, section, why));
   return l;
 }
 
@@ -52,12 +39,12 @@ int64_t min_hiding_tokens(double a, double b, double latency_total) {
 
 Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
   if (in.ranks < 1 || in.ranks > kMaxPlanRanks)
-    throw Error(
-        fmt::format("option '--ranks': expected 1 to {} ranks (the planner evaluates the "
-                    "full P x P schedule), got {}",
-                    kMaxPlanRanks, in.ranks));
+    throw FieldError("ranks", fmt::format("expected 1 to {} ranks (the planner evaluates the full "
+                                          "P x P schedule), got {}",
+                                          kMaxPlanRanks, in.ranks));
   if (in.ranks_per_node < 0)
-    throw Error(fmt::format("option '--ranks-per-node': expected >= 0, got {}", in.ranks_per_node));
+    throw FieldError("ranks_per_node", fmt::format("expected >= 0, got {}", in.ranks_per_node));
+  in.validate();
   Plan p;
   p.in = in;
   const int np = in.ranks;
@@ -126,7 +113,7 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
   const SharedPart& sh = sch.shared;
   int64_t ring_pairs = 0;
   for (int r = 0; r < np; ++r) ring_pairs += sch.rank_pairs(r);
-  const int64_t all_pairs = visible_pairs(in.mask, {0, 1}, in.nq, {0, 1}, in.nk);
+  const int64_t all_pairs = in.pairs();
   const double shared_pairs = sh.on() ? double(std::max<int64_t>(all_pairs - ring_pairs, 0)) : 0;
   const auto chunk_tokens = [](const std::vector<Chunk>& v) {
     int64_t n = 0;
@@ -167,10 +154,9 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
     for (const Segment& s : ql.segments(r)) max_rows = std::max(max_rows, s.count);
     m.partial = double(max_rows) * hq * (d + 1) * kFloatBytes;
     m.shared = sh.on() ? shared_buffers : 0.0;
-    // The kernel runs at most one thread per task (query head of a group x block of rows).
-    const int64_t tasks = (in.hq / in.hkv) * ((max_rows + cpu::kBlockQ - 1) / cpu::kBlockQ);
-    const int kthreads = static_cast<int>(std::clamp<int64_t>(tasks, 1, p.threads));
-    m.workspace = cpu && rp.pairs > 0 ? cpu_workspace_bytes(max_kseg, in.head_dim, kthreads) : 0;
+    m.workspace = cpu && rp.pairs > 0 ? kernel_workspace_bytes(max_kseg, in.head_dim, max_rows,
+                                                               in.group(), p.threads)
+                                      : 0;
     p.max_rank_memory = std::max(p.max_rank_memory, m.total());
     p.total_flops += rp.flops;
     if (sh.on() && np > 1)

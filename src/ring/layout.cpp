@@ -23,8 +23,8 @@ std::string layout_name(LayoutKind k) {
 LayoutKind parse_layout(const std::string& s) {
   for (LayoutKind k : {LayoutKind::contiguous, LayoutKind::zigzag, LayoutKind::striped})
     if (s == layout_name(k)) return k;
-  throw Error(
-      fmt::format("option '--layout': expected contiguous, zigzag, striped or auto, got '{}'", s));
+  throw FieldError("layout",
+                   fmt::format("expected contiguous, zigzag, striped or auto, got '{}'", s));
 }
 
 Layout::Layout(LayoutKind kind, int64_t n, int ranks) : kind_(kind), n_(n), ranks_(ranks) {

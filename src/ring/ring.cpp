@@ -22,12 +22,6 @@ std::size_t block_bytes(const RingProblem& p, int rank) {
          dtype_size(p.dtype);
 }
 
-void add_stats(KernelStats& to, const KernelStats& s) {
-  to.tiles_total += s.tiles_total;
-  to.tiles_computed += s.tiles_computed;
-  to.tiles_partial += s.tiles_partial;
-}
-
 void check_problem(const Communicator& comm, const RingSchedule& sch, const RingProblem& p) {
   if (p.q_layout == nullptr || p.kv_layout == nullptr) throw Error("ring: layouts not set");
   if (p.q_layout->ranks() != comm.size() || p.kv_layout->ranks() != comm.size() ||
@@ -35,9 +29,10 @@ void check_problem(const Communicator& comm, const RingSchedule& sch, const Ring
     throw Error(
         fmt::format("ring: layouts/schedule are for {}/{}/{} ranks, the communicator has {}",
                     p.q_layout->ranks(), p.kv_layout->ranks(), sch.ranks, comm.size()));
-  if (p.hq < 1 || p.hkv < 1 || p.hq % p.hkv != 0)
-    throw Error(fmt::format("ring: query heads ({}) must be a multiple of key/value heads ({})",
-                            p.hq, p.hkv));
+  if (p.q_layout->length() != p.nq || p.kv_layout->length() != p.nk)
+    throw Error(fmt::format("ring: layouts of {}/{} tokens for a problem of Nq={} Nk={}",
+                            p.q_layout->length(), p.kv_layout->length(), p.nq, p.nk));
+  p.validate();
 }
 
 }  // namespace
@@ -119,9 +114,7 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
       const Segment& qs = p.q_layout->segments(r)[static_cast<std::size_t>(w.q_seg)];
       const Segment& ks = p.kv_layout->segments(st.source)[static_cast<std::size_t>(w.k_seg)];
       for (int64_t b = 0; b < p.batch; ++b) {
-        AttentionArgs a;
-        a.batch = 1, a.nq = qs.count, a.nk = ks.count, a.hq = p.hq, a.hkv = p.hkv, a.head_dim = d;
-        a.dtype = p.dtype, a.scale = p.scale, a.mask = sch.ring_mask;
+        AttentionArgs a = AttentionArgs::block(p, qs.count, ks.count, sch.ring_mask);
         a.qpos = qs.positions(), a.kpos = ks.positions();
         a.q = static_cast<const char*>(p.q) +
               static_cast<std::size_t>((b * nq + qs.local_offset) * p.hq * d) * esz;
@@ -129,10 +122,10 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
             static_cast<std::size_t>((b * nk_src + ks.local_offset) * p.hkv * d) * esz;
         a.k = held_k + k_off;
         a.v = held_v + k_off;
-        add_stats(m.tiles, eng.attend_merge(a, acc, b, qs.local_offset, *work));
+        m.tiles += eng.attend_merge(a, acc, b, qs.local_offset, *work);
       }
     }
-    if (s == 0 && shared) add_stats(m.tiles, shared->compute(acc, *work));
+    if (s == 0 && shared) m.tiles += shared->compute(acc, *work);
     m.compute_s += since(t0);
     m.pairs += st.pairs;
     m.computed_steps += !st.work.empty();

@@ -104,16 +104,9 @@ KernelStats SharedRows::compute(const StateView& acc, EngineBuffer& work) {
   const int np = comm_.size(), r = comm_.rank();
   const int64_t d = p_.head_dim, nq = p_.q_layout->tokens(r), nk = p_.kv_layout->tokens(r);
   KernelStats total;
-  auto add = [&](const KernelStats& s) {
-    total.tiles_total += s.tiles_total;
-    total.tiles_computed += s.tiles_computed;
-    total.tiles_partial += s.tiles_partial;
-  };
+  auto add = [&](const KernelStats& s) { total += s; };
   auto args = [&](int64_t nqa, int64_t nka, const Mask& mask) {
-    AttentionArgs a;
-    a.batch = 1, a.nq = nqa, a.nk = nka, a.hq = p_.hq, a.hkv = p_.hkv, a.head_dim = d;
-    a.dtype = p_.dtype, a.scale = p_.scale, a.mask = mask;
-    return a;
+    return AttentionArgs::block(p_, nqa, nka, mask);
   };
 
   // Local queries x shared keys, with the whole mask.

@@ -4,8 +4,8 @@
 
 #include <algorithm>
 
+#include "ringattn/attention.hpp"
 #include "ringattn/error.hpp"
-#include "ringattn/kernel.hpp"
 
 namespace ringattn {
 

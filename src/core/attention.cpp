@@ -1,0 +1,145 @@
+#include "ringattn/attention.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "ringattn/error.hpp"
+
+namespace ringattn {
+
+bool head_dim_supported(int64_t d) {
+  return d >= kMinHeadDim && d <= kMaxHeadDim && d % kHeadDimMultiple == 0;
+}
+
+std::string head_dim_expected() {
+  return fmt::format("a multiple of {} in [{}, {}]", kHeadDimMultiple, kMinHeadDim, kMaxHeadDim);
+}
+
+void AttentionProblem::validate(HeadDims dims) const {
+  if (batch < 1) throw FieldError("batch", fmt::format("expected >= 1, got {}", batch));
+  if (nq < 0 || nq > kMaxSeqLen)
+    throw FieldError("nq", fmt::format("expected 0 to {} tokens, got {}", kMaxSeqLen, nq));
+  if (nk < 0 || nk > kMaxSeqLen)
+    throw FieldError("nk", fmt::format("expected 0 to {} tokens, got {}", kMaxSeqLen, nk));
+  if (hq < 1) throw FieldError("hq", fmt::format("expected >= 1 query heads, got {}", hq));
+  if (hkv < 1 || hq % hkv != 0)
+    throw FieldError("hkv", fmt::format("expected a divisor of the {} query heads (Hq % Hkv == 0), "
+                                        "got {}",
+                                        hq, hkv));
+  if (dims == HeadDims::kernel ? !head_dim_supported(head_dim) : head_dim < 1)
+    throw FieldError(
+        "head_dim", fmt::format("expected {}, got {}",
+                                dims == HeadDims::kernel ? head_dim_expected() : ">= 1", head_dim));
+  if (!(scale >= 0.0f) || !std::isfinite(scale))
+    throw FieldError("scale",
+                     fmt::format("expected a finite number >= 0 (0: 1/sqrt(D)), got {}", scale));
+}
+
+void AttentionArgs::validate_args(HeadDims dims) const {
+  validate(dims);
+  if (qpos.stride < 1 || kpos.stride < 1)
+    throw FieldError("positions",
+                     fmt::format("strides must be >= 1, got {} (queries) and {} (keys)",
+                                 qpos.stride, kpos.stride));
+  if ((nq > 0 && q == nullptr) || (nk > 0 && (k == nullptr || v == nullptr)))
+    throw FieldError("data", "q, k or v is null");
+}
+
+float AttentionProblem::softmax_scale() const {
+  return scale > 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
+}
+
+int64_t AttentionProblem::pairs() const {
+  return visible_pairs(mask, {0, 1}, nq, {0, 1}, nk);
+}
+
+double AttentionProblem::flops() const {
+  return attention_flops(*this, pairs());
+}
+
+std::string AttentionProblem::shape_str() const {
+  return fmt::format("B={} Nq={} Nk={} Hq={} Hkv={} D={} {}", batch, nq, nk, hq, hkv, head_dim,
+                     dtype_name(dtype));
+}
+
+double attention_flops(const AttentionProblem& p, int64_t pairs) {
+  return 4.0 * double(p.head_dim) * double(p.hq) * double(p.batch) * double(pairs);
+}
+
+double attention_flops(const AttentionArgs& a) {
+  return attention_flops(a, a.block_pairs());
+}
+
+namespace {
+
+// Keys of the block (local indices) in the skipped key ranges that the mask
+// without skips lets query qp see; each key counted once even where ranges overlap.
+int64_t skipped_visible_keys(const Mask& base, const Mask& mask, int64_t qp, Positions kpos,
+                             int64_t nk) {
+  int64_t n = 0;
+  for (int r = 0; r < mask.n_skip_k; ++r) {
+    const PosRange& s = mask.skip_k[r];
+    const int64_t j0 = std::max<int64_t>(0, ceil_div(s.begin - kpos.start, kpos.stride));
+    const int64_t j1 = std::min(nk, ceil_div(s.end - kpos.start, kpos.stride));
+    for (int64_t j = j0; j < j1; ++j) {
+      bool earlier = false;
+      for (int e = 0; e < r && !earlier; ++e) earlier = mask.skip_k[e].contains(kpos.at(j));
+      n += !earlier && base.allows(qp, kpos.at(j));
+    }
+  }
+  return n;
+}
+
+}  // namespace
+
+int64_t visible_pairs(const Mask& mask, Positions qpos, int64_t nq, Positions kpos, int64_t nk) {
+  if (nk == 0) return 0;
+  if (mask.has_skips()) {
+    // The pairs of the mask without skips, less those a skipped range removes:
+    // no per-element scan beyond the (few) skipped keys.
+    Mask base = mask;
+    base.n_skip_q = base.n_skip_k = 0;
+    int64_t n = 0;
+    for (int64_t i = 0; i < nq; ++i) {
+      const int64_t qp = qpos.at(i);
+      bool skipped_q = false;
+      for (int r = 0; r < mask.n_skip_q && !skipped_q; ++r) skipped_q = mask.skip_q[r].contains(qp);
+      if (skipped_q) continue;
+      n += visible_pairs(base, qpos.from(i), 1, kpos, nk) -
+           skipped_visible_keys(base, mask, qp, kpos, nk);
+    }
+    return n;
+  }
+  if (mask.is_none()) return nq * nk;
+  constexpr int kMaxRanges = 4 + 2 * kMaxGlobalRanges + kMaxRandomBlocks;
+  int64_t n = 0;
+  for (int64_t i = 0; i < nq; ++i) {
+    const int64_t qp = qpos.at(i);
+    int64_t b[kMaxRanges], e[kMaxRanges];
+    bool elementwise = false;
+    const int nr = mask.key_ranges(qp, kpos, nk, b, e, kMaxRanges, &elementwise);
+    if (elementwise) {
+      for (int64_t j = 0; j < nk; ++j) n += mask.allows(qp, kpos.at(j));
+      continue;
+    }
+    // Size of the union of the ranges: sort by begin, then sweep.
+    std::sort(b, b + nr);  // only the multiset of begins and ends matters for a sweep
+    std::sort(e, e + nr);
+    int64_t covered = 0, open = 0, since = 0;
+    for (int x = 0, y = 0; x < nr || y < nr;) {
+      if (x < nr && b[x] < e[y]) {
+        if (open++ == 0) since = b[x];
+        ++x;
+      } else {
+        if (--open == 0) covered += e[y] - since;
+        ++y;
+      }
+    }
+    n += covered;
+  }
+  return n;
+}
+
+}  // namespace ringattn
