@@ -14,6 +14,7 @@
 
 #include "gpu_util.hpp"
 #include "ring_cases.hpp"
+#include "ringattn/rank_device.hpp"
 #include "ringattn/reference.hpp"
 #include "ringattn/ring.hpp"
 
@@ -150,32 +151,21 @@ RingRun ring_attention_on_gpu(const test::Problem& g, int ranks, LayoutKind kind
       ranks,
       [&](Communicator& comm) {
         const int r = comm.rank();
-        auto eng = make_cuda_engine(0);
+        // The job's device set-up: the CUDA engine on GPU 0, inputs uploaded once.
+        RankDevice dev(comm, Device::cuda, {});
         const Layout ql(kind, n, ranks), kl(kind, n, ranks);
         const RingSchedule sch = make_ring_schedule(ql, kl, ga.mask);
         const Tensor q = test::slice_tokens(g.q, ql, r), k = test::slice_tokens(g.k, kl, r),
                      v = test::slice_tokens(g.v, kl, r);
-        auto up = [&](const Tensor& t, const char* what) {
-          auto b = eng->alloc(std::max<std::size_t>(t.bytes(), 1), what);
-          eng->from_host(b->data(), t.data.data(), t.bytes());
-          return b;
-        };
-        auto dq = up(q, "q"), dk = up(k, "k"), dv = up(v, "v");
         const int64_t nl = ql.tokens(r);
-        auto so =
-            eng->alloc(std::max<std::size_t>(static_cast<std::size_t>(nl * hq * d) * 4, 4), "o");
-        auto sl =
-            eng->alloc(std::max<std::size_t>(static_cast<std::size_t>(hq * nl) * 4, 4), "lse");
-        RingProblem rp(ga);  // the global problem
+        RingProblem rp(ga);  // the global problem, this rank's host tensors
         rp.q_layout = &ql, rp.kv_layout = &kl;
-        rp.q = dq->data(), rp.k = dk->data(), rp.v = dv->data();
-        eng->sync();
-        comm.barrier();
-        const RingMetrics m = ring_attention(comm, *eng, sch, rp, so->as<float>(), sl->as<float>());
+        rp.q = q.data.data(), rp.k = k.data.data(), rp.v = v.data.data();
         std::vector<float> ho(static_cast<std::size_t>(nl * hq * d)),
             hl(static_cast<std::size_t>(hq * nl));
-        eng->to_host(ho.data(), so->data(), ho.size() * 4);
-        eng->to_host(hl.data(), sl->data(), hl.size() * 4);
+        comm.barrier();
+        const RingMetrics m = dev.pass(sch, rp, ho.data(), hl.data());
+        dev.finish(ho.data(), hl.data());
         std::lock_guard<std::mutex> lk(mu);
         out.seconds = std::max(out.seconds, m.total_s);
         for (const Segment& s : ql.segments(r))

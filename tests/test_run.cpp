@@ -22,9 +22,9 @@
 #include <thread>
 #include <vector>
 
-#include "cli/run_hash.hpp"
 #include "cli_fixture.hpp"
 #include "output_check.hpp"
+#include "ringattn/job.hpp"
 #include "ringattn/layout.hpp"
 #include "ringattn/npy.hpp"
 #include "ringattn/reference.hpp"
@@ -509,16 +509,16 @@ TEST_F(Run, OutputsDoNotExistDuringTheRing) {
 // ---- without the binary ----------------------------------------------------
 
 TEST(RunConfigHash, MismatchNamesTheRanksAndHashes) {
-  EXPECT_EQ(cli::config_mismatch({}), "");
-  EXPECT_EQ(cli::config_mismatch({42}), "");
-  EXPECT_EQ(cli::config_mismatch({7, 7, 7, 7}), "");
-  const std::string m = cli::config_mismatch({0x1234, 0x1234, 0xabcd, 0x99});
+  EXPECT_EQ(config_mismatch({}), "");
+  EXPECT_EQ(config_mismatch({42}), "");
+  EXPECT_EQ(config_mismatch({7, 7, 7, 7}), "");
+  const std::string m = config_mismatch({0x1234, 0x1234, 0xabcd, 0x99});
   EXPECT_NE(m.find("ranks disagree on the configuration (rank 0 hash 0000000000001234, rank 2 "
                    "hash 000000000000abcd)"),
             std::string::npos)
       << m;
-  EXPECT_NE(cli::config_hash("seq-len:4096"), cli::config_hash("seq-len:4097"));
-  EXPECT_EQ(cli::config_hash("x"), cli::config_hash("x"));
+  EXPECT_NE(config_hash("seq-len:4096"), config_hash("seq-len:4097"));
+  EXPECT_EQ(config_hash("x"), config_hash("x"));
 }
 
 TEST(Synth, CounterBasedStandardNormal) {

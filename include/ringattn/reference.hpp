@@ -39,4 +39,36 @@ struct ErrorStats {
 ErrorStats compare_to_reference(const AttentionArgs& args, const float* o_f32, const float* lse_f32,
                                 const ReferenceResult& ref, const std::vector<int64_t>& rows = {});
 
+// The one accumulator of errors that every check uses (compare_to_reference,
+// run's --verify and --check-rows, the demo and benchmarks): one (row, head)
+// at a time, in any order. A NaN anywhere fails: it makes o_max_abs and
+// o_rel_fro NaN and counts the row as an LSE mismatch; so does an LSE pair
+// that is neither both finite nor both -inf (an empty row on one side only).
+class ErrorAccumulator {
+ public:
+  // d values of O against the reference's, and the row's LSE pair.
+  void add_row(const float* o, const double* o_ref, int64_t d, double lse, double lse_ref);
+  void add_row(const float* o, const float* o_ref, int64_t d, double lse, double lse_ref);
+  ErrorStats stats() const;
+
+ private:
+  template <class T>
+  void add(const float* o, const T* o_ref, int64_t d, double lse, double lse_ref);
+  double err2_ = 0, ref2_ = 0;
+  bool nan_ = false;
+  ErrorStats st_;
+};
+
+// Accepted error of a float32 result against the float64 reference on the
+// same stored inputs (float32 accumulation). Looser for 16-bit storage only
+// to leave room for kernels that round P to the storage type before the P V
+// product, as GPU kernels do.
+struct Tolerance {
+  double o_rel_fro;    // relative Frobenius norm of the O error
+  double lse_max_abs;  // max |dLSE|, natural log
+};
+Tolerance tolerance_for(DType dtype);
+// Within tolerance, and no row where LSE is NaN or empty on one side only.
+bool within(const ErrorStats& e, const Tolerance& t);
+
 }  // namespace ringattn

@@ -113,9 +113,8 @@ int cmd_plan(int argc, char** argv) {
   const RunConfig cfg = make_problem_config(*opt);
   const HardwareProfile hw = load_profile(opt->text("hardware"));
 
-  PlanInput in;
-  in.batch = cfg.batch, in.nq = cfg.nq, in.nk = cfg.nk, in.hq = cfg.hq, in.hkv = cfg.hkv;
-  in.head_dim = cfg.head_dim, in.dtype = cfg.dtype, in.mask = cfg.mask(), in.layout = cfg.layout;
+  PlanInput in(cfg);  // the problem
+  in.layout = cfg.layout;
   in.links = opt->has("ranks-local") ? PlanLinks::in_process : PlanLinks::network;
   in.ranks = opt->has("ranks-local") ? opt->integer_int("ranks-local")
              : opt->has("ranks")     ? opt->integer_int("ranks")

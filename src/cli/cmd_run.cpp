@@ -3,8 +3,8 @@
 //   ringattn run --ranks-local 4 --seq-len 65536 --causal --verify     (threads of one process)
 //   mpirun -np 4 ringattn run --config configs/default.ini             (one rank per process)
 //
-// This file picks the backend and hands every rank to run_rank()
-// (cli/run_rank.hpp); the options are in cli/run_config.cpp.
+// This file picks the backend and runs the job (ringattn/job.hpp) on it; the
+// options are in cli/run_config.cpp, the report in cli/run_report.cpp.
 #include <fmt/format.h>
 
 #include <cstdio>
@@ -12,13 +12,14 @@
 #include <string>
 
 #include "cli/commands.hpp"
+#include "cli/metrics.hpp"
 #include "cli/options.hpp"
 #include "cli/run_config.hpp"
-#include "cli/run_device.hpp"
-#include "cli/run_rank.hpp"
+#include "cli/run_report.hpp"
 #include "ringattn/comm.hpp"
 #include "ringattn/comm_mpi.hpp"
 #include "ringattn/error.hpp"
+#include "ringattn/job.hpp"
 
 namespace ringattn::cli {
 namespace {
@@ -68,6 +69,21 @@ RunConfig config_or_abort(Communicator& comm, const ParsedOptions& opt) {
   throw Error(message);  // not reached; GCC does not apply [[noreturn]] to virtual calls
 }
 
+// Rank 0: the table, then (a run whose checks passed) the --metrics records.
+int finish(const RunConfig& cfg, JobReport job) {
+  const RunReport report(cfg, std::move(job));
+  print_report(report);
+  if (!report.failure.empty()) {
+    std::fflush(stdout);
+    fmt::print(stderr, "ringattn: error: option '--{}': {}\n",
+               option_for_field(report.failure_field), report.failure);
+    return kExitFailure;
+  }
+  MetricsFile metrics(cfg.metrics_path);
+  write_metrics(metrics, report);
+  return kExitOk;
+}
+
 }  // namespace
 
 int cmd_run(int argc, char** argv) {
@@ -77,14 +93,13 @@ int cmd_run(int argc, char** argv) {
   if (backend.mpi) {
     Communicator& comm = mpi_world();
     const RunConfig cfg = config_or_abort(comm, *opt);
-    run_rank(comm, cfg);
-    return kExitOk;
+    if (comm.rank() == 0) MetricsFile::check_writable(cfg.metrics_path);
+    JobReport job = run_job(comm, cfg);
+    return comm.rank() == 0 ? finish(cfg, std::move(job)) : kExitOk;
   }
   const RunConfig cfg = make_run_config(*opt);
-  run_local(
-      backend.local_ranks, [&cfg](Communicator& comm) { run_rank(comm, cfg); },
-      local_memory_for(cfg));
-  return kExitOk;
+  MetricsFile::check_writable(cfg.metrics_path);  // appended to once the run succeeded
+  return finish(cfg, run_job_local(backend.local_ranks, cfg));
 }
 
 }  // namespace ringattn::cli

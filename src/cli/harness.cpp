@@ -17,10 +17,6 @@ namespace {
 // Rows checked at each end of the sequence, where mask edges and partial tiles sit.
 constexpr int64_t kEdgeRows = 4;
 
-constexpr Tolerance kTolF32{1e-5, 1e-4};
-constexpr Tolerance kTolF16{1e-3, 1e-3};   // ~ 1 ulp of float16 (2^-10)
-constexpr Tolerance kTolBF16{8e-3, 1e-2};  // ~ 1 ulp of bfloat16 (2^-7)
-
 void fill_normal(Tensor& t, std::mt19937_64& rng) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (int64_t i = 0; i < t.numel(); ++i) t.set(i, normal(rng));
@@ -133,23 +129,6 @@ ErrorStats ReferenceCheck::compare(const float* o, const float* lse) const {
 
 double reference_work(const ProblemShape& s) {
   return double(s.batch) * double(s.hq) * double(s.nq) * double(s.nk) * double(s.head_dim);
-}
-
-Tolerance tolerance_for(DType dtype) {
-  switch (dtype) {
-    case DType::f16:
-      return kTolF16;
-    case DType::bf16:
-      return kTolBF16;
-    case DType::f32:
-      break;
-  }
-  return kTolF32;
-}
-
-bool within(const ErrorStats& e, const Tolerance& t) {
-  // Written so that NaN errors fail.
-  return e.o_rel_fro <= t.o_rel_fro && e.lse_max_abs <= t.lse_max_abs && e.lse_mismatch == 0;
 }
 
 std::string tolerance_help() {

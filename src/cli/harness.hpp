@@ -88,18 +88,7 @@ double reference_work(const ProblemShape& shape);
 // Up to this much work `demo` checks every row; above it, sampled rows.
 inline constexpr double kFullCheckMaxWork = double(int64_t{1} << 28);
 
-// Accepted error of the kernel's float32 output against the float64 reference
-// run on the same stored inputs. The kernel converts 16-bit inputs to float32
-// exactly and accumulates in float32, so the bounds are float32-sized; they
-// are looser for 16-bit storage only to leave room for kernels that round P
-// to the storage type before the P V product, as GPU kernels do.
-struct Tolerance {
-  double o_rel_fro;    // relative Frobenius norm of the O error
-  double lse_max_abs;  // max |dLSE|, natural log
-};
-Tolerance tolerance_for(DType dtype);
-// Within tolerance, and no row where LSE is NaN or empty on one side only.
-bool within(const ErrorStats& e, const Tolerance& t);
+// Tolerance, tolerance_for and within: ringattn/reference.hpp.
 // A --help paragraph listing the tolerances.
 std::string tolerance_help();
 

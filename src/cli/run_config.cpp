@@ -5,7 +5,6 @@
 #include <vector>
 
 #include "cli/harness.hpp"
-#include "cli/run_device.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/npy.hpp"
 
@@ -91,21 +90,6 @@ void configure_generated(const ParsedOptions& opt, RunConfig* c) {
 }
 
 }  // namespace
-
-std::string RunConfig::shape_text() const {
-  return fmt::format("N={} Nk={} B={} H={}/{} D={} {}", nq, nk, batch, hq, hkv, head_dim,
-                     dtype_name(dtype));
-}
-
-std::string RunConfig::config_text() const {
-  const std::string source = from_files ? fmt::format("files:{}|{}|{}", q.path, k.path, v.path)
-                                        : fmt::format("seed:{}", seed);
-  return fmt::format(
-      "shape:{};causal:{};mask:{};layout:{};scale:{};source:{};repeats:{};warmup:{};verify:{};"
-      "fail-rank:{};out:{};lse-out:{};device:{}",
-      shape_text(), causal, masks.describe(), layout_name(layout), scale, source, repeats, warmup,
-      verify, fail_rank, !out_path.empty(), !lse_path.empty(), cuda ? "cuda" : "cpu");
-}
 
 CommandSpec run_spec() {
   CommandSpec s;
@@ -211,6 +195,8 @@ RunConfig make_problem_config(const ParsedOptions& opt) {
   c.causal = opt.flag("causal");
   c.masks = parse_mask_options(opt);
   c.masks.causal = c.causal;
+  c.mask = c.masks.build(c.nq, c.nk);
+  c.mask_text = c.masks.describe();
   const std::string& layout = opt.text("layout");
   c.layout = layout == kLayoutAuto ? (c.causal ? LayoutKind::zigzag : LayoutKind::contiguous)
                                    : parse_layout(layout);
@@ -222,23 +208,22 @@ RunConfig make_run_config(const ParsedOptions& opt) {
   if (!c.from_files) c.seed = static_cast<uint64_t>(opt.integer("seed"));
   c.scale = opt.has("scale") ? static_cast<float>(opt.number("scale")) : 0.0f;
   c.isa = resolve_isa(opt.text("isa"));
-  c.cuda = opt.text("device") == "cuda";
-  check_device_options(c);
+  c.device = opt.text("device") == "cuda" ? Device::cuda : Device::cpu;
   c.threads = opt.threads();
   c.repeats = opt.integer_int("repeats");
   c.warmup = opt.integer_int("warmup");
   c.verify = opt.flag("verify");
   c.check_rows = opt.integer("check-rows");
   c.fail_rank = opt.integer_int("fail-rank");
-  if (c.fail_rank < -1)
-    throw UsageError(
-        fmt::format("option '--fail-rank': expected -1 (none) or a rank, got {}", c.fail_rank));
   c.out_path = opt.has("out") ? opt.text("out") : std::string();
   c.lse_path = opt.has("lse-out") ? opt.text("lse-out") : std::string();
-  if (!c.lse_path.empty() && c.lse_path == c.out_path)
-    throw UsageError(fmt::format("option '--lse-out': '{}' is also the --out file", c.lse_path));
   c.metrics_path = opt.metrics_path();
   c.command_line = opt.command_line();
+  c.describe_error = [](const std::exception& e) {
+    const auto* f = dynamic_cast<const FieldError*>(&e);
+    return f != nullptr ? option_message(*f) : std::string(e.what());
+  };
+  with_option_names([&] { c.validate(); });
   return c;
 }
 

@@ -48,35 +48,18 @@ double bytes_per_step(const RunReport& r) {
   return rotations > 0 ? sum / rotations : 0.0;
 }
 
+std::string join(const std::vector<std::string>& v, const char* sep) {
+  std::string s;
+  for (const std::string& x : v) s += (s.empty() ? "" : sep) + x;
+  return s;
+}
+
 std::string mask_text(const RunConfig& c) {
   const std::string m = c.masks.describe();
   return c.causal && c.nq != c.nk ? m + " (bottom-right)" : m;
 }
 
 }  // namespace
-
-RankStats rank_stats(const RingMetrics& m, int rank, int64_t q_tokens, int64_t kv_tokens,
-                     int threads, std::size_t peak_bytes, int64_t full_ring_bytes) {
-  RankStats s;
-  s.tiles_total = m.tiles.tiles_total, s.tiles_computed = m.tiles.tiles_computed;
-  s.tiles_partial = m.tiles.tiles_partial, s.full_ring_bytes = full_ring_bytes;
-  s.rank = rank, s.q_tokens = q_tokens, s.kv_tokens = kv_tokens, s.threads = threads;
-  s.steps = m.steps, s.computed_steps = m.computed_steps, s.bytes_sent = m.bytes_sent;
-  s.peak_bytes = static_cast<int64_t>(peak_bytes), s.pairs = m.pairs;
-  s.shared_bytes = m.shared_bytes;
-  s.total_s = m.total_s, s.compute_s = m.compute_s, s.merge_s = m.merge_s, s.wait_s = m.wait_s;
-  s.step_mean_s = m.steps > 0 ? m.total_s / m.steps : 0.0;
-  return s;
-}
-
-double RunReport::slowest_s() const {
-  return max_of(stats, &RankStats::total_s);
-}
-
-double RunReport::efficiency() const {
-  if (!verify) return std::numeric_limits<double>::quiet_NaN();
-  return verify->t1_s / (double(ranks) * slowest_s());
-}
 
 std::string RunReport::reproduce() const {
   return backend == "mpi" ? fmt::format("mpirun -np {} {}", ranks, cfg->command_line)
@@ -117,7 +100,7 @@ void print_report(const RunReport& r) {
   };
   const double t = r.slowest_s();
   line("total time", fmt::format("{:.3f} ms (slowest rank, best of {} repeat{})", t * kMs,
-                                 r.repeats, r.repeats == 1 ? "" : "s"));
+                                 c.repeats, c.repeats == 1 ? "" : "s"));
   line("throughput", fmt::format("{:.1f} GFLOP/s ({:.3g} GFLOP of visible pairs)",
                                  r.flops / t / kGiga, r.flops / kGiga));
   line("work imbalance",
@@ -158,7 +141,7 @@ void print_report(const RunReport& r) {
                      full_sent > 0 ? kPercent * double(sent) / double(full_sent) : 100.0));
   }
   if (r.verify) {
-    const VerifyResult& v = *r.verify;
+    const CheckResult& v = *r.verify;
     line("efficiency",
          fmt::format("{:.1f}% = T1 / (P T_ring), T1 = {:.3f} ms single-rank kernel ({} thread{})",
                      r.efficiency() * kPercent, v.t1_s * kMs, threads0, threads0 == 1 ? "" : "s"));
@@ -171,18 +154,18 @@ void print_report(const RunReport& r) {
                      v.ok ? "ok" : "FAIL"));
   }
   if (r.sampled) {
-    const VerifyResult& v = *r.sampled;
+    const CheckResult& v = *r.sampled;
     line("reference check",
          fmt::format("O rel. Frobenius {:.2e} (tolerance {:.0e}), max |dLSE| {:.2e} (tolerance "
                      "{:.0e}){} vs float64 on {} sampled query rows x {} heads: {}",
                      v.err.o_rel_fro, v.tol.o_rel_fro, v.err.lse_max_abs, v.tol.lse_max_abs,
                      v.err.lse_mismatch ? fmt::format(", {} mismatched rows", v.err.lse_mismatch)
                                         : std::string(),
-                     r.sampled_rows, c.hq, v.ok ? "ok" : "FAIL"));
+                     r.sampled->rows, c.hq, v.ok ? "ok" : "FAIL"));
   }
   line("rank 0 gather peak", fmt::format("{}{}", format_bytes(double(r.rank0_output_peak)),
                                          r.verify ? " (with --verify's whole problem)" : ""));
-  if (!r.outputs.empty()) line("outputs", r.outputs);
+  if (!r.outputs.empty()) line("outputs", join(r.outputs, ", "));
   line("reproduce", r.reproduce());
 }
 
@@ -238,7 +221,7 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
       .integer("shared_keys", r.shared_keys)
       .integer("shared_queries", r.shared_queries);
   if (r.sampled) {
-    sum.integer("check_rows", r.sampled_rows)
+    sum.integer("check_rows", r.sampled->rows)
         .number("ref_o_rel_err", r.sampled->err.o_rel_fro)
         .number("ref_lse_max_err", r.sampled->err.lse_max_abs)
         .boolean("ref_pass", r.sampled->ok);

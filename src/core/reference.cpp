@@ -157,40 +157,79 @@ ErrorStats compare_to_reference(const AttentionArgs& args, const float* o_f32, c
         "(the {} selected rows)",
         ref.lse.size(), lse_size(Nq), lse_size(R), R));
 
-  ErrorStats st;
-  double err2 = 0.0, ref2 = 0.0;
-  bool o_nan = false;
+  ErrorAccumulator acc;
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t r = 0; r < R; ++r) {
       const int64_t i = sel[static_cast<std::size_t>(r)];
       const int64_t ri = ref_is_rows ? r : i;
-      for (int64_t h = 0; h < Hq; ++h) {
-        const float* orow = o_f32 + ((b * Nq + i) * Hq + h) * D;
-        const double* oref = ref.o.data() + ((b * ref_n + ri) * Hq + h) * D;
-        bool row_nan = false;
-        for (int64_t d = 0; d < D; ++d) {
-          const double x = static_cast<double>(orow[d]);
-          const double diff = std::abs(x - oref[d]);
-          if (std::isnan(x)) row_nan = true;
-          err2 += diff * diff;
-          ref2 += oref[d] * oref[d];
-          if (diff > st.o_max_abs) st.o_max_abs = diff;
-        }
-        o_nan = o_nan || row_nan;
-        const double l = static_cast<double>(lse_f32[(b * Hq + h) * Nq + i]);
-        const double lr = ref.lse[static_cast<std::size_t>((b * Hq + h) * ref_n + ri)];
-        const bool both_finite = std::isfinite(l) && std::isfinite(lr);
-        const bool both_empty = l == kNegInf && lr == kNegInf;
-        if (row_nan || std::isnan(l) || std::isnan(lr) || !(both_finite || both_empty))
-          ++st.lse_mismatch;
-        else if (both_finite && std::abs(l - lr) > st.lse_max_abs)
-          st.lse_max_abs = std::abs(l - lr);
-      }
+      for (int64_t h = 0; h < Hq; ++h)
+        acc.add_row(o_f32 + ((b * Nq + i) * Hq + h) * D,
+                    ref.o.data() + ((b * ref_n + ri) * Hq + h) * D, D,
+                    lse_f32[(b * Hq + h) * Nq + i],
+                    ref.lse[static_cast<std::size_t>((b * Hq + h) * ref_n + ri)]);
     }
   }
-  st.o_rel_fro = ref2 > 0.0 ? std::sqrt(err2) / std::sqrt(ref2) : std::sqrt(err2);
-  if (o_nan) st.o_max_abs = std::numeric_limits<double>::quiet_NaN();
+  return acc.stats();
+}
+
+template <class T>
+void ErrorAccumulator::add(const float* o, const T* o_ref, int64_t d, double lse, double lse_ref) {
+  bool row_nan = false;
+  for (int64_t e = 0; e < d; ++e) {
+    const double x = static_cast<double>(o[e]), y = static_cast<double>(o_ref[e]);
+    const double diff = std::abs(x - y);
+    row_nan = row_nan || std::isnan(diff);
+    err2_ += diff * diff;
+    ref2_ += y * y;
+    if (diff > st_.o_max_abs) st_.o_max_abs = diff;
+  }
+  nan_ = nan_ || row_nan;
+  const bool both_finite = std::isfinite(lse) && std::isfinite(lse_ref);
+  const bool both_empty = lse == kNegInf && lse_ref == kNegInf;
+  if (row_nan || std::isnan(lse) || std::isnan(lse_ref) || !(both_finite || both_empty))
+    ++st_.lse_mismatch;
+  else if (both_finite && std::abs(lse - lse_ref) > st_.lse_max_abs)
+    st_.lse_max_abs = std::abs(lse - lse_ref);
+}
+
+void ErrorAccumulator::add_row(const float* o, const double* o_ref, int64_t d, double lse,
+                               double lse_ref) {
+  add(o, o_ref, d, lse, lse_ref);
+}
+
+void ErrorAccumulator::add_row(const float* o, const float* o_ref, int64_t d, double lse,
+                               double lse_ref) {
+  add(o, o_ref, d, lse, lse_ref);
+}
+
+ErrorStats ErrorAccumulator::stats() const {
+  ErrorStats st = st_;
+  st.o_rel_fro = ref2_ > 0.0 ? std::sqrt(err2_) / std::sqrt(ref2_) : std::sqrt(err2_);
+  if (nan_) st.o_max_abs = std::numeric_limits<double>::quiet_NaN();
   return st;
+}
+
+namespace {
+constexpr Tolerance kTolF32{1e-5, 1e-4};
+constexpr Tolerance kTolF16{1e-3, 1e-3};   // ~ 1 ulp of float16 (2^-10)
+constexpr Tolerance kTolBF16{8e-3, 1e-2};  // ~ 1 ulp of bfloat16 (2^-7)
+}  // namespace
+
+Tolerance tolerance_for(DType dtype) {
+  switch (dtype) {
+    case DType::f16:
+      return kTolF16;
+    case DType::bf16:
+      return kTolBF16;
+    case DType::f32:
+      break;
+  }
+  return kTolF32;
+}
+
+bool within(const ErrorStats& e, const Tolerance& t) {
+  // Written so that NaN errors fail.
+  return e.o_rel_fro <= t.o_rel_fro && e.lse_max_abs <= t.lse_max_abs && e.lse_mismatch == 0;
 }
 
 }  // namespace ringattn

@@ -1,8 +1,10 @@
-#include "cli/run_hash.hpp"
-
+// The configuration check of a job: every rank hashes JobSpec::config_text()
+// and the ranks allgather the hashes (ringattn/job.hpp).
 #include <fmt/format.h>
 
-namespace ringattn::cli {
+#include "ringattn/job.hpp"
+
+namespace ringattn {
 namespace {
 
 constexpr uint64_t kFnvOffset = 0xcbf29ce484222325ull;
@@ -29,4 +31,4 @@ std::string config_mismatch(const std::vector<uint64_t>& hashes) {
   return "";
 }
 
-}  // namespace ringattn::cli
+}  // namespace ringattn

@@ -1,4 +1,4 @@
-#include "cli/run_sample_check.hpp"
+#include "job/sample_check.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -6,7 +6,7 @@
 #include "ringattn/npy.hpp"
 #include "ringattn/synth.hpp"
 
-namespace ringattn::cli {
+namespace ringattn::job {
 namespace {
 
 constexpr int64_t kWindowRows = 4096;  // key rows read or generated at a time
@@ -68,11 +68,11 @@ void SampledReferenceCheck::load_kv(int64_t b, int64_t j0, int64_t n, std::vecto
   }
 }
 
-SampledReferenceCheck::SampledReferenceCheck(const RunConfig& cfg, int64_t rows)
+SampledReferenceCheck::SampledReferenceCheck(const JobSpec& cfg, int64_t rows)
     : cfg_(cfg), rows_(sample_rows(cfg.nq, rows)) {
   const int64_t hq = cfg.hq, d = cfg.head_dim, group = cfg.hq / cfg.hkv, nr = this->rows();
   const double scale = cfg.scale > 0 ? double(cfg.scale) : 1.0 / std::sqrt(double(d));
-  const Mask mask = cfg.mask();
+  const Mask mask = cfg.mask;
   ref_o_.assign(static_cast<std::size_t>(cfg.batch * nr * hq * d), 0.0);
   ref_lse_.assign(static_cast<std::size_t>(cfg.batch * nr * hq), -INFINITY);
   std::vector<double> k, v;
@@ -128,31 +128,12 @@ void SampledReferenceCheck::compare(const Layout& ql, int rank, const float* o, 
   for (int64_t ri = 0; ri < nr; ++ri) {
     const int64_t li = ql.local_index(rank, rows_[static_cast<std::size_t>(ri)]);
     if (li < 0) continue;
-    for (int64_t b = 0; b < cfg_.batch; ++b) {
-      const float* x = o + (b * n + li) * hq * d;
-      const double* y = ref_o_.data() + (b * nr + ri) * hq * d;
-      for (int64_t e = 0; e < hq * d; ++e) {
-        const double diff = double(x[e]) - y[e];
-        diff2_ += diff * diff;
-        ref2_ += y[e] * y[e];
-        err_.o_max_abs = std::isnan(diff) ? diff : std::max(err_.o_max_abs, std::abs(diff));
-      }
-      for (int64_t h = 0; h < hq; ++h) {
-        const double lx = lse[(b * hq + h) * n + li];
-        const double ly = ref_lse_[static_cast<std::size_t>((b * nr + ri) * hq + h)];
-        if (std::isfinite(lx) && std::isfinite(ly))
-          err_.lse_max_abs = std::max(err_.lse_max_abs, std::abs(lx - ly));
-        else if (!(lx == ly))
-          ++err_.lse_mismatch;
-      }
-    }
+    for (int64_t b = 0; b < cfg_.batch; ++b)
+      for (int64_t h = 0; h < hq; ++h)
+        acc_.add_row(o + ((b * n + li) * hq + h) * d, ref_o_.data() + ((b * nr + ri) * hq + h) * d,
+                     d, lse[(b * hq + h) * n + li],
+                     ref_lse_[static_cast<std::size_t>((b * nr + ri) * hq + h)]);
   }
 }
 
-ErrorStats SampledReferenceCheck::errors() const {
-  ErrorStats e = err_;
-  e.o_rel_fro = ref2_ > 0 ? std::sqrt(diff2_ / ref2_) : std::sqrt(diff2_);
-  return e;
-}
-
-}  // namespace ringattn::cli
+}  // namespace ringattn::job

@@ -1,38 +1,36 @@
-// --verify of `ringattn run`: rank 0 runs the single-rank kernel on the whole
+// The job's verify check (`ringattn run --verify`): rank 0 runs the single-rank kernel on the whole
 // problem (O(N) memory on rank 0 only), timed: that time is T1 of the
 // efficiency T1 / (P T_ring). Every rank's rows, as they stream to rank 0
 // after the ring, are compared against it: relative Frobenius error of O and
-// max |dLSE|, within the dtype's tolerance of cli/harness.hpp.
+// max |dLSE| (ErrorAccumulator), within the dtype's tolerance (ringattn/reference.hpp).
 #pragma once
 
-#include "cli/harness.hpp"
-#include "cli/run_config.hpp"
+#include "ringattn/job.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/layout.hpp"
 #include "ringattn/memory.hpp"
 #include "ringattn/reference.hpp"
 
-namespace ringattn::cli {
+namespace ringattn::job {
 
 class SingleRankCheck {
  public:
   // Loads (or generates) the whole problem and runs attention_forward once.
-  SingleRankCheck(const RunConfig& cfg, const KernelOptions& kopt);
+  SingleRankCheck(const JobSpec& cfg, const KernelOptions& kopt);
 
   double seconds() const { return seconds_; }  // T1
   // Compares rank `rank`'s rows (o [B, n, Hq, D], lse [B, Hq, n] in ql's local order).
   void compare(const Layout& ql, int rank, const float* o, const float* lse);
   // The errors over every row compared so far.
-  ErrorStats errors() const;
+  ErrorStats errors() const { return acc_.stats(); }
   Tolerance tolerance() const { return tolerance_for(cfg_.dtype); }
   bool ok() const { return within(errors(), tolerance()); }
 
  private:
-  const RunConfig& cfg_;
+  const JobSpec& cfg_;
   Buffer o_, lse_;  // the single-rank result [B, Nq, Hq, D], [B, Hq, Nq]
   double seconds_ = 0;
-  double diff2_ = 0, ref2_ = 0;  // sums of squares of the O error and of O
-  ErrorStats err_;
+  ErrorAccumulator acc_;
 };
 
-}  // namespace ringattn::cli
+}  // namespace ringattn::job

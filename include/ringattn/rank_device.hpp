@@ -1,4 +1,4 @@
-// Where the ranks of `ringattn run` compute (--device):
+// Where the ranks of a job compute (the job's device; `ringattn run --device`):
 //   cpu   the CPU engine on host memory; the ring's communicator is the job's.
 //   cuda  the CUDA engine on one GPU per rank: under MPI the device is the
 //         node-local rank's (RINGATTN_DEVICE overrides) and K/V move over NCCL
@@ -8,28 +8,32 @@
 // memory after the timed passes, for the gather, the outputs and the checks.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
+#include "ringattn/attention.hpp"
 #include "ringattn/comm.hpp"
+#include "ringattn/kernel.hpp"
 #include "ringattn/ring.hpp"
 
-namespace ringattn::cli {
+namespace ringattn {
 
-struct RunConfig;
+enum class Device : uint8_t { cpu, cuda };
+const char* device_name(Device d);  // "cpu", "cuda"
 
-// Throws UsageError (naming --device) when this binary or the problem cannot
-// use the device: no CUDA build, a dtype other than float16/bfloat16, an
-// unsupported head dimension.
-void check_device_options(const RunConfig& cfg);
+// Throws FieldError("device") when this binary or the problem cannot use the
+// device: no CUDA build, a dtype other than float16/bfloat16, an unsupported
+// head dimension.
+void check_device(Device device, const AttentionProblem& p);
 
 // The in-process communicator's memory for the device (host or GPU 0).
-LocalMemory local_memory_for(const RunConfig& cfg);
+LocalMemory local_memory_for(Device device);
 
 class RankDevice {
  public:
   // Every rank of `comm` constructs it (NCCL set-up is collective).
-  RankDevice(Communicator& comm, const RunConfig& cfg, const KernelOptions& kopt);
+  RankDevice(Communicator& comm, Device device, const KernelOptions& kopt);
   ~RankDevice();
   RankDevice(const RankDevice&) = delete;
   RankDevice& operator=(const RankDevice&) = delete;
@@ -44,7 +48,7 @@ class RankDevice {
 
  private:
   Communicator& comm_;
-  const RunConfig& cfg_;
+  Device device_;
   std::unique_ptr<Communicator> nccl_;
   std::unique_ptr<RingEngine> engine_;
   std::unique_ptr<EngineBuffer> q_, k_, v_, o_, lse_;  // cuda only
@@ -52,4 +56,4 @@ class RankDevice {
   std::string name_;
 };
 
-}  // namespace ringattn::cli
+}  // namespace ringattn

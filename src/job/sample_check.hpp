@@ -1,26 +1,25 @@
-// --check-rows K of `ringattn run`: the float64 reference on K sampled query
-// rows (per batch and head), for problems too large for --verify. Rank 0
-// computes each sampled row from only the keys the mask lets it see (generated
-// on demand, or read from the files in windows), so it needs O(visible keys)
-// memory, not O(N); every rank's rows are compared as they stream to rank 0.
+// The job's sampled check (check_rows K; `ringattn run --check-rows K`): the float64 reference on K
+// sampled query rows (per batch and head), for problems too large for --verify. Rank 0 computes
+// each sampled row from only the keys the mask lets it see (generated on demand, or read from the
+// files in windows), so it needs O(visible keys) memory, not O(N); every rank's rows are compared
+// as they stream to rank 0.
 #pragma once
 
 #include <vector>
 
-#include "cli/harness.hpp"
-#include "cli/run_config.hpp"
+#include "ringattn/job.hpp"
 #include "ringattn/layout.hpp"
 #include "ringattn/reference.hpp"
 
-namespace ringattn::cli {
+namespace ringattn::job {
 
 class SampledReferenceCheck {
  public:
-  SampledReferenceCheck(const RunConfig& cfg, int64_t rows);
+  SampledReferenceCheck(const JobSpec& cfg, int64_t rows);
   // Compares the sampled rows that `rank` holds (o [B, n, Hq, D], lse [B, Hq, n]).
   void compare(const Layout& ql, int rank, const float* o, const float* lse);
   int64_t rows() const { return static_cast<int64_t>(rows_.size()); }
-  ErrorStats errors() const;
+  ErrorStats errors() const { return acc_.stats(); }
   Tolerance tolerance() const { return tolerance_for(cfg_.dtype); }
   bool ok() const { return within(errors(), tolerance()); }
 
@@ -30,12 +29,11 @@ class SampledReferenceCheck {
                std::vector<double>* v) const;
   std::vector<double> load_q(int64_t b, int64_t t) const;  // [Hq, D]
 
-  const RunConfig& cfg_;
+  const JobSpec& cfg_;
   std::vector<int64_t> rows_;    // sampled global query positions
   std::vector<double> ref_o_;    // [B, rows, Hq, D]
   std::vector<double> ref_lse_;  // [B, rows, Hq]
-  double diff2_ = 0, ref2_ = 0;
-  ErrorStats err_;
+  ErrorAccumulator acc_;
 };
 
-}  // namespace ringattn::cli
+}  // namespace ringattn::job

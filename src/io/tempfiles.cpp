@@ -1,4 +1,4 @@
-#include "cli/run_tempfiles.hpp"
+#include "ringattn/tempfiles.hpp"
 
 #include <fmt/format.h>
 #include <unistd.h>
@@ -10,7 +10,7 @@
 
 #include "ringattn/error.hpp"
 
-namespace ringattn::cli {
+namespace ringattn {
 namespace {
 
 // A process has at most a handful of outputs (O, LSE) open at once.
@@ -75,4 +75,4 @@ void TempFileGuard::release() {
   slot_ = -1;
 }
 
-}  // namespace ringattn::cli
+}  // namespace ringattn

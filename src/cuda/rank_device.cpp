@@ -1,34 +1,35 @@
-#include "cli/run_device.hpp"
+#include "ringattn/rank_device.hpp"
 
 #include <fmt/format.h>
 
-#include "cli/options.hpp"
-#include "cli/run_config.hpp"
 #include "ringattn/comm_mpi.hpp"
 #include "ringattn/comm_nccl.hpp"
 #include "ringattn/cuda.hpp"
 #include "ringattn/error.hpp"
 
-namespace ringattn::cli {
+namespace ringattn {
 
-void check_device_options(const RunConfig& cfg) {
-  if (!cfg.cuda) return;
-  if (!cuda_built())
-    throw UsageError(
-        "option '--device': cuda: this ringattn was built without CUDA (configure with "
-        "-DRINGATTN_CUDA=ON, or use --device cpu)");
-  if (cfg.dtype != DType::f16 && cfg.dtype != DType::bf16)
-    throw UsageError(
-        fmt::format("option '--device': cuda computes in float16 or bfloat16; --dtype is {}",
-                    dtype_name(cfg.dtype)));
-  if (cfg.head_dim != 64 && cfg.head_dim != 128 && cfg.head_dim != 256)
-    throw UsageError(
-        fmt::format("option '--device': cuda supports head dims 64, 128 and 256; --head-dim is {}",
-                    cfg.head_dim));
+const char* device_name(Device d) {
+  return d == Device::cuda ? "cuda" : "cpu";
 }
 
-LocalMemory local_memory_for(const RunConfig& cfg) {
-  return cfg.cuda ? cuda_local_memory(0) : host_local_memory();
+void check_device(Device device, const AttentionProblem& p) {
+  if (device != Device::cuda) return;
+  if (!cuda_built())
+    throw FieldError("device",
+                     "cuda: this ringattn was built without CUDA (configure with "
+                     "-DRINGATTN_CUDA=ON, or use the cpu device)");
+  if (p.dtype != DType::f16 && p.dtype != DType::bf16)
+    throw FieldError("device", fmt::format("cuda computes in float16 or bfloat16; the dtype is {}",
+                                           dtype_name(p.dtype)));
+  if (p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256)
+    throw FieldError("device", fmt::format("cuda supports head dims 64, 128 and 256; the head dim "
+                                           "is {}",
+                                           p.head_dim));
+}
+
+LocalMemory local_memory_for(Device device) {
+  return device == Device::cuda ? cuda_local_memory(0) : host_local_memory();
 }
 
 namespace {
@@ -37,17 +38,17 @@ int pick_device(Communicator& comm) {
   std::string why;
   const int count = cuda_device_count(&why);
   if (count == 0)
-    throw Error(fmt::format("option '--device': cuda: no usable CUDA device on rank {} ({})",
-                            comm.rank(), why));
+    throw FieldError("device",
+                     fmt::format("cuda: no usable CUDA device on rank {} ({})", comm.rank(), why));
   // MPI ranks: one GPU each, by node-local rank; in-process ranks share GPU 0.
   return comm.backend() == "mpi" ? select_device_from_env(mpi_local_rank(), count) : 0;
 }
 
 }  // namespace
 
-RankDevice::RankDevice(Communicator& comm, const RunConfig& cfg, const KernelOptions& kopt)
-    : comm_(comm), cfg_(cfg) {
-  if (!cfg.cuda) {
+RankDevice::RankDevice(Communicator& comm, Device device, const KernelOptions& kopt)
+    : comm_(comm), device_(device) {
+  if (device != Device::cuda) {
     engine_ = make_cpu_engine(kopt);
     name_ = "cpu";
     return;
@@ -56,7 +57,7 @@ RankDevice::RankDevice(Communicator& comm, const RunConfig& cfg, const KernelOpt
   engine_ = make_cuda_engine(dev);
   if (comm.backend() == "mpi") {
     if (!nccl_built())
-      throw Error("option '--device': cuda under MPI needs the NCCL backend, not built in");
+      throw FieldError("device", "cuda under MPI needs the NCCL backend, not built in");
     nccl_ = make_nccl(comm, dev);
   }
   name_ = fmt::format("cuda:{}", dev);
@@ -67,7 +68,7 @@ RankDevice::~RankDevice() = default;
 RingMetrics RankDevice::pass(const RingSchedule& sch, const RingProblem& host, float* o,
                              float* lse) {
   Communicator& ring_comm = nccl_ ? *nccl_ : comm_;
-  if (!cfg_.cuda) return ring_attention(ring_comm, *engine_, sch, host, o, lse);
+  if (device_ != Device::cuda) return ring_attention(ring_comm, *engine_, sch, host, o, lse);
   const int r = comm_.rank();
   const std::size_t esz = dtype_size(host.dtype);
   const int64_t nq = host.q_layout->tokens(r), nk = host.kv_layout->tokens(r);
@@ -94,9 +95,9 @@ RingMetrics RankDevice::pass(const RingSchedule& sch, const RingProblem& host, f
 }
 
 void RankDevice::finish(float* o, float* lse) {
-  if (!cfg_.cuda || !o_) return;
+  if (device_ != Device::cuda || !o_) return;
   engine_->to_host(o, o_->data(), o_bytes_);
   engine_->to_host(lse, lse_->data(), lse_bytes_);
 }
 
-}  // namespace ringattn::cli
+}  // namespace ringattn

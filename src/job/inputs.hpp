@@ -10,11 +10,11 @@
 // reported with their index in the global file.
 #pragma once
 
-#include "cli/run_config.hpp"
+#include "ringattn/job.hpp"
 #include "ringattn/layout.hpp"
 #include "ringattn/tensor.hpp"
 
-namespace ringattn::cli {
+namespace ringattn::job {
 
 // Rows read from a file per read_npy_slice call (bounds the transient buffer).
 inline constexpr int64_t kReadWindowRows = 1024;
@@ -24,10 +24,10 @@ struct RankInputs {
 };
 
 // This rank's tokens of the run's q, k and v.
-RankInputs load_rank_inputs(const RunConfig& cfg, const Layout& q_layout, const Layout& kv_layout,
+RankInputs load_rank_inputs(const JobSpec& cfg, const Layout& q_layout, const Layout& kv_layout,
                             int rank);
 
 // The whole problem in token order (for --verify on rank 0): O(N) memory.
-RankInputs load_full_inputs(const RunConfig& cfg);
+RankInputs load_full_inputs(const JobSpec& cfg);
 
-}  // namespace ringattn::cli
+}  // namespace ringattn::job

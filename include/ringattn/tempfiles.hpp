@@ -11,7 +11,7 @@
 
 #include <string>
 
-namespace ringattn::cli {
+namespace ringattn {
 
 // Installs the handlers (once per process; later calls do nothing).
 void install_temp_cleanup_handlers();
@@ -36,4 +36,4 @@ class TempFileGuard {
   int slot_ = -1;
 };
 
-}  // namespace ringattn::cli
+}  // namespace ringattn

@@ -1,4 +1,4 @@
-#include "cli/run_inputs.hpp"
+#include "job/inputs.hpp"
 
 #include <fmt/format.h>
 
@@ -10,7 +10,7 @@
 #include "ringattn/npy.hpp"
 #include "ringattn/synth.hpp"
 
-namespace ringattn::cli {
+namespace ringattn::job {
 namespace {
 
 // Global token of each local index of `rank`.
@@ -22,7 +22,7 @@ std::vector<int64_t> global_tokens(const Layout& l, int rank) {
   return g;
 }
 
-Tensor generate(const RunConfig& cfg, SynthStream stream, const Layout& l, int rank, int64_t heads,
+Tensor generate(const JobSpec& cfg, SynthStream stream, const Layout& l, int rank, int64_t heads,
                 const char* what) {
   const int64_t n = l.length(), local = l.tokens(rank), row = heads * cfg.head_dim;
   Tensor t(cfg.dtype, {cfg.batch, local, heads, cfg.head_dim}, what);
@@ -61,8 +61,7 @@ void check_finite_rows(const Tensor& t, const InputFile& f, const std::vector<in
   }
 }
 
-Tensor read_rows(const RunConfig& cfg, const InputFile& f, const Layout& l, int rank,
-                 int64_t heads) {
+Tensor read_rows(const JobSpec& cfg, const InputFile& f, const Layout& l, int rank, int64_t heads) {
   const int64_t local = l.tokens(rank), row = heads * cfg.head_dim;
   Tensor t(cfg.dtype, {cfg.batch, local, heads, cfg.head_dim}, f.path.c_str());
   const std::size_t row_bytes = static_cast<std::size_t>(row) * dtype_size(cfg.dtype);
@@ -90,7 +89,7 @@ Tensor read_rows(const RunConfig& cfg, const InputFile& f, const Layout& l, int 
 
 }  // namespace
 
-RankInputs load_rank_inputs(const RunConfig& cfg, const Layout& ql, const Layout& kvl, int rank) {
+RankInputs load_rank_inputs(const JobSpec& cfg, const Layout& ql, const Layout& kvl, int rank) {
   RankInputs in;
   if (cfg.from_files) {
     in.q = read_rows(cfg, cfg.q, ql, rank, cfg.hq);
@@ -104,9 +103,9 @@ RankInputs load_rank_inputs(const RunConfig& cfg, const Layout& ql, const Layout
   return in;
 }
 
-RankInputs load_full_inputs(const RunConfig& cfg) {
+RankInputs load_full_inputs(const JobSpec& cfg) {
   const Layout ql(LayoutKind::contiguous, cfg.nq, 1), kvl(LayoutKind::contiguous, cfg.nk, 1);
   return load_rank_inputs(cfg, ql, kvl, 0);
 }
 
-}  // namespace ringattn::cli
+}  // namespace ringattn::job

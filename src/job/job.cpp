@@ -1,0 +1,237 @@
+// The job driver (ringattn/job.hpp): one rank's whole run.
+#include "ringattn/job.hpp"
+
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "job/inputs.hpp"
+#include "job/outputs.hpp"
+#include "job/sample_check.hpp"
+#include "job/verify.hpp"
+#include "ringattn/error.hpp"
+#include "ringattn/memory.hpp"
+#include "ringattn/ring.hpp"
+#include "ringattn/tempfiles.hpp"
+
+namespace ringattn {
+namespace {
+
+constexpr const char* kInjectedFailure = "injected failure (fail_rank)";
+constexpr int kExitFailure = 1;  // what a failed job's processes exit with under MPI
+
+void check_same_config(Communicator& comm, const JobSpec& spec) {
+  const uint64_t mine = config_hash(spec.config_text());
+  std::vector<uint64_t> all(static_cast<std::size_t>(comm.size()));
+  comm.allgather(&mine, sizeof(mine), all.data());
+  const std::string mismatch = config_mismatch(all);
+  if (!mismatch.empty()) throw Error(mismatch);
+}
+
+// One warning line when some rank holds no query or no key/value tokens.
+void warn_empty_ranks(const JobSpec& spec, const Layout& ql, const Layout& kvl) {
+  int no_q = 0, no_kv = 0;
+  for (int r = 0; r < ql.ranks(); ++r) {
+    no_q += ql.tokens(r) == 0;
+    no_kv += kvl.tokens(r) == 0;
+  }
+  if (no_q == 0 && no_kv == 0) return;
+  std::fflush(stdout);
+  fmt::print(stderr,
+             "ringattn: warning: N={} Nk={} over P={} ranks ({} layout): {} rank(s) hold no "
+             "query tokens and {} no key/value tokens; they still take part in the ring\n",
+             spec.nq, spec.nk, ql.ranks(), layout_name(spec.layout), no_q, no_kv);
+}
+
+// Bytes `rank` would send in a full ring: the blocks it holds at steps 0..P-2.
+int64_t full_ring_bytes(const JobSpec& spec, const Layout& kvl, int rank) {
+  const int np = kvl.ranks();
+  int64_t tokens = 0;
+  for (int s = 0; s + 1 < np; ++s) tokens += kvl.tokens(((rank - s) % np + np) % np);
+  return 2 * spec.batch * tokens * spec.hkv * spec.head_dim *
+         static_cast<int64_t>(dtype_size(spec.dtype));
+}
+
+RankStats rank_stats(const RingMetrics& m, int rank, int64_t q_tokens, int64_t kv_tokens,
+                     int threads, std::size_t peak_bytes, int64_t full_ring) {
+  RankStats s;
+  s.rank = rank, s.q_tokens = q_tokens, s.kv_tokens = kv_tokens, s.threads = threads;
+  s.steps = m.steps, s.computed_steps = m.computed_steps, s.bytes_sent = m.bytes_sent;
+  s.shared_bytes = m.shared_bytes;
+  s.peak_bytes = static_cast<int64_t>(peak_bytes), s.pairs = m.pairs;
+  s.tiles_total = m.tiles.tiles_total, s.tiles_computed = m.tiles.tiles_computed;
+  s.tiles_partial = m.tiles.tiles_partial;
+  s.full_ring_bytes = full_ring;
+  s.total_s = m.total_s, s.compute_s = m.compute_s, s.merge_s = m.merge_s, s.wait_s = m.wait_s;
+  s.step_mean_s = m.steps > 0 ? m.total_s / m.steps : 0.0;
+  return s;
+}
+
+template <class Check>
+CheckResult check_result(const Check& c, int64_t rows) {
+  CheckResult v;
+  v.rows = rows;
+  v.err = c.errors();
+  v.tol = c.tolerance();
+  v.ok = c.ok();
+  return v;
+}
+
+JobReport run_rank(Communicator& comm, const JobSpec& spec) {
+  spec.validate();
+  check_same_config(comm, spec);
+  const int np = comm.size(), rank = comm.rank();
+  if (spec.fail_rank >= np)
+    throw FieldError("fail_rank",
+                     fmt::format("rank {} does not exist (P = {})", spec.fail_rank, np));
+  const int threads = rank_threads(spec, comm);
+  omp_set_num_threads(threads);  // every OpenMP region of this rank (thread or process)
+  KernelOptions kopt;
+  kopt.threads = threads;
+  kopt.isa = spec.isa;
+  memory_reset_peak_thread();
+
+  const Layout ql(spec.layout, spec.nq, np), kvl(spec.layout, spec.nk, np);
+  const RingSchedule schedule = make_ring_schedule(ql, kvl, spec.mask);
+  if (rank == 0) {
+    warn_empty_ranks(spec, ql, kvl);
+    job::RunOutputs::check_writable(spec);  // before any compute: an unwritable path fails fast
+  }
+
+  const job::RankInputs in = job::load_rank_inputs(spec, ql, kvl, rank);
+  RingProblem p(spec);
+  p.q_layout = &ql, p.kv_layout = &kvl;
+  p.q = in.q.data.data(), p.k = in.k.data.data(), p.v = in.v.data.data();
+  const int64_t nq = ql.tokens(rank);
+  Buffer o(static_cast<std::size_t>(spec.batch * nq * spec.hq * spec.head_dim) * sizeof(float),
+           "local O");
+  Buffer lse(static_cast<std::size_t>(spec.batch * spec.hq * nq) * sizeof(float), "local LSE");
+
+  RankDevice device(comm, spec.device, kopt);
+  // Ring passes; the best timed one is the one whose slowest rank was fastest.
+  RingMetrics best;
+  double best_slowest = std::numeric_limits<double>::infinity();
+  for (int pass = 0; pass < spec.warmup + spec.repeats; ++pass) {
+    comm.barrier();
+    RingMetrics m = device.pass(schedule, p, o.as<float>(), lse.as<float>());
+    if (pass == 0 && rank == spec.fail_rank) throw Error(kInjectedFailure);
+    if (pass < spec.warmup) continue;
+    const double slowest = comm.allreduce_one(m.total_s, ReduceOp::max);
+    if (slowest < best_slowest) {
+      best_slowest = slowest;
+      best = std::move(m);
+    }
+  }
+  device.finish(o.as<float>(), lse.as<float>());
+  const RankStats mine = rank_stats(best, rank, nq, kvl.tokens(rank), threads, memory_peak_thread(),
+                                    full_ring_bytes(spec, kvl, rank));
+
+  JobReport report;
+  report.ranks = np, report.rank = rank;
+  report.backend = comm.backend();
+  report.isa = spec.device == Device::cuda
+                   ? device.name()
+                   : isa_name(spec.isa == Isa::automatic ? best_isa() : spec.isa);
+  report.flops = spec.flops();
+  report.sched_imbalance = schedule.imbalance();
+  report.transfer = schedule.transfer == Transfer::direct ? "direct" : "ring";
+  report.shared_keys = schedule.shared.key_tokens;
+  report.shared_queries = schedule.shared.query_tokens;
+  report.stats.resize(static_cast<std::size_t>(np));
+  comm.allgather(&mine, sizeof(mine), report.stats.data());
+
+  // Collect every rank's rows on rank 0, one rank at a time. The output files
+  // exist only from here on: a job ended during compute leaves none behind.
+  memory_reset_peak_thread();
+  std::optional<job::RunOutputs> outputs;
+  if (rank == 0) outputs.emplace(spec);
+  std::optional<job::SingleRankCheck> check;
+  if (rank == 0 && spec.verify) check.emplace(spec, kopt);
+  std::optional<job::SampledReferenceCheck> sampled;
+  if (rank == 0 && spec.check_rows > 0) sampled.emplace(spec, spec.check_rows);
+  if (spec.gathers())
+    job::gather_rows(comm, ql, spec.batch, spec.hq, spec.head_dim, o.as<float>(), lse.as<float>(),
+                     [&](int src, const float* ro, const float* rl) {
+                       if (outputs) outputs->write_rank(ql, src, ro, rl);
+                       if (check) check->compare(ql, src, ro, rl);
+                       if (sampled) sampled->compare(ql, src, ro, rl);
+                     });
+  if (rank != 0) return report;
+
+  report.rank0_output_peak = memory_peak_thread();
+  if (check) {
+    report.verify = check_result(*check, spec.nq);
+    report.verify->t1_s = check->seconds();
+    if (!report.verify->ok)
+      report.failure_field = "verify",
+      report.failure = fmt::format(
+          "the ring result differs from the single-rank kernel beyond the {} tolerance "
+          "(O rel. Frobenius {:.2e}, max |dLSE| {:.2e}); no output written",
+          dtype_name(spec.dtype), report.verify->err.o_rel_fro, report.verify->err.lse_max_abs);
+  }
+  if (sampled) {
+    report.sampled = check_result(*sampled, sampled->rows());
+    if (!report.sampled->ok && report.failure.empty())
+      report.failure_field = "check_rows",
+      report.failure = fmt::format(
+          "the ring result differs from the float64 reference beyond the {} "
+          "tolerance (O rel. Frobenius {:.2e}, max |dLSE| {:.2e}); no output written",
+          dtype_name(spec.dtype), report.sampled->err.o_rel_fro, report.sampled->err.lse_max_abs);
+  }
+  if (!report.failure.empty()) return report;  // the outputs' temporaries are removed
+  outputs->commit();
+  for (const std::string* path : {&spec.out_path, &spec.lse_path})
+    if (!path->empty()) report.outputs.push_back(*path);
+  return report;
+}
+
+}  // namespace
+
+double JobReport::slowest_s() const {
+  double m = 0;
+  for (const RankStats& s : stats) m = std::max(m, s.total_s);
+  return m;
+}
+
+double JobReport::efficiency() const {
+  if (!verify) return std::numeric_limits<double>::quiet_NaN();
+  return verify->t1_s / (double(ranks) * slowest_s());
+}
+
+int rank_threads(const JobSpec& spec, const Communicator& comm) {
+  if (spec.threads > 0) return spec.threads;
+  if (comm.backend() == "local") return std::max(1, omp_get_num_procs() / comm.size());
+  return omp_get_max_threads();
+}
+
+JobReport run_job(Communicator& comm, const JobSpec& spec) {
+  install_temp_cleanup_handlers();
+  try {
+    return run_rank(comm, spec);
+  } catch (const std::exception& e) {
+    // Locals are gone (uncommitted outputs removed); make sure before the job ends by abort.
+    remove_registered_temps();
+    std::fflush(stdout);
+    comm.abort(spec.describe_error ? spec.describe_error(e) : std::string(e.what()), kExitFailure);
+    throw;  // not reached under MPI; in-process ranks end with the first error
+  }
+}
+
+JobReport run_job_local(int ranks, const JobSpec& spec) {
+  JobReport report;
+  run_local(
+      ranks,
+      [&](Communicator& comm) {
+        JobReport mine = run_job(comm, spec);
+        if (comm.rank() == 0) report = std::move(mine);
+      },
+      local_memory_for(spec.device));
+  return report;
+}
+
+}  // namespace ringattn

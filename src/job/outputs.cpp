@@ -1,0 +1,122 @@
+#include "job/outputs.hpp"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+
+#include "ringattn/error.hpp"
+#include "ringattn/memory.hpp"
+
+namespace ringattn::job {
+namespace {
+
+// Tags of the gather messages; the ring's own tags are 1 .. P - 1 and all consumed by then.
+constexpr int kTagGo = 32760;
+constexpr int kTagO = 32761;
+constexpr int kTagLse = 32762;
+// How often a rank waiting for its turn checks for it. Sleeping instead of blocking keeps
+// MPI's busy-polling off the cores while rank 0 runs --verify's single-rank kernel (T1).
+constexpr auto kIdlePoll = std::chrono::milliseconds(1);
+
+void wait_idle(Request& r) {
+  while (!r.test()) std::this_thread::sleep_for(kIdlePoll);
+}
+
+}  // namespace
+
+void RunOutputs::check_writable(const JobSpec& cfg) {
+  if (!cfg.out_path.empty()) check_output_writable(cfg.out_path, "out");
+  if (!cfg.lse_path.empty()) check_output_writable(cfg.lse_path, "lse_out");
+}
+
+RunOutputs::RunOutputs(const JobSpec& cfg) : cfg_(cfg) {
+  const bool b = cfg.batched_output();
+  if (!cfg.out_path.empty()) {
+    std::vector<int64_t> shape = {cfg.nq, cfg.hq, cfg.head_dim};
+    if (b) shape.insert(shape.begin(), cfg.batch);
+    o_.emplace(cfg.out_path, cfg.dtype, std::move(shape), "out");
+  }
+  if (!cfg.lse_path.empty()) {
+    std::vector<int64_t> shape = {cfg.hq, cfg.nq};
+    if (b) shape.insert(shape.begin(), cfg.batch);
+    lse_.emplace(cfg.lse_path, DType::f32, std::move(shape), "lse_out");
+  }
+}
+
+void RunOutputs::write_rank(const Layout& ql, int rank, const float* o, const float* lse) {
+  const int64_t n = ql.tokens(rank), row = cfg_.hq * cfg_.head_dim;
+  if (o_) {
+    const DType dt = o_->dtype();
+    const std::size_t esz = dtype_size(dt), row_bytes = static_cast<std::size_t>(row) * esz;
+    int64_t max_seg = 0;
+    for (const Segment& s : ql.segments(rank)) max_seg = std::max(max_seg, s.count);
+    Buffer stage(dt == DType::f32 ? 0 : static_cast<std::size_t>(max_seg) * row_bytes,
+                 "output rows");
+    for (int64_t b = 0; b < cfg_.batch; ++b)
+      for (const Segment& s : ql.segments(rank)) {
+        const float* src = o + (b * n + s.local_offset) * row;
+        const void* data = src;
+        if (dt != DType::f32) {
+          for (int64_t i = 0; i < s.count * row; ++i)
+            store_from_f32(stage.data(), dt, static_cast<std::size_t>(i), src[i]);
+          data = stage.data();
+        }
+        o_->write_strided(static_cast<std::size_t>(b * cfg_.nq + s.start) * row_bytes,
+                          static_cast<std::size_t>(s.stride) * row_bytes, row_bytes, s.count, data);
+      }
+  }
+  if (lse_) {
+    for (int64_t b = 0; b < cfg_.batch; ++b)
+      for (int64_t h = 0; h < cfg_.hq; ++h)
+        for (const Segment& s : ql.segments(rank))
+          lse_->write_strided(
+              static_cast<std::size_t>((b * cfg_.hq + h) * cfg_.nq + s.start) * sizeof(float),
+              static_cast<std::size_t>(s.stride) * sizeof(float), sizeof(float), s.count,
+              lse + (b * cfg_.hq + h) * n + s.local_offset);
+  }
+}
+
+void RunOutputs::commit() {
+  if (o_) o_->commit();
+  if (lse_) lse_->commit();
+}
+
+void gather_rows(Communicator& comm, const Layout& ql, int64_t batch, int64_t hq, int64_t head_dim,
+                 const float* o, const float* lse, const RowSink& sink) {
+  const auto o_bytes = [&](int r) {
+    return static_cast<std::size_t>(batch * ql.tokens(r) * hq * head_dim) * sizeof(float);
+  };
+  const auto lse_bytes = [&](int r) {
+    return static_cast<std::size_t>(batch * hq * ql.tokens(r)) * sizeof(float);
+  };
+  if (comm.rank() != 0) {
+    char go = 0;
+    Request turn = comm.irecv(&go, 1, 0, kTagGo);
+    wait_idle(turn);
+    Request so = comm.isend(o, o_bytes(comm.rank()), 0, kTagO);
+    Request sl = comm.isend(lse, lse_bytes(comm.rank()), 0, kTagLse);
+    so.wait();
+    sl.wait();
+    return;
+  }
+  sink(0, o, lse);
+  for (int r = 1; r < comm.size(); ++r) {
+    Buffer ro(o_bytes(r), "gathered O"), rl(lse_bytes(r), "gathered LSE");
+    Request qo = comm.irecv(ro.data(), o_bytes(r), r, kTagO);
+    Request ql_req = comm.irecv(rl.data(), lse_bytes(r), r, kTagLse);
+    const char go = 1;
+    comm.isend(&go, 1, r, kTagGo).wait();
+    qo.wait();
+    ql_req.wait();
+    sink(r, ro.as<float>(), rl.as<float>());
+  }
+}
+
+}  // namespace ringattn::job

@@ -1,0 +1,51 @@
+// Rank 0's outputs of a job (ringattn/npy_out.hpp files), and the streaming
+// of every rank's rows to rank 0.
+//
+// gather_rows() moves the rows one rank at a time: rank 0 asks rank r for its
+// rows (a small "go" message), receives its O and LSE, hands them to a sink,
+// and only then asks rank r + 1. Rank 0 so holds at most its own rows and one
+// other rank's: memory O(N / P). The other ranks wait for their turn asleep
+// (polling), not spinning in MPI, so they leave the cores to rank 0.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ringattn/comm.hpp"
+#include "ringattn/job.hpp"
+#include "ringattn/layout.hpp"
+#include "ringattn/npy_out.hpp"
+
+namespace ringattn::job {
+
+// The O and LSE files of a run (either may be absent), opened after the ring
+// pass; check_writable() tells before compute whether they can be.
+class RunOutputs {
+ public:
+  explicit RunOutputs(const JobSpec& cfg);
+  // Creates and removes a temporary beside each output: throws the Error the
+  // constructor would (naming the field) if a file cannot be written there.
+  static void check_writable(const JobSpec& cfg);
+  // Writes rank `rank`'s rows: o float32 [B, n_r, Hq, D] (rounded to the
+  // output dtype), lse [B, Hq, n_r], n_r = ql.tokens(rank), in ql's local order.
+  void write_rank(const Layout& ql, int rank, const float* o, const float* lse);
+  void commit();
+
+ private:
+  const JobSpec& cfg_;
+  std::optional<NpyOutFile> o_, lse_;
+};
+
+// Called on rank 0 once per rank, in rank order, with that rank's rows.
+using RowSink = std::function<void(int rank, const float* o, const float* lse)>;
+
+// Every rank calls it after the ring with its own O [B, n, Hq, D] and LSE
+// [B, Hq, n] (float32, n = ql.tokens(rank)); rank 0 calls `sink` for each rank.
+void gather_rows(Communicator& comm, const Layout& ql, int64_t batch, int64_t hq, int64_t head_dim,
+                 const float* o, const float* lse, const RowSink& sink);
+
+}  // namespace ringattn::job

@@ -1,0 +1,64 @@
+// JobSpec's checks and canonical texts (ringattn/job.hpp).
+#include <fmt/format.h>
+
+#include "ringattn/error.hpp"
+#include "ringattn/job.hpp"
+
+namespace ringattn {
+namespace {
+
+// Every field of the mask, for reports and the configuration hash when the
+// caller gave no description.
+std::string mask_fields(const Mask& m) {
+  if (m.is_none() && !m.has_extras()) return "full";
+  std::string s = fmt::format("band [{}, {}] limit {} dilation {} sinks {}", m.lo, m.hi, m.limit,
+                              m.dilation, m.sinks);
+  for (int i = 0; i < m.n_global; ++i)
+    s += fmt::format(" global [{}, {})", m.global[i].begin, m.global[i].end);
+  if (m.blocks.on())
+    s += fmt::format(" blocks {}/{}/{}/{}/{}", m.blocks.size, m.blocks.window, m.blocks.global,
+                     m.blocks.random, m.blocks.seed);
+  for (int i = 0; i < m.n_skip_q; ++i)
+    s += fmt::format(" skip-q [{}, {})", m.skip_q[i].begin, m.skip_q[i].end);
+  for (int i = 0; i < m.n_skip_k; ++i)
+    s += fmt::format(" skip-k [{}, {})", m.skip_k[i].begin, m.skip_k[i].end);
+  return s;
+}
+
+}  // namespace
+
+void JobSpec::validate() const {
+  AttentionProblem::validate();
+  if (nq < 1) throw FieldError("nq", fmt::format("expected at least one query token, got {}", nq));
+  if (nk < 1) throw FieldError("nk", fmt::format("expected at least one key token, got {}", nk));
+  if (repeats < 1) throw FieldError("repeats", fmt::format("expected >= 1, got {}", repeats));
+  if (warmup < 0) throw FieldError("warmup", fmt::format("expected >= 0, got {}", warmup));
+  if (check_rows < 0)
+    throw FieldError("check_rows", fmt::format("expected >= 0, got {}", check_rows));
+  if (fail_rank < -1)
+    throw FieldError("fail_rank", fmt::format("expected -1 (none) or a rank, got {}", fail_rank));
+  if (!lse_path.empty() && lse_path == out_path)
+    throw FieldError("lse_out", fmt::format("'{}' is also the O output file", lse_path));
+  check_device(device, *this);
+}
+
+std::string JobSpec::mask_description() const {
+  return mask_text.empty() ? mask_fields(mask) : mask_text;
+}
+
+std::string JobSpec::shape_text() const {
+  return fmt::format("N={} Nk={} B={} H={}/{} D={} {}", nq, nk, batch, hq, hkv, head_dim,
+                     dtype_name(dtype));
+}
+
+std::string JobSpec::config_text() const {
+  const std::string source = from_files ? fmt::format("files:{}|{}|{}", q.path, k.path, v.path)
+                                        : fmt::format("seed:{}", seed);
+  return fmt::format(
+      "shape:{};mask:{};layout:{};scale:{};source:{};repeats:{};warmup:{};verify:{};"
+      "check-rows:{};fail-rank:{};out:{};lse-out:{};device:{}",
+      shape_text(), mask_fields(mask), layout_name(layout), scale, source, repeats, warmup, verify,
+      check_rows > 0, fail_rank, !out_path.empty(), !lse_path.empty(), device_name(device));
+}
+
+}  // namespace ringattn

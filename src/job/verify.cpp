@@ -1,0 +1,34 @@
+#include "job/verify.hpp"
+
+#include <chrono>
+
+#include "job/inputs.hpp"
+
+namespace ringattn::job {
+
+SingleRankCheck::SingleRankCheck(const JobSpec& cfg, const KernelOptions& kopt) : cfg_(cfg) {
+  const RankInputs in = load_full_inputs(cfg);
+  const AttentionArgs a(cfg, in.q.data.data(), in.k.data.data(), in.v.data.data());
+  o_ = Buffer(static_cast<std::size_t>(a.batch * a.nq * a.hq * a.head_dim) * sizeof(float),
+              "single-rank O");
+  lse_ = Buffer(static_cast<std::size_t>(a.batch * a.hq * a.nq) * sizeof(float), "single-rank LSE");
+  const auto t0 = std::chrono::steady_clock::now();
+  attention_forward(a, o_.as<float>(), lse_.as<float>(), kopt);
+  seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void SingleRankCheck::compare(const Layout& ql, int rank, const float* o, const float* lse) {
+  const int64_t n = ql.tokens(rank), hq = cfg_.hq, d = cfg_.head_dim, nq = cfg_.nq;
+  const float* ro = o_.as<float>();
+  const float* rl = lse_.as<float>();
+  for (int64_t b = 0; b < cfg_.batch; ++b)
+    for (const Segment& s : ql.segments(rank))
+      for (int64_t i = 0; i < s.count; ++i) {
+        const int64_t t = s.start + i * s.stride, li = s.local_offset + i;
+        for (int64_t h = 0; h < hq; ++h)
+          acc_.add_row(o + ((b * n + li) * hq + h) * d, ro + ((b * nq + t) * hq + h) * d, d,
+                       lse[(b * hq + h) * n + li], rl[(b * hq + h) * nq + t]);
+      }
+}
+
+}  // namespace ringattn::job
