@@ -140,7 +140,9 @@ struct JobReport {
 // Rank 0's report has everything; the others have `stats` and the schedule's figures.
 JobReport run_job(Communicator& comm, const JobSpec& spec);
 
-// The whole job on P in-process ranks (the single-process fallback); rank 0's report.
+// The whole job on P in-process ranks (the single-process fallback); rank 0's
+// report. An invalid spec throws its FieldError before any rank starts; a
+// rank's error is rethrown as Error("rank R: ...").
 JobReport run_job_local(int ranks, const JobSpec& spec);
 
 // Kernel threads of a rank: spec.threads if > 0; else cores / P (at least 1)

@@ -223,6 +223,7 @@ JobReport run_job(Communicator& comm, const JobSpec& spec) {
 }
 
 JobReport run_job_local(int ranks, const JobSpec& spec) {
+  spec.validate();  // before any rank starts: the caller gets the FieldError itself
   JobReport report;
   run_local(
       ranks,
