@@ -2,7 +2,7 @@
 // reference. Small problems are checked in full; above kFullCheckMaxWork the
 // check runs on --check-rows sampled query rows per (batch, head), and says so.
 // Exits 1 when the error exceeds the dtype's tolerance.
-// configs/kernel-demo.ini spells out the defaults.
+// configs/kernel-demo.ini spells out every option (a GQA causal example).
 #include <fmt/format.h>
 
 #include <cmath>
