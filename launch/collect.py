@@ -60,7 +60,7 @@ def row(mode, load, run_path, plan_path):
     prank = [r for r in plan if r.get("record") == "rank"]
     slow = max(ranks, key=lambda r: r["total_ms"])
     return {
-        "mode": mode, "backend": m["backend"], "ranks": m["ranks"], "n": m["n"],
+        "mode": mode, "backend": m["backend"], "ranks": m["ranks"], "n": m["nq"],
         "tokens_per_rank": p["tokens_per_rank"], "b": m["b"], "hq": m["hq"], "hkv": m["hkv"],
         "d": m["d"], "dtype": m["dtype"], "mask": m["mask"], "layout": m["layout"],
         "threads": m["threads"], "hardware": p["hardware"],

@@ -192,7 +192,7 @@ TEST_P(PlanVsRun, MemoryStepsAndBytesMatch) {
 
 TEST_F(PlanCli, CalibrateWritesAProfilePlanReads) {
   const Result c = run_binary({"calibrate", "--out", path("me.ini"), "--dtypes", "f32",
-                               "--head-dims", "64", "--seq-len", "256", "--heads", "1",
+                               "--head-dims", "64", "--probe-tokens", "256", "--probe-heads", "1",
                                "--max-message", "65536", "--repeats", "1", "--threads", "1"});
   ASSERT_EQ(c.rc, 0) << c.err;
   EXPECT_NE(c.out.find("GFLOP/s"), std::string::npos) << c.out;

@@ -18,6 +18,7 @@
 #include "cli/mask_options.hpp"
 #include "cli/metrics.hpp"
 #include "cli/options.hpp"
+#include "cli/problem_options.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/npy.hpp"
@@ -27,6 +28,8 @@ namespace {
 
 constexpr int kRankNoBatch = 3;  // [N, H, D]
 constexpr int kRankBatch = 4;    // [B, N, H, D]
+// The files give the sizes and dtype; the options only the scale and the causal bound.
+constexpr ProblemOptionSet kAttendProblem{kOptScale | kOptCausal, 0};
 
 CommandSpec attend_spec() {
   CommandSpec s;
@@ -43,16 +46,13 @@ CommandSpec attend_spec() {
       OptionSpec::text("out", "", "output O, shaped like q, in the input dtype (.npy)")
           .as_required(),
       OptionSpec::text("lse-out", "", "also write LSE, float32 [B, Hq, Nq] ([Hq, Nq] for 3-d q)"),
-      OptionSpec::flag(
-          "causal", "false",
-          "causal mask, bottom-right aligned: query i sees key j iff j <= i + Nk - Nq"),
-      OptionSpec::number("scale", "", "softmax scale").positive().shown_default("1/sqrt(D)"),
       OptionSpec::choice("isa", "auto", {"auto", "avx512", "avx2", "generic"},
                          "kernel instruction set (auto: the best this CPU supports)"),
       OptionSpec::flag("verify", "false",
                        "also run the float64 reference and print the error; fail (writing "
                        "nothing) if it exceeds the tolerance"),
   };
+  insert_options(&s.options, "lse-out", problem_option_specs(kAttendProblem));
   for (OptionSpec& o : mask_option_specs()) s.options.push_back(std::move(o));
   s.epilog = tolerance_help();
   return s;
@@ -164,25 +164,17 @@ int cmd_attend(int argc, char** argv) {
   if (!lse_path.empty()) open_output(&lse_file, lse_path, "lse-out");
 
   const Inputs in = read_inputs(opt->text("q"), opt->text("k"), opt->text("v"));
-  ProblemShape shape;
-  shape.batch = in.dq.batch;
-  shape.nq = in.dq.n;
-  shape.nk = in.dk.n;
-  shape.hq = in.dq.heads;
-  shape.hkv = in.dk.heads;
-  shape.head_dim = in.dq.d;
-  shape.dtype = in.q.dtype;
-  shape.causal = opt->flag("causal");
-  shape.masks = parse_mask_options(*opt);
-  const float scale = opt->has("scale") ? static_cast<float>(opt->number("scale")) : 0.0f;
-  const AttentionArgs args =
-      make_args(shape, in.q.data.data(), in.k.data.data(), in.v.data.data(), scale);
+  ProblemShape shape = parse_problem_options(*opt, kAttendProblem);
+  AttentionProblem& p = shape.problem;
+  p.batch = in.dq.batch, p.nq = in.dq.n, p.nk = in.dk.n;
+  p.hq = in.dq.heads, p.hkv = in.dk.heads, p.head_dim = in.dq.d, p.dtype = in.q.dtype;
+  shape.rebuild_mask();
+  const AttentionArgs args = make_args(shape, in.q.data.data(), in.k.data.data(), in.v.data.data());
 
   const bool batched = in.q.shape.size() == static_cast<std::size_t>(kRankBatch);
   Tensor o32(DType::f32, in.q.shape, "float32 O");
   Tensor lse(DType::f32,
-             batched ? std::vector<int64_t>{shape.batch, shape.hq, shape.nq}
-                     : std::vector<int64_t>{shape.hq, shape.nq},
+             batched ? std::vector<int64_t>{p.batch, p.hq, p.nq} : std::vector<int64_t>{p.hq, p.nq},
              "LSE");
   const Stopwatch watch;
   attention_forward(args, o32.as<float>(), lse.as<float>(), kopt);
@@ -199,7 +191,7 @@ int cmd_attend(int argc, char** argv) {
   if (opt->flag("verify")) {
     // The reference reads the stored inputs; compare the float32 kernel output.
     const ErrorStats err = ReferenceCheck(args, {}).compare(o32.as<float>(), lse.as<float>());
-    const Tolerance tol = tolerance_for(shape.dtype);
+    const Tolerance tol = tolerance_for(p.dtype);
     const std::string details = fmt::format(
         "O rel. Frobenius {:.2e} (tolerance {:.0e}), max |dLSE| {:.2e} (tolerance {:.0e}){}",
         err.o_rel_fro, tol.o_rel_fro, err.lse_max_abs, tol.lse_max_abs,
@@ -209,14 +201,14 @@ int cmd_attend(int argc, char** argv) {
       throw Error(
           fmt::format("option '--verify': the error exceeds the {} tolerance: {}; no "
                       "output written",
-                      dtype_name(shape.dtype), details));
+                      dtype_name(p.dtype), details));
     verdict = "; verified vs float64: " + details;
   }
 
-  if (shape.dtype == DType::f32) {
+  if (p.dtype == DType::f32) {
     write_npy(*out_file, o32);
   } else {
-    write_npy(*out_file, to_storage(o32.as<float>(), shape.dtype, in.q.shape));
+    write_npy(*out_file, to_storage(o32.as<float>(), p.dtype, in.q.shape));
   }
   if (lse_file) write_npy(*lse_file, lse);
   out_file->commit();
@@ -224,9 +216,9 @@ int cmd_attend(int argc, char** argv) {
   metrics.write(row);
 
   fmt::print("attend: q {} k/v {} {} {} -> {}: {:.3f} ms, {:.1f} GFLOP/s ({}, {} threads){}\n",
-             shape_str(in.q.shape), shape_str(in.k.shape), dtype_name(shape.dtype),
-             shape.causal ? "causal" : "full", out_path, seconds * 1e3, gflops,
-             effective_isa_name(kopt.isa), effective_threads(kopt.threads), verdict);
+             shape_str(in.q.shape), shape_str(in.k.shape), dtype_name(p.dtype), shape.mask_str(),
+             out_path, seconds * 1e3, gflops, effective_isa_name(kopt.isa),
+             effective_threads(kopt.threads), verdict);
   return kExitOk;
 }
 

@@ -25,6 +25,7 @@
 #include "cli/mask_options.hpp"
 #include "cli/metrics.hpp"
 #include "cli/options.hpp"
+#include "cli/problem_options.hpp"
 #include "cli/table.hpp"
 #include "ringattn/baseline.hpp"
 #include "ringattn/kernel.hpp"
@@ -40,6 +41,9 @@ constexpr double kBaselineAutoMaxScores = double(int64_t{1} << 28);
 // means the sgemm measurement is not the machine's peak.
 constexpr double kImplausiblePctSgemm = 150.0;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+// Every problem option; these four as lists (every combination is one row).
+constexpr ProblemOptionSet kSweep{kAllProblemOptions,
+                                  kOptSeqLen | kOptHeadDim | kOptDType | kOptCausal};
 
 CommandSpec bench_spec() {
   CommandSpec s;
@@ -49,24 +53,9 @@ CommandSpec bench_spec() {
       "inputs: one table row per problem (every combination of the list options), each with\n"
       "its error vs the float64 reference on sampled rows. Exits 1 if a kernel error exceeds\n"
       "the tolerance.";
-  s.usage = "[--seq-len 8192,32768] [--head-dim 64,128] [--dtype f32,bf16] [options]";
+  s.usage =
+      "[--seq-len 8192,32768] [--head-dim 64,128] [--dtype f32,bf16] [--causal both] [options]";
   s.options = {
-      OptionSpec::integer("batch", "1", "batch size").positive(),
-      OptionSpec::integer("seq-len", "8192", "query sequence lengths Nq", "tokens")
-          .positive()
-          .as_list(),
-      OptionSpec::integer("kv-seq-len", "0", "key/value sequence length Nk (0 = same as Nq)",
-                          "tokens")
-          .non_negative(),
-      OptionSpec::integer("heads", "8", "query heads Hq").positive(),
-      OptionSpec::integer("kv-heads", "0", "key/value heads Hkv (0 = same as Hq)").non_negative(),
-      OptionSpec::integer("head-dim", "128", "head dimensions D").positive().as_list(),
-      OptionSpec::flag("causal", "true", "causal mask; 'both' runs each problem with and without")
-          .as_list()
-          .also({"both"}),
-      OptionSpec::choice("dtype", "f32", {"f32", "f16", "bf16", "float32", "float16", "bfloat16"},
-                         "storage dtypes")
-          .as_list(),
       OptionSpec::integer("repeats", "3", "timed calls per problem (best is reported)").positive(),
       OptionSpec::integer("warmup", "1", "untimed calls before timing").non_negative(),
       OptionSpec::choice("isa", "auto", {"auto", "avx512", "avx2", "generic"},
@@ -79,6 +68,7 @@ CommandSpec bench_spec() {
       OptionSpec::integer("sgemm-size", "2048", "n of the n x n x n sgemm measuring the peak rate")
           .positive(),
   };
+  insert_options(&s.options, "", problem_option_specs(kSweep));
   for (OptionSpec& o : mask_option_specs()) s.options.push_back(std::move(o));
   s.epilog = tolerance_help();
   return s;
@@ -132,6 +122,7 @@ struct RowResult {
 
 // One table row (and metrics line).
 RowResult bench_one(const ProblemShape& shape, const Settings& s, MetricsFile& metrics) {
+  const AttentionProblem& p = shape.problem;
   const RandomProblem problem = make_random_problem(shape, s.seed);
   const AttentionArgs args = problem.args();
   const double flops = attention_flops(args);
@@ -142,13 +133,13 @@ RowResult bench_one(const ProblemShape& shape, const Settings& s, MetricsFile& m
   });
   const double gflops = flops / kt.best_s / 1e9;
 
-  const ReferenceCheck check(args, sample_rows(shape.nq, s.check_rows, s.seed));
+  const ReferenceCheck check(args, sample_rows(p.nq, s.check_rows, s.seed));
   const ErrorStats err = check.compare(out.o.as<float>(), out.lse.as<float>());
-  const bool ok = within(err, tolerance_for(shape.dtype));
+  const bool ok = within(err, tolerance_for(p.dtype));
 
   const bool run_baseline =
       s.baseline_mode == "on" ||
-      (s.baseline_mode == "auto" && double(shape.nq) * double(shape.nk) <= kBaselineAutoMaxScores);
+      (s.baseline_mode == "auto" && double(p.nq) * double(p.nk) <= kBaselineAutoMaxScores);
   double base_s = kNaN;
   ErrorStats base_err{kNaN, kNaN, kNaN, 0};
   if (run_baseline) {
@@ -163,14 +154,14 @@ RowResult bench_one(const ProblemShape& shape, const Settings& s, MetricsFile& m
   const double speedup = base_s / kt.best_s;
 
   fmt::print("{}", bench_table().row({
-                       fmt::format("{}", shape.batch),
-                       fmt::format("{}", shape.nq),
-                       fmt::format("{}", shape.nk),
-                       fmt::format("{}/{}", shape.hq, shape.hkv),
-                       fmt::format("{}", shape.head_dim),
-                       std::string(dtype_name(shape.dtype)),
-                       shape.masks.sparse() ? (shape.causal ? "c+sprs" : "sparse")
-                                            : (shape.causal ? "causal" : "full"),
+                       fmt::format("{}", p.batch),
+                       fmt::format("{}", p.nq),
+                       fmt::format("{}", p.nk),
+                       fmt::format("{}/{}", p.hq, p.hkv),
+                       fmt::format("{}", p.head_dim),
+                       std::string(dtype_name(p.dtype)),
+                       shape.masks.sparse() ? (shape.causal() ? "c+sprs" : "sparse")
+                                            : (shape.causal() ? "causal" : "full"),
                        cell_fixed(kt.best_s * 1e3, 2),
                        cell_fixed(gflops, 1),
                        cell_fixed(pct, 1),
@@ -216,28 +207,7 @@ int cmd_bench_kernel(int argc, char** argv) {
   if (!opt) return kExitOk;
 
   // Every problem of the sweep, validated before anything runs.
-  std::vector<ProblemShape> shapes;
-  const MaskOptions masks = parse_mask_options(*opt);
-  for (const std::string& dt : opt->texts("dtype")) {
-    for (const bool causal : opt->flags("causal")) {
-      for (const int64_t d : opt->integers("head-dim")) {
-        for (const int64_t n : opt->integers("seq-len")) {
-          ProblemShape p;
-          p.batch = opt->integer("batch");
-          p.nq = n;
-          p.nk = opt->integer("kv-seq-len") == 0 ? n : opt->integer("kv-seq-len");
-          p.hq = opt->integer("heads");
-          p.hkv = opt->integer("kv-heads") == 0 ? p.hq : opt->integer("kv-heads");
-          p.head_dim = d;
-          p.dtype = parse_dtype(dt, "option '--dtype'");
-          p.causal = causal;
-          p.masks = masks;
-          validate_shape_options(p);
-          shapes.push_back(p);
-        }
-      }
-    }
-  }
+  const std::vector<ProblemShape> shapes = parse_problem_sweep(*opt, kSweep);
 
   Settings s;
   apply_threads(opt->threads());

@@ -6,7 +6,7 @@
 //
 // What it measures, each as the best of --repeats:
 //   kernel      attention_forward with one thread (a cpu "device" is a core) for every
-//               --dtypes x --head-dims, on --seq-len tokens x --heads heads, full mask:
+//               --dtypes x --head-dims, on --probe-tokens x --probe-heads, full mask:
 //               GFLOP/s = 4 Hq D N^2 / time; then all cores once: parallel efficiency
 //   merge       merge_states (the ring's merge) over a float32 state, one thread:
 //               bytes streamed (read O twice, write once) / time
@@ -35,6 +35,7 @@
 #include "cli/harness.hpp"
 #include "cli/metrics.hpp"
 #include "cli/options.hpp"
+#include "cli/problem_options.hpp"
 #include "cli/table.hpp"
 #include "ringattn/comm.hpp"
 #include "ringattn/comm_mpi.hpp"
@@ -83,10 +84,10 @@ CommandSpec calibrate_spec() {
                          "kernel dtypes to measure")
           .as_list(),
       OptionSpec::integer("head-dims", "32,64,128,256", "kernel head dims to measure").as_list(),
-      OptionSpec::integer("seq-len", "2048", "tokens of the kernel probe (queries = keys)",
+      OptionSpec::integer("probe-tokens", "2048", "tokens of the kernel probe (queries = keys)",
                           "tokens")
           .positive(),
-      OptionSpec::integer("heads", "2", "heads of the kernel probe").positive(),
+      OptionSpec::integer("probe-heads", "2", "heads of the kernel probe", "heads").positive(),
       OptionSpec::integer("max-message", "16777216",
                           "largest link probe message (in-process messages over 32 MiB cost "
                           "more: glibc maps fresh pages for each)",
@@ -319,20 +320,22 @@ int cmd_calibrate(int argc, char** argv) {
                    "this machine, so rates (all-core ones most) come out low\n",
                    load);
 
+      // A probe, not a problem to solve: its sizes are --probe-* (see calibrate_spec).
       ProblemShape shape;
-      shape.nq = shape.nk = opt->integer("seq-len");
-      shape.hq = shape.hkv = opt->integer("heads");
+      AttentionProblem& probe = shape.problem;
+      probe.nq = probe.nk = opt->integer("probe-tokens");
+      probe.hq = probe.hkv = opt->integer("probe-heads");
       const Table kt({{"dtype", 9, true}, {"D", 4}, {"ms", 8}, {"GFLOP/s", 8}});
       fmt::print("{}", kt.header());
       for (const std::string& dn : opt->texts("dtypes"))
         for (const int64_t d : opt->integers("head-dims")) {
-          shape.head_dim = d;
-          shape.dtype = parse_dtype(dn, "option '--dtypes'");
+          probe.head_dim = d;
+          probe.dtype = parse_dtype(dn, "option '--dtypes'");
           const RandomProblem prob = make_random_problem(shape, 1);
           const double t = kernel_seconds(prob, 1, repeats);
           const double rate = attention_flops(prob.args()) / t;
-          hw.kernel_flops[{shape.dtype, d}] = rate;
-          fmt::print("{}", kt.row({std::string(dtype_name(shape.dtype)), fmt::format("{}", d),
+          hw.kernel_flops[{probe.dtype, d}] = rate;
+          fmt::print("{}", kt.row({std::string(dtype_name(probe.dtype)), fmt::format("{}", d),
                                    cell_fixed(t * kMs, 2), cell_fixed(rate / kGiga, 1)}));
           metrics->write(shape_record("calibrate", shape)
                              .text("probe", "kernel")
@@ -343,17 +346,17 @@ int cmd_calibrate(int argc, char** argv) {
       // All cores at once on the first dtype and the measured head dim closest to 128.
       const int all = opt->threads() > 0 ? std::min(opt->threads(), cores) : cores;
       if (all > 1) {
-        shape.dtype = parse_dtype(opt->texts("dtypes").front(), "option '--dtypes'");
+        probe.dtype = parse_dtype(opt->texts("dtypes").front(), "option '--dtypes'");
         const std::vector<int64_t> dims = opt->integers("head-dims");
-        shape.head_dim = *std::min_element(dims.begin(), dims.end(), [](int64_t a, int64_t b) {
+        probe.head_dim = *std::min_element(dims.begin(), dims.end(), [](int64_t a, int64_t b) {
           return std::abs(a - kProbeHeadDim) < std::abs(b - kProbeHeadDim);
         });
-        const double one = hw.kernel_flops.at({shape.dtype, shape.head_dim});
+        const double one = hw.kernel_flops.at({probe.dtype, probe.head_dim});
         const RandomProblem prob = make_random_problem(shape, 1);
         const double rate = attention_flops(prob.args()) / kernel_seconds(prob, all, repeats);
         hw.parallel_eff = std::clamp(rate / (one * all), 0.01, 1.0);
         fmt::print("kernel on {} threads ({} D={}): {:.1f} GFLOP/s, parallel efficiency {:.3f}\n",
-                   all, dtype_name(shape.dtype), shape.head_dim, rate / kGiga, hw.parallel_eff);
+                   all, dtype_name(probe.dtype), probe.head_dim, rate / kGiga, hw.parallel_eff);
       }
       hw.memory_bw_bps = merge_bandwidth(repeats);
       fmt::print("merge: {:.2f} GB/s on one thread\n", hw.memory_bw_bps / kGiga);
@@ -399,7 +402,7 @@ int cmd_calibrate(int argc, char** argv) {
       "Written by `ringattn calibrate` on {} ({}{}).\n"
       "Kernel rates: one thread (a device is a core), {} tokens x {} heads, full mask.\n",
       date, np >= 2 ? fmt::format("mpirun -np {}, ", np) : "", opt->command_line(),
-      opt->integer("seq-len"), opt->integer("heads"));
+      opt->integer("probe-tokens"), opt->integer("probe-heads"));
   for (const std::string& n : notes) header += n + "\n";
   if (load >= 0)
     header += fmt::format(

@@ -2,7 +2,7 @@
 // reference. Small problems are checked in full; above kFullCheckMaxWork the
 // check runs on --check-rows sampled query rows per (batch, head), and says so.
 // Exits 1 when the error exceeds the dtype's tolerance.
-// configs/kernel-demo.ini spells out the defaults.
+// configs/kernel-demo.ini spells out every option (a GQA causal example).
 #include <fmt/format.h>
 
 #include <cmath>
@@ -14,6 +14,7 @@
 #include "cli/mask_options.hpp"
 #include "cli/metrics.hpp"
 #include "cli/options.hpp"
+#include "cli/problem_options.hpp"
 #include "ringattn/kernel.hpp"
 
 namespace ringattn::cli {
@@ -30,19 +31,6 @@ CommandSpec demo_spec() {
   s.usage = "[--config configs/kernel-demo.ini] [options]";
   s.options = {
       OptionSpec::integer("seed", "0", "random seed of the inputs").non_negative(),
-      OptionSpec::integer("batch", "1", "batch size").positive(),
-      OptionSpec::integer("seq-len", "4096", "query sequence length Nq", "tokens").positive(),
-      OptionSpec::integer("kv-seq-len", "0", "key/value sequence length Nk (0 = same as Nq)",
-                          "tokens")
-          .non_negative(),
-      OptionSpec::integer("heads", "8", "query heads Hq").positive(),
-      OptionSpec::integer("kv-heads", "2", "key/value heads Hkv (divides Hq)").positive(),
-      OptionSpec::integer("head-dim", "128", "head dimension D (multiple of 8 in [8, 256])")
-          .positive(),
-      OptionSpec::choice("dtype", "float32",
-                         {"float32", "float16", "bfloat16", "f32", "f16", "bf16"},
-                         "storage dtype of q, k, v"),
-      OptionSpec::flag("causal", "true", "causal mask (bottom-right aligned when Nq != Nk)"),
       OptionSpec::choice("isa", "auto", {"auto", "avx512", "avx2", "generic"},
                          "kernel instruction set (auto: the best this CPU supports)"),
       OptionSpec::integer("warmup", "1", "untimed kernel calls before the timed one")
@@ -52,6 +40,7 @@ CommandSpec demo_spec() {
                           "in full")
           .positive(),
   };
+  insert_options(&s.options, "seed", problem_option_specs());
   for (OptionSpec& o : mask_option_specs()) s.options.push_back(std::move(o));
   s.epilog =
       tolerance_help() +
@@ -71,17 +60,7 @@ int cmd_demo(int argc, char** argv) {
   const std::optional<ParsedOptions> opt = parse_options(spec, argc, argv);
   if (!opt) return kExitOk;
 
-  ProblemShape shape;
-  shape.batch = opt->integer("batch");
-  shape.nq = opt->integer("seq-len");
-  shape.nk = opt->integer("kv-seq-len") == 0 ? shape.nq : opt->integer("kv-seq-len");
-  shape.hq = opt->integer("heads");
-  shape.hkv = opt->integer("kv-heads");
-  shape.head_dim = opt->integer("head-dim");
-  shape.dtype = parse_dtype(opt->text("dtype"), "option '--dtype'");
-  shape.causal = opt->flag("causal");
-  shape.masks = parse_mask_options(*opt);
-  validate_shape_options(shape);
+  const ProblemShape shape = parse_problem_options(*opt);
   apply_threads(opt->threads());
   KernelOptions kopt;
   kopt.isa = resolve_isa(opt->text("isa"));
@@ -100,10 +79,11 @@ int cmd_demo(int argc, char** argv) {
   const double flops = attention_flops(args);
 
   const bool full = reference_work(shape) <= kFullCheckMaxWork;
-  const ReferenceCheck check(args, full ? std::vector<int64_t>{}
-                                        : sample_rows(shape.nq, opt->integer("check-rows"), seed));
+  const ReferenceCheck check(
+      args, full ? std::vector<int64_t>{}
+                 : sample_rows(shape.problem.nq, opt->integer("check-rows"), seed));
   const ErrorStats err = check.compare(out.o.as<float>(), out.lse.as<float>());
-  const Tolerance tol = tolerance_for(shape.dtype);
+  const Tolerance tol = tolerance_for(shape.problem.dtype);
   const bool ok = within(err, tol);
 
   const auto line = [](const std::string& label, const std::string& value) {
@@ -120,10 +100,10 @@ int cmd_demo(int argc, char** argv) {
                    stats.tiles_total, stats.tiles_total - stats.tiles_computed,
                    stats.tiles_partial));
   line("checked", check.full()
-                      ? fmt::format("all {} query rows vs the float64 reference", shape.nq)
+                      ? fmt::format("all {} query rows vs the float64 reference", shape.problem.nq)
                       : fmt::format("{} sampled query rows per head (of {}) vs the float64 "
                                     "reference; too large to check in full",
-                                    check.rows_checked(), shape.nq));
+                                    check.rows_checked(), shape.problem.nq));
   line("O rel. Frobenius", fmt::format("{:.2e}   tolerance {:.0e}   {}", err.o_rel_fro,
                                        tol.o_rel_fro, verdict(err.o_rel_fro, tol.o_rel_fro)));
   line("max |dLSE|", fmt::format("{:.2e}   tolerance {:.0e}   {}", err.lse_max_abs, tol.lse_max_abs,

@@ -15,6 +15,7 @@
 #include "cli/mask_options.hpp"
 #include "cli/mask_picture.hpp"
 #include "cli/options.hpp"
+#include "cli/problem_options.hpp"
 #include "ringattn/attention.hpp"
 #include "ringattn/npy.hpp"  // AtomicFile
 
@@ -25,6 +26,8 @@ constexpr int64_t kMinWidth = 8;
 constexpr int64_t kMaxWidth = 4096;  // cells per side
 constexpr int kMaxRanks = 4096;
 constexpr const char* kLayoutAuto = "auto";
+// The problem options a picture needs: its lengths and the causal bound.
+constexpr ProblemOptionSet kMaskProblem{kOptSeqLen | kOptKvSeqLen | kOptCausal, 0};
 
 CommandSpec mask_spec() {
   CommandSpec s;
@@ -35,11 +38,6 @@ CommandSpec mask_spec() {
       "With --ranks P, rank boundaries of the layout are marked. Counts the visible pairs.";
   s.usage = "--seq-len N [--causal] [mask options] [--ranks P --layout L] [--svg FILE]";
   s.options = {
-      OptionSpec::integer("seq-len", "4096", "query sequence length N", "tokens"),
-      OptionSpec::integer("kv-seq-len", "0", "key sequence length Nk (0 = same as N)", "tokens")
-          .non_negative(),
-      OptionSpec::flag("causal", "false",
-                       "causal mask, bottom-right aligned: query i sees key j iff j <= i + Nk - N"),
       OptionSpec::integer("block", "", "tokens per cell of the picture (both axes)", "tokens")
           .shown_default("the smallest that fits --width cells"),
       OptionSpec::integer(
@@ -53,6 +51,7 @@ CommandSpec mask_spec() {
       OptionSpec::text("svg", "", "also write the picture as an SVG image"),
       OptionSpec::flag("legend", "false", "explain the characters of the picture"),
   };
+  insert_options(&s.options, "", problem_option_specs(kMaskProblem));
   for (OptionSpec& o : mask_option_specs()) s.options.push_back(std::move(o));
   s.epilog =
       "A cell is full or empty only when every pair in it is; classify() answers are refined\n"
@@ -76,9 +75,9 @@ int cmd_mask(int argc, char** argv) {
   if (!opt) return kExitOk;
 
   PictureProblem p;
-  p.nq = checked(*opt, "seq-len", 1, kMaxSeqLen);
-  p.nk = checked(*opt, "kv-seq-len", 0, kMaxSeqLen);
-  if (p.nk == 0) p.nk = p.nq;
+  const ProblemShape problem = parse_problem_options(*opt, kMaskProblem);
+  p.nq = problem.problem.nq;
+  p.nk = problem.problem.nk;
   const int64_t width = checked(*opt, "width", kMinWidth, kMaxWidth);
   if (opt->has("block")) {
     p.cell = checked(*opt, "block", 1, kMaxSeqLen);
@@ -90,9 +89,8 @@ int cmd_mask(int argc, char** argv) {
   } else {
     p.cell = fit_cell(p.nq, p.nk, width);
   }
-  MaskOptions masks = parse_mask_options(*opt);
-  masks.causal = opt->flag("causal");
-  p.mask = masks.build(p.nq, p.nk);
+  const MaskOptions& masks = problem.masks;
+  p.mask = problem.problem.mask;
   p.mask_text = masks.describe();
   p.ranks = static_cast<int>(checked(*opt, "ranks", 1, kMaxRanks));
   const std::string& layout = opt->text("layout");

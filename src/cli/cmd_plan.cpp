@@ -21,6 +21,7 @@
 #include "cli/metrics.hpp"
 #include "cli/options.hpp"
 #include "cli/plan_report.hpp"
+#include "cli/problem_options.hpp"
 #include "cli/run_config.hpp"
 #include "ringattn/hardware.hpp"
 #include "ringattn/plan.hpp"
@@ -138,7 +139,8 @@ int cmd_plan(int argc, char** argv) {
   report.plan = &plan;
   report.hw = &hw;
   report.shape = cfg.shape_text();
-  report.mask = cfg.masks.describe();
+  report.causal = cfg.causal;
+  report.mask = mask_label(cfg.masks);
   report.command_line = opt->command_line();
   const std::vector<JsonObject> records = plan_records(report);
   if (opt->flag("json")) {

@@ -24,69 +24,14 @@ void fill_normal(Tensor& t, std::mt19937_64& rng) {
 
 }  // namespace
 
-std::string ProblemShape::str() const {
-  return fmt::format("B={} Nq={} Nk={} Hq={} Hkv={} D={} {} {}", batch, nq, nk, hq, hkv, head_dim,
-                     dtype_name(dtype), mask_str());
+AttentionArgs make_args(const ProblemShape& s, const void* q, const void* k, const void* v) {
+  return AttentionArgs(s.problem, q, k, v);
 }
 
-JsonObject shape_record(const std::string& command, const ProblemShape& shape) {
-  JsonObject r;
-  r.text("command", command)
-      .integer("b", shape.batch)
-      .integer("nq", shape.nq)
-      .integer("nk", shape.nk)
-      .integer("hq", shape.hq)
-      .integer("hkv", shape.hkv)
-      .integer("d", shape.head_dim)
-      .text("dtype", std::string(dtype_name(shape.dtype)))
-      .boolean("causal", shape.causal)
-      .text("mask", shape.mask_str());
-  return r;
-}
-
-Mask ProblemShape::mask() const {
-  MaskOptions m = masks;
-  m.causal = causal;
-  return m.build(nq, nk);
-}
-
-std::string ProblemShape::mask_str() const {
-  MaskOptions m = masks;
-  m.causal = causal;
-  return m.sparse() ? m.describe() : (causal ? "causal" : "full");
-}
-
-void validate_shape_options(const ProblemShape& s) {
-  if (!head_dim_supported(s.head_dim))
-    throw UsageError(
-        fmt::format("option '--head-dim': expected a multiple of {} in [{}, {}], got {}",
-                    kHeadDimMultiple, kMinHeadDim, kMaxHeadDim, s.head_dim));
-  if (s.hq % s.hkv != 0)
-    throw UsageError(fmt::format(
-        "option '--heads': {} query heads are not a multiple of --kv-heads {}", s.hq, s.hkv));
-}
-
-AttentionArgs make_args(const ProblemShape& s, const void* q, const void* k, const void* v,
-                        float scale) {
-  AttentionArgs a;
-  a.batch = s.batch;
-  a.nq = s.nq;
-  a.nk = s.nk;
-  a.hq = s.hq;
-  a.hkv = s.hkv;
-  a.head_dim = s.head_dim;
-  a.dtype = s.dtype;
-  a.q = q;
-  a.k = k;
-  a.v = v;
-  a.scale = scale;
-  a.mask = s.mask();
-  return a;
-}
-
-RandomProblem make_random_problem(const ProblemShape& s, uint64_t seed) {
+RandomProblem make_random_problem(const ProblemShape& shape, uint64_t seed) {
   RandomProblem p;
-  p.shape = s;
+  p.shape = shape;
+  const AttentionProblem& s = shape.problem;
   p.q = Tensor(s.dtype, {s.batch, s.nq, s.hq, s.head_dim}, "random q");
   p.k = Tensor(s.dtype, {s.batch, s.nk, s.hkv, s.head_dim}, "random k");
   p.v = Tensor(s.dtype, {s.batch, s.nk, s.hkv, s.head_dim}, "random v");
@@ -127,7 +72,8 @@ ErrorStats ReferenceCheck::compare(const float* o, const float* lse) const {
   return compare_to_reference(args_, o, lse, ref_, full() ? std::vector<int64_t>{} : rows_);
 }
 
-double reference_work(const ProblemShape& s) {
+double reference_work(const ProblemShape& shape) {
+  const AttentionProblem& s = shape.problem;
   return double(s.batch) * double(s.hq) * double(s.nq) * double(s.nk) * double(s.head_dim);
 }
 

@@ -9,37 +9,20 @@
 #include <string>
 #include <vector>
 
-#include "cli/mask_options.hpp"
 #include "cli/metrics.hpp"
+#include "cli/problem_options.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/reference.hpp"
 #include "ringattn/tensor.hpp"
 
 namespace ringattn::cli {
 
-// Sizes of one problem; nk == 0 is not allowed here (resolve "same as nq" first).
-struct ProblemShape {
-  int64_t batch = 1, nq = 0, nk = 0, hq = 1, hkv = 1, head_dim = 0;
-  DType dtype = DType::f32;
-  bool causal = false;
-  MaskOptions masks;        // sparse parts; causal comes from `causal`
-  std::string str() const;  // "B=1 Nq=4096 Nk=4096 Hq=8 Hkv=2 D=128 float32 causal"
-  Mask mask() const;
-  std::string mask_str() const;  // "causal", "full", or the sparse description
-};
+// ProblemShape (an AttentionProblem and its mask options), shape_record and
+// the problem options are in cli/problem_options.hpp.
 
-// Checks sizes that came from options (--heads, --kv-heads, --head-dim); throws
-// UsageError naming the option.
-void validate_shape_options(const ProblemShape& shape);
-
-// A metrics record that starts with the command and the problem's shape
-// (b, nq, nk, hq, hkv, d, dtype, causal, mask).
-JsonObject shape_record(const std::string& command, const ProblemShape& shape);
-
-// Arguments for q [B, Nq, Hq, D], k/v [B, Nk, Hkv, D] in `shape.dtype`; the mask
-// is shape.mask() (bottom-right aligned, positions from 0). scale 0 = 1/sqrt(D).
-AttentionArgs make_args(const ProblemShape& shape, const void* q, const void* k, const void* v,
-                        float scale = 0.0f);
+// Arguments for q [B, Nq, Hq, D], k/v [B, Nk, Hkv, D] in the problem's dtype,
+// with its mask (bottom-right aligned, positions from 0) and scale.
+AttentionArgs make_args(const ProblemShape& shape, const void* q, const void* k, const void* v);
 
 // Inputs drawn from a standard normal distribution in float32 (seeded), then
 // rounded to the storage dtype. Owns its tensors; args() points into them.

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "cli/problem_options.hpp"
 #include "cli/table.hpp"
 #include "ringattn/memory.hpp"
 
@@ -200,17 +201,12 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
   for (const RankPlan& k : p.per_rank) max_flops = std::max(max_flops, k.flops);
   std::vector<JsonObject> out;
   JsonObject s;
-  s.text("command", "plan")
-      .text("record", "summary")
-      .integer("n", p.in.nq)
-      .integer("nk", p.in.nk)
-      .integer("b", p.in.batch)
-      .integer("hq", p.in.hq)
-      .integer("hkv", p.in.hkv)
-      .integer("d", p.in.head_dim)
-      .text("dtype", std::string(dtype_name(p.in.dtype)))
-      .text("mask", r.mask)
-      .text("layout", layout_name(p.in.layout))
+  AttentionProblem problem;
+  problem.batch = p.in.batch, problem.nq = p.in.nq, problem.nk = p.in.nk, problem.hq = p.in.hq;
+  problem.hkv = p.in.hkv, problem.head_dim = p.in.head_dim, problem.dtype = p.in.dtype;
+  s.text("command", "plan").text("record", "summary");
+  add_shape_keys(s, problem, r.causal, r.mask);
+  s.text("layout", layout_name(p.in.layout))
       .integer("ranks", p.in.ranks)
       .text("backend", backend_name(p))
       .integer("nodes", p.nodes)

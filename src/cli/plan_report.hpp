@@ -20,7 +20,8 @@ struct PlanReport {
   const Plan* plan = nullptr;
   const HardwareProfile* hw = nullptr;
   std::string shape;  // RunConfig::shape_text()
-  std::string mask;   // MaskOptions::describe()
+  bool causal = false;
+  std::string mask;  // mask_label(): "causal", "full" or the sparse description
   std::string command_line;
 };
 

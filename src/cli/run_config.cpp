@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "cli/harness.hpp"
+#include "cli/problem_options.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/npy.hpp"
 
@@ -77,16 +78,10 @@ void configure_from_files(RunConfig* c) {
 }
 
 void configure_generated(const ParsedOptions& opt, RunConfig* c) {
-  c->batch = opt.integer("batch");
-  c->nq = opt.integer("seq-len");
-  c->nk = opt.integer("kv-seq-len") == 0 ? c->nq : opt.integer("kv-seq-len");
-  c->hq = opt.integer("heads");
-  c->hkv = opt.integer("kv-heads") == 0 ? c->hq : opt.integer("kv-heads");
-  c->head_dim = opt.integer("head-dim");
-  c->dtype = parse_dtype(opt.text("dtype"), "option '--dtype'");
-  ProblemShape shape;
-  shape.hq = c->hq, shape.hkv = c->hkv, shape.head_dim = c->head_dim;
-  validate_shape_options(shape);
+  // Validated as every command's problem (errors name the option).
+  const AttentionProblem p = parse_problem_options(opt).problem;
+  c->batch = p.batch, c->nq = p.nq, c->nk = p.nk, c->hq = p.hq, c->hkv = p.hkv;
+  c->head_dim = p.head_dim, c->dtype = p.dtype;
 }
 
 }  // namespace
@@ -110,36 +105,14 @@ CommandSpec run_spec() {
           .positive()
           .shown_default("1"),
       OptionSpec::integer("seed", "0", "seed of the generated inputs").non_negative(),
-      OptionSpec::integer("batch", "1", "batch size B (generated inputs)").positive(),
-      OptionSpec::integer("seq-len", "4096", "query sequence length N (generated inputs)", "tokens")
-          .positive(),
-      OptionSpec::integer("kv-seq-len", "0",
-                          "key/value sequence length Nk; 0 = same as --seq-len, else cross-"
-                          "attention (generated inputs)",
-                          "tokens")
-          .non_negative(),
-      OptionSpec::integer("heads", "8", "query heads Hq (generated inputs)").positive(),
-      OptionSpec::integer("kv-heads", "0",
-                          "key/value heads Hkv, dividing Hq; 0 = same as --heads (generated "
-                          "inputs)")
-          .non_negative(),
-      OptionSpec::integer("head-dim", "128",
-                          "head dimension D, a multiple of 8 in [8, 256] (generated inputs)")
-          .positive(),
-      OptionSpec::choice("dtype", "float32",
-                         {"float32", "float16", "bfloat16", "f32", "f16", "bf16"},
-                         "storage dtype of q, k, v and O (generated inputs)"),
       OptionSpec::text("q", "",
                        "read queries from this global .npy, [B, N, Hq, D] or [N, Hq, D], "
                        "instead of generating them (with --k and --v)"),
       OptionSpec::text("k", "", "keys, [B, Nk, Hkv, D] or [Nk, Hkv, D] (.npy)"),
       OptionSpec::text("v", "", "values, the same shape as the keys (.npy)"),
-      OptionSpec::flag("causal", "false",
-                       "causal mask, bottom-right aligned: query i sees key j iff j <= i + Nk - N"),
       OptionSpec::choice("layout", kLayoutAuto, {kLayoutAuto, "contiguous", "zigzag", "striped"},
                          "how tokens are split over ranks (auto: zigzag when causal, else "
                          "contiguous)"),
-      OptionSpec::number("scale", "", "softmax scale").positive().shown_default("1/sqrt(D)"),
       OptionSpec::choice("isa", "auto", {"auto", "avx512", "avx2", "generic"},
                          "kernel instruction set (auto: the best this CPU supports)"),
       OptionSpec::choice("device", "cpu", {"cpu", "cuda"},
@@ -166,6 +139,9 @@ CommandSpec run_spec() {
                           "testing: this rank fails right after its first ring pass, to check "
                           "that the whole job ends (-1: none)"),
   };
+  // The problem, declared once for every command (cli/problem_options.hpp); with
+  // --q/--k/--v the files give the sizes and dtype instead.
+  insert_options(&s.options, "seed", problem_option_specs());
   for (OptionSpec& o : mask_option_specs()) s.options.push_back(std::move(o));
   s.epilog =
       "--threads is the kernel threads of each rank: 0 means cores / P for in-process ranks and\n"

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "cli/problem_options.hpp"
 #include "cli/table.hpp"
 #include "ringattn/memory.hpp"
 
@@ -194,18 +195,13 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
                    .integer("tiles_computed", s.tiles_computed)
                    .integer("tiles_partial", s.tiles_partial)
                    .integer("peak_bytes", s.peak_bytes));
+  AttentionProblem problem;
+  problem.batch = c.batch, problem.nq = c.nq, problem.nk = c.nk, problem.hq = c.hq;
+  problem.hkv = c.hkv, problem.head_dim = c.head_dim, problem.dtype = c.dtype;
   JsonObject sum;
-  sum.text("command", "run")
-      .text("record", "summary")
-      .integer("n", c.nq)
-      .integer("nk", c.nk)
-      .integer("b", c.batch)
-      .integer("hq", c.hq)
-      .integer("hkv", c.hkv)
-      .integer("d", c.head_dim)
-      .text("dtype", std::string(dtype_name(c.dtype)))
-      .boolean("causal", c.causal)
-      .text("layout", layout_name(c.layout))
+  sum.text("command", "run").text("record", "summary");
+  add_shape_keys(sum, problem, c.causal, mask_label(c.masks));
+  sum.text("layout", layout_name(c.layout))
       .integer("ranks", r.ranks)
       .text("backend", r.backend)
       .text("isa", r.isa)
@@ -215,7 +211,6 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
       .number("imbalance_scheduled", r.sched_imbalance)
       .number("imbalance_measured", measured_imbalance(r))
       .number("bytes_per_step", bytes_per_step(r))
-      .text("mask", c.masks.describe())
       .integer("steps", r.stats.empty() ? 0 : r.stats[0].steps)
       .text("transfer", r.transfer)
       .integer("shared_keys", r.shared_keys)
