@@ -99,8 +99,11 @@ TEST_F(Job, FileInputsCrossAttentionSparseMaskStriped) {
   const Tensor k = test::random_tensor(s.dtype, {1, s.nk, s.hkv, s.head_dim}, 6);
   const Tensor v = test::random_tensor(s.dtype, {1, s.nk, s.hkv, s.head_dim}, 7);
   save_npy(path("q.npy"), q), save_npy(path("k.npy"), k), save_npy(path("v.npy"), v);
-  s.from_files = true;
-  s.q.path = path("q.npy"), s.k.path = path("k.npy"), s.v.path = path("v.npy");
+  JobSpec read;  // the shape from the file headers, as the spec above declares it
+  read.use_input_files(path("q.npy"), path("k.npy"), path("v.npy"));
+  EXPECT_EQ(read.shape_text(), s.shape_text());
+  EXPECT_EQ(read.q.ndim, 4);
+  s.use_input_files(path("q.npy"), path("k.npy"), path("v.npy"));
   s.out_path = path("o.npy"), s.lse_path = path("lse.npy");
   s.threads = 1;
   const JobReport r = run_job_local(3, s);

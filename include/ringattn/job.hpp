@@ -81,6 +81,12 @@ struct JobSpec : AttentionProblem {  // the global problem (mask built, in globa
   // The message an error ends the job with (default: what()).
   std::function<std::string(const std::exception&)> describe_error;
 
+  // Inputs from three global .npy files: reads their headers (not the data),
+  // checks them against each other and sets the problem's sizes and dtype from
+  // them (and from_files, the paths and each file's ndim). Throws Error naming
+  // the file and the expected form. Build the mask after this (it depends on Nq, Nk).
+  void use_input_files(const std::string& q_path, const std::string& k_path,
+                       const std::string& v_path);
   // Throws FieldError on what cannot run (problem fields, repeats, fail_rank, device).
   void validate() const;
   bool batched_output() const { return !from_files || q.ndim == kNdimBatch; }

@@ -10,6 +10,83 @@
 #include "ringattn/npy.hpp"
 #include "ringattn/synth.hpp"
 
+namespace ringattn {
+namespace {
+
+// The [B, N, H, D] view of one input file's header.
+struct FileDims {
+  int64_t batch = 1, n = 0, heads = 0, d = 0;
+  DType dtype = DType::f32;
+  int ndim = kNdimBatch;
+  std::vector<int64_t> shape;
+};
+
+FileDims file_dims(const std::string& path) {
+  const NpyHeader h = read_npy_header(path);
+  const auto& s = h.shape;
+  const int ndim = static_cast<int>(s.size());
+  if (ndim != kNdimBatch && ndim != kNdimNoBatch)
+    throw Error(fmt::format("{}: expected a 4-d [B, N, H, D] or 3-d [N, H, D] array, got shape {}",
+                            path, shape_str(s)));
+  FileDims d;
+  d.ndim = ndim;
+  d.dtype = h.dtype;
+  d.shape = s;
+  if (ndim == kNdimBatch) {
+    d.batch = s[0], d.n = s[1], d.heads = s[2], d.d = s[3];
+  } else {
+    d.n = s[0], d.heads = s[1], d.d = s[2];
+  }
+  if (d.n < 1)
+    throw Error(
+        fmt::format("{}: the sequence axis (N) is empty in shape {}; need at least one token", path,
+                    shape_str(s)));
+  if (d.batch < 1 || d.heads < 1 || d.d < 1)
+    throw Error(
+        fmt::format("{}: shape {} has an empty axis; batch, heads and head_dim must be >= 1", path,
+                    shape_str(s)));
+  return d;
+}
+
+// Reads the three headers and fills the problem sizes from them.
+void configure_from_files(JobSpec* c) {
+  const FileDims q = file_dims(c->q.path), k = file_dims(c->k.path), v = file_dims(c->v.path);
+  const std::string &qp = c->q.path, &kp = c->k.path, &vp = c->v.path;
+  for (const auto* f : {&k, &v})
+    if (f->dtype != q.dtype)
+      throw Error(fmt::format("{}: dtype {} differs from {}'s {}; q, k and v must share a dtype",
+                              f == &k ? kp : vp, dtype_name(f->dtype), qp, dtype_name(q.dtype)));
+  if (!head_dim_supported(q.d))
+    throw Error(fmt::format("{}: head_dim (last axis) must be a multiple of {} in [{}, {}], got {}",
+                            qp, kHeadDimMultiple, kMinHeadDim, kMaxHeadDim, q.d));
+  if (k.d != q.d)
+    throw Error(fmt::format("{}: head_dim (last axis) {} differs from {}'s {}", kp, k.d, qp, q.d));
+  if (k.batch != q.batch)
+    throw Error(fmt::format("{}: batch {} differs from {}'s {}", kp, k.batch, qp, q.batch));
+  if (v.batch != k.batch || v.n != k.n || v.heads != k.heads || v.d != k.d)
+    throw Error(fmt::format("{}: shape {} differs from {}'s {}; k and v must have the same shape",
+                            vp, shape_str(v.shape), kp, shape_str(k.shape)));
+  if (q.heads % k.heads != 0)
+    throw Error(fmt::format(
+        "{}: {} query heads are not a multiple of the {} key/value heads of {} (need Hq % Hkv "
+        "== 0)",
+        qp, q.heads, k.heads, kp));
+  c->batch = q.batch, c->nq = q.n, c->nk = k.n, c->hq = q.heads, c->hkv = k.heads;
+  c->head_dim = q.d, c->dtype = q.dtype;
+  c->q.ndim = q.ndim, c->k.ndim = k.ndim, c->v.ndim = v.ndim;
+}
+
+}  // namespace
+
+void JobSpec::use_input_files(const std::string& q_path, const std::string& k_path,
+                              const std::string& v_path) {
+  from_files = true;
+  q.path = q_path, k.path = k_path, v.path = v_path;
+  configure_from_files(this);
+}
+
+}  // namespace ringattn
+
 namespace ringattn::job {
 namespace {
 
