@@ -182,6 +182,48 @@ class AttendError : public Cli {
   }
 };
 
+// Paths are compared as files, not strings: an output that is another output or an input
+// (./x, a/../x, a symlink) is an error naming both, and no file is touched.
+TEST_F(AttendError, OutputsThatAliasAnotherPathAreErrors) {
+  write_defaults();
+  const std::string q_before = slurp(path("q.npy"));
+  std::filesystem::create_directory(path("d"));
+  const std::string dot_o = (std::filesystem::path(path("d")) / ".." / "o.npy").string();
+  auto attend = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = {"attend",      "--q", path("q.npy"), "--k",
+                                  path("k.npy"), "--v", path("v.npy")};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return run(a);
+  };
+  expect_clean_failure(attend({"--out", path("o.npy"), "--lse-out", dot_o}), "--lse-out",
+                       {path("o.npy")});
+  expect_clean_failure(attend({"--out", path("q.npy")}), "--q", {});
+  std::filesystem::create_symlink(path("k.npy"), path("link.npy"));
+  expect_clean_failure(attend({"--out", path("link.npy")}), "--k", {});
+  expect_clean_failure(attend({"--out", path("o.npy"), "--metrics", dot_o}), "--metrics",
+                       {path("o.npy")});
+  EXPECT_EQ(slurp(path("q.npy")), q_before);  // the input is untouched
+}
+
+TEST_F(AttendError, ResultsBeyondFloat32AreErrorsNotNaN) {
+  write_defaults();
+  // scale x q.k overflows float32: the result is not a number; nothing is written.
+  expect_failure({"--scale", "1e38"}, "not finite");
+  // Finite inputs so large that q.k overflows.
+  Tensor q = random_tensor(DType::f32, {1, 8, 2, 16}, 1);
+  for (int64_t i = 0; i < q.numel(); ++i) q.set(i, std::copysign(3.0e38f, q.get(i)));
+  save_npy(path("q.npy"), q);
+  expect_failure({}, "not finite");
+}
+
+TEST_F(Cli, ConfigThatIsADirectoryIsAnError) {
+  std::filesystem::create_directory(path("cfg"));
+  const Result r = run({"demo", "--config", path("cfg"), "--seq-len", "64"});
+  EXPECT_EQ(r.rc, 2);
+  EXPECT_NE(r.err.find("option '--config'"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("is a directory"), std::string::npos) << r.err;
+}
+
 TEST_F(AttendError, MalformedNpy) {
   write_defaults();
   std::ofstream(path("q.npy"), std::ios::binary) << "this is not an npy file";

@@ -52,9 +52,9 @@ class Job : public ::testing::Test {
     for (int64_t i = 0; i < lse.numel(); ++i) lf[static_cast<std::size_t>(i)] = lse.get(i);
     const ErrorStats e = compare_to_reference(a, of.data(), lf.data(), ref);
     // float32 accumulation; O is stored in the storage dtype (half an ulp of it).
-    const double o_tol = s.dtype == DType::f32 ? 1e-5 : s.dtype == DType::f16 ? 1e-3 : 8e-3;
-    EXPECT_LE(e.o_rel_fro, o_tol);
-    EXPECT_LE(e.lse_max_abs, 1e-4);
+    const Tolerance tol = stored_tolerance(s.dtype);
+    EXPECT_LE(e.o_rel_fro, tol.o_rel_fro);
+    EXPECT_LE(e.lse_max_abs, tol.lse_max_abs);
     EXPECT_EQ(e.lse_mismatch, 0);
   }
 

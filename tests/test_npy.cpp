@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -467,6 +468,36 @@ TEST_F(Npy, NumPyReadsOurFiles) {
          "assert ((c.astype(np.uint32) << 16).view(np.float32) == np.arange(6).reshape(3, 2) - "
          "2).all()\n"
          "s = np.load('s.npy'); assert s.shape == () and s == -1.25\n");
+}
+
+// A process killed outright leaves <path>.tmp.<pid>.<n>: the next writer of the same
+// output removes those of dead processes, and nothing else.
+TEST_F(Npy, StaleTemporariesOfDeadProcessesAreRemoved) {
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ASSERT_GT(child, 0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);  // now a pid of no process
+  const std::string out = file("o.npy");
+  const std::string dead = fmt::format("{}.tmp.{}.3", out, child);
+  const std::string live = fmt::format("{}.tmp.{}.7", out, ::getppid());  // a running process
+  const std::string other = out + ".tmp.notapid";
+  for (const std::string& f : {dead, live, other}) std::ofstream(f) << "x";
+  save_npy(out, Tensor(DType::f32, {2}, "t"));
+  EXPECT_FALSE(std::filesystem::exists(dead));
+  EXPECT_TRUE(std::filesystem::exists(live));
+  EXPECT_TRUE(std::filesystem::exists(other));
+  EXPECT_TRUE(std::filesystem::exists(out));
+}
+
+TEST_F(Npy, SameFileComparesFilesNotStrings) {
+  save_npy(file("a.npy"), Tensor(DType::f32, {2}, "t"));
+  std::filesystem::create_directory(file("d"));
+  EXPECT_TRUE(same_file(file("a.npy"), file("d") + "/../a.npy"));
+  std::filesystem::create_symlink(file("a.npy"), file("l.npy"));
+  EXPECT_TRUE(same_file(file("l.npy"), file("a.npy")));
+  EXPECT_TRUE(same_file(file("new.npy"), file("d") + "/../new.npy"));  // neither exists yet
+  EXPECT_FALSE(same_file(file("a.npy"), file("d/a.npy")));
 }
 
 }  // namespace

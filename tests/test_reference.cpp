@@ -385,5 +385,36 @@ TEST(Reference, CompareToReference) {
   EXPECT_THROW(compare_to_reference(in.args, o.data(), lse.data(), part), Error);
 }
 
+// LSE errors are bounded relative to |LSE| where it is large (scores near 1e37 are
+// finite, and their float32 LSE is exact only to ~1e30), absolutely below 1.
+TEST(ErrorAccumulator, LseToleranceIsRelativeWhereLseIsLarge) {
+  const float o[2] = {1.0f, 2.0f};
+  const double ref[2] = {1.0, 2.0};
+  ErrorAccumulator big;
+  big.add_row(o, ref, 2, 1.0e37 + 1.0e30, 1.0e37);
+  EXPECT_TRUE(within(big.stats(), tolerance_for(DType::f32)));
+  EXPECT_NEAR(big.stats().lse_max_scaled, 1e-7, 1e-9);
+  ErrorAccumulator small;
+  small.add_row(o, ref, 2, 0.5 + 2e-4, 0.5);
+  EXPECT_FALSE(within(small.stats(), tolerance_for(DType::f32)));
+  ErrorAccumulator nan;
+  const float bad[2] = {1.0f, std::nanf("")};
+  nan.add_row(bad, ref, 2, 0.5, 0.5);
+  EXPECT_FALSE(within(nan.stats(), tolerance_for(DType::f32)));
+  EXPECT_EQ(nan.stats().lse_mismatch, 1);
+}
+
+// Result rows that are not numbers: NaN or inf in O, NaN or +inf LSE; an empty row is fine.
+TEST(NonFinite, RowsAreCounted) {
+  const float inf = std::numeric_limits<float>::infinity();
+  // B = 1, n = 3, Hq = 1, D = 2
+  const float o[6] = {0.0f, 0.0f, 1.0f, std::nanf(""), 1.0f, 2.0f};
+  const float lse[3] = {-inf, 0.5f, inf};
+  EXPECT_EQ(nonfinite_rows(o, lse, 1, 3, 1, 2), 2);
+  const float ok_lse[3] = {-inf, 0.5f, 1.0f};
+  const float ok_o[6] = {0.0f, 0.0f, 1.0f, 1.0f, 1.0f, 2.0f};
+  EXPECT_EQ(nonfinite_rows(ok_o, ok_lse, 1, 3, 1, 2), 0);
+}
+
 }  // namespace
 }  // namespace ringattn

@@ -364,6 +364,42 @@ class RunError : public Run {
   }
 };
 
+TEST_F(RunError, OutputsThatAliasAnotherPathAreErrors) {
+  write_files({1, 8, 2, 16}, {1, 12, 1, 16}, {1, 12, 1, 16});
+  const std::string k_before = slurp(path("k.npy"));
+  std::filesystem::create_directory(path("d"));
+  const std::string dot = (std::filesystem::path(path("d")) / "..").string();
+  std::vector<std::string> a = file_args();
+  a.insert(a.end(), {"--ranks-local", "2", "--threads", "1"});
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> x = a;
+    x.insert(x.end(), extra.begin(), extra.end());
+    return run(x);
+  };
+  expect_clean_failure(with({"--out", path("o.npy"), "--lse-out", dot + "/o.npy"}), "--lse-out",
+                       {path("o.npy")});
+  expect_clean_failure(with({"--out", dot + "/k.npy"}), "--k", {});
+  expect_clean_failure(with({"--out", path("o.npy"), "--metrics", dot + "/o.npy"}), "--metrics",
+                       {path("o.npy")});
+  EXPECT_EQ(slurp(path("k.npy")), k_before);
+}
+
+TEST_F(RunError, ResultsBeyondFloat32AreErrorsNotNaN) {
+  expect_failure({"--ranks-local", "2", "--seq-len", "128", "--heads", "2", "--head-dim", "32",
+                  "--scale", "1e38"},
+                 "not finite");
+}
+
+TEST_F(Run, SizeOptionsBesideInputFilesAreWarnedAbout) {
+  save_npy(path("q.npy"), random_tensor(DType::f32, {1, 8, 2, 16}, 1));
+  save_npy(path("k.npy"), random_tensor(DType::f32, {1, 8, 2, 16}, 2));
+  save_npy(path("v.npy"), random_tensor(DType::f32, {1, 8, 2, 16}, 3));
+  const Result r = run({"--q", path("q.npy"), "--k", path("k.npy"), "--v", path("v.npy"),
+                        "--seq-len", "99", "--dtype", "f16", "--threads", "1"});
+  EXPECT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("warning: --seq-len, --dtype ignored"), std::string::npos) << r.err;
+}
+
 TEST_F(RunError, DeviceCudaNeedsHalfPrecisionAGpuAndAKnownHeadDim) {
   expect_failure({"--device", "gpu"}, "'--device'");
   expect_failure({"--device", "cuda", "--dtype", "float32", "--seq-len", "64"}, "'--device'");

@@ -110,6 +110,16 @@ struct KernelStats {
   }
 };
 
+// A result that is not a number: rows (of B x Hq x n) where O holds a NaN or
+// an infinity, or LSE is NaN or +inf. They come from scores beyond float32
+// (|scale q.k| > 3.4e38: a huge scale, or huge finite inputs), and an LSE that
+// large cannot be stored. An empty row (O = 0, LSE = -inf) is a number.
+// o [B, n, Hq, D], lse [B, Hq, n] float32.
+int64_t nonfinite_rows(const float* o, const float* lse, int64_t batch, int64_t n, int64_t hq,
+                       int64_t d);
+// "K of M result rows are not finite (...): the scores scale x q.k overflow float32 ..."
+std::string nonfinite_message(int64_t rows, int64_t total);
+
 // 4 B Hq D x pairs.
 double attention_flops(const AttentionProblem& p, int64_t pairs);
 // FLOPs of one block: 4 B Hq D x block_pairs().

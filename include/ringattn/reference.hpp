@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "ringattn/attention.hpp"
@@ -31,10 +32,11 @@ ReferenceResult reference_attention_rows(const AttentionArgs& args,
 // Error of a float32 result against the reference, over the given rows
 // (all rows when `rows` is empty). o_f32 [B, Nq, Hq, D], lse_f32 [B, Hq, Nq].
 struct ErrorStats {
-  double o_rel_fro = 0;      // ||O - O_ref||_F / ||O_ref||_F  (absolute if ||O_ref|| == 0)
-  double o_max_abs = 0;      // max |O - O_ref|
-  double lse_max_abs = 0;    // max |LSE - LSE_ref| over rows where both are finite
-  int64_t lse_mismatch = 0;  // rows where exactly one of LSE, LSE_ref is -inf, or any NaN
+  double o_rel_fro = 0;       // ||O - O_ref||_F / ||O_ref||_F  (absolute if ||O_ref|| == 0)
+  double o_max_abs = 0;       // max |O - O_ref|
+  double lse_max_abs = 0;     // max |LSE - LSE_ref| over rows where both are finite
+  double lse_max_scaled = 0;  // max |LSE - LSE_ref| / max(1, |LSE_ref|): what tolerances bound
+  int64_t lse_mismatch = 0;   // rows where exactly one of LSE, LSE_ref is -inf, or any NaN
 };
 ErrorStats compare_to_reference(const AttentionArgs& args, const float* o_f32, const float* lse_f32,
                                 const ReferenceResult& ref, const std::vector<int64_t>& rows = {});
@@ -59,16 +61,25 @@ class ErrorAccumulator {
   ErrorStats st_;
 };
 
-// Accepted error of a float32 result against the float64 reference on the
-// same stored inputs (float32 accumulation). Looser for 16-bit storage only
-// to leave room for kernels that round P to the storage type before the P V
-// product, as GPU kernels do.
+// Accepted error of a result against the float64 reference on the same
+// stored inputs, derived from the computation: 16-bit inputs convert to
+// float32 exactly and every kernel accumulates in float32, so a float32
+// result has the float32 bound whatever the storage dtype. Kernels that round
+// P to the storage type before P V (the GPU kernel) add about one ulp of it
+// to O; a result stored in a 16-bit dtype (an O file) adds half an ulp of it.
+enum class PRounding : uint8_t { float32, storage };
 struct Tolerance {
   double o_rel_fro;    // relative Frobenius norm of the O error
-  double lse_max_abs;  // max |dLSE|, natural log
+  double lse_max_abs;  // max |dLSE|, natural log; relative where |LSE| > 1 (lse_max_scaled)
 };
-Tolerance tolerance_for(DType dtype);
+Tolerance tolerance_for(DType dtype, PRounding p = PRounding::float32);
+// tolerance_for plus half an ulp of `dtype` in O: for O rounded to the dtype.
+Tolerance stored_tolerance(DType dtype, PRounding p = PRounding::float32);
+double half_ulp(DType dtype);  // relative: 2^-24, 2^-11, 2^-8
 // Within tolerance, and no row where LSE is NaN or empty on one side only.
 bool within(const ErrorStats& e, const Tolerance& t);
+// "O rel. Frobenius 1.2e-07 (tolerance 1e-05), max |dLSE| 4.8e-07 (tolerance 1e-04)", the
+// LSE error also relative where |LSE| > 1, mismatched rows if any.
+std::string error_text(const ErrorStats& e, const Tolerance& t);
 
 }  // namespace ringattn

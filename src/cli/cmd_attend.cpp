@@ -40,12 +40,18 @@ CommandSpec attend_spec() {
       "the log-sum-exp of each row (float32, natural log). GQA/MQA when Hq is a multiple of Hkv.";
   s.usage = "--q FILE --k FILE --v FILE --out FILE [options]";
   s.options = {
-      OptionSpec::text("q", "", "queries, [B, Nq, Hq, D] or [Nq, Hq, D] (.npy)").as_required(),
-      OptionSpec::text("k", "", "keys, [B, Nk, Hkv, D] or [Nk, Hkv, D] (.npy)").as_required(),
-      OptionSpec::text("v", "", "values, same shape as the keys (.npy)").as_required(),
+      OptionSpec::text("q", "", "queries, [B, Nq, Hq, D] or [Nq, Hq, D] (.npy)")
+          .as_required()
+          .as_input(),
+      OptionSpec::text("k", "", "keys, [B, Nk, Hkv, D] or [Nk, Hkv, D] (.npy)")
+          .as_required()
+          .as_input(),
+      OptionSpec::text("v", "", "values, same shape as the keys (.npy)").as_required().as_input(),
       OptionSpec::text("out", "", "output O, shaped like q, in the input dtype (.npy)")
-          .as_required(),
-      OptionSpec::text("lse-out", "", "also write LSE, float32 [B, Hq, Nq] ([Hq, Nq] for 3-d q)"),
+          .as_required()
+          .as_output(),
+      OptionSpec::text("lse-out", "", "also write LSE, float32 [B, Hq, Nq] ([Hq, Nq] for 3-d q)")
+          .as_output(),
       OptionSpec::choice("isa", "auto", {"auto", "avx512", "avx2", "generic"},
                          "kernel instruction set (auto: the best this CPU supports)"),
       OptionSpec::flag("verify", "false",
@@ -179,6 +185,10 @@ int cmd_attend(int argc, char** argv) {
   const Stopwatch watch;
   attention_forward(args, o32.as<float>(), lse.as<float>(), kopt);
   const double seconds = watch.seconds();
+  if (const int64_t bad =
+          nonfinite_rows(o32.as<float>(), lse.as<float>(), p.batch, p.nq, p.hq, p.head_dim);
+      bad > 0)
+    throw Error(nonfinite_message(bad, p.batch * p.hq * p.nq) + "; no output written");
   const double gflops = attention_flops(args) / seconds / 1e9;
 
   JsonObject row = shape_record("attend", shape);
@@ -192,10 +202,7 @@ int cmd_attend(int argc, char** argv) {
     // The reference reads the stored inputs; compare the float32 kernel output.
     const ErrorStats err = ReferenceCheck(args, {}).compare(o32.as<float>(), lse.as<float>());
     const Tolerance tol = tolerance_for(p.dtype);
-    const std::string details = fmt::format(
-        "O rel. Frobenius {:.2e} (tolerance {:.0e}), max |dLSE| {:.2e} (tolerance {:.0e}){}",
-        err.o_rel_fro, tol.o_rel_fro, err.lse_max_abs, tol.lse_max_abs,
-        err.lse_mismatch ? fmt::format(", {} mismatched rows", err.lse_mismatch) : std::string());
+    const std::string details = error_text(err, tol);
     row.number("o_rel_err", err.o_rel_fro).number("lse_max_err", err.lse_max_abs);
     if (!within(err, tol))
       throw Error(

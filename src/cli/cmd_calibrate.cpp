@@ -75,7 +75,9 @@ CommandSpec calibrate_spec() {
       "reads. The default run takes about 10-20 s.";
   s.usage = "--out FILE [options]   (or: mpirun -np 2 ringattn calibrate --out FILE)";
   s.options = {
-      OptionSpec::text("out", "", "write the profile here (.ini), atomically").as_required(),
+      OptionSpec::text("out", "", "write the profile here (.ini), atomically")
+          .as_required()
+          .as_output(),
       OptionSpec::text("name", "", "profile name", "NAME").shown_default("cpu-<cores>core"),
       OptionSpec::text("description", "", "one line describing the machine", "TEXT")
           .shown_default("the CPU model"),

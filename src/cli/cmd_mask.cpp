@@ -48,7 +48,7 @@ CommandSpec mask_spec() {
                          "contiguous)"),
       OptionSpec::integer("ranks", "1", "ranks P whose boundaries are marked").positive(),
       OptionSpec::flag("show", "true", "print the picture as ASCII"),
-      OptionSpec::text("svg", "", "also write the picture as an SVG image"),
+      OptionSpec::text("svg", "", "also write the picture as an SVG image").as_output(),
       OptionSpec::flag("legend", "false", "explain the characters of the picture"),
   };
   insert_options(&s.options, "", problem_option_specs(kMaskProblem));

@@ -56,7 +56,8 @@ CommandSpec plan_spec() {
                        "hardware profile: a name in configs/hardware (h100-sxm, a100, h200, "
                        "cpu-2core, ...) or an .ini path",
                        "NAME|FILE")
-          .as_required(),
+          .as_required()
+          .as_input(),
       OptionSpec::integer("ranks", "", "ranks P, one per device, over MPI/NCCL links")
           .positive()
           .shown_default("1"),

@@ -9,10 +9,13 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <set>
 #include <stdexcept>
+
+#include "ringattn/npy.hpp"  // same_file
 
 namespace ringattn::cli {
 namespace po = boost::program_options;
@@ -443,12 +446,36 @@ std::string ParsedOptions::command_line() const {
 
 // ---- parsing and help ------------------------------------------------------
 
+void check_distinct_files(const CommandSpec& spec,
+                          const std::map<std::string, std::string>& values) {
+  std::vector<const OptionSpec*> files;
+  for (const OptionSpec& o : spec.options) {
+    const auto it = values.find(o.name);
+    if (o.file != FileRole::none && it != values.end() && !it->second.empty()) files.push_back(&o);
+  }
+  for (const OptionSpec* out : files) {
+    if (out->file != FileRole::output) continue;
+    const std::string& path = values.at(out->name);
+    for (const OptionSpec* other : files) {
+      if (other == out || (other->file == FileRole::output && other < out)) continue;
+      const std::string& p = values.at(other->name);
+      if (!same_file(path, p)) continue;
+      throw UsageError(fmt::format(
+          "option '--{}': '{}' is the same file as --{} ('{}'){}", out->name, path, other->name, p,
+          other->file == FileRole::input ? ", which would be overwritten"
+                                         : "; give each output its own file"));
+    }
+  }
+}
+
 CommandSpec with_common_options(CommandSpec spec) {
   spec.options.push_back(OptionSpec::text("config", "",
                                           "read option values from this .ini file "
-                                          "(`name = value` lines); flags override it"));
+                                          "(`name = value` lines); flags override it")
+                             .as_input());
   spec.options.push_back(
-      OptionSpec::text("metrics", "", "append one JSON object per result to this file"));
+      OptionSpec::text("metrics", "", "append one JSON object per result to this file")
+          .as_output());
   spec.options.push_back(
       OptionSpec::integer("threads", "0", "worker threads (0 = all cores)").non_negative());
   spec.options.push_back(OptionSpec::flag("help", "", "print this help and exit"));
@@ -475,6 +502,11 @@ std::optional<ParsedOptions> parse_options(const CommandSpec& command, int argc,
   }
   if (const auto it = values.find("config"); it != values.end()) {
     const std::string& path = it->second;
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec))
+      throw UsageError(fmt::format(
+          "option '--config': '{}' is a directory; expected an .ini file of `name = value` lines",
+          path));
     std::ifstream in(path);
     if (!in)
       throw UsageError(
@@ -491,6 +523,7 @@ std::optional<ParsedOptions> parse_options(const CommandSpec& command, int argc,
   for (const auto& o : spec.options)
     if (o.required && values.count(o.name) == 0)
       throw UsageError(fmt::format("{}: missing required option '--{}'", source, o.name));
+  check_distinct_files(spec, values);
   return ParsedOptions(spec, std::move(values));
 }
 

@@ -45,6 +45,11 @@ enum class Kind {
 
 enum class Range { any, non_negative, positive };
 
+// What a text option names: a file read, a file written, or neither. No output
+// may be the same file as another output or an input (compared as files:
+// ./o.npy, a/../o.npy and a symlink to it are one file): a UsageError naming both.
+enum class FileRole : uint8_t { none, input, output };
+
 struct OptionSpec {
   std::string name;  // without dashes: "seq-len"
   Kind kind = Kind::text;
@@ -58,6 +63,7 @@ struct OptionSpec {
   std::vector<std::string> choices;  // Kind::choice (and the extra words of a flag list)
   bool list = false;                 // a comma-separated list of values ("8192,32768")
   bool required = false;
+  FileRole file = FileRole::none;
 
   // Builders, so a command's option table reads as one line per option.
   static OptionSpec flag(std::string name, std::string def, std::string help);
@@ -83,6 +89,14 @@ struct OptionSpec {
   }
   OptionSpec& as_required() {
     required = true;
+    return *this;
+  }
+  OptionSpec& as_input() {
+    file = FileRole::input;
+    return *this;
+  }
+  OptionSpec& as_output() {
+    file = FileRole::output;
     return *this;
   }
   OptionSpec& shown_default(std::string s) {
@@ -115,6 +129,8 @@ class ParsedOptions {
 
   // True when the option has a value (given, or a non-empty default).
   bool has(const std::string& name) const;
+  // True when the option was given (command line or config file), not defaulted.
+  bool given(const std::string& name) const { return values_.count(name) != 0; }
   bool flag(const std::string& name) const;
   int64_t integer(const std::string& name) const;
   int integer_int(const std::string& name) const;  // integer() checked to fit an int
@@ -140,6 +156,11 @@ class ParsedOptions {
   CommandSpec spec_;  // including the common options
   std::map<std::string, std::string> values_;
 };
+
+// Throws UsageError when an output option names the same file as another
+// output or an input option (FileRole); parse_options calls it.
+void check_distinct_files(const CommandSpec& spec,
+                          const std::map<std::string, std::string>& values);
 
 // The spec plus --config, --help, --metrics and --threads.
 CommandSpec with_common_options(CommandSpec spec);

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cstdio>
 #include <vector>
 
 #include "cli/harness.hpp"
@@ -43,9 +44,10 @@ CommandSpec run_spec() {
       OptionSpec::integer("seed", "0", "seed of the generated inputs").non_negative(),
       OptionSpec::text("q", "",
                        "read queries from this global .npy, [B, N, Hq, D] or [N, Hq, D], "
-                       "instead of generating them (with --k and --v)"),
-      OptionSpec::text("k", "", "keys, [B, Nk, Hkv, D] or [Nk, Hkv, D] (.npy)"),
-      OptionSpec::text("v", "", "values, the same shape as the keys (.npy)"),
+                       "instead of generating them (with --k and --v)")
+          .as_input(),
+      OptionSpec::text("k", "", "keys, [B, Nk, Hkv, D] or [Nk, Hkv, D] (.npy)").as_input(),
+      OptionSpec::text("v", "", "values, the same shape as the keys (.npy)").as_input(),
       OptionSpec::choice("layout", kLayoutAuto, {kLayoutAuto, "contiguous", "zigzag", "striped"},
                          "how tokens are split over ranks (auto: zigzag when causal, else "
                          "contiguous)"),
@@ -68,9 +70,11 @@ CommandSpec run_spec() {
                           "row sees (for problems too large for --verify); 0: off")
           .non_negative(),
       OptionSpec::text("out", "",
-                       "write O, shaped like q in its dtype, in the original token order (.npy)"),
+                       "write O, shaped like q in its dtype, in the original token order (.npy)")
+          .as_output(),
       OptionSpec::text("lse-out", "",
-                       "write the LSE, float32 [B, Hq, N] ([Hq, N] for 3-d q) (.npy)"),
+                       "write the LSE, float32 [B, Hq, N] ([Hq, N] for 3-d q) (.npy)")
+          .as_output(),
       OptionSpec::integer("fail-rank", "-1",
                           "testing: this rank fails right after its first ring pass, to check "
                           "that the whole job ends (-1: none)"),
@@ -98,8 +102,16 @@ RunConfig make_problem_config(const ParsedOptions& opt) {
       if (!opt.has(name))
         throw UsageError(
             fmt::format("option '--{}': missing; --q, --k and --v are given together", name));
-    c.from_files = true;
     c.use_input_files(opt.text("q"), opt.text("k"), opt.text("v"));
+    std::string ignored;  // sizes and dtype come from the files: say so if they were given
+    for (const char* name :
+         {"batch", "seq-len", "kv-seq-len", "heads", "kv-heads", "head-dim", "dtype", "seed"})
+      if (opt.given(name)) ignored += fmt::format("{}--{}", ignored.empty() ? "" : ", ", name);
+    if (!ignored.empty())
+      fmt::print(stderr,
+                 "ringattn: warning: {} ignored: the sizes and dtype come from the --q/--k/--v "
+                 "files ({})\n",
+                 ignored, c.shape_text());
   } else {
     configure_generated(opt, &c);
   }

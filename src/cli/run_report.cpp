@@ -146,23 +146,14 @@ void print_report(const RunReport& r) {
     line("efficiency",
          fmt::format("{:.1f}% = T1 / (P T_ring), T1 = {:.3f} ms single-rank kernel ({} thread{})",
                      r.efficiency() * kPercent, v.t1_s * kMs, threads0, threads0 == 1 ? "" : "s"));
-    line("max error",
-         fmt::format("O rel. Frobenius {:.2e} (tolerance {:.0e}), max |dLSE| {:.2e} (tolerance "
-                     "{:.0e}){} vs the single-rank kernel: {}",
-                     v.err.o_rel_fro, v.tol.o_rel_fro, v.err.lse_max_abs, v.tol.lse_max_abs,
-                     v.err.lse_mismatch ? fmt::format(", {} mismatched rows", v.err.lse_mismatch)
-                                        : std::string(),
-                     v.ok ? "ok" : "FAIL"));
+    line("max error", fmt::format("{} vs the single-rank kernel: {}", error_text(v.err, v.tol),
+                                  v.ok ? "ok" : "FAIL"));
   }
   if (r.sampled) {
     const CheckResult& v = *r.sampled;
     line("reference check",
-         fmt::format("O rel. Frobenius {:.2e} (tolerance {:.0e}), max |dLSE| {:.2e} (tolerance "
-                     "{:.0e}){} vs float64 on {} sampled query rows x {} heads: {}",
-                     v.err.o_rel_fro, v.tol.o_rel_fro, v.err.lse_max_abs, v.tol.lse_max_abs,
-                     v.err.lse_mismatch ? fmt::format(", {} mismatched rows", v.err.lse_mismatch)
-                                        : std::string(),
-                     r.sampled->rows, c.hq, v.ok ? "ok" : "FAIL"));
+         fmt::format("{} vs float64 on {} sampled query rows x {} heads: {}",
+                     error_text(v.err, v.tol), r.sampled->rows, c.hq, v.ok ? "ok" : "FAIL"));
   }
   line("rank 0 gather peak", fmt::format("{}{}", format_bytes(double(r.rank0_output_peak)),
                                          r.verify ? " (with --verify's whole problem)" : ""));

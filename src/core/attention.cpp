@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "ringattn/error.hpp"
 
@@ -62,6 +63,28 @@ double AttentionProblem::flops() const {
 std::string AttentionProblem::shape_str() const {
   return fmt::format("B={} Nq={} Nk={} Hq={} Hkv={} D={} {}", batch, nq, nk, hq, hkv, head_dim,
                      dtype_name(dtype));
+}
+
+int64_t nonfinite_rows(const float* o, const float* lse, int64_t batch, int64_t n, int64_t hq,
+                       int64_t d) {
+  int64_t bad = 0;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t h = 0; h < hq; ++h)
+      for (int64_t i = 0; i < n; ++i) {
+        const float l = lse[(b * hq + h) * n + i];
+        bool ok = !std::isnan(l) && l != std::numeric_limits<float>::infinity();
+        const float* row = o + ((b * n + i) * hq + h) * d;
+        for (int64_t e = 0; e < d && ok; ++e) ok = std::isfinite(row[e]);
+        bad += !ok;
+      }
+  return bad;
+}
+
+std::string nonfinite_message(int64_t rows, int64_t total) {
+  return fmt::format(
+      "{} of {} result rows are not finite (NaN in O or LSE, or LSE = +inf): the scores scale x "
+      "q.k overflow float32 (3.4e38); lower the softmax scale or the inputs' magnitude",
+      rows, total);
 }
 
 double attention_flops(const AttentionProblem& p, int64_t pairs) {

@@ -14,7 +14,8 @@
 //       mnew = max(m, rowmax S);  alpha = 2^(m - mnew)
 //       P    = 2^(S - mnew);      l = l * alpha + rowsum P
 //       Oacc = Oacc * alpha + P . Vtile        GEMM micro-kernel: kRowsPV x kColsPV vectors
-//   O = Oacc / l;  LSE = ln(2) * (m + log2 l)  rows with l == 0: O = 0, LSE = -inf
+//   O = Oacc / l;  LSE = ln(2) * (m + log2 l)  rows with l == 0: O = 0, LSE = -inf;
+//                                            rows whose max overflowed (m = +inf): NaN
 //
 // Working in base 2 (scores pre-multiplied by log2 e) turns every exp into an
 // exp2, which the vector code computes with a polynomial and an exponent add.
@@ -265,6 +266,11 @@ struct Impl {
     // Normalise and write out.
     for (int r = 0; r < rows; ++r) {
       float* out = job.o + r * job.o_stride;
+      if (m[r] == INFINITY || std::isnan(m[r])) {  // a score overflowed float32: not a number
+        std::fill(out, out + job.d, std::numeric_limits<float>::quiet_NaN());
+        job.lse[r] = std::numeric_limits<float>::quiet_NaN();
+        continue;
+      }
       if (l[r] == 0.0f) {
         std::fill(out, out + job.d, 0.0f);
         job.lse[r] = -INFINITY;

@@ -128,6 +128,10 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
     }
   }
   device.finish(o.as<float>(), lse.as<float>());
+  // Never write or report a result that is not a number (each rank checks its own rows).
+  const int64_t bad =
+      nonfinite_rows(o.as<float>(), lse.as<float>(), spec.batch, nq, spec.hq, spec.head_dim);
+  if (bad > 0) throw Error(nonfinite_message(bad, spec.batch * spec.hq * nq));
   const RankStats mine = rank_stats(best, rank, nq, kvl.tokens(rank), threads, memory_peak_thread(),
                                     full_ring_bytes(spec, kvl, rank));
 
@@ -170,18 +174,18 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
     if (!report.verify->ok)
       report.failure_field = "verify",
       report.failure = fmt::format(
-          "the ring result differs from the single-rank kernel beyond the {} tolerance "
-          "(O rel. Frobenius {:.2e}, max |dLSE| {:.2e}); no output written",
-          dtype_name(spec.dtype), report.verify->err.o_rel_fro, report.verify->err.lse_max_abs);
+          "the ring result differs from the single-rank kernel beyond the {} tolerance ({}); no "
+          "output written",
+          dtype_name(spec.dtype), error_text(report.verify->err, report.verify->tol));
   }
   if (sampled) {
     report.sampled = check_result(*sampled, sampled->rows());
     if (!report.sampled->ok && report.failure.empty())
       report.failure_field = "check_rows",
       report.failure = fmt::format(
-          "the ring result differs from the float64 reference beyond the {} "
-          "tolerance (O rel. Frobenius {:.2e}, max |dLSE| {:.2e}); no output written",
-          dtype_name(spec.dtype), report.sampled->err.o_rel_fro, report.sampled->err.lse_max_abs);
+          "the ring result differs from the float64 reference beyond the {} tolerance ({}); no "
+          "output written",
+          dtype_name(spec.dtype), error_text(report.sampled->err, report.sampled->tol));
   }
   if (!report.failure.empty()) return report;  // the outputs' temporaries are removed
   outputs->commit();

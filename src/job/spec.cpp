@@ -1,8 +1,11 @@
 // JobSpec's checks and canonical texts (ringattn/job.hpp).
 #include <fmt/format.h>
 
+#include <utility>
+
 #include "ringattn/error.hpp"
 #include "ringattn/job.hpp"
+#include "ringattn/npy.hpp"  // same_file
 
 namespace ringattn {
 namespace {
@@ -37,8 +40,18 @@ void JobSpec::validate() const {
     throw FieldError("check_rows", fmt::format("expected >= 0, got {}", check_rows));
   if (fail_rank < -1)
     throw FieldError("fail_rank", fmt::format("expected -1 (none) or a rank, got {}", fail_rank));
-  if (!lse_path.empty() && lse_path == out_path)
-    throw FieldError("lse_out", fmt::format("'{}' is also the O output file", lse_path));
+  // Outputs are compared as files (./o.npy, a/../o.npy and symlinks are one file).
+  if (!lse_path.empty() && !out_path.empty() && same_file(lse_path, out_path))
+    throw FieldError("lse_out", fmt::format("'{}' is the same file as the O output '{}'; give "
+                                            "each output its own file",
+                                            lse_path, out_path));
+  if (from_files)
+    for (const auto& [field, path] : {std::pair{"out", &out_path}, std::pair{"lse_out", &lse_path}})
+      for (const InputFile* in : {&q, &k, &v})
+        if (!path->empty() && same_file(*path, in->path))
+          throw FieldError(field, fmt::format("'{}' is the input file '{}', which would be "
+                                              "overwritten",
+                                              *path, in->path));
   check_device(device, *this);
 }
 
