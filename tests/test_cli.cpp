@@ -149,6 +149,15 @@ TEST_F(Cli, UnknownOptionSuggestsTheClosest) {
   EXPECT_NE(missing.err.find("missing.ini"), std::string::npos) << missing.err;
 }
 
+// Found by fuzz_config: the largest int64 as a global position overflowed its range's end.
+TEST_F(Cli, GlobalPositionAtTheInt64LimitIsAUsageError) {
+  std::ofstream(path("g.ini")) << "seq-len = 64\nglobal = 9223372036854775807\n";
+  const Result r = run({"demo", "--config", path("g.ini")});
+  EXPECT_EQ(r.rc, 2) << r.out << r.err;
+  EXPECT_NE(r.err.find("option '--global'"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("9223372036854775807"), std::string::npos) << r.err;
+}
+
 TEST_F(Cli, ConfigValueIsUsedAndAFlagOverridesIt) {
   std::ofstream(path("demo.ini")) << "# tiny\nseq-len = 48\nheads = 2\nkv-heads = 1\n"
                                      "head-dim = 16\ncausal = false\n";

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
 
 namespace ringattn::cli {
 namespace {
@@ -24,7 +25,9 @@ std::vector<PosRange> parse_ranges(const std::vector<std::string>& items) {
         b = std::stoll(rest, &used);
         if (used != rest.size()) throw std::invalid_argument(item);
       }
-      if (a < 0 || b < a) throw std::invalid_argument(item);
+      // b + 1 is the range's end: the largest int64 has no end to store.
+      if (a < 0 || b < a || b == std::numeric_limits<int64_t>::max())
+        throw std::invalid_argument(item);
       out.push_back({a, b + 1});
     } catch (const std::logic_error&) {
       throw UsageError(fmt::format(
