@@ -83,7 +83,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
     ringattn::check_finite(t, "fuzz");
   });
   // Slices along the first axes and the last (a header may declare thousands of axes: each slice
-  // re-reads it), plus the out-of-range axes -1 and ndim.
+  // re-reads it), plus the out-of-range axes -1 and ndim; rows in range and out of it, up to
+  // the largest int64 (a caller's bad request must be an Error too).
   const int ndim = static_cast<int>(header.shape.size());
   std::vector<int> axes = {-1, ndim};
   for (int a = 0; a < ndim && a < kMaxAxes; ++a) axes.push_back(a);
@@ -92,8 +93,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
     const bool valid = axis >= 0 && axis < ndim;
     const int64_t n = valid ? header.shape[static_cast<std::size_t>(axis)] : 1;
     const int64_t half = n / 2;
-    const int64_t past = n < std::numeric_limits<int64_t>::max() ? n + 1 : n;
-    const int64_t requests[][2] = {{half, n - half}, {0, n}, {n, 0}, {0, past}, {-1, 1}};
+    constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+    const int64_t past = n < kMax ? n + 1 : n;
+    const int64_t requests[][2] = {{half, n - half}, {0, n},    {n, 0},   {0, past},
+                                   {-1, 1},          {1, kMax}, {kMax, 1}};
     for (const auto& request : requests) {
       const int64_t row0 = request[0], rows = request[1];
       expect_ok_or_error([&] {
