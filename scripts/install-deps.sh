@@ -4,6 +4,10 @@
 # missing. Needs root (or sudo) on a Debian 12 machine.
 #
 # The package list is the single source of truth: docker files and CI use it.
+# clang, libclang-rt-14-dev (libFuzzer and the sanitizer runtimes of Debian's
+# clang 14) and libomp-dev (clang's OpenMP) build the fuzz targets
+# (scripts/fuzz.sh); libfuzzer-14-dev is not needed: it is the standalone
+# libFuzzer.a, and -fsanitize=fuzzer links the one in libclang-rt-14-dev.
 set -euo pipefail
 
 PACKAGES=(
@@ -12,6 +16,7 @@ PACKAGES=(
   libopenmpi-dev openmpi-bin
   libopenblas-dev
   clang-format
+  clang libclang-rt-14-dev libomp-dev
   python3 python3-numpy python3-matplotlib
 )
 

@@ -11,6 +11,7 @@
 #      release build, whose ctest ran every other test already.
 #   6. the minimal build launch/gpu-check.sh uses on GPU machines (fmt and
 #      GoogleTest carried from --pack), host-side tests only here
+#   7. the libFuzzer targets (.npy reader, config files), 45 s each
 # Installs missing Debian packages first. Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,4 +35,10 @@ done
 echo "== gpu-check build (minimal configuration, no GPU here: GPU tests skip)"
 bash launch/gpu-check.sh --pack build/gpu-deps
 bash launch/gpu-check.sh --deps build/gpu-deps --arch 90 --no-gpu-ok --werror
+# The fuzz targets (scripts/fuzz.sh: preset fuzz, clang, ASan + UBSan): 45 s
+# each, not the 60 s default, to keep this whole script under ~30 minutes on
+# the 2-core CI machine; a target finds its shallow bugs in seconds, and the
+# deep search is the long run (scripts/fuzz.sh 600) done by hand.
+echo "== fuzz (45 s per target)"
+bash scripts/fuzz.sh 45
 echo "== all tests passed"

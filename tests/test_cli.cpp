@@ -149,6 +149,31 @@ TEST_F(Cli, UnknownOptionSuggestsTheClosest) {
   EXPECT_NE(missing.err.find("missing.ini"), std::string::npos) << missing.err;
 }
 
+// Found by fuzz_config: the largest int64 as a global position overflowed its range's end.
+TEST_F(Cli, GlobalPositionAtTheInt64LimitIsAUsageError) {
+  std::ofstream(path("g.ini")) << "seq-len = 64\nglobal = 9223372036854775807\n";
+  const Result r = run({"demo", "--config", path("g.ini")});
+  EXPECT_EQ(r.rc, 2) << r.out << r.err;
+  EXPECT_NE(r.err.find("option '--global'"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("9223372036854775807"), std::string::npos) << r.err;
+}
+
+// Found by fuzz_config: a window near the int64 limit overflowed the mask's band
+// (diag -/+ window) and hid every key.
+TEST_F(Cli, HugeWindowsMeanNoBound) {
+  const std::string big = "9223372036854775807";
+  for (const std::vector<std::string>& extra : {std::vector<std::string>{"--window-left", big},
+                                                {"--window-right", big},
+                                                {"--window-left", big, "--window-right", big}}) {
+    std::vector<std::string> args = {"mask",         "--seq-len", "64",
+                                     "--kv-seq-len", "32",        "--show=false"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const Result r = run(args);
+    ASSERT_EQ(r.rc, 0) << extra[0] << ": " << r.err;
+    EXPECT_NE(r.out.find("visible: 2048 of 2048"), std::string::npos) << extra[0] << ": " << r.out;
+  }
+}
+
 TEST_F(Cli, ConfigValueIsUsedAndAFlagOverridesIt) {
   std::ofstream(path("demo.ini")) << "# tiny\nseq-len = 48\nheads = 2\nkv-heads = 1\n"
                                      "head-dim = 16\ncausal = false\n";

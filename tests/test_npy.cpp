@@ -304,6 +304,11 @@ TEST_F(Npy, SliceValidatesAxisAndRange) {
   expect_error([&] { read_npy_slice(p, 1, -1, 2); }, p, "out of range");
   expect_error([&] { read_npy_slice(p, 0, 0, -1); }, p, "out of range");
   expect_error([&] { read_npy_slice(p, 0, 3, 0); }, p, "out of range");
+  // Found by fuzz_npy: the message's last row (row0 + rows) overflowed int64.
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  expect_error([&] { read_npy_slice(p, 1, 1, kMax); }, p,
+               "rows [1, 1 + 9223372036854775807) along axis 1 are out of range");
+  expect_error([&] { read_npy_slice(p, 1, kMax, 1); }, p, "out of range");
   EXPECT_EQ(read_npy_slice(p, 1, 8, 0).numel(), 0);
   save_npy(file("s.npy"), Tensor(DType::f32, {}));
   expect_error([&] { read_npy_slice(file("s.npy"), 0, 0, 1); }, file("s.npy"),

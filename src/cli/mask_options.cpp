@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
 
 namespace ringattn::cli {
 namespace {
@@ -24,7 +25,9 @@ std::vector<PosRange> parse_ranges(const std::vector<std::string>& items) {
         b = std::stoll(rest, &used);
         if (used != rest.size()) throw std::invalid_argument(item);
       }
-      if (a < 0 || b < a) throw std::invalid_argument(item);
+      // b + 1 is the range's end: the largest int64 has no end to store.
+      if (a < 0 || b < a || b == std::numeric_limits<int64_t>::max())
+        throw std::invalid_argument(item);
       out.push_back({a, b + 1});
     } catch (const std::logic_error&) {
       throw UsageError(fmt::format(
@@ -103,15 +106,18 @@ Mask MaskOptions::build(int64_t nq, int64_t nk) const {
   const int64_t diag = nk - nq;  // bottom-right alignment
   Mask m = causal ? Mask::causal(diag) : Mask::none();
   const bool window = window_left >= 0 || window_right >= 0;
-  if (window_left >= 0) m.lo = diag - window_left;
-  if (window_right >= 0) m.hi = std::min(m.hi, diag + window_right);
+  // A window of kUnbounded or more is no bound (and diag -/+ it could overflow int64).
+  if (window_left >= 0) m.lo = window_left >= kUnbounded ? -kUnbounded : diag - window_left;
+  if (window_right >= 0)
+    m.hi = std::min(m.hi, window_right >= kUnbounded ? kUnbounded : diag + window_right);
   if (blocks.on() && !window) m.lo = 1, m.hi = 0;  // blocks only: no band
   m.dilation = dilation;
   m.sinks = sinks;
   m.n_global = static_cast<int>(global.size());
   std::copy(global.begin(), global.end(), m.global);
   m.blocks = blocks;
-  if (blocks.on()) m.blocks.key_blocks = (nk + blocks.size - 1) / blocks.size;
+  // ceil(nk / size), without nk + size - 1 overflowing for a huge block size.
+  if (blocks.on()) m.blocks.key_blocks = nk / blocks.size + (nk % blocks.size != 0 ? 1 : 0);
   return m;
 }
 

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <limits>
 #include <set>
+#include <sstream>
 #include <stdexcept>
 
 #include "ringattn/npy.hpp"  // same_file
@@ -210,6 +211,21 @@ void collect(const CommandSpec& spec, const po::parsed_options& parsed, bool fro
     if (value.empty() && !from_config && o->kind == Kind::flag) value = "true";  // bare --flag
     validate(*o, value, where);
     out->emplace(name, value);  // the command line is collected first and wins
+  }
+}
+
+// The options of a config file (`name = value` lines) read from `in`, checked as collect()
+// does and added to `values` (names already there, from the command line, keep their value).
+// `spec` includes the common options; `desc` is its description; `source` names the file.
+void read_config(const CommandSpec& spec, const po::options_description& desc, std::istream& in,
+                 const std::string& source, std::map<std::string, std::string>* values) {
+  try {
+    const po::parsed_options parsed = po::parse_config_file(in, desc, true);
+    collect(spec, parsed, true, source, values);
+  } catch (const po::invalid_config_file_syntax& e) {
+    throw UsageError(fmt::format("{}: {} (expected `name = value`)", source, e.what()));
+  } catch (const po::error& e) {
+    throw UsageError(fmt::format("{}: {}", source, e.what()));
   }
 }
 
@@ -511,20 +527,23 @@ std::optional<ParsedOptions> parse_options(const CommandSpec& command, int argc,
     if (!in)
       throw UsageError(
           fmt::format("option '--config': cannot open '{}' ({})", path, std::strerror(errno)));
-    try {
-      const po::parsed_options parsed = po::parse_config_file(in, desc, true);
-      collect(spec, parsed, true, path, &values);
-    } catch (const po::invalid_config_file_syntax& e) {
-      throw UsageError(fmt::format("{}: {} (expected `name = value`)", path, e.what()));
-    } catch (const po::error& e) {
-      throw UsageError(fmt::format("{}: {}", path, e.what()));
-    }
+    read_config(spec, desc, in, path, &values);
   }
   for (const auto& o : spec.options)
     if (o.required && values.count(o.name) == 0)
       throw UsageError(fmt::format("{}: missing required option '--{}'", source, o.name));
   check_distinct_files(spec, values);
   return ParsedOptions(spec, std::move(values));
+}
+
+std::map<std::string, std::string> parse_config_text(const CommandSpec& command,
+                                                     const std::string& text,
+                                                     const std::string& source) {
+  const CommandSpec spec = with_common_options(command);
+  std::istringstream in(text);
+  std::map<std::string, std::string> values;
+  read_config(spec, boost_description(spec), in, source, &values);
+  return values;
 }
 
 std::string help_text(const CommandSpec& command) {

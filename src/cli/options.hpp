@@ -169,6 +169,13 @@ CommandSpec with_common_options(CommandSpec spec);
 // given (the help has then been printed to stdout). Throws UsageError.
 std::optional<ParsedOptions> parse_options(const CommandSpec& spec, int argc, char** argv);
 
+// The values of a config file's text (`name = value` lines, `#` comments), validated against
+// the command's options as `--config FILE` validates them; `source` names the file in
+// messages. Throws UsageError. parse_options reads `--config` through the same code.
+std::map<std::string, std::string> parse_config_text(const CommandSpec& command,
+                                                     const std::string& text,
+                                                     const std::string& source);
+
 // The full --help text of a command.
 std::string help_text(const CommandSpec& spec);
 

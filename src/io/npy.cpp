@@ -428,10 +428,15 @@ Tensor read_npy_slice(const std::string& path, int axis, int64_t row0, int64_t r
                            "[0, {})",
                            axis, shape_str(shape), ndim));
   const int64_t n = shape[static_cast<std::size_t>(axis)];
-  if (row0 < 0 || rows < 0 || row0 > n || rows > n - row0)
+  if (row0 < 0 || rows < 0 || row0 > n || rows > n - row0) {
+    int64_t last = 0;  // row0 + rows, spelled as a sum where it overflows
+    const std::string last_str = __builtin_add_overflow(row0, rows, &last)
+                                     ? fmt::format("{} + {}", row0, rows)
+                                     : std::to_string(last);
     fail(path, fmt::format("rows [{}, {}) along axis {} are out of range for shape {}; expected "
                            "0 <= first <= last <= {}",
-                           row0, row0 + rows, axis, shape_str(shape), n));
+                           row0, last_str, axis, shape_str(shape), n));
+  }
 
   // The slice is `outer` contiguous runs of rows * inner bytes each, one run per index of the
   // axes before `axis`.
