@@ -1,5 +1,5 @@
 // Helpers of the GPU tests: skipping without a GPU, moving host tensors to and
-// from device buffers through a RingEngine, and the naive low-precision
+// from device buffers through a RingEngine (kernels go on its stream), and the naive low-precision
 // attention whose error against float64 is the yardstick for the kernel's.
 #pragma once
 
@@ -26,6 +26,10 @@ class GpuTest : public ::testing::Test {
     engine = make_cuda_engine(0);
   }
   std::unique_ptr<RingEngine> engine;
+  // The engine's stream: launch every kernel of a test here, so it runs after
+  // the engine's uploads and before its downloads (the stream is non-blocking:
+  // the default stream would not be ordered with either).
+  void* stream() { return cuda_engine_stream(*engine); }
 
   std::unique_ptr<EngineBuffer> upload(const void* host, std::size_t bytes, const char* what) {
     auto b = engine->alloc(bytes, what);

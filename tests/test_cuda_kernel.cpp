@@ -35,7 +35,7 @@ class CudaKernel : public test::GpuTest {
     const std::size_t ln = static_cast<std::size_t>(a.batch * a.hq * a.nq);
     auto o = engine->alloc(on * 2, "o");
     auto lse = engine->alloc(ln * sizeof(float), "lse");
-    cuda_attention_forward(d.dev, o->data(), lse->as<float>(), nullptr);
+    cuda_attention_forward(d.dev, o->data(), lse->as<float>(), stream());
     engine->sync();
     std::vector<uint16_t> o16(on);
     engine->to_host(o16.data(), o->data(), on * 2);
@@ -164,7 +164,7 @@ TEST_F(CudaKernel, MergeKernelMatchesCpuMerge) {
   auto da = upload(oa.data(), on * 4, "a o"), dla = upload(la.data(), ln * 4, "a lse");
   auto db = upload(ob.data(), on * 4, "b o"), dlb = upload(lb.data(), ln * 4, "b lse");
   cuda_merge_states({da->as<float>(), dla->as<float>(), b, n, h, d},
-                    {db->as<float>(), dlb->as<float>(), b, n, h, d});
+                    {db->as<float>(), dlb->as<float>(), b, n, h, d}, stream());
   merge_states({oa.data(), la.data(), b, n, h, d}, {ob.data(), lb.data(), b, n, h, d});
   const auto go = download<float>(*da, on), gl = download<float>(*dla, ln);
   for (std::size_t i = 0; i < ln; ++i) {
@@ -176,7 +176,7 @@ TEST_F(CudaKernel, MergeKernelMatchesCpuMerge) {
   }
   for (std::size_t i = 0; i < on; ++i) ASSERT_NEAR(go[i], oa[i], kTolStateO) << i;
   EXPECT_THROW(cuda_merge_states({da->as<float>(), dla->as<float>(), b, n, h, d},
-                                 {db->as<float>(), dlb->as<float>(), b, n - 1, h, d}),
+                                 {db->as<float>(), dlb->as<float>(), b, n - 1, h, d}, stream()),
                Error);
   // merge_rows: a batch-1 part into rows 5..8 of batch 1, as the CPU engine does it.
   {
@@ -206,7 +206,7 @@ TEST_F(CudaKernel, EmptyRowsAreMinusInfinityAndZero) {
   p.args.mask = Mask::causal(-100);  // nothing visible
   test::DeviceProblem d = test::to_device(*engine, p);
   auto o = engine->alloc(64 * 2 * 64 * 4, "o"), l = engine->alloc(2 * 64 * 4, "lse");
-  const KernelStats s = cuda_attention_partial(d.dev, o->as<float>(), l->as<float>(), nullptr);
+  const KernelStats s = cuda_attention_partial(d.dev, o->as<float>(), l->as<float>(), stream());
   EXPECT_EQ(s.tiles_computed, 0);
   for (float x : download<float>(*o, 64 * 2 * 64)) ASSERT_EQ(x, 0.0f);
   for (float x : download<float>(*l, 2 * 64)) ASSERT_EQ(x, -INFINITY);
@@ -217,7 +217,7 @@ TEST_F(CudaKernel, RejectsWhatItCannotRun) {
   test::DeviceProblem d = test::to_device(*engine, p);
   auto o = engine->alloc(8 * 96 * 2, "o"), l = engine->alloc(8 * 4, "lse");
   try {
-    cuda_attention_forward(d.dev, o->data(), l->as<float>(), nullptr);
+    cuda_attention_forward(d.dev, o->data(), l->as<float>(), stream());
     FAIL() << "head dim 96 accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("head dim 96 is not supported"), std::string::npos);

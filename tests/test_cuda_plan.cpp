@@ -1,6 +1,7 @@
 // Host-side logic of the GPU path, tested without a GPU: the head-dim
 // dispatch, argument checks, launch grid and tile counts of the CUDA kernel;
-// the peak table and copy choice; NCCL device selection and id sharing; the
+// the peak table and copy choice; NCCL device selection, id sharing, group
+// closing and the destroy-or-abort choice; the
 // pluggable message memory of the in-process communicator; and how the GPU
 // entry points fail where there is no GPU or no CUDA build.
 #include <fmt/format.h>
@@ -11,6 +12,7 @@
 #include <functional>
 #include <string>
 
+#include "comm/nccl_group.hpp"
 #include "cuda/flash_plan.hpp"
 #include "ringattn/comm_nccl.hpp"
 #include "ringattn/cuda.hpp"
@@ -233,6 +235,70 @@ TEST(NcclHost, UniqueIdTravelsFromRankZero) {
               }).find("not built in"),
               std::string::npos);
   }
+}
+
+// A fake NCCL group API: the depth of open groups and the calls made.
+int g_depth = 0, g_starts = 0, g_ends = 0, g_start_result = 0, g_end_result = 0;
+int fake_start() {
+  ++g_starts;
+  if (g_start_result == 0) ++g_depth;
+  return g_start_result;
+}
+int fake_end() {
+  ++g_ends;
+  --g_depth;
+  return g_end_result;
+}
+void reset_fake_group(int start_result = 0, int end_result = 0) {
+  g_depth = g_starts = g_ends = 0, g_start_result = start_result, g_end_result = end_result;
+}
+
+TEST(NcclHost, GroupIsClosedOnEveryPath) {
+  reset_fake_group();
+  {  // closed normally: ended once, its result reported
+    GroupScope<int> g(&fake_start, &fake_end);
+    EXPECT_EQ(g.started(), 0);
+    EXPECT_TRUE(g.open());
+    EXPECT_EQ(g.close(), 0);
+    EXPECT_FALSE(g.open());
+    EXPECT_EQ(g.close(), 0);  // a second close does not end it again
+  }
+  EXPECT_EQ(g_depth, 0);
+  EXPECT_EQ(g_ends, 1);
+
+  reset_fake_group();
+  EXPECT_THROW(
+      {
+        GroupScope<int> g(&fake_start, &fake_end);
+        throw Error("ncclSend failed inside the group");
+      },
+      Error);
+  EXPECT_EQ(g_depth, 0) << "a throw inside the group left it open";
+  EXPECT_EQ(g_ends, 1);
+
+  reset_fake_group(0, 5);  // the end call's error reaches the caller
+  {
+    GroupScope<int> g(&fake_start, &fake_end);
+    EXPECT_EQ(g.close(), 5);
+  }
+  EXPECT_EQ(g_ends, 1);
+
+  reset_fake_group(3);  // a start that failed opened nothing: nothing to end
+  {
+    GroupScope<int> g(&fake_start, &fake_end);
+    EXPECT_EQ(g.started(), 3);
+    EXPECT_FALSE(g.open());
+  }
+  EXPECT_EQ(g_ends, 0);
+  EXPECT_EQ(g_depth, 0);
+}
+
+TEST(NcclHost, ErrorsAbortInsteadOfWaiting) {
+  EXPECT_EQ(nccl_teardown(false, 0, 0), NcclTeardown::destroy);  // clean run
+  EXPECT_EQ(nccl_teardown(false, 1, 1), NcclTeardown::destroy);  // made and ended in a handler
+  EXPECT_EQ(nccl_teardown(true, 0, 0), NcclTeardown::abort);     // a failed call, or abort()
+  EXPECT_EQ(nccl_teardown(false, 0, 1), NcclTeardown::abort);    // destroyed by unwinding
+  EXPECT_EQ(nccl_teardown(true, 0, 1), NcclTeardown::abort);
 }
 
 // The in-process backend stores and copies messages only through its LocalMemory.

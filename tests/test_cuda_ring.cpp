@@ -116,7 +116,7 @@ TEST_F(CudaRing, VirtualRanksMatchSingleRankAndReference) {
       // Single rank on the GPU (float32 partial state) and the float64 reference.
       test::DeviceProblem dp = test::to_device(*engine, p);
       auto go = engine->alloc(o.size() * 4, "o"), gl = engine->alloc(lse.size() * 4, "lse");
-      cuda_attention_partial(dp.dev, go->as<float>(), gl->as<float>(), nullptr);
+      cuda_attention_partial(dp.dev, go->as<float>(), gl->as<float>(), stream());
       const auto so = download<float>(*go, o.size()), sl = download<float>(*gl, lse.size());
       const std::vector<int64_t> rows = test::check_rows(n, 48);
       const ReferenceResult ref = reference_attention_rows(p.args, rows);

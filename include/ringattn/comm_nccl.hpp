@@ -16,6 +16,11 @@
 //     buffer); allreduce works on host values. All complete on return.
 //   * abort() aborts the NCCL communicator, then the bootstrap communicator's
 //     job (MPI_Abort under MPI).
+//   * Errors: every NCCL group is closed on every path; after an error on
+//     this rank (a failed NCCL or CUDA call of the communicator, abort(), or
+//     the communicator destroyed while an exception unwinds the stack) the
+//     destructor calls ncclCommAbort, which never waits, instead of
+//     ncclCommDestroy, which waits for transfers a failed peer may never match.
 // The NCCL unique id is created on rank 0 and shared over the bootstrap
 // communicator (MPI under mpirun; the in-process backend also works, one
 // thread per GPU).
@@ -46,6 +51,15 @@ std::unique_ptr<Communicator> make_nccl(Communicator& bootstrap, int device);
 int select_device(int local_rank, int device_count, const std::optional<std::string>& env_override);
 // select_device with RINGATTN_DEVICE read from the environment.
 int select_device_from_env(int local_rank, int device_count);
+
+// How an NCCL communicator ends: destroyed after a clean run, aborted after
+// an error. `failed`: an NCCL or CUDA call of the communicator failed, or
+// abort() was called; the uncaught-exception counts (std::uncaught_exceptions)
+// at construction and at destruction tell whether the destructor runs during
+// stack unwinding, i.e. an error elsewhere on this rank ended the run while
+// transfers may still be queued.
+enum class NcclTeardown { destroy, abort };
+NcclTeardown nccl_teardown(bool failed, int uncaught_at_construction, int uncaught_now);
 
 // Rank 0's `bytes` bytes on every rank (returned), through allgather: how
 // the NCCL unique id travels. `root_bytes` is read on rank 0 only.

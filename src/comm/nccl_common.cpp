@@ -1,5 +1,6 @@
 // Host-only parts of the NCCL backend, built in every configuration (their
-// tests need no GPU): device selection and sharing rank 0's bytes.
+// tests need no GPU): device selection, sharing rank 0's bytes, and the
+// choice between destroying and aborting the communicator.
 #include <fmt/format.h>
 
 #include <cstdlib>
@@ -29,6 +30,11 @@ int select_device_from_env(int local_rank, int device_count) {
   const char* e = std::getenv("RINGATTN_DEVICE");
   return select_device(local_rank, device_count,
                        e != nullptr ? std::optional<std::string>(e) : std::nullopt);
+}
+
+NcclTeardown nccl_teardown(bool failed, int uncaught_at_construction, int uncaught_now) {
+  return failed || uncaught_now > uncaught_at_construction ? NcclTeardown::abort
+                                                           : NcclTeardown::destroy;
 }
 
 std::vector<char> share_from_root(Communicator& comm, const void* root_bytes, std::size_t bytes) {

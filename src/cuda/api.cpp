@@ -93,15 +93,16 @@ KernelStats cuda_attention_merge(const AttentionArgs& a, const StateView& acc, i
   return run(a, t, stream);
 }
 
-double cuda_time_forward(const AttentionArgs& a, void* o, float* lse) {
+double cuda_time_forward(const AttentionArgs& a, void* o, float* lse, void* stream) {
+  const auto st = static_cast<cudaStream_t>(stream);
   cudaEvent_t start = nullptr, stop = nullptr;
   cuda::check(cudaEventCreate(&start), "cudaEventCreate");
   cuda::check(cudaEventCreate(&stop), "cudaEventCreate");
   float ms = 0;
   try {
-    cuda::check(cudaEventRecord(start, nullptr), "cudaEventRecord");
-    cuda_attention_forward(a, o, lse, nullptr);
-    cuda::check(cudaEventRecord(stop, nullptr), "cudaEventRecord");
+    cuda::check(cudaEventRecord(start, st), "cudaEventRecord");
+    cuda_attention_forward(a, o, lse, stream);
+    cuda::check(cudaEventRecord(stop, st), "cudaEventRecord");
     cuda::check(cudaEventSynchronize(stop), "timed kernel run");
     cuda::check(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
   } catch (...) {

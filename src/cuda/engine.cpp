@@ -119,6 +119,8 @@ class CudaEngine final : public RingEngine {
     check(cudaStreamSynchronize(stream_), "compute stream (an earlier kernel or copy failed)");
   }
 
+  cudaStream_t stream() const { return stream_; }
+
  private:
   void select() const { check(cudaSetDevice(device_), "cudaSetDevice"); }
   int device_;
@@ -129,6 +131,13 @@ class CudaEngine final : public RingEngine {
 
 std::unique_ptr<RingEngine> make_cuda_engine(int device) {
   return std::make_unique<CudaEngine>(device);
+}
+
+void* cuda_engine_stream(RingEngine& engine) {
+  auto* e = dynamic_cast<CudaEngine*>(&engine);
+  if (e == nullptr)
+    throw Error(fmt::format("cuda_engine_stream: the {} engine has no CUDA stream", engine.name()));
+  return e->stream();
 }
 
 }  // namespace ringattn

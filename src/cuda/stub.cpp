@@ -38,7 +38,7 @@ KernelStats cuda_attention_partial(const AttentionArgs&, float*, float*, void*) 
 KernelStats cuda_attention_merge(const AttentionArgs&, const StateView&, int64_t, int64_t, void*) {
   no_cuda("cuda_attention_merge");
 }
-double cuda_time_forward(const AttentionArgs&, void*, float*) {
+double cuda_time_forward(const AttentionArgs&, void*, float*, void*) {
   no_cuda("cuda_time_forward");
 }
 void cuda_merge_states(const StateView&, const StateView&, void*) {
@@ -52,6 +52,9 @@ void cuda_clear_state(const StateView&, void*) {
 }
 std::unique_ptr<RingEngine> make_cuda_engine(int) {
   no_cuda("make_cuda_engine");
+}
+void* cuda_engine_stream(RingEngine&) {
+  no_cuda("cuda_engine_stream");
 }
 LocalMemory cuda_local_memory(int) {
   no_cuda("cuda_local_memory");
