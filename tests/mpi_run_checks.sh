@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `ringattn run` under a real MPI launcher (mpiexec --oversubscribe -n 2 and -n 3):
-#   * a --verify run passes (exit 0, "ok" in the summary) and writes its outputs;
+#   * a --verify run passes against the single-rank kernel and, on sampled rows, against the
+#     float64 reference (--check-rows; "ok" for both in the summary) and writes its outputs;
 #   * a run whose rank 1 fails (--fail-rank 1) ends the whole job with a non-zero exit
 #     within FAIL_LIMIT_S seconds, names "rank 1" on stderr, and leaves neither the
 #     output nor a temporary file behind (the SIGTERM handler removes rank 0's).
@@ -47,8 +48,10 @@ common=(--seq-len 3000 --heads 4 --kv-heads 2 --head-dim 64 --threads 1)
 for np in 2 3; do
   dir="$scratch/np$np-verify"
   rm -rf "$dir" && mkdir -p "$dir"
-  launch "$np" "$dir" "${common[@]}" --causal --verify --out "$dir/o.npy" --lse-out "$dir/lse.npy"
+  launch "$np" "$dir" "${common[@]}" --causal --verify --check-rows 32 --out "$dir/o.npy" \
+    --lse-out "$dir/lse.npy"
   if [[ $rc -eq 0 ]] && grep -q "single-rank kernel: ok" "$dir/stdout" &&
+    grep -q "vs float64 on 32 sampled query rows x 4 heads: ok" "$dir/stdout" &&
     grep -q "P=$np (mpi)" "$dir/stdout" && [[ -s $dir/o.npy && -s $dir/lse.npy ]] &&
     [[ -z $(find "$dir" -maxdepth 1 -name '*.tmp*') ]]; then
     pass "-n $np --verify ($(grep efficiency "$dir/stdout" | sed 's/^ *//; s/  */ /g'))"

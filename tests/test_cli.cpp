@@ -364,10 +364,21 @@ TEST_F(AttendError, MissingRequiredOption) {
 TEST_F(Cli, DemoTinyConfigPasses) {
   std::ofstream(path("tiny.ini")) << "seq-len = 96\nkv-seq-len = 130\nheads = 4\nkv-heads = 2\n"
                                      "head-dim = 32\ndtype = bf16\ncausal = true\n";
-  const Result r = run({"demo", "--config", path("tiny.ini"), "--threads", "2"});
+  const Result r = run(
+      {"demo", "--config", path("tiny.ini"), "--threads", "2", "--metrics", path("tiny.jsonl")});
   EXPECT_EQ(r.rc, 0) << r.out << r.err;
   EXPECT_NE(r.out.find("PASS"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("all 96 query rows"), std::string::npos) << r.out;
+  // bfloat16 inputs convert to float32 exactly and the kernel accumulates in float32: the
+  // error against float64 is float32-sized, not bfloat16-sized.
+  const std::string m = slurp(path("tiny.jsonl"));
+  auto number = [&](const std::string& key) {
+    const std::size_t at = m.find("\"" + key + "\": ");
+    EXPECT_NE(at, std::string::npos) << key << " in " << m;
+    return at == std::string::npos ? 1.0 : std::strtod(m.c_str() + at + key.size() + 4, nullptr);
+  };
+  EXPECT_LE(number("o_rel_err"), 1e-5);
+  EXPECT_LE(number("lse_max_err"), 1e-4);
 }
 
 TEST_F(Cli, DemoSamplesRowsOfLargeProblems) {

@@ -63,6 +63,28 @@ TEST(Kernel, GridAgainstReference) {
       }
 }
 
+// One test per ISA, so a CPU without one shows it as skipped (the grid above
+// covers only the ISAs this CPU has): every storage dtype, MHA/GQA, full/causal.
+class KernelIsa : public ::testing::TestWithParam<Isa> {};
+
+TEST_P(KernelIsa, MatchesReference) {
+  const Isa isa = GetParam();
+  if (!isa_supported(isa)) GTEST_SKIP() << "this CPU does not support " << isa_name(isa);
+  int seed = 500;
+  for (const DType dt : {DType::f32, DType::f16, DType::bf16})
+    for (const int64_t d : {64, 128})
+      for (const bool causal : {false, true}) {
+        test::Problem p = make_problem(1, 300, 300, 4, causal ? 1 : 4, d, dt, seed++);
+        if (causal) p.args.mask = Mask::causal(0);
+        expect_matches_reference(p.args, isa,
+                                 std::string(dtype_name(dt)) + " D=" + std::to_string(d) +
+                                     (causal ? " causal" : " full") + " isa=" + isa_name(isa));
+      }
+}
+
+INSTANTIATE_TEST_SUITE_P(Isas, KernelIsa, ::testing::Values(Isa::avx512, Isa::avx2, Isa::generic),
+                         [](const ::testing::TestParamInfo<Isa>& i) { return isa_name(i.param); });
+
 TEST(Kernel, CrossAttentionAndBottomRightCausal) {
   struct Case {
     int64_t nq, nk;

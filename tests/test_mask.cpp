@@ -8,6 +8,7 @@
 
 #include "ringattn/kernel.hpp"
 #include "ringattn/mask.hpp"
+#include "util.hpp"
 
 namespace ringattn {
 namespace {
@@ -181,8 +182,17 @@ TEST(Mask, PartsBehaveAsDocumented) {
   EXPECT_FALSE(b.allows(9, 12));  // next block
   EXPECT_TRUE(b.allows(30, 2));   // global block 0
   EXPECT_TRUE(b.allows(1, 30));   // global query block
-  b.blocks.random = 2, b.blocks.seed = 42;
-  EXPECT_EQ(b.blocks.random_block(3, 1), b.blocks.random_block(3, 1));  // deterministic
+  // Random blocks: every (query block, key block) against the definition written out
+  // independently in tests/util.hpp, for several seeds and block counts.
+  for (const uint64_t seed : {0ull, 42ull, 0xdeadbeefull})
+    for (const int64_t kb : {1, 7, 10, 64}) {
+      BlockSparse r;
+      r.size = 4, r.window = 1, r.global = 1, r.random = 3, r.seed = seed, r.key_blocks = kb;
+      for (int64_t bq = 0; bq < 70; ++bq)
+        for (int64_t bk = 0; bk < kb; ++bk)
+          ASSERT_EQ(r.allows_blocks(bq, bk), test::bigbird_reference(bq, bk, 1, 1, 3, seed, kb))
+              << "seed " << seed << " blocks " << kb << " bq " << bq << " bk " << bk;
+    }
 }
 
 TEST(Mask, FloorCeilDiv) {

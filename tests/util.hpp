@@ -111,4 +111,24 @@ inline std::vector<int64_t> check_rows(int64_t n, int64_t max_rows = 96) {
   return rows;
 }
 
+// BigBird's block pattern written out from its documented definition, sharing
+// no code with BlockSparse: query block bq sees key block bk when |bq - bk| <=
+// window, when either is one of the first `global` blocks, or when bk is one of
+// bq's `random` blocks: splitmix64(seed + 0x9e3779b97f4a7c15 * (bq * 8 + r + 1))
+// mod key_blocks, r < random (8 = the most random blocks a mask takes).
+inline bool bigbird_reference(int64_t bq, int64_t bk, int64_t window, int64_t global, int random,
+                              uint64_t seed, int64_t key_blocks) {
+  if (bq < 0 || bk < 0) return false;
+  if ((bq > bk ? bq - bk : bk - bq) <= window) return true;
+  if (bq < global || bk < global) return true;
+  for (int r = 0; r < random; ++r) {
+    uint64_t x = seed + 0x9e3779b97f4a7c15ull * static_cast<uint64_t>(bq * 8 + r + 1);
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    x ^= x >> 31;
+    if (static_cast<int64_t>(x % static_cast<uint64_t>(key_blocks)) == bk) return true;
+  }
+  return false;
+}
+
 }  // namespace ringattn::test

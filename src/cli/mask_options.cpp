@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <limits>
 
+#include "ringattn/attention.hpp"  // kMaxSeqLen
+
 namespace ringattn::cli {
 namespace {
 
@@ -82,12 +84,21 @@ MaskOptions parse_mask_options(const ParsedOptions& opt) {
   MaskOptions m;
   m.window_left = at_least(opt, "window-left", -1);
   m.window_right = at_least(opt, "window-right", -1);
-  m.dilation = at_least(opt, "dilation", 1);
-  m.sinks = at_least(opt, "sinks", 0);
+  // Sizes in tokens or blocks stay below kMaxSeqLen, so that the mask's closed forms
+  // (positions up to 2^48) never overflow; larger values would mean nothing more.
+  const auto sized = [&](const char* name, int64_t min) {
+    const int64_t v = at_least(opt, name, min);
+    if (v > kMaxSeqLen)
+      throw UsageError(
+          fmt::format("option '--{}': expected {} to {}, got {}", name, min, kMaxSeqLen, v));
+    return v;
+  };
+  m.dilation = sized("dilation", 1);
+  m.sinks = sized("sinks", 0);
   if (opt.has("global")) m.global = parse_ranges(opt.texts("global"));
-  m.blocks.size = at_least(opt, "block-size", 0);
-  m.blocks.window = at_least(opt, "block-window", 0);
-  m.blocks.global = at_least(opt, "block-global", 0);
+  m.blocks.size = sized("block-size", 0);
+  m.blocks.window = sized("block-window", 0);
+  m.blocks.global = sized("block-global", 0);
   const int64_t r = at_least(opt, "block-random", 0);
   if (r > kMaxRandomBlocks)
     throw UsageError(
