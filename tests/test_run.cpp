@@ -390,6 +390,25 @@ TEST_F(RunError, ResultsBeyondFloat32AreErrorsNotNaN) {
                  "not finite");
 }
 
+TEST_F(RunError, HugeSequenceLengthIsRefusedBeforeAnyWarning) {
+  expect_failure({"--seq-len", "9223372036854775807", "--ranks-local", "2"}, "'--seq-len'");
+}
+
+// Scores near 1e36 are finite; their LSE is exact in float32 only to ~1e29 absolute, so
+// --verify and --check-rows must bound it relative to |LSE|.
+TEST_F(Run, VerifyAcceptsACorrectResultWithAHugeLse) {
+  Tensor q = random_tensor(DType::f32, {1, 40, 2, 16}, 1),
+         k = random_tensor(DType::f32, {1, 40, 2, 16}, 2);
+  for (int64_t i = 0; i < q.numel(); ++i) q.set(i, q.get(i) * 1e18f), k.set(i, k.get(i) * 1e18f);
+  save_npy(path("q.npy"), q), save_npy(path("k.npy"), k);
+  save_npy(path("v.npy"), random_tensor(DType::f32, {1, 40, 2, 16}, 3));
+  const Result r = run({"--q", path("q.npy"), "--k", path("k.npy"), "--v", path("v.npy"),
+                        "--ranks-local", "3", "--verify", "--check-rows", "8", "--threads", "1"});
+  EXPECT_EQ(r.rc, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("single-rank kernel: ok"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("relative to |LSE|"), std::string::npos) << r.out;
+}
+
 TEST_F(Run, SizeOptionsBesideInputFilesAreWarnedAbout) {
   save_npy(path("q.npy"), random_tensor(DType::f32, {1, 8, 2, 16}, 1));
   save_npy(path("k.npy"), random_tensor(DType::f32, {1, 8, 2, 16}, 2));
