@@ -94,7 +94,12 @@ struct JobSpec : AttentionProblem {  // the global problem (mask built, in globa
   bool gathers() const {
     return !out_path.empty() || !lse_path.empty() || verify || check_rows > 0;
   }
-  std::string mask_description() const;  // mask_text, or one derived from the mask
+  std::string mask_description() const;
+  // What verify and check_rows accept: float32 accumulation (ringattn/reference.hpp),
+  // plus the P rounding of the GPU kernel on the cuda device.
+  Tolerance tolerance() const {
+    return tolerance_for(dtype, device == Device::cuda ? PRounding::storage : PRounding::float32);
+  }  // mask_text, or one derived from the mask
   // "N=16384 Nk=16384 B=1 H=8/2 D=128 float32"
   std::string shape_text() const;
   // Canonical text of every value that affects the computation or the message

@@ -16,8 +16,6 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "ringattn/npy.hpp"  // same_file
-
 namespace ringattn::cli {
 namespace po = boost::program_options;
 
@@ -462,28 +460,6 @@ std::string ParsedOptions::command_line() const {
 
 // ---- parsing and help ------------------------------------------------------
 
-void check_distinct_files(const CommandSpec& spec,
-                          const std::map<std::string, std::string>& values) {
-  std::vector<const OptionSpec*> files;
-  for (const OptionSpec& o : spec.options) {
-    const auto it = values.find(o.name);
-    if (o.file != FileRole::none && it != values.end() && !it->second.empty()) files.push_back(&o);
-  }
-  for (const OptionSpec* out : files) {
-    if (out->file != FileRole::output) continue;
-    const std::string& path = values.at(out->name);
-    for (const OptionSpec* other : files) {
-      if (other == out || (other->file == FileRole::output && other < out)) continue;
-      const std::string& p = values.at(other->name);
-      if (!same_file(path, p)) continue;
-      throw UsageError(fmt::format(
-          "option '--{}': '{}' is the same file as --{} ('{}'){}", out->name, path, other->name, p,
-          other->file == FileRole::input ? ", which would be overwritten"
-                                         : "; give each output its own file"));
-    }
-  }
-}
-
 CommandSpec with_common_options(CommandSpec spec) {
   spec.options.push_back(OptionSpec::text("config", "",
                                           "read option values from this .ini file "
@@ -561,40 +537,6 @@ std::string help_text(const CommandSpec& command) {
       "(`seq-len = 4096`);\noptions given on the command line override it.\n";
   if (!spec.epilog.empty()) out += "\n" + spec.epilog + "\n";
   return out;
-}
-
-std::string option_for_field(const std::string& field) {
-  static const std::map<std::string, std::string> kOptions = {
-      {"batch", "batch"},
-      {"nq", "seq-len"},
-      {"nk", "kv-seq-len"},
-      {"hq", "heads"},
-      {"hkv", "kv-heads"},
-      {"head_dim", "head-dim"},
-      {"dtype", "dtype"},
-      {"scale", "scale"},
-      {"isa", "isa"},
-      {"layout", "layout"},
-      {"ranks", "ranks"},
-      {"ranks_per_node", "ranks-per-node"},
-      {"hardware", "hardware"},
-      {"threads", "threads"},
-      {"device", "device"},
-      {"out", "out"},
-      {"lse_out", "lse-out"},
-      {"metrics", "metrics"},
-      {"verify", "verify"},
-      {"check_rows", "check-rows"},
-      {"fail_rank", "fail-rank"},
-      {"repeats", "repeats"},
-  };
-  const auto it = kOptions.find(field);
-  return it == kOptions.end() ? std::string() : it->second;
-}
-
-std::string option_message(const FieldError& e) {
-  const std::string option = option_for_field(e.field());
-  return option.empty() ? std::string(e.what()) : "option '--" + option + "': " + e.detail();
 }
 
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates) {

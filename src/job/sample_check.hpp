@@ -20,11 +20,6 @@ class SampledReferenceCheck {
   void compare(const Layout& ql, int rank, const float* o, const float* lse);
   int64_t rows() const { return static_cast<int64_t>(rows_.size()); }
   ErrorStats errors() const { return acc_.stats(); }
-  Tolerance tolerance() const {
-    return tolerance_for(cfg_.dtype,
-                         cfg_.device == Device::cuda ? PRounding::storage : PRounding::float32);
-  }
-  bool ok() const { return within(errors(), tolerance()); }
 
  private:
   // One key/value row [Hkv, D] (as double) of batch b at position j.

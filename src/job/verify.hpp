@@ -23,11 +23,6 @@ class SingleRankCheck {
   void compare(const Layout& ql, int rank, const float* o, const float* lse);
   // The errors over every row compared so far.
   ErrorStats errors() const { return acc_.stats(); }
-  Tolerance tolerance() const {
-    return tolerance_for(cfg_.dtype,
-                         cfg_.device == Device::cuda ? PRounding::storage : PRounding::float32);
-  }
-  bool ok() const { return within(errors(), tolerance()); }
 
  private:
   const JobSpec& cfg_;

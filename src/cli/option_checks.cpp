@@ -1,0 +1,70 @@
+// What the options layer says about files and library fields: which option set
+// a library field (FieldError), and outputs that would overwrite another path.
+#include <fmt/format.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "cli/options.hpp"
+#include "ringattn/npy.hpp"  // same_file
+
+namespace ringattn::cli {
+
+std::string option_for_field(const std::string& field) {
+  static const std::map<std::string, std::string> kOptions = {
+      {"batch", "batch"},
+      {"nq", "seq-len"},
+      {"nk", "kv-seq-len"},
+      {"hq", "heads"},
+      {"hkv", "kv-heads"},
+      {"head_dim", "head-dim"},
+      {"dtype", "dtype"},
+      {"scale", "scale"},
+      {"isa", "isa"},
+      {"layout", "layout"},
+      {"ranks", "ranks"},
+      {"ranks_per_node", "ranks-per-node"},
+      {"hardware", "hardware"},
+      {"threads", "threads"},
+      {"device", "device"},
+      {"out", "out"},
+      {"lse_out", "lse-out"},
+      {"metrics", "metrics"},
+      {"verify", "verify"},
+      {"check_rows", "check-rows"},
+      {"fail_rank", "fail-rank"},
+      {"repeats", "repeats"},
+  };
+  const auto it = kOptions.find(field);
+  return it == kOptions.end() ? std::string() : it->second;
+}
+
+std::string option_message(const FieldError& e) {
+  const std::string option = option_for_field(e.field());
+  return option.empty() ? std::string(e.what()) : "option '--" + option + "': " + e.detail();
+}
+
+void check_distinct_files(const CommandSpec& spec,
+                          const std::map<std::string, std::string>& values) {
+  std::vector<const OptionSpec*> files;
+  for (const OptionSpec& o : spec.options) {
+    const auto it = values.find(o.name);
+    if (o.file != FileRole::none && it != values.end() && !it->second.empty()) files.push_back(&o);
+  }
+  for (const OptionSpec* out : files) {
+    if (out->file != FileRole::output) continue;
+    const std::string& path = values.at(out->name);
+    for (const OptionSpec* other : files) {
+      if (other == out || (other->file == FileRole::output && other < out)) continue;
+      const std::string& p = values.at(other->name);
+      if (!same_file(path, p)) continue;
+      throw UsageError(fmt::format(
+          "option '--{}': '{}' is the same file as --{} ('{}'){}", out->name, path, other->name, p,
+          other->file == FileRole::input ? ", which would be overwritten"
+                                         : "; give each output its own file"));
+    }
+  }
+}
+
+}  // namespace ringattn::cli
