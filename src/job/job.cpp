@@ -215,6 +215,9 @@ int rank_threads(const JobSpec& spec, const Communicator& comm) {
 
 JobReport run_job(Communicator& comm, const JobSpec& spec) {
   install_temp_cleanup_handlers();
+  // One process per rank (MPI): a signal's stderr line names the rank. In-process ranks share
+  // the process, whose line names none.
+  if (comm.backend() != "local") set_signal_context(comm.rank());
   try {
     return run_rank(comm, spec);
   } catch (const std::exception& e) {
