@@ -5,11 +5,12 @@
 // AtomicFile's temporary would stay behind. Each process therefore keeps the
 // paths of its live temporaries in a small fixed table that a signal handler
 // can read without locks or allocation, and the SIGTERM/SIGINT/SIGHUP handler
-// unlinks them, writes one line to stderr saying why the process ends
-// ("ringattn: rank 1: ended by SIGTERM (signal 15); temporary outputs removed")
-// and _exits with 128 + signal. The table is async-signal-safe: registering is
-// a copy into a free slot published by an atomic store; the lines are
-// formatted beforehand, so the handler calls only write(2), unlink(2), _exit.
+// unlinks them, writes one line to stderr saying why the process ends and what
+// that means for the outputs ("ringattn: rank 0: ended by SIGTERM (signal 15);
+// temporary outputs removed", or "...; the job had completed and written its
+// outputs" when the signal came after that) and _exits with 128 + signal. The table is
+// async-signal-safe: registering is a copy into a free slot published by an atomic store; the lines
+// are formatted beforehand, so the handler calls only write(2), unlink(2), _exit.
 #pragma once
 
 #include <string>
@@ -24,9 +25,13 @@ void install_temp_cleanup_handlers();
 // unset). The first call wins; async-signal-safe to race with a signal.
 void set_signal_context(int rank);
 
-// Unlinks every registered temporary now (async-signal-safe). Called by the
-// handler, and before a rank aborts the job.
-void remove_registered_temps();
+// Says in the handler's line from now on that the job completed and wrote its
+// outputs (called by the process that committed them).
+void mark_job_completed();
+
+// Unlinks every registered temporary now (async-signal-safe) and returns how
+// many it removed. Called by the handler, and before a rank aborts the job.
+int remove_registered_temps();
 
 // Registers `path` for the lifetime of the guard. Throws Error when the table
 // is full or the path too long.

@@ -189,6 +189,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   }
   if (!report.failure.empty()) return report;  // the outputs' temporaries are removed
   outputs->commit();
+  mark_job_completed();  // a signal from here on ends a job whose outputs are complete
   for (const std::string* path : {&spec.out_path, &spec.lse_path})
     if (!path->empty()) report.outputs.push_back(*path);
   return report;
