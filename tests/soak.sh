@@ -116,12 +116,14 @@ for ((j = 1; j <= jobs; j++)); do
   while alive "$mp"; do
     elapsed=$(($(now_ms) - t0))
     if [[ $injected == pending ]] && ((elapsed >= delay_ms)); then
-      if [[ $kind == int ]]; then
-        kill -INT "$mp" 2>/dev/null && injected=sent
-      else
-        # The rank processes are mpirun's children, started in rank order.
-        mapfile -t ranks < <(pgrep -P "$mp" | sort -n)
-        if ((${#ranks[@]} == p)); then # else not all started yet: try again shortly
+      # The rank processes are mpirun's children, started in rank order. Every injection
+      # waits for all of them: an mpirun interrupted before it started any rank exits 1
+      # without a word (Open MPI 4.1), and no ringattn code has run to say why.
+      mapfile -t ranks < <(pgrep -P "$mp" | sort -n)
+      if ((${#ranks[@]} == p)); then # else not all started yet: try again shortly
+        if [[ $kind == int ]]; then
+          kill -INT "$mp" 2>/dev/null && injected=sent
+        else
           sig=$([[ $kind == kill9 ]] && echo KILL || echo TERM)
           kill -"$sig" "${ranks[victim]}" 2>/dev/null && injected=sent
         fi
