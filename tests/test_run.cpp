@@ -496,7 +496,10 @@ TEST_F(RunError, FailingRankEndsTheJobQuickly) {
 }
 
 // Starts `ringattn run ARGS...` in a child process (output discarded).
-pid_t spawn_run(const std::string& bin, std::vector<std::string> args) {
+// `bin run args...` in a child; stdout is discarded, stderr goes to `err_path` (or is
+// discarded when empty).
+pid_t spawn_run(const std::string& bin, std::vector<std::string> args,
+                const std::string& err_path = "") {
   args.insert(args.begin(), {bin, "run"});
   std::vector<char*> argv;
   for (std::string& x : args) argv.push_back(x.data());
@@ -504,8 +507,10 @@ pid_t spawn_run(const std::string& bin, std::vector<std::string> args) {
   const pid_t pid = ::fork();
   if (pid == 0) {
     const int devnull = ::open("/dev/null", O_WRONLY);
+    const int err =
+        err_path.empty() ? devnull : ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ::dup2(devnull, 1);
-    ::dup2(devnull, 2);
+    ::dup2(err, 2);
     ::execv(bin.c_str(), argv.data());
     ::_exit(127);
   }
@@ -513,7 +518,7 @@ pid_t spawn_run(const std::string& bin, std::vector<std::string> args) {
 }
 
 // What MPI does to the surviving ranks when one aborts: SIGTERM. The handler removes the
-// temporaries (no destructor runs) and exits with 128 + SIGTERM.
+// temporaries (no destructor runs), says so on stderr and exits with 128 + SIGTERM.
 TEST_F(Run, SigtermRemovesTemporaryOutputs) {
   // The output temporaries exist from the end of the ring pass until commit;
   // --verify's single-rank kernel runs in that window (seconds at this size),
@@ -523,10 +528,11 @@ TEST_F(Run, SigtermRemovesTemporaryOutputs) {
 #else
   const char* n = "16384";
 #endif
-  const std::string out = path("o.npy"), lse = path("lse.npy");
-  const pid_t pid =
-      spawn_run(bin_, {"--ranks-local", "2", "--seq-len", n, "--heads", "2", "--head-dim", "64",
-                       "--verify", "--threads", "1", "--out", out, "--lse-out", lse});
+  const std::string out = path("o.npy"), lse = path("lse.npy"), err = path("stderr.txt");
+  const pid_t pid = spawn_run(bin_,
+                              {"--ranks-local", "2", "--seq-len", n, "--heads", "2", "--head-dim",
+                               "64", "--verify", "--threads", "1", "--out", out, "--lse-out", lse},
+                              err);
   ASSERT_GE(pid, 0);
   const Clock::time_point t0 = Clock::now();
   // Wait for the state (both temporaries exist), however long the ring takes here.
@@ -542,6 +548,11 @@ TEST_F(Run, SigtermRemovesTemporaryOutputs) {
   EXPECT_TRUE(temporaries().empty()) << temporaries().front();
   EXPECT_FALSE(fs::exists(out));
   EXPECT_FALSE(fs::exists(lse));
+  // In-process ranks share the process: the line names no rank.
+  const std::string said = slurp(err);
+  EXPECT_NE(said.find("ringattn: ended by SIGTERM (signal 15); temporary outputs removed\n"),
+            std::string::npos)
+      << said;
 }
 
 TEST_F(Run, OutputsDoNotExistDuringTheRing) {

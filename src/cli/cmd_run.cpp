@@ -20,6 +20,7 @@
 #include "ringattn/comm_mpi.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/job.hpp"
+#include "ringattn/tempfiles.hpp"
 
 namespace ringattn::cli {
 namespace {
@@ -90,8 +91,12 @@ int cmd_run(int argc, char** argv) {
   const std::optional<ParsedOptions> opt = parse_options(run_spec(), argc, argv);
   if (!opt) return kExitOk;
   const Backend backend = choose_backend(*opt);
+  // Before MPI starts (hundreds of ms on a loaded machine): a launcher's SIGTERM then still
+  // says why the rank ends, instead of a silent default death.
+  install_temp_cleanup_handlers();
   if (backend.mpi) {
     Communicator& comm = mpi_world();
+    set_signal_context(comm.rank());
     const RunConfig cfg = config_or_abort(comm, *opt);
     if (comm.rank() == 0) MetricsFile::check_writable(cfg.metrics_path);
     JobReport job = run_job(comm, cfg);

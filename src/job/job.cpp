@@ -188,6 +188,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   }
   if (!report.failure.empty()) return report;  // the outputs' temporaries are removed
   outputs->commit();
+  mark_job_completed();  // a signal from here on ends a job whose outputs are complete
   for (const std::string* path : {&spec.out_path, &spec.lse_path})
     if (!path->empty()) report.outputs.push_back(*path);
   return report;
@@ -214,6 +215,9 @@ int rank_threads(const JobSpec& spec, const Communicator& comm) {
 
 JobReport run_job(Communicator& comm, const JobSpec& spec) {
   install_temp_cleanup_handlers();
+  // One process per rank (MPI): a signal's stderr line names the rank. In-process ranks share
+  // the process, whose line names none.
+  if (comm.backend() != "local") set_signal_context(comm.rank());
   try {
     return run_rank(comm, spec);
   } catch (const std::exception& e) {
