@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "ringattn/atomic_file.hpp"
 #include "ringattn/tensor.hpp"
 
 namespace ringattn {
@@ -40,40 +41,6 @@ Tensor read_npy_slice(const std::string& path, int axis, int64_t row0, int64_t r
 // Throws Error "<what>: non-finite value (nan|inf|-inf) at index [i, j, ...]"
 // for the first non-finite element.
 void check_finite(const Tensor& t, const std::string& what);
-
-// An output file written through a temporary in the same directory,
-// `<path>.tmp.<pid>.<n>`. open() fails early (before any compute) with an
-// Error naming the path if the directory is not writable. commit() renames the
-// temporary over `path`; the destructor removes an uncommitted temporary. A
-// process killed outright (SIGKILL) leaves its temporary behind: the next
-// AtomicFile for the same path removes every `<path>.tmp.<pid>.<n>` whose
-// process no longer runs on this machine (remove_stale_temporaries).
-class AtomicFile {
- public:
-  explicit AtomicFile(std::string path);
-  ~AtomicFile();
-  AtomicFile(const AtomicFile&) = delete;
-  AtomicFile& operator=(const AtomicFile&) = delete;
-
-  const std::string& path() const { return path_; }
-  const std::string& temp_path() const { return tmp_; }
-  void write(const void* data, std::size_t bytes);  // appends
-  void commit();
-
- private:
-  std::string path_, tmp_;
-  int fd_ = -1;
-  bool committed_ = false;
-};
-
-// Whether two paths name the same file: the same inode where both exist, else
-// the same absolute path once symlinks, "." and ".." of its existing part are
-// resolved.
-bool same_file(const std::string& a, const std::string& b);
-
-// Removes the temporaries `<path>.tmp.<pid>.<n>` of processes that no longer
-// run on this machine; returns how many. Never touches a live process's.
-int remove_stale_temporaries(const std::string& path);
 
 // The header of an array of this dtype and shape (format 1.0, data aligned to
 // 64 bytes): for writers that place the data themselves.
