@@ -91,7 +91,7 @@ for ((j = 1; j <= jobs; j++)); do
   verify=$((RANDOM % 3 == 0))
   kind=${kinds[RANDOM % 4]}
   victim=$((RANDOM % p))
-  delay_ms=$((RANDOM % 3000))
+  delay_ms=$((RANDOM % 1800))  # jobs last ~2 s: most injections land mid-run
   pass_us=$((PASS_US_8K * n * n / (8192 * 8192)))
   ((causal)) && pass_us=$((pass_us / 2))
   repeats=$(((TARGET_US + pass_us - 1) / pass_us))
