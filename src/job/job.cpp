@@ -170,21 +170,23 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   if (check) {
     report.verify = check_result(spec, check->errors(), spec.nq);
     report.verify->t1_s = check->seconds();
-    if (!report.verify->ok)
-      report.failure_field = "verify",
+    if (!report.verify->ok) {
+      report.failure_field = "verify";
       report.failure = fmt::format(
           "the ring result differs from the single-rank kernel beyond the {} tolerance ({}); no "
           "output written",
           dtype_name(spec.dtype), error_text(report.verify->err, report.verify->tol));
+    }
   }
   if (sampled) {
     report.sampled = check_result(spec, sampled->errors(), sampled->rows());
-    if (!report.sampled->ok && report.failure.empty())
-      report.failure_field = "check_rows",
+    if (!report.sampled->ok && report.failure.empty()) {
+      report.failure_field = "check_rows";
       report.failure = fmt::format(
           "the ring result differs from the float64 reference beyond the {} tolerance ({}); no "
           "output written",
           dtype_name(spec.dtype), error_text(report.sampled->err, report.sampled->tol));
+    }
   }
   if (!report.failure.empty()) return report;  // the outputs' temporaries are removed
   outputs->commit();
