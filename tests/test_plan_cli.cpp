@@ -16,6 +16,8 @@
 namespace ringattn {
 namespace {
 
+using test::lines_of;
+
 using Result = test::CliResult;
 
 constexpr int kExitUsage = 2;
@@ -57,14 +59,6 @@ double json_number(const std::string& line, const std::string& key) {
   const std::string v = json_field(line, key);
   EXPECT_FALSE(v.empty()) << key << " in " << line;
   return std::atof(v.c_str());
-}
-
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> out;
-  std::istringstream in(text);
-  for (std::string l; std::getline(in, l);)
-    if (!l.empty()) out.push_back(l);
-  return out;
 }
 
 class PlanCli : public test::CliFixture {

@@ -16,6 +16,8 @@
 namespace ringattn {
 namespace {
 
+using test::lines_of;
+
 using Result = test::CliResult;
 
 const std::vector<std::string> kAll = {"batch",    "seq-len", "kv-seq-len", "heads", "kv-heads",
@@ -87,14 +89,6 @@ std::string json_value(const std::string& line, const std::string& key) {
     while (to < line.size() && line[to] != ',' && line[to] != '}') ++to;
   }
   return line.substr(from, to - from);
-}
-
-std::vector<std::string> lines_of(const std::string& text) {
-  std::vector<std::string> out;
-  std::istringstream in(text);
-  for (std::string l; std::getline(in, l);)
-    if (!l.empty()) out.push_back(l);
-  return out;
 }
 
 class ProblemOptions : public test::CliFixture {};
