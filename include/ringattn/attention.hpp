@@ -19,6 +19,7 @@
 #include <string>
 
 #include "ringattn/dtype.hpp"
+#include "ringattn/hierarchy.hpp"
 #include "ringattn/mask.hpp"
 
 namespace ringattn {
@@ -49,9 +50,11 @@ struct AttentionProblem {
   DType dtype = DType::f32;
   float scale = 0.0f;  // softmax scale; 0 means 1/sqrt(head_dim)
   Mask mask;           // in global positions
+  Hierarchy hier;      // summaries or block routing beyond the mask (ringattn/hierarchy.hpp)
 
   // Checks the fields; throws FieldError("batch" | "nq" | "nk" | "hq" | "hkv" |
-  // "head_dim" | "scale", ...). Lengths may be 0 (a rank without tokens).
+  // "head_dim" | "scale" | a hierarchy field, ...). Lengths may be 0 (a rank
+  // without tokens).
   void validate(HeadDims dims = HeadDims::kernel) const;
   float softmax_scale() const;  // scale, or 1/sqrt(head_dim) when 0
   int64_t group() const { return hq / hkv; }

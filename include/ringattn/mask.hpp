@@ -9,6 +9,7 @@
 //
 //   visible = d <= limit                                  (causal bound, AND)
 //         and (   lo <= d <= hi and d % dilation == 0     (local band / window)
+//                 [aligned: band_lo(qp) <= kp <= band_hi(qp), see below]
 //              or 0 <= kp < sinks                         (attention sinks)
 //              or kp or qp in a global range              (Longformer global tokens)
 //              or blocks.allows(qp, kp) )                 (BigBird block-sparse)
@@ -16,6 +17,11 @@
 //
 // The skipped ranges carve parts out of a mask: the ring computes sinks and
 // global tokens outside the rotation and runs the rest with them skipped.
+//
+// An aligned band (align_lo or align_hi > 1) extends the band's ends to
+// multiples of the alignment: band_lo(qp) = align_lo floor((qp + lo) / align_lo)
+// and band_hi(qp) = align_hi ceil((qp + hi + 1) / align_hi) - 1, so aligned
+// blocks of keys are never split (hierarchical levels, ringattn/hierarchy.hpp).
 //
 // No mask is the unbounded band; causal is hi = limit = diag (bottom-right
 // aligned: diag = Nk - Nq). Everything is closed form (no per-element tables),
@@ -100,6 +106,8 @@ struct Mask {
   int64_t hi = kUnbounded;     // local band: largest visible kp - qp
   int64_t limit = kUnbounded;  // causal bound on kp - qp, applied to every part
   int64_t dilation = 1;        // band keeps only kp - qp divisible by it
+  int64_t align_lo = 1;        // band's lower end rounded down to a multiple of it
+  int64_t align_hi = 1;        // band's upper end rounded up to one before a multiple
   int64_t sinks = 0;           // keys at 0 <= kp < sinks are seen by every query
   int n_global = 0;            // global ranges: see and are seen by everything
   PosRange global[kMaxGlobalRanges] = {};
@@ -123,11 +131,22 @@ struct Mask {
     return m;
   }
 
-  RINGATTN_HD bool band_empty() const { return lo > hi || lo > limit; }
+  RINGATTN_HD bool aligned() const { return align_lo != 1 || align_hi != 1; }
+  RINGATTN_HD bool band_empty() const { return !aligned() && (lo > hi || lo > limit); }
+  // The band's smallest and largest visible key position for a query at qp
+  // (-kUnbounded / kUnbounded where unbounded).
+  RINGATTN_HD int64_t band_lo(int64_t qp) const {
+    if (lo <= -kUnbounded) return -kUnbounded;
+    return align_lo == 1 ? qp + lo : align_lo * floor_div(qp + lo, align_lo);
+  }
+  RINGATTN_HD int64_t band_hi(int64_t qp) const {
+    if (hi >= kUnbounded) return kUnbounded;
+    return align_hi == 1 ? qp + hi : align_hi * ceil_div(qp + hi + 1, align_hi) - 1;
+  }
   RINGATTN_HD bool has_extras() const { return sinks > 0 || n_global > 0 || blocks.on(); }
   RINGATTN_HD bool is_none() const {
     return lo <= -kUnbounded && hi >= kUnbounded && limit >= kUnbounded && dilation == 1 &&
-           !has_skips();
+           !has_skips();  // an unbounded band stays unbounded whatever its alignment
   }
   RINGATTN_HD bool has_skips() const { return n_skip_q > 0 || n_skip_k > 0; }
   RINGATTN_HD bool skipped(int64_t qp, int64_t kp) const {
@@ -146,7 +165,11 @@ struct Mask {
     const int64_t d = kp - qp;
     if (d > limit) return false;
     if (has_skips() && skipped(qp, kp)) return false;
-    if (d >= lo && d <= hi && (dilation == 1 || d % dilation == 0)) return true;
+    if (!aligned()) {
+      if (d >= lo && d <= hi && (dilation == 1 || d % dilation == 0)) return true;
+    } else if (kp >= band_lo(qp) && kp <= band_hi(qp) && (dilation == 1 || d % dilation == 0)) {
+      return true;
+    }
     if (kp >= 0 && kp < sinks) return true;
     if (n_global > 0 && (in_global(kp) || in_global(qp))) return true;
     return blocks.allows(qp, kp);
@@ -180,8 +203,10 @@ struct Mask {
       full = full || c == TileClass::full;
     };
     if (!band_empty()) {
-      const bool disjoint = dmax < lo || dmin > hi;
-      const bool inside = dmin >= lo && dmax <= hi;
+      // The band's ends grow with qp: compare the tile's keys with the ends of
+      // its first and last query (for an unaligned band: dmax < lo, dmin > hi, ...).
+      const bool disjoint = k_last < band_lo(q_first) || k_first > band_hi(q_last);
+      const bool inside = k_first >= band_lo(q_last) && k_last <= band_hi(q_first);
       add(disjoint ? TileClass::empty
                    : (inside && dilation == 1 ? TileClass::full : TileClass::partial));
     }
@@ -231,7 +256,8 @@ struct Mask {
       return n;
     }
     if (!band_empty()) {
-      push(lo <= -kUnbounded ? -kUnbounded : qp + lo, hi >= kUnbounded ? kUnbounded : qp + hi + 1);
+      const int64_t bl = band_lo(qp), bh = band_hi(qp);
+      push(bl, bh >= kUnbounded ? kUnbounded : bh + 1);
       if (dilation != 1) *elementwise = true;
     }
     if (sinks > 0) push(0, sinks);

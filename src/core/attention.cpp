@@ -36,6 +36,7 @@ void AttentionProblem::validate(HeadDims dims) const {
   if (!(scale >= 0.0f) || !std::isfinite(scale))
     throw FieldError("scale",
                      fmt::format("expected a finite number >= 0 (0: 1/sqrt(D)), got {}", scale));
+  validate_hierarchy(hier, mask, nq, nk);
 }
 
 void AttentionArgs::validate_args(HeadDims dims) const {
