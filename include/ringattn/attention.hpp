@@ -91,6 +91,7 @@ struct AttentionArgs : AttentionProblem {
   static AttentionArgs block(const AttentionProblem& p, int64_t nq, int64_t nk, const Mask& m) {
     AttentionArgs a(p);
     a.batch = 1, a.nq = nq, a.nk = nk, a.mask = m;
+    a.hier = {};  // a block is plain attention under m: stages split a hierarchy into blocks
     return a;
   }
 

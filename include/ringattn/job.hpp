@@ -68,6 +68,8 @@ struct JobSpec : AttentionProblem {  // the global problem (mask built, in globa
   // Outputs (empty: not written). O [B, Nq, Hq, D] in `dtype`, LSE [B, Hq, Nq]
   // float32, without the batch axis when q is a 3-d file.
   std::string out_path, lse_path;
+  // Block routing's choices [B, Nq, Hq, topk] int32 (hier.routing(); empty: not written).
+  std::string route_path;
 
   // Execution and checks.
   int repeats = 1, warmup = 0;
@@ -92,7 +94,8 @@ struct JobSpec : AttentionProblem {  // the global problem (mask built, in globa
   bool batched_output() const { return !from_files || q.ndim == kNdimBatch; }
   // Whether rank 0 collects every rank's rows after the ring (outputs or checks).
   bool gathers() const {
-    return !out_path.empty() || !lse_path.empty() || verify || check_rows > 0;
+    return !out_path.empty() || !lse_path.empty() || !route_path.empty() || verify ||
+           check_rows > 0;
   }
   std::string mask_description() const;
   // What verify and check_rows accept: float32 accumulation (ringattn/reference.hpp),
@@ -115,6 +118,12 @@ struct RankStats {
   int64_t full_ring_bytes = 0;  // what a ring of P - 1 rotations would send from this rank
   int64_t shared_bytes = 0;     // of bytes_sent: sinks, global keys and queries, their states
   double total_s = 0, compute_s = 0, merge_s = 0, wait_s = 0, step_mean_s = 0;
+  // The hierarchical stage (ringattn/hierarchy_stage.hpp), included in the figures above:
+  double stage_s = 0, stage_comm_s = 0;  // its wall time, of which in collectives
+  double stage_pair_evals = 0;           // (query, head, key or summary) scores it computed
+  int64_t stage_bytes = 0;               // of bytes_sent: block means, requests, fetched blocks
+  int64_t summaries = 0;                 // blocks summarised (levels) or routed over (routing)
+  int64_t fetched_tokens = 0;            // routing: key tokens received from other ranks
 };
 
 // A check of the ring's result (verify, or the sampled float64 reference).

@@ -45,6 +45,8 @@ void check_finite(const Tensor& t, const std::string& what);
 // The header of an array of this dtype and shape (format 1.0, data aligned to
 // 64 bytes): for writers that place the data themselves.
 std::string npy_header_bytes(DType dtype, const std::vector<int64_t>& shape);
+// The same for a NumPy type string ("<i4").
+std::string npy_header_bytes(const char* descr, const std::vector<int64_t>& shape);
 
 // Serialises t into f (header + data). Does not commit.
 void write_npy(AtomicFile& f, const Tensor& t);

@@ -17,11 +17,16 @@
 
 namespace ringattn {
 
+enum class NpyElem : uint8_t { i32 };
+
 class NpyOutFile {
  public:
   // Creates the temporary with the header and `shape`'s data size (zeros).
   // `field` names the file in errors (FieldError).
   NpyOutFile(const std::string& path, DType dtype, std::vector<int64_t> shape,
+             const std::string& field);
+  // An integer array (indices): little-endian int32.
+  NpyOutFile(const std::string& path, NpyElem elem, std::vector<int64_t> shape,
              const std::string& field);
   ~NpyOutFile();
   NpyOutFile(const NpyOutFile&) = delete;
@@ -36,6 +41,7 @@ class NpyOutFile {
   void commit();
 
  private:
+  void open_data(const std::string& path, const std::string& head, std::size_t data_bytes);
   void pwrite_at(std::size_t offset, const void* data, std::size_t bytes);
   void pread_at(std::size_t offset, void* data, std::size_t bytes);
 

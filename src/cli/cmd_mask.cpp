@@ -14,6 +14,7 @@
 #include "cli/commands.hpp"
 #include "cli/mask_options.hpp"
 #include "cli/mask_picture.hpp"
+#include "ringattn/hierarchy_stage.hpp"
 #include "cli/options.hpp"
 #include "cli/problem_options.hpp"
 #include "ringattn/attention.hpp"
@@ -90,7 +91,9 @@ int cmd_mask(int argc, char** argv) {
     p.cell = fit_cell(p.nq, p.nk, width);
   }
   const MaskOptions& masks = problem.masks;
-  p.mask = problem.problem.mask;
+  p.mask = hierarchy_ring_mask(problem.problem);
+  p.mask_problem = problem.problem.mask;
+  p.hier = problem.problem.hier;
   p.mask_text = masks.describe();
   p.ranks = static_cast<int>(checked(*opt, "ranks", 1, kMaxRanks));
   const std::string& layout = opt->text("layout");

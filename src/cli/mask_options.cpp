@@ -77,6 +77,26 @@ std::vector<OptionSpec> mask_option_specs() {
                           "block-sparse: leading blocks that see and are seen by all"),
       OptionSpec::integer("block-random", "0", "block-sparse: random key blocks per query block"),
       OptionSpec::integer("block-seed", "0", "block-sparse: seed of the random blocks"),
+      OptionSpec::integer("regional-block", "0",
+                          "hierarchical level 2: keys beyond the window seen through means of "
+                          "aligned blocks of this many tokens (needs --window-left; 0: off)",
+                          "tokens"),
+      OptionSpec::integer("regional-window", "0",
+                          "hierarchical level 2 reaches about this far back (>= window + "
+                          "regional block); level 3 or nothing beyond",
+                          "tokens"),
+      OptionSpec::integer("global-block", "0",
+                          "hierarchical level 3: everything older than the regional window "
+                          "through means of aligned blocks of this many tokens (a multiple of "
+                          "--regional-block; 0: off)",
+                          "tokens"),
+      OptionSpec::integer("route-block", "0",
+                          "block routing (MoBA): each query attends its own block and the "
+                          "--route-topk - 1 earlier blocks of this many tokens whose mean key "
+                          "scores best (0: off)",
+                          "tokens"),
+      OptionSpec::integer("route-topk", "0", "block routing: blocks per query, its own included",
+                          "blocks"),
   };
 }
 
@@ -105,12 +125,19 @@ MaskOptions parse_mask_options(const ParsedOptions& opt) {
         fmt::format("option '--block-random': at most {}, got {}", kMaxRandomBlocks, r));
   m.blocks.random = static_cast<int>(r);
   m.blocks.seed = static_cast<uint64_t>(opt.integer("block-seed"));
+  m.hier.regional_block = at_least(opt, "regional-block", 0);
+  m.hier.regional_window = at_least(opt, "regional-window", 0);
+  m.hier.global_block = at_least(opt, "global-block", 0);
+  m.hier.route_block = at_least(opt, "route-block", 0);
+  m.hier.route_topk = at_least(opt, "route-topk", 0);
+  if (m.hier.routing() && !opt.given("route-topk"))
+    throw UsageError("option '--route-block' needs '--route-topk' (blocks per query)");
   return m;
 }
 
 bool MaskOptions::sparse() const {
   return window_left >= 0 || window_right >= 0 || dilation != 1 || sinks > 0 || !global.empty() ||
-         blocks.on();
+         blocks.on() || hier.on();
 }
 
 Mask MaskOptions::build(int64_t nq, int64_t nk) const {
@@ -121,7 +148,7 @@ Mask MaskOptions::build(int64_t nq, int64_t nk) const {
   if (window_left >= 0) m.lo = window_left >= kUnbounded ? -kUnbounded : diag - window_left;
   if (window_right >= 0)
     m.hi = std::min(m.hi, window_right >= kUnbounded ? kUnbounded : diag + window_right);
-  if (blocks.on() && !window) m.lo = 1, m.hi = 0;  // blocks only: no band
+  if ((blocks.on() || hier.routing()) && !window) m.lo = 1, m.hi = 0;  // blocks only: no band
   m.dilation = dilation;
   m.sinks = sinks;
   m.n_global = static_cast<int>(global.size());
@@ -151,6 +178,7 @@ std::string MaskOptions::describe() const {
   if (blocks.on())
     parts.push_back(fmt::format("blocks {} (window {}, global {}, random {} seed {})", blocks.size,
                                 blocks.window, blocks.global, blocks.random, blocks.seed));
+  if (hier.on()) parts.push_back(hier.describe());
   std::string s = causal ? "causal" : (parts.empty() ? "none" : "");
   for (const std::string& p : parts) s += (s.empty() ? "" : " + ") + p;
   return s;

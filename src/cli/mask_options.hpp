@@ -10,6 +10,12 @@
 //   --block-size B     BigBird block sparsity over blocks of B tokens (0: off), with
 //   --block-window W   neighbouring blocks on each side, --block-global G leading global
 //   --block-random R   blocks, R random blocks per query block from --block-seed
+// Hierarchical aggregation (ringattn/hierarchy.hpp):
+//   --regional-block s1 --regional-window W2   level 2: keys beyond the window, up to
+//                      about W2 back, through means of aligned blocks of s1 tokens
+//   --global-block s2  level 3: everything older through blocks of s2 (a multiple of s1)
+//   --route-block B --route-topk k   block routing (MoBA) instead of level 2: each
+//                      query attends its own block and its k - 1 best earlier blocks
 // The diagonal is bottom-right aligned (key position = query position + Nk - Nq),
 // as for --causal. The parts combine: visible = causal bound AND (window OR
 // sinks OR global OR blocks); with --block-size and no window, blocks only.
@@ -19,6 +25,7 @@
 #include <vector>
 
 #include "cli/options.hpp"
+#include "ringattn/hierarchy.hpp"
 #include "ringattn/mask.hpp"
 
 namespace ringattn::cli {
@@ -28,9 +35,11 @@ struct MaskOptions {
   int64_t window_left = -1, window_right = -1, dilation = 1, sinks = 0;
   std::vector<PosRange> global;
   BlockSparse blocks;  // key_blocks is filled in by build()
+  Hierarchy hier;      // levels or block routing on top of the mask
 
   bool sparse() const;  // anything beyond none/causal
-  // The mask for queries of length nq against keys of length nk.
+  // The mask for queries of length nq against keys of length nk (with block
+  // routing and no window: no band, the routed blocks replace it).
   Mask build(int64_t nq, int64_t nk) const;
   // "causal window 4095/0 + 4 sinks", "full", ...
   std::string describe() const;

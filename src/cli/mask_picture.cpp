@@ -197,6 +197,26 @@ const char* color(TileClass c) {
   return c == TileClass::full ? kColorFull : c == TileClass::partial ? kColorPartial : kColorEmpty;
 }
 
+// Which level the centre (query, key) pair of each cell is seen through.
+void mark_levels(MaskPicture& pic) {
+  const PictureProblem& p = pic.problem;
+  const LevelMasks lm = level_masks(p.hier, p.mask_problem, p.nq, p.nk);
+  const int64_t s1 = p.hier.regional_block, s2 = p.hier.global_block;
+  pic.level.assign(pic.cells.size(), 0);
+  for (int64_t i = 0; i < pic.rows; ++i)
+    for (int64_t j = 0; j < pic.cols; ++j) {
+      const int64_t qp = (cell_begin(i, p.cell) + cell_end(i, p.cell, p.nq) - 1) / 2;
+      const int64_t kp = (cell_begin(j, p.cell) + cell_end(j, p.cell, p.nk) - 1) / 2;
+      const int64_t b1 = kp / s1 * s1;
+      char lv = 0;
+      if (lm.l2_left.allows(qp, b1) || (lm.right && lm.l2_right.allows(qp, b1 + s1 - 1))) lv = 2;
+      if (s2 > 0 && (lm.l3_left.allows(qp, kp / s2 * s2) ||
+                     (lm.right && lm.l3_right.allows(qp, kp / s2 * s2))))
+        lv = 3;
+      pic.level[static_cast<std::size_t>(i * pic.cols + j)] = lv;
+    }
+}
+
 }  // namespace
 
 int64_t fit_cell(int64_t nq, int64_t nk, int64_t width) {
@@ -219,6 +239,7 @@ MaskPicture make_picture(const PictureProblem& p) {
           p.mask.classify(cell_begin(i, p.cell), cell_end(i, p.cell, p.nq) - 1,
                           cell_begin(j, p.cell), cell_end(j, p.cell, p.nk) - 1);
   refine(pic);
+  if (p.hier.levels()) mark_levels(pic);
   for (TileClass c : pic.cells)
     ++(c == TileClass::full ? pic.n_full : c == TileClass::partial ? pic.n_partial : pic.n_empty);
   pic.visible = visibility(pic);
@@ -249,7 +270,9 @@ std::string render_text(const MaskPicture& pic, bool show, bool legend) {
       }
       for (int64_t j = 0; j < pic.cols; ++j) {
         if (col_edge[static_cast<std::size_t>(j)]) line += '|';
-        line += cell_char(pic.at(i, j));
+        const char lv = pic.level.empty() ? 0 : pic.level[static_cast<std::size_t>(i * pic.cols + j)];
+        line += lv != 0 && pic.at(i, j) != TileClass::full ? static_cast<char>('0' + lv)
+                                                             : cell_char(pic.at(i, j));
       }
       if (next_row_edge < pic.row_edges.size() && pic.row_edges[next_row_edge] == i) {
         out += std::string(line.size(), '-') + "\n";
@@ -268,6 +291,8 @@ std::string render_text(const MaskPicture& pic, bool show, bool legend) {
         "legend: '#' every (query, key) pair of the cell visible, '+' some, '.' none; rows: "
         "queries {} at a time (top = first), columns: keys{}\n",
         p.cell, p.ranks > 1 ? " (split over the ranks like the queries)" : "");
+    if (!pic.level.empty())
+      out += "        '2' / '3': seen through level-2 / level-3 block summaries (the cell's centre)\n";
   }
   out += fmt::format("cells: {} full '#', {} partial '+', {} empty '.' ({} in all)\n", pic.n_full,
                      pic.n_partial, pic.n_empty, pic.rows * pic.cols);

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "ringattn/layout.hpp"
+#include "ringattn/hierarchy.hpp"
 #include "ringattn/mask.hpp"
 
 namespace ringattn::cli {
@@ -43,7 +44,9 @@ inline constexpr double kElementwisePairs = 268435456.0;  // 2^28
 struct PictureProblem {
   int64_t nq = 0, nk = 0;
   int64_t cell = 1;  // tokens per cell, both axes
-  Mask mask;
+  Mask mask;              // the exact part (with levels: hierarchy_ring_mask)
+  Mask mask_problem;      // the problem's mask (levels: the window before alignment)
+  Hierarchy hier;         // levels: cells seen through summaries are drawn '2' / '3'
   std::string mask_text;  // MaskOptions::describe()
   LayoutKind layout = LayoutKind::contiguous;
   int ranks = 1;
@@ -61,6 +64,8 @@ struct MaskPicture {
   PictureProblem problem;
   int64_t rows = 0, cols = 0;
   std::vector<TileClass> cells;  // rows x cols, row-major
+  std::vector<char> level;       // rows x cols: 2 / 3 where the cell's centre pair goes
+                                 // through a level-2 / level-3 summary, else 0 (levels only)
   int64_t n_full = 0, n_partial = 0, n_empty = 0;
   int64_t refined = 0;   // cells classify() called partial that are exactly full or empty
   bool counted = false;  // partial cells were counted exactly (visible_partial valid)

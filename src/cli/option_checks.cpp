@@ -35,6 +35,12 @@ std::string option_for_field(const std::string& field) {
       {"check_rows", "check-rows"},
       {"fail_rank", "fail-rank"},
       {"repeats", "repeats"},
+      {"regional_block", "regional-block"},
+      {"regional_window", "regional-window"},
+      {"global_block", "global-block"},
+      {"route_block", "route-block"},
+      {"route_topk", "route-topk"},
+      {"route_out", "route-out"},
   };
   const auto it = kOptions.find(field);
   return it == kOptions.end() ? std::string() : it->second;

@@ -130,8 +130,8 @@ std::vector<ProblemShape> parse_problem_sweep(const ParsedOptions& opt, ProblemO
           s.problem.nk = nk == 0 ? n : nk;
           s.masks = masks;
           s.masks.causal = causal;
-          with_option_names([&] { s.problem.validate(HeadDims::kernel); });
           s.rebuild_mask();
+          with_option_names([&] { s.problem.validate(HeadDims::kernel); });
           out.push_back(std::move(s));
         }
       }

@@ -63,7 +63,10 @@ struct ProblemShape {
 
   bool causal() const { return masks.causal; }
   // Rebuilds problem.mask after nq, nk or masks changed.
-  void rebuild_mask() { problem.mask = masks.build(problem.nq, problem.nk); }
+  void rebuild_mask() {
+    problem.mask = masks.build(problem.nq, problem.nk);
+    problem.hier = masks.hier;
+  }
   // "causal", "full", or the sparse description ("causal + window 4095/0 + 4 sinks").
   std::string mask_str() const;
   // "B=1 Nq=4096 Nk=4096 Hq=8 Hkv=8 D=128 float32 causal"

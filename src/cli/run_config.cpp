@@ -75,6 +75,10 @@ CommandSpec run_spec() {
       OptionSpec::text("lse-out", "",
                        "write the LSE, float32 [B, Hq, N] ([Hq, N] for 3-d q) (.npy)")
           .as_output(),
+      OptionSpec::text("route-out", "",
+                       "block routing: write the chosen blocks, int32 [B, N, Hq, topk] "
+                       "ascending, -1 padded ([N, Hq, topk] for 3-d q) (.npy)")
+          .as_output(),
       OptionSpec::integer("fail-rank", "-1",
                           "testing: this rank fails right after its first ring pass, to check "
                           "that the whole job ends (-1: none)"),
@@ -119,6 +123,7 @@ RunConfig make_problem_config(const ParsedOptions& opt) {
   c.masks = parse_mask_options(opt);
   c.masks.causal = c.causal;
   c.mask = c.masks.build(c.nq, c.nk);
+  c.hier = c.masks.hier;
   c.mask_text = c.masks.describe();
   const std::string& layout = opt.text("layout");
   c.layout = layout == kLayoutAuto ? (c.causal ? LayoutKind::zigzag : LayoutKind::contiguous)
@@ -140,6 +145,7 @@ RunConfig make_run_config(const ParsedOptions& opt) {
   c.fail_rank = opt.integer_int("fail-rank");
   c.out_path = opt.has("out") ? opt.text("out") : std::string();
   c.lse_path = opt.has("lse-out") ? opt.text("lse-out") : std::string();
+  c.route_path = opt.has("route-out") ? opt.text("route-out") : std::string();
   c.metrics_path = opt.metrics_path();
   c.command_line = opt.command_line();
   c.describe_error = [](const std::exception& e) {

@@ -19,6 +19,11 @@ void check_device(Device device, const AttentionProblem& p) {
     throw FieldError("device",
                      "cuda: this ringattn was built without CUDA (configure with "
                      "-DRINGATTN_CUDA=ON, or use the cpu device)");
+  if (p.hier.on())
+    throw FieldError("device",
+                     "cuda: hierarchical levels and block routing run on the cpu device (the "
+                     "GPU kernel takes the aligned exact window, the summary and routing passes "
+                     "are CPU code)");
   if (p.dtype != DType::f16 && p.dtype != DType::bf16)
     throw FieldError("device", fmt::format("cuda computes in float16 or bfloat16; the dtype is {}",
                                            dtype_name(p.dtype)));

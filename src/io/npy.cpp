@@ -483,7 +483,10 @@ void check_finite(const Tensor& t, const std::string& what) {
 }
 
 std::string npy_header_bytes(DType dtype, const std::vector<int64_t>& shape) {
-  const char* descr = dtype == DType::f32 ? "<f4" : dtype == DType::f16 ? "<f2" : "<u2";
+  return npy_header_bytes(dtype == DType::f32 ? "<f4" : dtype == DType::f16 ? "<f2" : "<u2", shape);
+}
+
+std::string npy_header_bytes(const char* descr, const std::vector<int64_t>& shape) {
   std::string dict = fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}", descr,
                                  shape_repr(shape));
   // Version 1.0 holds a header of up to 65535 bytes; beyond that (absurdly many dims) use 2.0.

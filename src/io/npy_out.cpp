@@ -39,10 +39,20 @@ std::size_t elements(const std::vector<int64_t>& shape) {
 NpyOutFile::NpyOutFile(const std::string& path, DType dtype, std::vector<int64_t> shape,
                        const std::string& field)
     : field_(field), dtype_(dtype), file_(open_atomic(path, field)), guard_(file_.temp_path()) {
-  const std::string head = npy_header_bytes(dtype, shape);
+  open_data(path, npy_header_bytes(dtype, shape), elements(shape) * dtype_size(dtype));
+}
+
+NpyOutFile::NpyOutFile(const std::string& path, NpyElem /*elem: int32*/, std::vector<int64_t> shape,
+                       const std::string& field)
+    : field_(field), file_(open_atomic(path, field)), guard_(file_.temp_path()) {
+  open_data(path, npy_header_bytes("<i4", shape), elements(shape) * sizeof(int32_t));
+}
+
+void NpyOutFile::open_data(const std::string& path, const std::string& head,
+                           std::size_t data_bytes) {
   file_.write(head.data(), head.size());
   data_offset_ = head.size();
-  data_bytes_ = elements(shape) * dtype_size(dtype);
+  data_bytes_ = data_bytes;
   fd_ = ::open(file_.temp_path().c_str(), O_RDWR | O_CLOEXEC);
   if (fd_ < 0 || ::ftruncate(fd_, static_cast<off_t>(data_offset_ + data_bytes_)) != 0)
     throw FieldError(field_,

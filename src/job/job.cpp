@@ -15,6 +15,7 @@
 #include "job/sample_check.hpp"
 #include "job/verify.hpp"
 #include "ringattn/error.hpp"
+#include "ringattn/hierarchy_stage.hpp"
 #include "ringattn/memory.hpp"
 #include "ringattn/ring.hpp"
 #include "ringattn/tempfiles.hpp"
@@ -57,7 +58,7 @@ int64_t full_ring_bytes(const JobSpec& spec, const Layout& kvl, int rank) {
          static_cast<int64_t>(dtype_size(spec.dtype));
 }
 
-RankStats rank_stats(const RingMetrics& m, int rank, int64_t q_tokens, int64_t kv_tokens,
+RankStats rank_stats(const RingMetrics& m, const StageMetrics& st, int rank, int64_t q_tokens, int64_t kv_tokens,
                      int threads, std::size_t peak_bytes, int64_t full_ring) {
   RankStats s;
   s.rank = rank, s.q_tokens = q_tokens, s.kv_tokens = kv_tokens, s.threads = threads;
@@ -69,6 +70,13 @@ RankStats rank_stats(const RingMetrics& m, int rank, int64_t q_tokens, int64_t k
   s.full_ring_bytes = full_ring;
   s.total_s = m.total_s, s.compute_s = m.compute_s, s.merge_s = m.merge_s, s.wait_s = m.wait_s;
   s.step_mean_s = m.steps > 0 ? m.total_s / m.steps : 0.0;
+  // The stage runs after the ring pass: its time, traffic and tiles join the pass's.
+  s.stage_s = st.total_s, s.stage_comm_s = st.comm_s, s.stage_pair_evals = st.pair_evals;
+  s.stage_bytes = st.bytes_sent, s.summaries = st.summaries, s.fetched_tokens = st.fetched_tokens;
+  s.total_s += st.total_s, s.compute_s += st.compute_s, s.wait_s += st.comm_s;
+  s.bytes_sent += st.bytes_sent;
+  s.tiles_total += st.tiles.tiles_total, s.tiles_computed += st.tiles.tiles_computed;
+  s.tiles_partial += st.tiles.tiles_partial;
   return s;
 }
 
@@ -96,7 +104,9 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   memory_reset_peak_thread();
 
   const Layout ql(spec.layout, spec.nq, np), kvl(spec.layout, spec.nk, np);
-  const RingSchedule schedule = make_ring_schedule(ql, kvl, spec.mask);
+  // With a hierarchy the ring runs its exact part; the stage adds the rest.
+  const Mask ring_mask = hierarchy_ring_mask(spec);
+  const RingSchedule schedule = make_ring_schedule(ql, kvl, ring_mask);
   if (rank == 0) {
     warn_empty_ranks(spec, ql, kvl);
     job::RunOutputs::check_writable(spec);  // before any compute: an unwritable path fails fast
@@ -106,7 +116,12 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   RingProblem p(spec);
   p.q_layout = &ql, p.kv_layout = &kvl;
   p.q = in.q.data.data(), p.k = in.k.data.data(), p.v = in.v.data.data();
+  RingProblem ring_p = p;
+  ring_p.mask = ring_mask, ring_p.hier = {};
   const int64_t nq = ql.tokens(rank);
+  std::vector<int32_t> route(
+      spec.hier.routing() ? static_cast<std::size_t>(spec.batch * nq * spec.hq * spec.hier.route_topk)
+                          : 0);
   Buffer o(static_cast<std::size_t>(spec.batch * nq * spec.hq * spec.head_dim) * sizeof(float),
            "local O");
   Buffer lse(static_cast<std::size_t>(spec.batch * spec.hq * nq) * sizeof(float), "local LSE");
@@ -114,16 +129,20 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   RankDevice device(comm, spec.device, kopt);
   // Ring passes; the best timed one is the one whose slowest rank was fastest.
   RingMetrics best;
+  StageMetrics best_stage;
   double best_slowest = std::numeric_limits<double>::infinity();
   for (int pass = 0; pass < spec.warmup + spec.repeats; ++pass) {
     comm.barrier();
-    RingMetrics m = device.pass(schedule, p, o.as<float>(), lse.as<float>());
+    RingMetrics m = device.pass(schedule, ring_p, o.as<float>(), lse.as<float>());
+    const StageMetrics st =
+        hierarchy_stage(comm, p, o.as<float>(), lse.as<float>(), kopt, route.data());
     if (pass == 0 && rank == spec.fail_rank) throw Error(kInjectedFailure);
     if (pass < spec.warmup) continue;
-    const double slowest = comm.allreduce_one(m.total_s, ReduceOp::max);
+    const double slowest = comm.allreduce_one(m.total_s + st.total_s, ReduceOp::max);
     if (slowest < best_slowest) {
       best_slowest = slowest;
       best = std::move(m);
+      best_stage = st;
     }
   }
   device.finish(o.as<float>(), lse.as<float>());
@@ -131,7 +150,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   const int64_t bad =
       nonfinite_rows(o.as<float>(), lse.as<float>(), spec.batch, nq, spec.hq, spec.head_dim);
   if (bad > 0) throw Error(nonfinite_message(bad, spec.batch * spec.hq * nq));
-  const RankStats mine = rank_stats(best, rank, nq, kvl.tokens(rank), threads, memory_peak_thread(),
+  const RankStats mine = rank_stats(best, best_stage, rank, nq, kvl.tokens(rank), threads, memory_peak_thread(),
                                     full_ring_bytes(spec, kvl, rank));
 
   JobReport report;
@@ -147,6 +166,11 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   report.shared_queries = schedule.shared.query_tokens;
   report.stats.resize(static_cast<std::size_t>(np));
   comm.allgather(&mine, sizeof(mine), report.stats.data());
+  if (spec.hier.on()) {  // what was computed: the ring's pairs and the stage's scores
+    double pairs = 0, evals = 0;
+    for (const RankStats& s : report.stats) pairs += double(s.pairs), evals += s.stage_pair_evals;
+    report.flops = 4.0 * double(spec.head_dim) * (double(spec.batch * spec.hq) * pairs + evals);
+  }
 
   // Collect every rank's rows on rank 0, one rank at a time. The output files
   // exist only from here on: a job ended during compute leaves none behind.
@@ -164,6 +188,18 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
                        if (check) check->compare(ql, src, ro, rl);
                        if (sampled) sampled->compare(ql, src, ro, rl);
                      });
+  if (!spec.route_path.empty())
+    job::gather_bytes(
+        comm,
+        [&](int r) {
+          return static_cast<std::size_t>(spec.batch * ql.tokens(r) * spec.hq *
+                                          spec.hier.route_topk) *
+                 sizeof(int32_t);
+        },
+        route.data(),
+        [&](int src, const void* rows) {
+          if (outputs) outputs->write_route(ql, src, static_cast<const int32_t*>(rows));
+        });
   if (rank != 0) return report;
 
   report.rank0_output_peak = memory_peak_thread();

@@ -21,6 +21,8 @@ namespace {
 constexpr int kTagGo = 32760;
 constexpr int kTagO = 32761;
 constexpr int kTagLse = 32762;
+constexpr int kTagBytesGo = 32763;
+constexpr int kTagBytes = 32764;
 // How often a rank waiting for its turn checks for it. Sleeping instead of blocking keeps
 // MPI's busy-polling off the cores while rank 0 runs --verify's single-rank kernel (T1).
 constexpr auto kIdlePoll = std::chrono::milliseconds(1);
@@ -34,6 +36,7 @@ void wait_idle(Request& r) {
 void RunOutputs::check_writable(const JobSpec& cfg) {
   if (!cfg.out_path.empty()) check_output_writable(cfg.out_path, "out");
   if (!cfg.lse_path.empty()) check_output_writable(cfg.lse_path, "lse_out");
+  if (!cfg.route_path.empty()) check_output_writable(cfg.route_path, "route_out");
 }
 
 RunOutputs::RunOutputs(const JobSpec& cfg) : cfg_(cfg) {
@@ -48,6 +51,22 @@ RunOutputs::RunOutputs(const JobSpec& cfg) : cfg_(cfg) {
     if (b) shape.insert(shape.begin(), cfg.batch);
     lse_.emplace(cfg.lse_path, DType::f32, std::move(shape), "lse_out");
   }
+  if (!cfg.route_path.empty()) {
+    std::vector<int64_t> shape = {cfg.nq, cfg.hq, cfg.hier.route_topk};
+    if (b) shape.insert(shape.begin(), cfg.batch);
+    route_.emplace(cfg.route_path, NpyElem::i32, std::move(shape), "route_out");
+  }
+}
+
+void RunOutputs::write_route(const Layout& ql, int rank, const int32_t* route) {
+  if (!route_) return;
+  const int64_t n = ql.tokens(rank), row = cfg_.hq * cfg_.hier.route_topk;
+  const std::size_t row_bytes = static_cast<std::size_t>(row) * sizeof(int32_t);
+  for (int64_t b = 0; b < cfg_.batch; ++b)
+    for (const Segment& s : ql.segments(rank))
+      route_->write_strided(static_cast<std::size_t>(b * cfg_.nq + s.start) * row_bytes,
+                            static_cast<std::size_t>(s.stride) * row_bytes, row_bytes, s.count,
+                            route + (b * n + s.local_offset) * row);
 }
 
 void RunOutputs::write_rank(const Layout& ql, int rank, const float* o, const float* lse) {
@@ -86,6 +105,27 @@ void RunOutputs::write_rank(const Layout& ql, int rank, const float* o, const fl
 void RunOutputs::commit() {
   if (o_) o_->commit();
   if (lse_) lse_->commit();
+  if (route_) route_->commit();
+}
+
+void gather_bytes(Communicator& comm, const std::function<std::size_t(int)>& bytes_of,
+                  const void* mine, const std::function<void(int rank, const void*)>& sink) {
+  if (comm.rank() != 0) {
+    char go = 0;
+    Request turn = comm.irecv(&go, 1, 0, kTagBytesGo);
+    wait_idle(turn);
+    comm.isend(mine, bytes_of(comm.rank()), 0, kTagBytes).wait();
+    return;
+  }
+  sink(0, mine);
+  for (int r = 1; r < comm.size(); ++r) {
+    Buffer in(std::max<std::size_t>(bytes_of(r), 1), "gathered rows");
+    Request q = comm.irecv(in.data(), bytes_of(r), r, kTagBytes);
+    const char go = 1;
+    comm.isend(&go, 1, r, kTagBytesGo).wait();
+    q.wait();
+    sink(r, in.data());
+  }
 }
 
 void gather_rows(Communicator& comm, const Layout& ql, int64_t batch, int64_t hq, int64_t head_dim,

@@ -33,11 +33,13 @@ class RunOutputs {
   // Writes rank `rank`'s rows: o float32 [B, n_r, Hq, D] (rounded to the
   // output dtype), lse [B, Hq, n_r], n_r = ql.tokens(rank), in ql's local order.
   void write_rank(const Layout& ql, int rank, const float* o, const float* lse);
+  // Writes rank `rank`'s routing choices [B, n_r, Hq, topk] (route file only).
+  void write_route(const Layout& ql, int rank, const int32_t* route);
   void commit();
 
  private:
   const JobSpec& cfg_;
-  std::optional<NpyOutFile> o_, lse_;
+  std::optional<NpyOutFile> o_, lse_, route_;
 };
 
 // Called on rank 0 once per rank, in rank order, with that rank's rows.
@@ -47,5 +49,9 @@ using RowSink = std::function<void(int rank, const float* o, const float* lse)>;
 // [B, Hq, n] (float32, n = ql.tokens(rank)); rank 0 calls `sink` for each rank.
 void gather_rows(Communicator& comm, const Layout& ql, int64_t batch, int64_t hq, int64_t head_dim,
                  const float* o, const float* lse, const RowSink& sink);
+
+// The same for `bytes_of(rank)` bytes of any rows (routing choices), one rank at a time.
+void gather_bytes(Communicator& comm, const std::function<std::size_t(int)>& bytes_of,
+                  const void* mine, const std::function<void(int rank, const void*)>& sink);
 
 }  // namespace ringattn::job

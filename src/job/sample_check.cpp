@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "ringattn/hier_reference.hpp"
 #include "ringattn/npy.hpp"
 #include "ringattn/synth.hpp"
 
@@ -75,6 +76,20 @@ SampledReferenceCheck::SampledReferenceCheck(const JobSpec& cfg, int64_t rows)
   const Mask mask = cfg.mask;
   ref_o_.assign(static_cast<std::size_t>(cfg.batch * nr * hq * d), 0.0);
   ref_lse_.assign(static_cast<std::size_t>(cfg.batch * nr * hq), -INFINITY);
+  if (cfg.hier.on()) {  // the hierarchy's own float64 reference, keys streamed the same way
+    const HierarchyReference ref(cfg, [this](int64_t b, int64_t j0, int64_t n,
+                                             std::vector<double>* k, std::vector<double>* v) {
+      load_kv(b, j0, n, k, v);
+    });
+    for (int64_t b = 0; b < cfg.batch; ++b)
+      for (int64_t ri = 0; ri < nr; ++ri) {
+        const int64_t t = rows_[static_cast<std::size_t>(ri)];
+        const std::vector<double> q = load_q(b, t);
+        ref.row(b, t, q.data(), ref_o_.data() + (b * nr + ri) * hq * d,
+                ref_lse_.data() + (b * nr + ri) * hq);
+      }
+    return;
+  }
   std::vector<double> k, v;
   for (int64_t b = 0; b < cfg.batch; ++b)
     for (int64_t ri = 0; ri < nr; ++ri) {

@@ -25,6 +25,7 @@ std::string mask_fields(const Mask& m) {
     s += fmt::format(" skip-q [{}, {})", m.skip_q[i].begin, m.skip_q[i].end);
   for (int i = 0; i < m.n_skip_k; ++i)
     s += fmt::format(" skip-k [{}, {})", m.skip_k[i].begin, m.skip_k[i].end);
+  if (m.aligned()) s += fmt::format(" align {}/{}", m.align_lo, m.align_hi);
   return s;
 }
 
@@ -52,6 +53,8 @@ void JobSpec::validate() const {
           throw FieldError(field, fmt::format("'{}' is the input file '{}', which would be "
                                               "overwritten",
                                               *path, in->path));
+  if (!route_path.empty() && !hier.routing())
+    throw FieldError("route_out", "needs block routing (route_block > 0)");
   check_device(device, *this);
 }
 
@@ -69,9 +72,10 @@ std::string JobSpec::config_text() const {
                                         : fmt::format("seed:{}", seed);
   return fmt::format(
       "shape:{};mask:{};layout:{};scale:{};source:{};repeats:{};warmup:{};verify:{};"
-      "check-rows:{};fail-rank:{};out:{};lse-out:{};device:{}",
+      "check-rows:{};fail-rank:{};out:{};lse-out:{};device:{};hier:{};route-out:{}",
       shape_text(), mask_fields(mask), layout_name(layout), scale, source, repeats, warmup, verify,
-      check_rows > 0, fail_rank, !out_path.empty(), !lse_path.empty(), device_name(device));
+      check_rows > 0, fail_rank, !out_path.empty(), !lse_path.empty(), device_name(device),
+      hier.describe(), !route_path.empty());
 }
 
 }  // namespace ringattn
