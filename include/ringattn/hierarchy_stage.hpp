@@ -48,4 +48,10 @@ Mask hierarchy_ring_mask(const AttentionProblem& p);
 StageMetrics hierarchy_stage(Communicator& comm, const RingProblem& p, float* o, float* lse,
                              const KernelOptions& kopt, int32_t* route = nullptr);
 
+// The whole problem on this thread as one rank: the kernel on the exact part,
+// then the stage (a.hier on or off). o [B, Nq, Hq, D], lse [B, Hq, Nq] host
+// float32; route [B, Nq, Hq, topk] with routing (may be null).
+KernelStats hierarchical_attention(const AttentionArgs& a, float* o, float* lse,
+                                   const KernelOptions& kopt = {}, int32_t* route = nullptr);
+
 }  // namespace ringattn

@@ -20,6 +20,7 @@
 #include "cli/options.hpp"
 #include "cli/problem_options.hpp"
 #include "ringattn/error.hpp"
+#include "ringattn/hierarchy_stage.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/npy.hpp"
 
@@ -183,7 +184,7 @@ int cmd_attend(int argc, char** argv) {
              batched ? std::vector<int64_t>{p.batch, p.hq, p.nq} : std::vector<int64_t>{p.hq, p.nq},
              "LSE");
   const Stopwatch watch;
-  attention_forward(args, o32.as<float>(), lse.as<float>(), kopt);
+  hierarchical_attention(args, o32.as<float>(), lse.as<float>(), kopt);
   const double seconds = watch.seconds();
   if (const int64_t bad =
           nonfinite_rows(o32.as<float>(), lse.as<float>(), p.batch, p.nq, p.hq, p.head_dim);

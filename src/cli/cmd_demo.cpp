@@ -15,6 +15,7 @@
 #include "cli/metrics.hpp"
 #include "cli/options.hpp"
 #include "cli/problem_options.hpp"
+#include "ringattn/hierarchy_stage.hpp"
 #include "ringattn/kernel.hpp"
 
 namespace ringattn::cli {
@@ -72,9 +73,9 @@ int cmd_demo(int argc, char** argv) {
   const AttentionArgs args = problem.args();
   Outputs out(args);
   for (int64_t i = 0; i < opt->integer("warmup"); ++i)
-    attention_forward(args, out.o.as<float>(), out.lse.as<float>(), kopt);
+    hierarchical_attention(args, out.o.as<float>(), out.lse.as<float>(), kopt);
   const Stopwatch watch;
-  const KernelStats stats = attention_forward(args, out.o.as<float>(), out.lse.as<float>(), kopt);
+  const KernelStats stats = hierarchical_attention(args, out.o.as<float>(), out.lse.as<float>(), kopt);
   const double seconds = watch.seconds();
   const double flops = attention_flops(args);
 

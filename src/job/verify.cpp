@@ -4,7 +4,6 @@
 
 #include "job/inputs.hpp"
 #include "ringattn/hierarchy_stage.hpp"
-#include "ringattn/ring.hpp"
 
 namespace ringattn::job {
 
@@ -15,20 +14,7 @@ SingleRankCheck::SingleRankCheck(const JobSpec& cfg, const KernelOptions& kopt) 
               "single-rank O");
   lse_ = Buffer(static_cast<std::size_t>(a.batch * a.hq * a.nq) * sizeof(float), "single-rank LSE");
   const auto t0 = std::chrono::steady_clock::now();
-  if (!cfg.hier.on()) {
-    attention_forward(a, o_.as<float>(), lse_.as<float>(), kopt);
-  } else {  // one rank: the exact part, then the stage, as every rank of the job does
-    run_local(1, [&](Communicator& comm) {
-      const Layout ql(LayoutKind::contiguous, cfg.nq, 1), kvl(LayoutKind::contiguous, cfg.nk, 1);
-      RingProblem p(cfg);
-      p.q_layout = &ql, p.kv_layout = &kvl, p.q = a.q, p.k = a.k, p.v = a.v;
-      RingProblem ring_p = p;
-      ring_p.mask = hierarchy_ring_mask(cfg), ring_p.hier = {};
-      ring_attention(comm, make_ring_schedule(ql, kvl, ring_p.mask), ring_p, o_.as<float>(),
-                     lse_.as<float>(), kopt);
-      hierarchy_stage(comm, p, o_.as<float>(), lse_.as<float>(), kopt);
-    });
-  }
+  hierarchical_attention(a, o_.as<float>(), lse_.as<float>(), kopt);
   seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 

@@ -131,6 +131,21 @@ Mask hierarchy_ring_mask(const AttentionProblem& p) {
   return p.mask;
 }
 
+KernelStats hierarchical_attention(const AttentionArgs& a, float* o, float* lse,
+                                   const KernelOptions& kopt, int32_t* route) {
+  AttentionArgs exact = a;
+  exact.mask = hierarchy_ring_mask(a), exact.hier = {};
+  KernelStats st = attention_forward(exact, o, lse, kopt);
+  if (!a.hier.on()) return st;
+  run_local(1, [&](Communicator& comm) {
+    const Layout ql(LayoutKind::contiguous, a.nq, 1), kvl(LayoutKind::contiguous, a.nk, 1);
+    RingProblem p(static_cast<const AttentionProblem&>(a));
+    p.q_layout = &ql, p.kv_layout = &kvl, p.q = a.q, p.k = a.k, p.v = a.v;
+    st += hierarchy_stage(comm, p, o, lse, kopt, route).tiles;
+  });
+  return st;
+}
+
 StageMetrics hierarchy_stage(Communicator& comm, const RingProblem& p, float* o, float* lse,
                              const KernelOptions& kopt, int32_t* route) {
   if (!p.hier.on()) return {};
