@@ -58,6 +58,16 @@ std::size_t at(int64_t i) {
   return static_cast<std::size_t>(i);
 }
 
+// floor(a / b) and ceil(a / b) for b > 0 (the reference's own, not the mask's).
+int64_t floor_by(int64_t a, int64_t b) {
+  const int64_t q = a / b;
+  return q * b > a ? q - 1 : q;
+}
+int64_t ceil_by(int64_t a, int64_t b) {
+  const int64_t q = a / b;
+  return q * b < a ? q + 1 : q;
+}
+
 // The aligned blocks [c size, (c + 1) size) ∩ [0, Nk) of one batch: the mean
 // of each block's counted rows, rounded to the storage dtype (so exact as
 // float), and how many rows were counted.
@@ -315,8 +325,8 @@ void HierarchyReference::Impl::level_row(int64_t b, int64_t t, const double* q, 
   std::vector<Range> want;
   std::vector<BlockRef> summaries;
   const bool global_q = global_query(t);
-  const int64_t e = std::max<int64_t>(0, s1 * floor_div(i - w1, s1));
-  const int64_t er = two_sided ? s1 * ceil_div(i + wr + 1, s1) : kUnbounded;
+  const int64_t e = std::max<int64_t>(0, s1 * floor_by(i - w1, s1));
+  const int64_t er = two_sided ? s1 * ceil_by(i + wr + 1, s1) : kUnbounded;
   if (global_q) {
     want.push_back({0, nk});
   } else {
@@ -327,21 +337,21 @@ void HierarchyReference::Impl::level_row(int64_t b, int64_t t, const double* q, 
       want.push_back({mask.global[r].begin, mask.global[r].end});
 
     // Left: s1-blocks inside [g, e), s2-blocks inside [0, g).
-    const int64_t g = s2 > 0 ? std::max<int64_t>(0, std::min(e, s2 * floor_div(i - w2, s2))) : 0;
+    const int64_t g = s2 > 0 ? std::max<int64_t>(0, std::min(e, s2 * floor_by(i - w2, s2))) : 0;
     const Pooled& p2 = l2[at(b)];
-    for (int64_t c = ceil_div(g, s1); (c + 1) * s1 <= e; ++c)
+    for (int64_t c = ceil_by(g, s1); (c + 1) * s1 <= e; ++c)
       if (p2.count[at(c)] > 0) summaries.push_back({&p2, c});
     if (s2 > 0)
       for (int64_t c = 0; (c + 1) * s2 <= g; ++c)
         if (l3[at(b)].count[at(c)] > 0) summaries.push_back({&l3[at(b)], c});
     // Right (two-sided): s1-blocks starting in [e_r, g_r), s2-blocks from g_r.
     if (two_sided) {
-      const int64_t gr = s2 > 0 ? std::max(er, s2 * ceil_div(i + w2 + 1, s2)) : kUnbounded;
+      const int64_t gr = s2 > 0 ? std::max(er, s2 * ceil_by(i + w2 + 1, s2)) : kUnbounded;
       const int64_t end2 = std::min(gr, nk);
-      for (int64_t c = std::max<int64_t>(0, ceil_div(er, s1)); c * s1 < end2; ++c)
+      for (int64_t c = std::max<int64_t>(0, ceil_by(er, s1)); c * s1 < end2; ++c)
         if (p2.count[at(c)] > 0) summaries.push_back({&p2, c});
       if (s2 > 0)
-        for (int64_t c = std::max<int64_t>(0, ceil_div(gr, s2)); c * s2 < nk; ++c)
+        for (int64_t c = std::max<int64_t>(0, ceil_by(gr, s2)); c * s2 < nk; ++c)
           if (l3[at(b)].count[at(c)] > 0) summaries.push_back({&l3[at(b)], c});
     }
   }
