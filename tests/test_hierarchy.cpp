@@ -102,7 +102,6 @@ AttentionArgs make_args(const HierCase& c, Problem* g) {
   a.mask = c.causal ? Mask::causal(diag) : Mask::none();
   if (c.w1 >= 0) a.mask.lo = diag - c.w1;
   if (c.wr >= 0) a.mask.hi = std::min(a.mask.hi, diag + c.wr);
-  if (c.hier.routing() && c.w1 < 0 && c.wr < 0) a.mask.lo = 1, a.mask.hi = 0;
   a.mask.sinks = c.sinks;
   if (c.global) a.mask.n_global = 1, a.mask.global[0] = {90, 94};
   a.hier = c.hier;

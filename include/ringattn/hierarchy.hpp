@@ -69,6 +69,10 @@ struct LevelMasks {
   Mask l2_left, l3_left, l2_right, l3_right;
 };
 
+// Routing's exact part: the mask, with its band emptied when it is no window
+// (unbounded below and bounded above only by the causal bound, or not at all).
+Mask routing_base_mask(const Mask& mask);
+
 // Throws FieldError("regional_block" | "regional_window" | "global_block" |
 // "route_block" | "route_topk", ...) when the spec cannot run with `mask`.
 void validate_hierarchy(const Hierarchy& h, const Mask& mask, int64_t nq, int64_t nk);

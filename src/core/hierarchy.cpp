@@ -79,6 +79,12 @@ void validate_hierarchy(const Hierarchy& h, const Mask& mask, int64_t nq, int64_
   }
 }
 
+Mask routing_base_mask(const Mask& mask) {
+  Mask m = mask;
+  if (m.lo <= -kUnbounded && (m.hi >= kUnbounded || m.hi >= m.limit)) m.lo = 1, m.hi = 0;
+  return m;
+}
+
 LevelMasks level_masks(const Hierarchy& h, const Mask& mask, int64_t nq, int64_t nk) {
   const int64_t diag = nk - nq, s1 = h.regional_block, s2 = h.global_block, w2 = h.regional_window;
   LevelMasks m;

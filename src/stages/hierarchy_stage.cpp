@@ -128,6 +128,7 @@ std::size_t chunk_work_bytes(const RingProblem& p) {
 
 Mask hierarchy_ring_mask(const AttentionProblem& p) {
   if (p.hier.levels()) return level_masks(p.hier, p.mask, p.nq, p.nk).exact;
+  if (p.hier.routing()) return routing_base_mask(p.mask);
   return p.mask;
 }
 

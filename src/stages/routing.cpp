@@ -258,8 +258,9 @@ StageMetrics routing_stage(Communicator& comm, const RingProblem& p, float* o, f
                            static_cast<std::size_t>(per_round)),
       ReduceOp::max);
 
-  const Mask left = complement(p.mask, true), right = complement(p.mask, false);
-  const bool band = !p.mask.band_empty();
+  const Mask base = routing_base_mask(p.mask);  // what the ring covered
+  const Mask left = complement(base, true), right = complement(base, false);
+  const bool band = !base.band_empty();
   std::vector<char> qg, kh, vh;
   std::vector<float> part;
   std::vector<int64_t> rows;
