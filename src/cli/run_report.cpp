@@ -131,9 +131,29 @@ void print_report(const RunReport& r) {
                        "rows merged by LSE ({} of the bytes sent)",
                        r.shared_keys, r.shared_queries, format_bytes(double(shared))));
     }
-    line("visible pairs",
-         fmt::format("{:.4g} of {:.4g} ({:.2f}%)", r.flops / (4.0 * double(c.head_dim)), dense,
-                     kPercent * r.flops / (4.0 * double(c.head_dim)) / dense));
+    if (c.hier.on()) {
+      int64_t stage_bytes = 0, fetched = 0;
+      double stage_s = 0, stage_comm_s = 0;
+      for (const RankStats& s : r.stats) {
+        stage_bytes += s.stage_bytes, fetched += s.fetched_tokens;
+        stage_s = std::max(stage_s, s.stage_s), stage_comm_s = std::max(stage_comm_s, s.stage_comm_s);
+      }
+      line("hierarchy",
+           c.hier.levels()
+               ? fmt::format("{}: {} block summaries gathered once ({} of the bytes sent); stage "
+                             "{:.3f} ms of the slowest rank's time, {:.3f} ms in collectives",
+                             c.hier.describe(), s0.summaries, format_bytes(double(stage_bytes)),
+                             stage_s * kMs, stage_comm_s * kMs)
+               : fmt::format("{}: {} block means gathered, {} key tokens of the chosen blocks "
+                             "fetched ({} of the bytes sent); stage {:.3f} ms, {:.3f} ms in "
+                             "collectives",
+                             c.hier.describe(), s0.summaries, fetched,
+                             format_bytes(double(stage_bytes)), stage_s * kMs, stage_comm_s * kMs));
+    }
+    line(c.hier.levels() ? "attended pairs" : "visible pairs",
+         fmt::format("{:.4g} of {:.4g} ({:.2f}%{})", r.flops / (4.0 * double(c.head_dim)), dense,
+                     kPercent * r.flops / (4.0 * double(c.head_dim)) / dense,
+                     c.hier.levels() ? "; (query, key) and (query, summary) pairs" : ""));
     line("tiles", fmt::format("{} computed of {} in the kernel calls ({} partial)", computed, tiles,
                               partial));
     line("bytes sent",
@@ -185,7 +205,13 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
                    .integer("tiles_total", s.tiles_total)
                    .integer("tiles_computed", s.tiles_computed)
                    .integer("tiles_partial", s.tiles_partial)
-                   .integer("peak_bytes", s.peak_bytes));
+                   .integer("peak_bytes", s.peak_bytes)
+                   .number("stage_ms", s.stage_s * kMs)
+                   .number("stage_comm_ms", s.stage_comm_s * kMs)
+                   .integer("stage_bytes", s.stage_bytes)
+                   .number("stage_scores", s.stage_pair_evals)
+                   .integer("summaries", s.summaries)
+                   .integer("fetched_tokens", s.fetched_tokens));
   AttentionProblem problem;
   problem.batch = c.batch, problem.nq = c.nq, problem.nk = c.nk, problem.hq = c.hq;
   problem.hkv = c.hkv, problem.head_dim = c.head_dim, problem.dtype = c.dtype;
@@ -205,7 +231,8 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
       .integer("steps", r.stats.empty() ? 0 : r.stats[0].steps)
       .text("transfer", r.transfer)
       .integer("shared_keys", r.shared_keys)
-      .integer("shared_queries", r.shared_queries);
+      .integer("shared_queries", r.shared_queries)
+      .text("hierarchy", c.hier.describe());
   if (r.sampled) {
     sum.integer("check_rows", r.sampled->rows)
         .number("ref_o_rel_err", r.sampled->err.o_rel_fro)
