@@ -84,6 +84,27 @@ struct PlanInput : AttentionProblem {
   PlanLinks links = PlanLinks::network;
 };
 
+// The hierarchical stage (ringattn/hierarchy_stage.hpp), after the ring:
+//   levels   all-gather of the block means (N / s1 + N / s2 blocks x 2 B Hkv D
+//            bytes), then (query, summary) scores at the kernel's rate
+//   routing  all-gather of the block means of K, then each query's own block
+//            (causal part) and min(k - 1, earlier blocks) whole blocks at the
+//            kernel's rate; the fetched bytes are an upper bound: every
+//            earlier block a rank does not hold (choices depend on the data)
+// The ring runs the exact part only (the window extended to block
+// boundaries, or the window, sinks and global tokens for routing).
+struct StagePlan {
+  bool on = false;
+  std::string what;            // Hierarchy::describe()
+  int64_t summaries = 0;       // block summaries (levels) or key blocks (routing)
+  double gathered_bytes = 0;   // the block means every rank ends up holding
+  std::vector<double> scores;  // [rank] query x head x key-or-summary scores
+  std::vector<double> sent;    // [rank] bytes sent (its share of the means, fetched blocks served)
+  std::vector<double> memory;  // [rank] bytes: means table, partial sums, choices, fetched blocks
+  std::vector<double> seconds; // [rank] collectives + scores
+  bool fetch_bound = false;    // routing: sent/fetched are upper bounds
+};
+
 struct MemoryBreakdown {  // bytes, one rank
   double q = 0, k = 0, v = 0, o = 0, lse = 0;
   double recv_buffers = 0;  // min(2, steps - 1) K/V blocks
@@ -91,7 +112,10 @@ struct MemoryBreakdown {  // bytes, one rank
   double partial = 0;    // one query segment's (or global query chunk's) partial O and LSE
   double shared = 0;     // sinks / global keys and global queries gathered from every rank
   double workspace = 0;  // kernel: packed K/V head + thread tiles (cpu)
-  double total() const { return q + k + v + o + lse + recv_buffers + partial + shared + workspace; }
+  double stage = 0;      // the hierarchical stage (StagePlan::memory)
+  double total() const {
+    return q + k + v + o + lse + recv_buffers + partial + shared + workspace + stage;
+  }
 };
 
 struct RankPlan {
@@ -128,6 +152,7 @@ struct Plan {
   double bytes_per_step = 0;  // mean over ranks and rotations of the bytes a rank sends (as run)
   std::vector<RankPlan> per_rank;
   std::vector<StepPlan> per_step;
+  StagePlan stage;
   double predicted_s = 0;
   // Hiding.
   bool all_hidden = true;         // every transfer step hidden
@@ -147,6 +172,11 @@ struct Plan {
 // Throws FieldError naming the field (ranks, ranks_per_node, hardware, or a
 // problem field) when the input cannot be planned (P too large, a link the ring needs is missing).
 Plan make_plan(const PlanInput& in, const HardwareProfile& hw);
+
+// The stage's figures for P ranks of the layouts (in.hier on), at `rate`
+// FLOP/s per rank over `link`.
+StagePlan plan_hierarchy_stage(const PlanInput& in, const Layout& ql, const Layout& kvl,
+                               double rate, const LinkSpec& link);
 
 // Smallest c >= 1 with a c^2 >= b c + L (see above); -1 when a <= 0.
 int64_t min_hiding_tokens(double a, double b, double latency_total);

@@ -176,6 +176,17 @@ void print_plan(const PlanReport& r) {
                                max_step(p, &StepPlan::compute_s) * kMs,
                                max_step(p, &StepPlan::transfer_s) * kMs));
   line("transfer hidden", hiding_text(p));
+  if (p.stage.on) {
+    const StagePlan& st = p.stage;
+    const auto mx = [](const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); };
+    line("hierarchy",
+         fmt::format("{}: {} blocks, {} of block means gathered by every rank; stage {:.3f} ms, "
+                     "{:.4g} GFLOP on the busiest rank, {} sent{}, {} memory per rank",
+                     st.what, st.summaries, format_bytes(st.gathered_bytes), mx(st.seconds) * kMs,
+                     4.0 * double(p.in.head_dim) * mx(st.scores) / kGiga, format_bytes(mx(st.sent)),
+                     st.fetch_bound ? " at most (the chosen blocks depend on the data)" : "",
+                     format_bytes(mx(st.memory))));
+  }
   line("predicted time", fmt::format("{:.3f} ms (slowest rank {}), {}", p.predicted_s * kMs,
                                      slowest(p).rank, rate_text(p.total_flops / p.predicted_s)));
   line("naive attention",
@@ -246,6 +257,12 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
       .number("mem_partial", big.mem.partial)
       .number("mem_shared", big.mem.shared)
       .number("mem_workspace", big.mem.workspace)
+      .number("mem_stage", big.mem.stage)
+      .text("hierarchy", p.stage.what)
+      .integer("stage_blocks", p.stage.summaries)
+      .number("stage_gathered_bytes", p.stage.gathered_bytes)
+      .number("stage_ms", p.stage.on ? *std::max_element(p.stage.seconds.begin(), p.stage.seconds.end()) * kMs : 0.0)
+      .number("stage_max_bytes_sent", p.stage.on ? *std::max_element(p.stage.sent.begin(), p.stage.sent.end()) : 0.0)
       .number("memory_available", p.memory_available)
       .boolean("fits", p.fits)
       .number("naive_score_bytes_per_head", p.naive_scores_per_head)

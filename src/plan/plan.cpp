@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "ringattn/error.hpp"
+#include "ringattn/hierarchy_stage.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/schedule.hpp"
 
@@ -91,7 +92,10 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
   };
 
   const Layout ql(in.layout, in.nq, np), kvl(in.layout, in.nk, np);
-  const RingSchedule sch = make_ring_schedule(ql, kvl, in.mask);
+  // With a hierarchy the ring runs its exact part; the stage follows (StagePlan).
+  PlanInput exact = in;
+  exact.mask = hierarchy_ring_mask(in), exact.hier = {};
+  const RingSchedule sch = make_ring_schedule(ql, kvl, exact.mask);
   p.steps = sch.steps;
   p.imbalance = sch.imbalance();
   p.transfer = sch.transfer == Transfer::direct ? "direct" : "ring";
@@ -113,7 +117,7 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
   const SharedPart& sh = sch.shared;
   int64_t ring_pairs = 0;
   for (int r = 0; r < np; ++r) ring_pairs += sch.rank_pairs(r);
-  const int64_t all_pairs = in.pairs();
+  const int64_t all_pairs = exact.pairs();
   const double shared_pairs = sh.on() ? double(std::max<int64_t>(all_pairs - ring_pairs, 0)) : 0;
   const auto chunk_tokens = [](const std::vector<Chunk>& v) {
     int64_t n = 0;
@@ -165,6 +169,16 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
            double(in.batch * chunk_tokens(sh.query_chunks[ri]) * in.hq * in.head_dim) * esz) *
           (np - 1);
   }
+  p.stage = plan_hierarchy_stage(in, ql, kvl, p.rate, p.link);
+  if (p.stage.on)
+    for (int r = 0; r < np; ++r) {
+      const auto ri = static_cast<std::size_t>(r);
+      RankPlan& rp = p.per_rank[ri];
+      rp.mem.stage = p.stage.memory[ri];
+      rp.flops += 4.0 * double(in.head_dim) * p.stage.scores[ri];
+      p.total_flops += 4.0 * double(in.head_dim) * p.stage.scores[ri];
+      p.max_rank_memory = std::max(p.max_rank_memory, rp.mem.total());
+    }
   p.memory_available = cpu ? hw.memory_bytes / p.ranks_per_node
                            : hw.memory_bytes / std::max(1.0, p.oversubscription);
   p.fits = p.max_rank_memory <= p.memory_available;
@@ -247,9 +261,13 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
     p.all_hidden = p.all_hidden && st.hidden;
   }
   p.bytes_per_step = rotations > 0 ? sent_total / double(rotations) : 0.0;
+  // The stage starts when the ring has ended everywhere (its first step is a collective).
+  double ring_end = 0;
+  for (int r = 0; r < np; ++r) ring_end = std::max(ring_end, end[static_cast<std::size_t>(r)]);
   for (int r = 0; r < np; ++r) {
-    p.per_rank[static_cast<std::size_t>(r)].total_s = end[static_cast<std::size_t>(r)];
-    p.predicted_s = std::max(p.predicted_s, end[static_cast<std::size_t>(r)]);
+    const auto ri = static_cast<std::size_t>(r);
+    p.per_rank[ri].total_s = end[ri] + (p.stage.on ? ring_end - end[ri] + p.stage.seconds[ri] : 0);
+    p.predicted_s = std::max(p.predicted_s, p.per_rank[ri].total_s);
   }
 
   // Hiding condition.
