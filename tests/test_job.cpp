@@ -9,8 +9,10 @@
 #include <vector>
 
 #include "ringattn/error.hpp"
+#include "ringattn/hier_reference.hpp"
 #include "ringattn/job.hpp"
 #include "ringattn/npy.hpp"
+#include "ringattn/plan.hpp"
 #include "ringattn/reference.hpp"
 #include "ringattn/synth.hpp"
 #include "util.hpp"
@@ -110,6 +112,88 @@ TEST_F(Job, FileInputsCrossAttentionSparseMaskStriped) {
   EXPECT_FALSE(r.verify.has_value());
   EXPECT_EQ(r.shared_keys, 3);  // the sinks are gathered once, not rotated
   expect_files_match(s, q, k, v);
+}
+
+TEST_F(Job, HierarchicalLevelsThroughTheJobMatchReferenceAndPlan) {
+  JobSpec s;
+  s.batch = 2, s.nq = s.nk = 333, s.hq = 4, s.hkv = 2, s.head_dim = 32;
+  s.mask = Mask::causal(0);
+  s.mask.lo = -24;  // W1 = 24
+  s.hier.regional_block = 8, s.hier.regional_window = 64, s.hier.global_block = 32;
+  s.layout = LayoutKind::zigzag;
+  s.seed = 5;
+  s.out_path = path("o.npy"), s.lse_path = path("lse.npy");
+  s.verify = true, s.check_rows = 9, s.threads = 1;
+  const JobReport r = run_job_local(3, s);
+  ASSERT_TRUE(r.verify && r.sampled);
+  EXPECT_TRUE(r.verify->ok) << error_text(r.verify->err, r.verify->tol);
+  EXPECT_TRUE(r.sampled->ok) << error_text(r.sampled->err, r.sampled->tol);
+  // The files against the hierarchy's float64 reference on the same inputs.
+  const Tensor q = generated(s, SynthStream::q, s.nq, s.hq),
+               k = generated(s, SynthStream::k, s.nk, s.hkv),
+               v = generated(s, SynthStream::v, s.nk, s.hkv);
+  const AttentionArgs a(s, q.data.data(), k.data.data(), v.data.data());
+  const Tensor o = read_npy(s.out_path), lse = read_npy(s.lse_path);
+  std::vector<float> of(static_cast<std::size_t>(o.numel())), lf(static_cast<std::size_t>(lse.numel()));
+  for (int64_t i = 0; i < o.numel(); ++i) of[static_cast<std::size_t>(i)] = o.get(i);
+  for (int64_t i = 0; i < lse.numel(); ++i) lf[static_cast<std::size_t>(i)] = lse.get(i);
+  const ErrorStats e = compare_to_reference(a, of.data(), lf.data(), reference_hierarchical(a));
+  EXPECT_TRUE(within(e, stored_tolerance(s.dtype))) << error_text(e, stored_tolerance(s.dtype));
+  // The plan's stage figures are the job's: summaries, scores per rank, gathered means.
+  PlanInput in(s);
+  in.layout = s.layout, in.ranks = 3, in.links = PlanLinks::in_process, in.threads = 1;
+  const Plan p = make_plan(in, load_hardware_profile(std::string(RINGATTN_SOURCE_DIR) +
+                                                     "/configs/hardware/cpu-2core.ini"));
+  ASSERT_TRUE(p.stage.on);
+  EXPECT_EQ(p.stage.summaries, r.stats[0].summaries);
+  for (int x = 0; x < 3; ++x)
+    EXPECT_DOUBLE_EQ(p.stage.scores[static_cast<std::size_t>(x)],
+                     r.stats[static_cast<std::size_t>(x)].stage_pair_evals);
+  int64_t pairs = 0;
+  for (const RankStats& st : r.stats) pairs += st.pairs;
+  int64_t planned = 0;
+  for (const RankPlan& rp : p.per_rank) planned += rp.ring_pairs;
+  EXPECT_EQ(pairs, planned);
+}
+
+TEST_F(Job, BlockRoutingWritesItsChoices) {
+  JobSpec s;
+  s.nq = s.nk = 300, s.hq = 4, s.hkv = 1, s.head_dim = 16;
+  s.mask = Mask::causal(0);
+  s.hier.route_block = 32, s.hier.route_topk = 3;
+  s.layout = LayoutKind::striped;
+  s.seed = 9;
+  s.out_path = path("o.npy"), s.route_path = path("route.npy");
+  s.check_rows = 12, s.threads = 1;
+  const JobReport r = run_job_local(4, s);
+  ASSERT_TRUE(r.sampled);
+  EXPECT_TRUE(r.sampled->ok) << error_text(r.sampled->err, r.sampled->tol);
+  EXPECT_EQ(r.outputs.size(), 1u);  // O; the route file is committed with it
+  const Tensor q = generated(s, SynthStream::q, s.nq, s.hq),
+               k = generated(s, SynthStream::k, s.nk, s.hkv),
+               v = generated(s, SynthStream::v, s.nk, s.hkv);
+  std::vector<int32_t> want;
+  std::vector<double> gap;
+  const AttentionArgs a(s, q.data.data(), k.data.data(), v.data.data());
+  reference_hierarchical(a, &want, &gap);
+  // A version 1.0 .npy: magic, version, header length, the header, int32 data.
+  std::FILE* f = std::fopen(s.route_path.c_str(), "rb");
+  ASSERT_NE(f, nullptr);
+  unsigned char pre[10];
+  ASSERT_EQ(std::fread(pre, 1, 10, f), 10u);
+  std::string head(static_cast<std::size_t>(pre[8] | pre[9] << 8), ' ');
+  ASSERT_EQ(std::fread(head.data(), 1, head.size(), f), head.size());
+  EXPECT_NE(head.find("'descr': '<i4'"), std::string::npos) << head;
+  EXPECT_NE(head.find("(1, 300, 4, 3)"), std::string::npos) << head;
+  std::vector<int32_t> got(want.size());
+  ASSERT_EQ(std::fread(got.data(), sizeof(int32_t), got.size(), f), got.size());
+  std::fclose(f);
+  int64_t differ = 0;
+  for (std::size_t row = 0; row < gap.size(); ++row)
+    for (int j = 0; j < 3; ++j)
+      differ += got[row * 3 + static_cast<std::size_t>(j)] != want[row * 3 + static_cast<std::size_t>(j)] &&
+                !(gap[row] < 1e-4);
+  EXPECT_EQ(differ, 0);
 }
 
 TEST_F(Job, ErrorsNameTheFieldAndWriteNothing) {
