@@ -2,6 +2,8 @@
 # `ringattn run` under a real MPI launcher (mpiexec --oversubscribe -n 2 and -n 3):
 #   * a --verify run passes against the single-rank kernel and, on sampled rows, against the
 #     float64 reference (--check-rows; "ok" for both in the summary) and writes its outputs;
+#   * hierarchical levels and block routing pass the same checks under MPI (their
+#     block means, requests and blocks go through MPI's collectives);
 #   * a run whose rank 1 fails (--fail-rank 1) ends the whole job with a non-zero exit
 #     within FAIL_LIMIT_S seconds, names "rank 1" on stderr, and leaves neither the
 #     output nor a temporary file behind (the SIGTERM handler removes rank 0's).
@@ -72,6 +74,29 @@ for np in 2 3; do
     fail "-n $np --fail-rank 1: exit $rc after ${elapsed_ms} ms, left: '${left}'"
     cat "$dir/stderr"
   fi
+done
+
+hier_cases=(
+  "levels|--causal --window-left 128 --regional-block 32 --regional-window 512 --global-block 128 --sinks 4 --layout striped"
+  "routing|--causal --route-block 128 --route-topk 4 --window-left 64 --route-out ROUTE"
+)
+for np in 2 3; do
+  for entry in "${hier_cases[@]}"; do
+    name=${entry%%|*}
+    dir="$scratch/np$np-$name"
+    rm -rf "$dir" && mkdir -p "$dir"
+    read -r -a extra <<<"${entry#*|}"
+    extra=("${extra[@]/ROUTE/$dir/route.npy}")
+    launch "$np" "$dir" "${common[@]}" "${extra[@]}" --verify --check-rows 16 --out "$dir/o.npy"
+    if [[ $rc -eq 0 ]] && grep -q "single-rank kernel: ok" "$dir/stdout" &&
+      grep -q "vs float64 on 16 sampled query rows x 4 heads: ok" "$dir/stdout" &&
+      grep -q "^  hierarchy" "$dir/stdout" && [[ -s $dir/o.npy ]]; then
+      pass "-n $np $name ($(grep '^  hierarchy' "$dir/stdout" | sed 's/^ *//; s/  */ /g'))"
+    else
+      fail "-n $np $name: exit $rc"
+      cat "$dir/stdout" "$dir/stderr"
+    fi
+  done
 done
 
 echo "$passed passed, $failed failed"
