@@ -51,7 +51,9 @@ StageMetrics hierarchy_stage(Communicator& comm, const RingProblem& p, float* o,
 // The whole problem on this thread as one rank: the kernel on the exact part,
 // then the stage (a.hier on or off). o [B, Nq, Hq, D], lse [B, Hq, Nq] host
 // float32; route [B, Nq, Hq, topk] with routing (may be null).
+// *stage (may be null) gets the stage's figures.
 KernelStats hierarchical_attention(const AttentionArgs& a, float* o, float* lse,
-                                   const KernelOptions& kopt = {}, int32_t* route = nullptr);
+                                   const KernelOptions& kopt = {}, int32_t* route = nullptr,
+                                   StageMetrics* stage = nullptr);
 
 }  // namespace ringattn

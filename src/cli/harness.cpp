@@ -24,13 +24,37 @@ void fill_normal(Tensor& t, std::mt19937_64& rng) {
   for (int64_t i = 0; i < t.numel(); ++i) t.set(i, normal(rng));
 }
 
+// Adds the drifting mean to t [B, N, H, D] (see harness.hpp).
+// Head h takes the phases of head h / group (query heads drift like their K/V head).
+void add_drift(Tensor& t, uint64_t phase_seed, int64_t group) {
+  constexpr double kTwoPi = 6.283185307179586;
+  constexpr double kPeriods[] = {256.0, 4096.0, 65536.0};
+  constexpr double kNoise = 0.5;
+  const int64_t n = t.shape[1], h = t.shape[2], d = t.shape[3];
+  std::mt19937_64 rng(phase_seed);
+  std::uniform_real_distribution<double> phase(0.0, kTwoPi);
+  std::vector<double> ph(static_cast<std::size_t>(h / group * d * 3));
+  for (double& x : ph) x = phase(rng);
+  const double amp = 1.0 / std::sqrt(3.0);
+  for (int64_t b = 0; b < t.shape[0]; ++b)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t e = 0; e < h * d; ++e) {
+        double m = 0;
+        for (int f = 0; f < 3; ++f)
+          m += amp * std::sin(kTwoPi * double(i) / kPeriods[f] +
+                              ph[static_cast<std::size_t>(((e / d / group) * d + e % d) * 3 + f)]);
+        const int64_t at = (b * n + i) * h * d + e;
+        t.set(at, static_cast<float>(kNoise * t.get(at) + m));
+      }
+}
+
 }  // namespace
 
 AttentionArgs make_args(const ProblemShape& s, const void* q, const void* k, const void* v) {
   return AttentionArgs(s.problem, q, k, v);
 }
 
-RandomProblem make_random_problem(const ProblemShape& shape, uint64_t seed) {
+RandomProblem make_random_problem(const ProblemShape& shape, uint64_t seed, InputKind kind) {
   RandomProblem p;
   p.shape = shape;
   const AttentionProblem& s = shape.problem;
@@ -41,6 +65,11 @@ RandomProblem make_random_problem(const ProblemShape& shape, uint64_t seed) {
   fill_normal(p.q, rng);
   fill_normal(p.k, rng);
   fill_normal(p.v, rng);
+  if (kind == InputKind::drift) {
+    add_drift(p.q, seed + 1, s.hq / s.hkv);  // the phases of k
+    add_drift(p.k, seed + 1, 1);
+    add_drift(p.v, seed + 2, 1);
+  }
   return p;
 }
 

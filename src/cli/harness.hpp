@@ -34,7 +34,15 @@ struct RandomProblem {
   }
   std::size_t bytes() const { return q.bytes() + k.bytes() + v.bytes(); }
 };
-RandomProblem make_random_problem(const ProblemShape& shape, uint64_t seed);
+// Inputs: i.i.d. standard normal, or with a drifting mean (InputKind::drift):
+// x[t, h, d] = 0.5 n + m(t, h, d), m a sum of three sines of periods 256, 4096
+// and 65536 tokens with seeded phases per (head, channel), the same for q and
+// k (a query resembles the keys near it; v drifts with its own phases). Block
+// means then carry information, as in real sequences: what hierarchical
+// summaries are for.
+enum class InputKind : uint8_t { normal, drift };
+RandomProblem make_random_problem(const ProblemShape& shape, uint64_t seed,
+                                  InputKind kind = InputKind::normal);
 
 // Float32 kernel outputs for a problem: o [B, Nq, Hq, D], lse [B, Hq, Nq].
 struct Outputs {

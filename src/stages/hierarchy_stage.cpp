@@ -133,7 +133,8 @@ Mask hierarchy_ring_mask(const AttentionProblem& p) {
 }
 
 KernelStats hierarchical_attention(const AttentionArgs& a, float* o, float* lse,
-                                   const KernelOptions& kopt, int32_t* route) {
+                                   const KernelOptions& kopt, int32_t* route,
+                                   StageMetrics* stage) {
   AttentionArgs exact = a;
   exact.mask = hierarchy_ring_mask(a), exact.hier = {};
   KernelStats st = attention_forward(exact, o, lse, kopt);
@@ -142,7 +143,9 @@ KernelStats hierarchical_attention(const AttentionArgs& a, float* o, float* lse,
     const Layout ql(LayoutKind::contiguous, a.nq, 1), kvl(LayoutKind::contiguous, a.nk, 1);
     RingProblem p(static_cast<const AttentionProblem&>(a));
     p.q_layout = &ql, p.kv_layout = &kvl, p.q = a.q, p.k = a.k, p.v = a.v;
-    st += hierarchy_stage(comm, p, o, lse, kopt, route).tiles;
+    const StageMetrics m = hierarchy_stage(comm, p, o, lse, kopt, route);
+    st += m.tiles;
+    if (stage != nullptr) *stage = m;
   });
   return st;
 }
