@@ -18,7 +18,7 @@ namespace ringattn::test {
 namespace {
 
 struct Result {
-  std::vector<float> o, lse;  // global order [B, Nq, Hq, D], [B, Hq, Nq]
+  std::vector<float> o, lse;   // global order [B, Nq, Hq, D], [B, Hq, Nq]
   std::vector<int32_t> route;  // [B, Nq, Hq, topk]
   StageMetrics stage;          // rank 0's
 };
@@ -35,7 +35,8 @@ Result run_hier(const AttentionArgs& g, const Tensor& q, const Tensor& k, const 
   run_local(np, [&](Communicator& comm) {
     const int r = comm.rank();
     const Layout ql(layout, g.nq, np), kl(layout, g.nk, np);
-    const Tensor lq = slice_tokens(q, ql, r), lk = slice_tokens(k, kl, r), lv = slice_tokens(v, kl, r);
+    const Tensor lq = slice_tokens(q, ql, r), lk = slice_tokens(k, kl, r),
+                 lv = slice_tokens(v, kl, r);
     RingProblem p(static_cast<const AttentionProblem&>(g));
     p.q_layout = &ql, p.kv_layout = &kl;
     p.q = lq.data.data(), p.k = lk.data.data(), p.v = lv.data.data();
@@ -190,7 +191,8 @@ TEST(Hierarchy, WindowCoveringEverythingIsDense) {
     const AttentionArgs a = make_args(c, &g);
     const Result got = run_hier(a, g.q, g.k, g.v, 3, LayoutKind::zigzag);
     const ErrorStats err = compare_to_reference(a, got.o.data(), got.lse.data(), dense(a, causal));
-    EXPECT_TRUE(within(err, tolerance_for(DType::f32))) << error_text(err, tolerance_for(DType::f32));
+    EXPECT_TRUE(within(err, tolerance_for(DType::f32)))
+        << error_text(err, tolerance_for(DType::f32));
   }
 }
 

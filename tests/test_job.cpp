@@ -134,7 +134,8 @@ TEST_F(Job, HierarchicalLevelsThroughTheJobMatchReferenceAndPlan) {
                v = generated(s, SynthStream::v, s.nk, s.hkv);
   const AttentionArgs a(s, q.data.data(), k.data.data(), v.data.data());
   const Tensor o = read_npy(s.out_path), lse = read_npy(s.lse_path);
-  std::vector<float> of(static_cast<std::size_t>(o.numel())), lf(static_cast<std::size_t>(lse.numel()));
+  std::vector<float> of(static_cast<std::size_t>(o.numel())),
+      lf(static_cast<std::size_t>(lse.numel()));
   for (int64_t i = 0; i < o.numel(); ++i) of[static_cast<std::size_t>(i)] = o.get(i);
   for (int64_t i = 0; i < lse.numel(); ++i) lf[static_cast<std::size_t>(i)] = lse.get(i);
   const ErrorStats e = compare_to_reference(a, of.data(), lf.data(), reference_hierarchical(a));
@@ -191,7 +192,8 @@ TEST_F(Job, BlockRoutingWritesItsChoices) {
   int64_t differ = 0;
   for (std::size_t row = 0; row < gap.size(); ++row)
     for (int j = 0; j < 3; ++j)
-      differ += got[row * 3 + static_cast<std::size_t>(j)] != want[row * 3 + static_cast<std::size_t>(j)] &&
+      differ += got[row * 3 + static_cast<std::size_t>(j)] !=
+                    want[row * 3 + static_cast<std::size_t>(j)] &&
                 !(gap[row] < 1e-4);
   EXPECT_EQ(differ, 0);
 }

@@ -45,7 +45,8 @@ class HierarchyReference {
 // Every row of whole host arrays (a.q, a.k, a.v in the storage dtype, positions
 // from 0): o [B, Nq, Hq, D], lse [B, Hq, Nq]; with routing, *route [B, Nq, Hq,
 // topk] and *route_gap [B, Nq, Hq] when not null.
-ReferenceResult reference_hierarchical(const AttentionArgs& a, std::vector<int32_t>* route = nullptr,
+ReferenceResult reference_hierarchical(const AttentionArgs& a,
+                                       std::vector<int32_t>* route = nullptr,
                                        std::vector<double>* route_gap = nullptr);
 
 }  // namespace ringattn

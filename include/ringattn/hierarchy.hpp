@@ -62,7 +62,7 @@ struct Hierarchy {
 // The parts of a hierarchical problem, as masks in global positions (nq, nk:
 // the whole sequences; `mask` is the problem's mask with the window).
 struct LevelMasks {
-  Mask exact;     // the window extended to block boundaries, sinks, global
+  Mask exact;                        // the window extended to block boundaries, sinks, global
   bool left = false, right = false;  // summaries on that side
   // Summaries are keys at positions start + b * stride (one per block b).
   // Left side: positions b * s (block starts); right side: b * s + s - 1 (ends).

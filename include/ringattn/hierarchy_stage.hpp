@@ -28,12 +28,12 @@
 namespace ringattn {
 
 struct StageMetrics {
-  double total_s = 0;      // wall time of the stage
-  double compute_s = 0;    // in the kernel and the merges
-  double comm_s = 0;       // in collectives (block means, requests, blocks)
-  int64_t bytes_sent = 0;  // this rank's share of every collective
-  int64_t summaries = 0;   // blocks summarised over all levels (global count)
-  double pair_evals = 0;   // (query, head, key or summary) scores computed by this rank
+  double total_s = 0;          // wall time of the stage
+  double compute_s = 0;        // in the kernel and the merges
+  double comm_s = 0;           // in collectives (block means, requests, blocks)
+  int64_t bytes_sent = 0;      // this rank's share of every collective
+  int64_t summaries = 0;       // blocks summarised over all levels (global count)
+  double pair_evals = 0;       // (query, head, key or summary) scores computed by this rank
   int64_t fetched_tokens = 0;  // routing: key tokens received from other ranks
   KernelStats tiles;
 };

@@ -95,14 +95,14 @@ struct PlanInput : AttentionProblem {
 // boundaries, or the window, sinks and global tokens for routing).
 struct StagePlan {
   bool on = false;
-  std::string what;            // Hierarchy::describe()
-  int64_t summaries = 0;       // block summaries (levels) or key blocks (routing)
-  double gathered_bytes = 0;   // the block means every rank ends up holding
-  std::vector<double> scores;  // [rank] query x head x key-or-summary scores
-  std::vector<double> sent;    // [rank] bytes sent (its share of the means, fetched blocks served)
-  std::vector<double> memory;  // [rank] bytes: means table, partial sums, choices, fetched blocks
-  std::vector<double> seconds; // [rank] collectives + scores
-  bool fetch_bound = false;    // routing: sent/fetched are upper bounds
+  std::string what;             // Hierarchy::describe()
+  int64_t summaries = 0;        // block summaries (levels) or key blocks (routing)
+  double gathered_bytes = 0;    // the block means every rank ends up holding
+  std::vector<double> scores;   // [rank] query x head x key-or-summary scores
+  std::vector<double> sent;     // [rank] bytes sent (its share of the means, fetched blocks served)
+  std::vector<double> memory;   // [rank] bytes: means table, partial sums, choices, fetched blocks
+  std::vector<double> seconds;  // [rank] collectives + scores
+  bool fetch_bound = false;     // routing: sent/fetched are upper bounds
 };
 
 struct MemoryBreakdown {  // bytes, one rank

@@ -75,7 +75,8 @@ int cmd_demo(int argc, char** argv) {
   for (int64_t i = 0; i < opt->integer("warmup"); ++i)
     hierarchical_attention(args, out.o.as<float>(), out.lse.as<float>(), kopt);
   const Stopwatch watch;
-  const KernelStats stats = hierarchical_attention(args, out.o.as<float>(), out.lse.as<float>(), kopt);
+  const KernelStats stats =
+      hierarchical_attention(args, out.o.as<float>(), out.lse.as<float>(), kopt);
   const double seconds = watch.seconds();
   const double flops = attention_flops(args);
 

@@ -14,10 +14,10 @@
 #include "cli/commands.hpp"
 #include "cli/mask_options.hpp"
 #include "cli/mask_picture.hpp"
-#include "ringattn/hierarchy_stage.hpp"
 #include "cli/options.hpp"
 #include "cli/problem_options.hpp"
 #include "ringattn/attention.hpp"
+#include "ringattn/hierarchy_stage.hpp"
 #include "ringattn/npy.hpp"  // AtomicFile
 
 namespace ringattn::cli {

@@ -1,7 +1,5 @@
 #include "cli/harness.hpp"
 
-#include "ringattn/hier_reference.hpp"
-
 #include <fmt/format.h>
 #include <omp.h>
 
@@ -12,6 +10,7 @@
 
 #include "cli/options.hpp"
 #include "ringattn/error.hpp"
+#include "ringattn/hier_reference.hpp"
 
 namespace ringattn::cli {
 namespace {
@@ -106,17 +105,18 @@ ReferenceCheck::ReferenceCheck(const AttentionArgs& args, std::vector<int64_t> r
   }
   // The hierarchy's reference on the sampled rows: o [B, rows, Hq, D], lse [B, Hq, rows].
   const AttentionArgs& a = args_;
-  const int64_t row = a.hkv * a.head_dim, qrow = a.hq * a.head_dim, nr = static_cast<int64_t>(rows_.size());
-  const HierarchyReference ref(a, [&](int64_t b, int64_t j0, int64_t n, std::vector<double>* k,
-                                      std::vector<double>* v) {
-    k->resize(static_cast<std::size_t>(n * row));
-    v->resize(k->size());
-    for (int64_t e = 0; e < n * row; ++e) {
-      const std::size_t at = static_cast<std::size_t>((b * a.nk + j0) * row + e);
-      (*k)[static_cast<std::size_t>(e)] = load_as_f32(a.k, a.dtype, at);
-      (*v)[static_cast<std::size_t>(e)] = load_as_f32(a.v, a.dtype, at);
-    }
-  });
+  const int64_t row = a.hkv * a.head_dim, qrow = a.hq * a.head_dim,
+                nr = static_cast<int64_t>(rows_.size());
+  const HierarchyReference ref(
+      a, [&](int64_t b, int64_t j0, int64_t n, std::vector<double>* k, std::vector<double>* v) {
+        k->resize(static_cast<std::size_t>(n * row));
+        v->resize(k->size());
+        for (int64_t e = 0; e < n * row; ++e) {
+          const std::size_t at = static_cast<std::size_t>((b * a.nk + j0) * row + e);
+          (*k)[static_cast<std::size_t>(e)] = load_as_f32(a.k, a.dtype, at);
+          (*v)[static_cast<std::size_t>(e)] = load_as_f32(a.v, a.dtype, at);
+        }
+      });
   ref_.o.assign(static_cast<std::size_t>(a.batch * nr * qrow), 0.0);
   ref_.lse.assign(static_cast<std::size_t>(a.batch * a.hq * nr), 0.0);
   std::vector<double> q(static_cast<std::size_t>(qrow)), lse(static_cast<std::size_t>(a.hq));
@@ -128,7 +128,8 @@ ReferenceCheck::ReferenceCheck(const AttentionArgs& args, std::vector<int64_t> r
             load_as_f32(a.q, a.dtype, static_cast<std::size_t>((b * a.nq + t) * qrow + e));
       ref.row(b, t, q.data(), ref_.o.data() + (b * nr + ri) * qrow, lse.data());
       for (int64_t h = 0; h < a.hq; ++h)
-        ref_.lse[static_cast<std::size_t>((b * a.hq + h) * nr + ri)] = lse[static_cast<std::size_t>(h)];
+        ref_.lse[static_cast<std::size_t>((b * a.hq + h) * nr + ri)] =
+            lse[static_cast<std::size_t>(h)];
     }
 }
 

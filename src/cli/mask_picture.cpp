@@ -270,9 +270,10 @@ std::string render_text(const MaskPicture& pic, bool show, bool legend) {
       }
       for (int64_t j = 0; j < pic.cols; ++j) {
         if (col_edge[static_cast<std::size_t>(j)]) line += '|';
-        const char lv = pic.level.empty() ? 0 : pic.level[static_cast<std::size_t>(i * pic.cols + j)];
+        const char lv =
+            pic.level.empty() ? 0 : pic.level[static_cast<std::size_t>(i * pic.cols + j)];
         line += lv != 0 && pic.at(i, j) != TileClass::full ? static_cast<char>('0' + lv)
-                                                             : cell_char(pic.at(i, j));
+                                                           : cell_char(pic.at(i, j));
       }
       if (next_row_edge < pic.row_edges.size() && pic.row_edges[next_row_edge] == i) {
         out += std::string(line.size(), '-') + "\n";
@@ -292,7 +293,8 @@ std::string render_text(const MaskPicture& pic, bool show, bool legend) {
         "queries {} at a time (top = first), columns: keys{}\n",
         p.cell, p.ranks > 1 ? " (split over the ranks like the queries)" : "");
     if (!pic.level.empty())
-      out += "        '2' / '3': seen through level-2 / level-3 block summaries (the cell's centre)\n";
+      out +=
+          "        '2' / '3': seen through level-2 / level-3 block summaries (the cell's centre)\n";
   }
   out += fmt::format("cells: {} full '#', {} partial '+', {} empty '.' ({} in all)\n", pic.n_full,
                      pic.n_partial, pic.n_empty, pic.rows * pic.cols);

@@ -27,8 +27,8 @@
 #include <string>
 #include <vector>
 
-#include "ringattn/layout.hpp"
 #include "ringattn/hierarchy.hpp"
+#include "ringattn/layout.hpp"
 #include "ringattn/mask.hpp"
 
 namespace ringattn::cli {
@@ -43,7 +43,7 @@ inline constexpr double kElementwisePairs = 268435456.0;  // 2^28
 
 struct PictureProblem {
   int64_t nq = 0, nk = 0;
-  int64_t cell = 1;  // tokens per cell, both axes
+  int64_t cell = 1;       // tokens per cell, both axes
   Mask mask;              // the exact part (with levels: hierarchy_ring_mask)
   Mask mask_problem;      // the problem's mask (levels: the window before alignment)
   Hierarchy hier;         // levels: cells seen through summaries are drawn '2' / '3'

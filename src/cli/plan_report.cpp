@@ -178,7 +178,9 @@ void print_plan(const PlanReport& r) {
   line("transfer hidden", hiding_text(p));
   if (p.stage.on) {
     const StagePlan& st = p.stage;
-    const auto mx = [](const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); };
+    const auto mx = [](const std::vector<double>& v) {
+      return *std::max_element(v.begin(), v.end());
+    };
     line("hierarchy",
          fmt::format("{}: {} blocks, {} of block means gathered by every rank; stage {:.3f} ms, "
                      "{:.4g} GFLOP on the busiest rank, {} sent{}, {} memory per rank",
@@ -261,8 +263,11 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
       .text("hierarchy", p.stage.what)
       .integer("stage_blocks", p.stage.summaries)
       .number("stage_gathered_bytes", p.stage.gathered_bytes)
-      .number("stage_ms", p.stage.on ? *std::max_element(p.stage.seconds.begin(), p.stage.seconds.end()) * kMs : 0.0)
-      .number("stage_max_bytes_sent", p.stage.on ? *std::max_element(p.stage.sent.begin(), p.stage.sent.end()) : 0.0)
+      .number("stage_ms",
+              p.stage.on ? *std::max_element(p.stage.seconds.begin(), p.stage.seconds.end()) * kMs
+                         : 0.0)
+      .number("stage_max_bytes_sent",
+              p.stage.on ? *std::max_element(p.stage.sent.begin(), p.stage.sent.end()) : 0.0)
       .number("memory_available", p.memory_available)
       .boolean("fits", p.fits)
       .number("naive_score_bytes_per_head", p.naive_scores_per_head)

@@ -136,7 +136,8 @@ void print_report(const RunReport& r) {
       double stage_s = 0, stage_comm_s = 0;
       for (const RankStats& s : r.stats) {
         stage_bytes += s.stage_bytes, fetched += s.fetched_tokens;
-        stage_s = std::max(stage_s, s.stage_s), stage_comm_s = std::max(stage_comm_s, s.stage_comm_s);
+        stage_s = std::max(stage_s, s.stage_s),
+        stage_comm_s = std::max(stage_comm_s, s.stage_comm_s);
       }
       line("hierarchy",
            c.hier.levels()

@@ -9,9 +9,9 @@ namespace ringattn {
 
 std::string Hierarchy::describe() const {
   if (levels())
-    return global_block > 0 ? fmt::format("levels {}/{} + {}", regional_block, regional_window,
-                                          global_block)
-                            : fmt::format("levels {}/{}", regional_block, regional_window);
+    return global_block > 0
+               ? fmt::format("levels {}/{} + {}", regional_block, regional_window, global_block)
+               : fmt::format("levels {}/{}", regional_block, regional_window);
   if (routing()) return fmt::format("route {} top {}", route_block, route_topk);
   return "";
 }
@@ -65,11 +65,11 @@ void validate_hierarchy(const Hierarchy& h, const Mask& mask, int64_t nq, int64_
   if (two_sided(mask)) wr = mask.hi - diag;
   const int64_t need = std::max(w1, wr) + h.regional_block;
   if (h.regional_window < need || h.regional_window > kMaxSeqLen)
-    throw FieldError("regional_window",
-                     fmt::format("expected >= {} (the window {} plus one regional block of {}), "
-                                 "up to {}, got {}",
-                                 need, std::max(w1, wr), h.regional_block, kMaxSeqLen,
-                                 h.regional_window));
+    throw FieldError(
+        "regional_window",
+        fmt::format("expected >= {} (the window {} plus one regional block of {}), "
+                    "up to {}, got {}",
+                    need, std::max(w1, wr), h.regional_block, kMaxSeqLen, h.regional_window));
   if (h.global_block != 0) {
     check_size("global_block", h.global_block, 1);
     if (h.global_block % h.regional_block != 0)

@@ -93,9 +93,10 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
                               const KernelOptions& opt) {
   a.validate_args();
   if (a.hier.on())
-    throw FieldError("hier", "a kernel call computes plain attention under its mask; a "
-                             "hierarchical problem goes through hierarchical_attention or the "
-                             "job (ringattn/hierarchy_stage.hpp)");
+    throw FieldError("hier",
+                     "a kernel call computes plain attention under its mask; a "
+                     "hierarchical problem goes through hierarchical_attention or the "
+                     "job (ringattn/hierarchy_stage.hpp)");
 
   if (opt.isa != Isa::automatic && !isa_supported(opt.isa))
     throw FieldError("isa", fmt::format("this CPU does not support {}", isa_name(opt.isa)));

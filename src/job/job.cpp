@@ -58,8 +58,8 @@ int64_t full_ring_bytes(const JobSpec& spec, const Layout& kvl, int rank) {
          static_cast<int64_t>(dtype_size(spec.dtype));
 }
 
-RankStats rank_stats(const RingMetrics& m, const StageMetrics& st, int rank, int64_t q_tokens, int64_t kv_tokens,
-                     int threads, std::size_t peak_bytes, int64_t full_ring) {
+RankStats rank_stats(const RingMetrics& m, const StageMetrics& st, int rank, int64_t q_tokens,
+                     int64_t kv_tokens, int threads, std::size_t peak_bytes, int64_t full_ring) {
   RankStats s;
   s.rank = rank, s.q_tokens = q_tokens, s.kv_tokens = kv_tokens, s.threads = threads;
   s.steps = m.steps, s.computed_steps = m.computed_steps, s.bytes_sent = m.bytes_sent;
@@ -120,8 +120,9 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   ring_p.mask = ring_mask, ring_p.hier = {};
   const int64_t nq = ql.tokens(rank);
   std::vector<int32_t> route(
-      spec.hier.routing() ? static_cast<std::size_t>(spec.batch * nq * spec.hq * spec.hier.route_topk)
-                          : 0);
+      spec.hier.routing()
+          ? static_cast<std::size_t>(spec.batch * nq * spec.hq * spec.hier.route_topk)
+          : 0);
   Buffer o(static_cast<std::size_t>(spec.batch * nq * spec.hq * spec.head_dim) * sizeof(float),
            "local O");
   Buffer lse(static_cast<std::size_t>(spec.batch * spec.hq * nq) * sizeof(float), "local LSE");
@@ -150,8 +151,8 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   const int64_t bad =
       nonfinite_rows(o.as<float>(), lse.as<float>(), spec.batch, nq, spec.hq, spec.head_dim);
   if (bad > 0) throw Error(nonfinite_message(bad, spec.batch * spec.hq * nq));
-  const RankStats mine = rank_stats(best, best_stage, rank, nq, kvl.tokens(rank), threads, memory_peak_thread(),
-                                    full_ring_bytes(spec, kvl, rank));
+  const RankStats mine = rank_stats(best, best_stage, rank, nq, kvl.tokens(rank), threads,
+                                    memory_peak_thread(), full_ring_bytes(spec, kvl, rank));
 
   JobReport report;
   report.ranks = np, report.rank = rank;

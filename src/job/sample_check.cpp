@@ -77,10 +77,9 @@ SampledReferenceCheck::SampledReferenceCheck(const JobSpec& cfg, int64_t rows)
   ref_o_.assign(static_cast<std::size_t>(cfg.batch * nr * hq * d), 0.0);
   ref_lse_.assign(static_cast<std::size_t>(cfg.batch * nr * hq), -INFINITY);
   if (cfg.hier.on()) {  // the hierarchy's own float64 reference, keys streamed the same way
-    const HierarchyReference ref(cfg, [this](int64_t b, int64_t j0, int64_t n,
-                                             std::vector<double>* k, std::vector<double>* v) {
-      load_kv(b, j0, n, k, v);
-    });
+    const HierarchyReference ref(cfg,
+                                 [this](int64_t b, int64_t j0, int64_t n, std::vector<double>* k,
+                                        std::vector<double>* v) { load_kv(b, j0, n, k, v); });
     for (int64_t b = 0; b < cfg.batch; ++b)
       for (int64_t ri = 0; ri < nr; ++ri) {
         const int64_t t = rows_[static_cast<std::size_t>(ri)];

@@ -17,7 +17,8 @@ int64_t blocks_of(int64_t n, int64_t s) {
 // (query, summary) pairs of one level and side for a rank's queries.
 int64_t summary_pairs(const Layout& ql, int rank, const Mask& m, Positions kpos, int64_t nb) {
   int64_t n = 0;
-  for (const Segment& s : ql.segments(rank)) n += visible_pairs(m, s.positions(), s.count, kpos, nb);
+  for (const Segment& s : ql.segments(rank))
+    n += visible_pairs(m, s.positions(), s.count, kpos, nb);
   return n;
 }
 
@@ -81,7 +82,8 @@ StagePlan plan_hierarchy_stage(const PlanInput& in, const Layout& ql, const Layo
         if (causal && i < 0) continue;
         const int64_t own = std::min(i, in.nk - 1) / bs;
         const int64_t cand = causal ? own : nb - 1;
-        const double own_keys = causal ? double(i - own * bs + 1) : double(std::min(bs, in.nk - own * bs));
+        const double own_keys =
+            causal ? double(i - own * bs + 1) : double(std::min(bs, in.nk - own * bs));
         keys += own_keys + double(std::min(k - 1, cand)) * double(bs);
         last = std::max(last, causal ? i : in.nk - 1);
       }
@@ -93,8 +95,8 @@ StagePlan plan_hierarchy_stage(const PlanInput& in, const Layout& ql, const Layo
     const double own_kv = 2.0 * b * double(kvl.max_tokens()) * row * esz;
     sp.memory[ri] = 2.0 * means + b * double(ql.tokens(r)) * hq * double(k) * (kIndexBytes + 8.0) +
                     2.0 * std::max(own_kv, 2.0 * b * double(bs) * row * esz);
-    sp.seconds[ri] = gather_lat + means / bw + (np > 1 ? fetched / bw : 0.0) +
-                     4.0 * d * sp.scores[ri] / rate;
+    sp.seconds[ri] =
+        gather_lat + means / bw + (np > 1 ? fetched / bw : 0.0) + 4.0 * d * sp.scores[ri] / rate;
   }
   return sp;
 }

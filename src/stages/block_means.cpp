@@ -54,8 +54,7 @@ BlockMeans gather_block_means(Communicator& comm, const RingProblem& p, int64_t 
   });
   touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
   const int64_t rec = 2 + nv * p.batch * row;
-  Buffer part(static_cast<std::size_t>(std::max<int64_t>(1, touched.size() * rec)) *
-                  sizeof(double),
+  Buffer part(static_cast<std::size_t>(std::max<int64_t>(1, touched.size() * rec)) * sizeof(double),
               "block sums");
   double* ps = part.as<double>();
   std::fill(ps, ps + touched.size() * rec, 0.0);
@@ -93,9 +92,11 @@ BlockMeans gather_block_means(Communicator& comm, const RingProblem& p, int64_t 
   }
 
   // 2. To the owners.
-  std::vector<std::size_t> send(static_cast<std::size_t>(np), 0), recv(static_cast<std::size_t>(np));
-  for (int64_t b : touched) send[static_cast<std::size_t>(owner[static_cast<std::size_t>(b)])] +=
-      static_cast<std::size_t>(rec) * sizeof(double);
+  std::vector<std::size_t> send(static_cast<std::size_t>(np), 0),
+      recv(static_cast<std::size_t>(np));
+  for (int64_t b : touched)
+    send[static_cast<std::size_t>(owner[static_cast<std::size_t>(b)])] +=
+        static_cast<std::size_t>(rec) * sizeof(double);
   std::vector<uint64_t> mine(send.begin(), send.end()), all(static_cast<std::size_t>(np * np));
   comm.allgather(mine.data(), mine.size() * sizeof(uint64_t), all.data());
   std::size_t in_bytes = 0;
@@ -137,9 +138,11 @@ BlockMeans gather_block_means(Communicator& comm, const RingProblem& p, int64_t 
   }
 
   // 4. All-gather the owners' means and counts; lay the table out [B, blocks, Hkv, D].
-  std::vector<std::size_t> mcounts(static_cast<std::size_t>(np)), ccounts(static_cast<std::size_t>(np));
+  std::vector<std::size_t> mcounts(static_cast<std::size_t>(np)),
+      ccounts(static_cast<std::size_t>(np));
   std::vector<std::vector<int64_t>> owned_by(static_cast<std::size_t>(np));
-  for (int64_t b = 0; b < nb; ++b) owned_by[static_cast<std::size_t>(owner[static_cast<std::size_t>(b)])].push_back(b);
+  for (int64_t b = 0; b < nb; ++b)
+    owned_by[static_cast<std::size_t>(owner[static_cast<std::size_t>(b)])].push_back(b);
   std::size_t mtotal = 0;
   for (int x = 0; x < np; ++x) {
     const std::size_t n = owned_by[static_cast<std::size_t>(x)].size();
@@ -165,7 +168,8 @@ BlockMeans gather_block_means(Communicator& comm, const RingProblem& p, int64_t 
       out.count[static_cast<std::size_t>(b)] = gcounts[ci++];
       for (int64_t bb = 0; bb < p.batch; ++bb) {
         const std::size_t dst = static_cast<std::size_t>(bb * nb + b) * row_bytes;
-        std::memcpy(out.k.as<char>() + dst, g + static_cast<std::size_t>(bb) * row_bytes, row_bytes);
+        std::memcpy(out.k.as<char>() + dst, g + static_cast<std::size_t>(bb) * row_bytes,
+                    row_bytes);
         if (with_v)
           std::memcpy(out.v.as<char>() + dst,
                       g + static_cast<std::size_t>(p.batch + bb) * row_bytes, row_bytes);

@@ -18,9 +18,9 @@
 namespace ringattn::stage {
 
 struct BlockMeans {
-  int64_t size = 0;    // s, tokens per block
-  int64_t blocks = 0;  // ceil(Nk / s)
-  Buffer k, v;         // [B, blocks, Hkv, D] storage dtype (v empty when not asked)
+  int64_t size = 0;            // s, tokens per block
+  int64_t blocks = 0;          // ceil(Nk / s)
+  Buffer k, v;                 // [B, blocks, Hkv, D] storage dtype (v empty when not asked)
   std::vector<int64_t> count;  // [blocks] keys averaged (0: the block has none)
   int64_t bytes_sent = 0;      // this rank's share of the exchanges
 };

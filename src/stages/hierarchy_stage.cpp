@@ -55,8 +55,8 @@ void attend_summaries(const RingProblem& p, int rank, const BlockMeans& t, const
     const Positions kpos{pos_offset + b0 * s, s};
     const float shift = static_cast<float>(std::log(double(c)));
     for (const QueryChunk& qc : query_chunks(p, rank)) {
-      if (mask.classify(qc.pos.start, qc.pos.at(qc.count - 1), kpos.at(0),
-                        kpos.at(b1 - b0 - 1)) == TileClass::empty)
+      if (mask.classify(qc.pos.start, qc.pos.at(qc.count - 1), kpos.at(0), kpos.at(b1 - b0 - 1)) ==
+          TileClass::empty)
         continue;
       float* pl = po + qc.count * p.hq * d;
       for (int64_t bb = 0; bb < p.batch; ++bb) {
@@ -133,8 +133,7 @@ Mask hierarchy_ring_mask(const AttentionProblem& p) {
 }
 
 KernelStats hierarchical_attention(const AttentionArgs& a, float* o, float* lse,
-                                   const KernelOptions& kopt, int32_t* route,
-                                   StageMetrics* stage) {
+                                   const KernelOptions& kopt, int32_t* route, StageMetrics* stage) {
   AttentionArgs exact = a;
   exact.mask = hierarchy_ring_mask(a), exact.hier = {};
   KernelStats st = attention_forward(exact, o, lse, kopt);

@@ -39,8 +39,8 @@ Routing route_queries(const RingProblem& p, const stage::BlockMeans& means,
                       const std::vector<int64_t>& qpos, int threads) {
   Routing rt;
   rt.topk = p.hier.route_topk, rt.nb = means.blocks, rt.block = p.hier.route_block;
-  const int64_t nq = static_cast<int64_t>(qpos.size()), hq = p.hq, d = p.head_dim,
-                nb = rt.nb, k = rt.topk, group = p.group(), diag = p.nk - p.nq;
+  const int64_t nq = static_cast<int64_t>(qpos.size()), hq = p.hq, d = p.head_dim, nb = rt.nb,
+                k = rt.topk, group = p.group(), diag = p.nk - p.nq;
   const bool causal = p.mask.limit < kUnbounded;
   rt.chosen.assign(static_cast<std::size_t>(p.batch * nq * hq * k), -1);
   std::vector<float> kbar(static_cast<std::size_t>(p.batch * nb * p.hkv * d));
@@ -129,7 +129,8 @@ std::vector<Fetched> fetch_blocks(Communicator& comm, const RingProblem& p,
     if (x != r) m->bytes_sent += static_cast<int64_t>(sc[static_cast<std::size_t>(x)]);
 
   // Serve: for each asker, per block: K [B][my tokens][row], then V likewise.
-  std::vector<std::size_t> ssz(static_cast<std::size_t>(np), 0), rsz(static_cast<std::size_t>(np), 0);
+  std::vector<std::size_t> ssz(static_cast<std::size_t>(np), 0),
+      rsz(static_cast<std::size_t>(np), 0);
   std::vector<char> out;
   std::size_t ai = 0;
   for (int y = 0; y < np; ++y) {
@@ -175,17 +176,17 @@ std::vector<Fetched> fetch_blocks(Communicator& comm, const RingProblem& p,
   const char* src = in.data();
   for (int x = 0; x < np; ++x)
     for (int64_t c : req[static_cast<std::size_t>(x)]) {
-      Fetched& fb = f[static_cast<std::size_t>(
-          std::lower_bound(blocks.begin(), blocks.end(), c) - blocks.begin())];
+      Fetched& fb = f[static_cast<std::size_t>(std::lower_bound(blocks.begin(), blocks.end(), c) -
+                                               blocks.begin())];
       const std::vector<Chunk> theirs = chunks_in(kvl, x, range(c));
       for (std::vector<char>* dst : {&fb.k, &fb.v})
         for (int64_t bb = 0; bb < p.batch; ++bb)
           for (const Chunk& ch : theirs)
             for (int64_t t = 0; t < ch.count; ++t, src += rowb)
-              std::memcpy(dst->data() + static_cast<std::size_t>(bb * fb.len + ch.pos.at(t) -
-                                                                 c * bsize) *
-                                            rowb,
-                          src, rowb);
+              std::memcpy(
+                  dst->data() +
+                      static_cast<std::size_t>(bb * fb.len + ch.pos.at(t) - c * bsize) * rowb,
+                  src, rowb);
     }
   return f;
 }
@@ -247,8 +248,7 @@ StageMetrics routing_stage(Communicator& comm, const RingProblem& p, float* o, f
     if (!by_block[static_cast<std::size_t>(c)].empty()) need.push_back(c);
 
   // Rounds of blocks whose K/V fit in about the rank's own K/V (at least one block).
-  const std::size_t block_bytes =
-      static_cast<std::size_t>(2 * p.batch * bsize * p.hkv * d) * esz;
+  const std::size_t block_bytes = static_cast<std::size_t>(2 * p.batch * bsize * p.hkv * d) * esz;
   const std::size_t budget = std::max<std::size_t>(
       static_cast<std::size_t>(2 * p.batch * p.kv_layout->max_tokens() * p.hkv * d) * esz,
       block_bytes);
@@ -287,7 +287,8 @@ StageMetrics routing_stage(Communicator& comm, const RingProblem& p, float* o, f
         kh.resize(static_cast<std::size_t>(fb.len * d) * esz);
         vh.resize(kh.size());
         for (int64_t t = 0; t < fb.len; ++t) {
-          const std::size_t src = static_cast<std::size_t>(((bb * fb.len + t) * p.hkv + g) * d) * esz;
+          const std::size_t src =
+              static_cast<std::size_t>(((bb * fb.len + t) * p.hkv + g) * d) * esz;
           std::memcpy(kh.data() + static_cast<std::size_t>(t * d) * esz, fb.k.data() + src,
                       static_cast<std::size_t>(d) * esz);
           std::memcpy(vh.data() + static_cast<std::size_t>(t * d) * esz, fb.v.data() + src,
@@ -296,8 +297,7 @@ StageMetrics routing_stage(Communicator& comm, const RingProblem& p, float* o, f
         // Attends rows (local indices, ascending positions within a run) under mask.
         auto attend = [&](const std::vector<int64_t>& rs, const Mask& mask, Positions qp) {
           for (std::size_t i0 = 0; i0 < rs.size(); i0 += static_cast<std::size_t>(kChunkRows)) {
-            const int64_t n =
-                std::min<int64_t>(kChunkRows, static_cast<int64_t>(rs.size() - i0));
+            const int64_t n = std::min<int64_t>(kChunkRows, static_cast<int64_t>(rs.size() - i0));
             qg.resize(static_cast<std::size_t>(n * d) * esz);
             for (int64_t i = 0; i < n; ++i) {
               const int64_t li = rs[i0 + static_cast<std::size_t>(i)];
@@ -333,7 +333,7 @@ StageMetrics routing_stage(Communicator& comm, const RingProblem& p, float* o, f
           // covered: a block before the query only its left part, after it only
           // its right part; the query's own block both (the right one only
           // without a causal bound). Without a band the ring covered no band key.
-          const bool before = kb1 < i, after = kb0 > i;
+          const bool before = kb1<i, after = kb0> i;
           std::vector<const Mask*> ms{&left};
           if (band && after) ms = {&right};
           if (band && !before && !after && p.mask.limit >= kUnbounded) ms.push_back(&right);
