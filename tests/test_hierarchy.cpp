@@ -93,11 +93,12 @@ struct HierCase {
   bool global = false;
   Hierarchy hier;
   int64_t batch = 2;
+  DType dtype = DType::f32;
   std::string name;
 };
 
 AttentionArgs make_args(const HierCase& c, Problem* g) {
-  *g = make_problem(c.batch, c.nq, c.nk, 4, 2, 32, DType::f32, 7);
+  *g = make_problem(c.batch, c.nq, c.nk, 4, 2, 32, c.dtype, 7);
   AttentionArgs a = g->args;
   const int64_t diag = c.nk - c.nq;
   a.mask = c.causal ? Mask::causal(diag) : Mask::none();
@@ -155,7 +156,7 @@ void check_case(const HierCase& c, int np, LayoutKind layout) {
   const ReferenceResult ref = reference_hierarchical(a, &want_route, &gap);
   const Result got = run_hier(a, g.q, g.k, g.v, np, layout);
   const ErrorStats err = compare_to_reference(a, got.o.data(), got.lse.data(), ref);
-  EXPECT_TRUE(within(err, tolerance_for(DType::f32))) << error_text(err, tolerance_for(DType::f32));
+  EXPECT_TRUE(within(err, tolerance_for(c.dtype))) << error_text(err, tolerance_for(c.dtype));
   if (a.hier.routing()) {
     EXPECT_EQ(route_mismatches(got.route, want_route, gap, a.hier.route_topk), 0);
   }
@@ -180,6 +181,16 @@ ReferenceResult dense(AttentionArgs a, bool causal) {
   a.hier = {};
   a.mask = causal ? Mask::causal(a.nk - a.nq) : Mask::none();
   return reference_attention(a);
+}
+
+TEST(Hierarchy, HalfPrecisionStorage) {
+  // Summaries rounded to the storage dtype on both sides; float32 accumulation.
+  for (DType dt : {DType::bf16, DType::f16}) {
+    HierCase lv = level_cases()[1], rt = routing_cases()[1];
+    lv.dtype = rt.dtype = dt;
+    check_case(lv, 3, LayoutKind::zigzag);
+    check_case(rt, 3, LayoutKind::striped);
+  }
 }
 
 TEST(Hierarchy, WindowCoveringEverythingIsDense) {

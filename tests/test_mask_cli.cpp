@@ -282,6 +282,22 @@ TEST_F(MaskCli, BadInputsAreOneLineUsageErrors) {
       {{"--kv-seq-len", "32", "--block-size", "9223372036854775807"}, "--block-size"},
       {{"--block-size", "8", "--block-window", "9223372036854775807"}, "--block-window"},
       {{"--sinks", "9223372036854775807"}, "--sinks"},
+      // Hierarchies: each rule names its option.
+      {{"--causal", "--window-left", "6", "--regional-block", "4", "--regional-window", "9"},
+       "--regional-window"},
+      {{"--causal", "--regional-block", "4", "--regional-window", "40"}, "--regional-block"},
+      {{"--causal", "--window-left", "6", "--regional-block", "4", "--regional-window", "16",
+        "--global-block", "6"},
+       "--global-block"},
+      {{"--causal", "--global-block", "8"}, "--global-block"},
+      {{"--causal", "--route-block", "8"}, "--route-block"},
+      {{"--causal", "--route-block", "8", "--route-topk", "0"}, "--route-topk"},
+      {{"--causal", "--window-left", "6", "--regional-block", "4", "--regional-window", "16",
+        "--route-block", "8", "--route-topk", "2"},
+       "--route-block"},
+      {{"--causal", "--window-left", "6", "--dilation", "2", "--regional-block", "4",
+        "--regional-window", "16"},
+       "--regional-block"},
   };
   for (const auto& [args, option] : cases) {
     std::vector<std::string> a = args;
@@ -292,6 +308,36 @@ TEST_F(MaskCli, BadInputsAreOneLineUsageErrors) {
     EXPECT_NE(r.err.find(option), std::string::npos) << r.err;
     EXPECT_FALSE(fs::exists(svg)) << args[0];
     EXPECT_TRUE(temporaries().empty()) << args[0];
+  }
+}
+
+// The levels' picture, cell by cell (one token per cell), against the semantics of
+// ringattn/hierarchy.hpp written out here: '#' exact, '2' / '3' level 2 / 3, '.' none.
+TEST_F(MaskCli, LevelsPictureFollowsTheDefinition) {
+  const int64_t n = 48, w1 = 6, s1 = 4, w2 = 16, s2 = 8, sinks = 1;
+  const CliResult r = run({"--seq-len", "48", "--causal", "--window-left", "6", "--regional-block",
+                           "4", "--regional-window", "16", "--global-block", "8", "--sinks", "1"});
+  ASSERT_EQ(r.rc, 0) << r.err;
+  std::vector<std::string> rows;
+  for (const std::string& l : lines_of(r.out))
+    if (static_cast<int64_t>(l.size()) == n && l.find_first_not_of("#.23") == std::string::npos)
+      rows.push_back(l);
+  ASSERT_EQ(static_cast<int64_t>(rows.size()), n);
+  const auto fl = [](int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); };
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t e = std::max<int64_t>(0, s1 * fl(i - w1, s1));
+    const int64_t g = std::max<int64_t>(0, std::min(e, s2 * fl(i - w2, s2)));
+    for (int64_t j = 0; j < n; ++j) {
+      char want = '.';
+      if (j <= i && (j < sinks || j >= e))
+        want = '#';
+      else if (j <= i && j >= g)
+        want = '2';
+      else if (j <= i)
+        want = '3';
+      EXPECT_EQ(rows[static_cast<std::size_t>(i)][static_cast<std::size_t>(j)], want)
+          << "query " << i << " key " << j;
+    }
   }
 }
 
