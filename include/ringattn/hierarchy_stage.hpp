@@ -56,4 +56,8 @@ KernelStats hierarchical_attention(const AttentionArgs& a, float* o, float* lse,
                                    const KernelOptions& kopt = {}, int32_t* route = nullptr,
                                    StageMetrics* stage = nullptr);
 
+// FLOPs of what hierarchical_attention computed: the exact part's visible
+// pairs and the stage's scores (4 D each).
+double hierarchical_flops(const AttentionArgs& a, const StageMetrics& stage);
+
 }  // namespace ringattn

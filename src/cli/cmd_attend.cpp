@@ -184,13 +184,14 @@ int cmd_attend(int argc, char** argv) {
              batched ? std::vector<int64_t>{p.batch, p.hq, p.nq} : std::vector<int64_t>{p.hq, p.nq},
              "LSE");
   const Stopwatch watch;
-  hierarchical_attention(args, o32.as<float>(), lse.as<float>(), kopt);
+  StageMetrics stage;
+  hierarchical_attention(args, o32.as<float>(), lse.as<float>(), kopt, nullptr, &stage);
   const double seconds = watch.seconds();
   if (const int64_t bad =
           nonfinite_rows(o32.as<float>(), lse.as<float>(), p.batch, p.nq, p.hq, p.head_dim);
       bad > 0)
     throw Error(nonfinite_message(bad, p.batch * p.hq * p.nq) + "; no output written");
-  const double gflops = attention_flops(args) / seconds / 1e9;
+  const double gflops = hierarchical_flops(args, stage) / seconds / 1e9;
 
   JsonObject row = shape_record("attend", shape);
   row.text("isa", effective_isa_name(kopt.isa))

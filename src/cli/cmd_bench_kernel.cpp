@@ -143,10 +143,9 @@ RowResult bench_one(const ProblemShape& shape, const Settings& s, MetricsFile& m
   const Timing kt = time_calls(s.warmup, s.repeats, [&] {
     hierarchical_attention(args, out.o.as<float>(), out.lse.as<float>(), s.kopt, nullptr, &stage);
   });
-  // With a hierarchy: the exact part's pairs plus the stage's scores.
+  const double flops = hierarchical_flops(args, stage);  // with a hierarchy: + its scores
   AttentionArgs exact = args;
   exact.mask = hierarchy_ring_mask(args), exact.hier = {};
-  const double flops = attention_flops(exact) + 4.0 * double(p.head_dim) * stage.pair_evals;
   const double gflops = flops / kt.best_s / 1e9;
 
   const ReferenceCheck check(args, sample_rows(p.nq, s.check_rows, s.seed));

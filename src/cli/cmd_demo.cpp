@@ -75,10 +75,11 @@ int cmd_demo(int argc, char** argv) {
   for (int64_t i = 0; i < opt->integer("warmup"); ++i)
     hierarchical_attention(args, out.o.as<float>(), out.lse.as<float>(), kopt);
   const Stopwatch watch;
+  StageMetrics stage;
   const KernelStats stats =
-      hierarchical_attention(args, out.o.as<float>(), out.lse.as<float>(), kopt);
+      hierarchical_attention(args, out.o.as<float>(), out.lse.as<float>(), kopt, nullptr, &stage);
   const double seconds = watch.seconds();
-  const double flops = attention_flops(args);
+  const double flops = hierarchical_flops(args, stage);
 
   const bool full = reference_work(shape) <= kFullCheckMaxWork;
   const ReferenceCheck check(

@@ -149,6 +149,12 @@ KernelStats hierarchical_attention(const AttentionArgs& a, float* o, float* lse,
   return st;
 }
 
+double hierarchical_flops(const AttentionArgs& a, const StageMetrics& stage) {
+  AttentionArgs exact = a;
+  exact.mask = hierarchy_ring_mask(a), exact.hier = {};
+  return attention_flops(exact) + 4.0 * double(a.head_dim) * stage.pair_evals;
+}
+
 StageMetrics hierarchy_stage(Communicator& comm, const RingProblem& p, float* o, float* lse,
                              const KernelOptions& kopt, int32_t* route) {
   if (!p.hier.on()) return {};
