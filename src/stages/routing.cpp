@@ -264,9 +264,32 @@ StageMetrics routing_stage(Communicator& comm, const RingProblem& p, float* o, f
   std::vector<char> qg, kh, vh;
   std::vector<float> part;
   std::vector<int64_t> rows;
+  // Each round is a collective: split this rank's blocks into `rounds` groups of
+  // about equal work (query rows to attend), at most per_round blocks each, so
+  // that the ranks reach each round's exchange together.
+  std::vector<std::size_t> bounds(static_cast<std::size_t>(rounds) + 1, need.size());
+  {
+    double total = 0, done = 0;
+    for (int64_t c : need) total += double(by_block[static_cast<std::size_t>(c)].size());
+    std::size_t at = 0;
+    for (int64_t round = 0; round < rounds; ++round) {
+      bounds[static_cast<std::size_t>(round)] = at;
+      const std::size_t remaining = need.size() - at;
+      const std::size_t later =
+          static_cast<std::size_t>(rounds - round - 1) * static_cast<std::size_t>(per_round);
+      const std::size_t min_take = remaining > later ? remaining - later : 0;
+      const double target = total * double(round + 1) / double(rounds);
+      std::size_t take = 0;
+      while (at < need.size() && take < static_cast<std::size_t>(per_round) &&
+             (take < min_take || done < target)) {
+        done += double(by_block[static_cast<std::size_t>(need[at])].size());
+        ++at, ++take;
+      }
+    }
+  }
   for (int64_t round = 0; round < rounds; ++round) {
-    const std::size_t b0 = std::min(need.size(), static_cast<std::size_t>(round * per_round));
-    const std::size_t b1 = std::min(need.size(), b0 + static_cast<std::size_t>(per_round));
+    const std::size_t b0 = bounds[static_cast<std::size_t>(round)];
+    const std::size_t b1 = bounds[static_cast<std::size_t>(round) + 1];
     const std::vector<int64_t> mine(need.begin() + static_cast<std::ptrdiff_t>(b0),
                                     need.begin() + static_cast<std::ptrdiff_t>(b1));
     t0 = Clock::now();
@@ -333,7 +356,8 @@ StageMetrics routing_stage(Communicator& comm, const RingProblem& p, float* o, f
           // covered: a block before the query only its left part, after it only
           // its right part; the query's own block both (the right one only
           // without a causal bound). Without a band the ring covered no band key.
-          const bool before = kb1<i, after = kb0> i;
+          const bool before = kb1 < i;
+          const bool after = kb0 > i;
           std::vector<const Mask*> ms{&left};
           if (band && after) ms = {&right};
           if (band && !before && !after && p.mask.limit >= kUnbounded) ms.push_back(&right);
