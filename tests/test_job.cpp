@@ -189,6 +189,16 @@ TEST_F(Job, BlockRoutingWritesItsChoices) {
   std::vector<int32_t> got(want.size());
   ASSERT_EQ(std::fread(got.data(), sizeof(int32_t), got.size(), f), got.size());
   std::fclose(f);
+  // Without a window the plan's scores (own block's causal part + min(k - 1, earlier
+  // blocks) whole blocks per query and head) are what the stage computed.
+  PlanInput in(s);
+  in.layout = s.layout, in.ranks = 4, in.links = PlanLinks::in_process, in.threads = 1;
+  const Plan p = make_plan(in, load_hardware_profile(std::string(RINGATTN_SOURCE_DIR) +
+                                                     "/configs/hardware/cpu-2core.ini"));
+  for (int x = 0; x < 4; ++x)
+    EXPECT_DOUBLE_EQ(p.stage.scores[static_cast<std::size_t>(x)],
+                     r.stats[static_cast<std::size_t>(x)].stage_pair_evals);
+  EXPECT_EQ(p.stage.summaries, r.stats[0].summaries);
   int64_t differ = 0;
   for (std::size_t row = 0; row < gap.size(); ++row)
     for (int j = 0; j < 3; ++j)

@@ -65,6 +65,18 @@ std::vector<Mask> sample_masks() {
     }
     v.push_back(m);
   }
+  // Aligned bands (hierarchical levels): ends rounded to block boundaries.
+  for (int i = 0; i < 30; ++i) {
+    Mask m = Mask::none();
+    m.lo = -pick(0, 20);
+    m.hi = pick(0, 2) ? pick(-4, 12) : kUnbounded;
+    if (pick(0, 1)) m.limit = pick(-2, 3);
+    m.align_lo = pick(1, 8), m.align_hi = pick(0, 1) ? pick(1, 8) : 1;
+    if (pick(0, 2) == 0) m.lo = -kUnbounded;
+    if (pick(0, 2) == 0) m.sinks = pick(1, 4);
+    if (pick(0, 3) == 0) m.n_global = 1, m.global[0] = {pick(0, 40), 45};
+    v.push_back(m);
+  }
   return v;
 }
 

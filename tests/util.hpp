@@ -91,6 +91,12 @@ inline std::vector<NamedMask> sparse_patterns(int64_t n) {
   bb.blocks.size = 32, bb.blocks.window = 1, bb.blocks.global = 1, bb.blocks.random = 2;
   bb.blocks.seed = 9, bb.blocks.key_blocks = (n + 31) / 32;
   v.push_back({"bigbird blocks 32: window 1, global 1, random 2", bb});
+  Mask al = Mask::causal(0);  // hierarchical level 1: the window down to a 16-block boundary
+  al.lo = -40, al.align_lo = 16;
+  v.push_back({"causal window 41 aligned to 16-blocks", al});
+  Mask a2 = Mask::band(-30, 20);  // two-sided, both ends aligned, with sinks
+  a2.align_lo = 16, a2.align_hi = 8, a2.sinks = 2;
+  v.push_back({"window -30..+20 aligned 16/8 + 2 sinks", a2});
   Mask empty = Mask::band(5, 4);
   empty.limit = -1;
   v.push_back({"nothing visible", empty});
