@@ -71,21 +71,21 @@ namespace ringattn {
 enum class MoePolicy : uint8_t { token, chunk, expert };
 enum class MoePriority : uint8_t { order, score };
 
-std::string moe_policy_name(MoePolicy p);      // "token", "chunk", "expert"
-MoePolicy parse_moe_policy(const std::string& s);  // throws FieldError("moe_policy")
-std::string moe_priority_name(MoePriority p);  // "order", "score"
+std::string moe_policy_name(MoePolicy p);              // "token", "chunk", "expert"
+MoePolicy parse_moe_policy(const std::string& s);      // throws FieldError("moe_policy")
+std::string moe_priority_name(MoePriority p);          // "order", "score"
 MoePriority parse_moe_priority(const std::string& s);  // throws FieldError("moe_priority")
 
 struct MoeConfig {
-  int experts = 0;  // E; 0: no MoE stage
-  int topk = 2;     // k (expert choice: the average experts per token in C)
+  int experts = 0;   // E; 0: no MoE stage
+  int topk = 2;      // k (expert choice: the average experts per token in C)
   int64_t d_ff = 0;  // expert hidden width
   MoePolicy policy = MoePolicy::token;
   MoePriority priority = MoePriority::order;
   double capacity_factor = 1.25;  // cf; 0: dropless
   int64_t min_capacity = 4;
-  int64_t chunk = 0;      // chunk policy: tokens per chunk c
-  double bias_rate = 0;   // balance bias update per pass (0: off)
+  int64_t chunk = 0;     // chunk policy: tokens per chunk c
+  double bias_rate = 0;  // balance bias update per pass (0: off)
 
   bool on() const { return experts > 0; }
   // Columns of the routing output: k, or E for expert choice.
@@ -136,8 +136,7 @@ MoeWeights moe_generate_weights(uint64_t seed, int64_t d_model, int64_t d_ff, in
 // [E, d_model, d_ff], w2.npy [E, d_ff, d_model], all float32, and optionally
 // bias.npy [E] float32; only the held experts' slices are read. d_ff comes from
 // w1.npy. Throws Error naming the file and the expected shape.
-MoeWeights moe_load_weights(const std::string& dir, int64_t d_model, int experts,
-                            ExpertRange held);
+MoeWeights moe_load_weights(const std::string& dir, int64_t d_model, int experts, ExpertRange held);
 
 // Generated tokens X [T, d_model] rows [row0, row0 + rows): N(0, 1) by global index.
 void moe_generate_tokens(uint64_t seed, int64_t d_model, int64_t row0, int64_t rows, float* x);

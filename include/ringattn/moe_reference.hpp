@@ -12,12 +12,12 @@
 namespace ringattn {
 
 struct MoeReferenceResult {
-  int width = 0;                  // columns of routing / gates
-  std::vector<int32_t> routing;   // [T, width], as the stage's routing output
-  std::vector<double> gates;      // [T, width], 0 where routing is -1
+  int width = 0;                         // columns of routing / gates
+  std::vector<int32_t> routing;          // [T, width], as the stage's routing output
+  std::vector<double> gates;             // [T, width], 0 where routing is -1
   std::vector<int64_t> requested, load;  // [E]
   int64_t dropped = 0, unrouted = 0;
-  int64_t capacity = 0;           // C (INT64_MAX when dropless)
+  int64_t capacity = 0;  // C (INT64_MAX when dropless)
   double aux_loss = 0, z_loss = 0;
   // The smallest gap, over every decision routing made, between the last
   // score taken and the first one passed over (token/chunk: p + bias of the
@@ -25,7 +25,7 @@ struct MoeReferenceResult {
   // token of each expert), relative to 1; +inf when no decision compared
   // scores. Tests need it above float32 rounding for exact id comparisons.
   double min_margin = 0;
-  std::vector<float> next_bias;   // moe_next_bias(w.bias, requested, c.bias_rate)
+  std::vector<float> next_bias;  // moe_next_bias(w.bias, requested, c.bias_rate)
   // y rows: every token [T, d_model] when `rows` was null, else the listed
   // tokens in that order [rows.size(), d_model].
   std::vector<double> y;

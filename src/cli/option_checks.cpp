@@ -41,6 +41,16 @@ std::string option_for_field(const std::string& field) {
       {"route_block", "route-block"},
       {"route_topk", "route-topk"},
       {"route_out", "route-out"},
+      {"moe_experts", "moe-experts"},
+      {"moe_topk", "moe-topk"},
+      {"moe_ffn", "moe-ffn"},
+      {"moe_policy", "moe-policy"},
+      {"moe_priority", "moe-priority"},
+      {"moe_capacity_factor", "moe-capacity-factor"},
+      {"moe_min_capacity", "moe-min-capacity"},
+      {"moe_chunk", "moe-chunk"},
+      {"moe_bias_rate", "moe-bias-rate"},
+      {"moe_weights", "moe-weights"},
   };
   const auto it = kOptions.find(field);
   return it == kOptions.end() ? std::string() : it->second;
