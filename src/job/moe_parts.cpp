@@ -13,6 +13,19 @@
 #include "ringattn/moe_reference.hpp"
 #include "ringattn/reference.hpp"
 
+namespace ringattn {
+
+MoeRankStats moe_rank_stats(const MoeMetrics& m, int rank, int64_t rows, int threads) {
+  MoeRankStats s;
+  s.rank = rank, s.rows = rows, s.rows_sent = m.rows_sent, s.rows_computed = m.rows_computed;
+  s.bytes_sent = m.bytes_sent, s.threads = threads;
+  s.total_s = m.total_s, s.route_s = m.route_s, s.dispatch_s = m.dispatch_s, s.ffn_s = m.ffn_s;
+  s.combine_s = m.combine_s, s.comm_s = m.comm_s, s.ffn_flops = m.ffn_flops;
+  return s;
+}
+
+}  // namespace ringattn
+
 namespace ringattn::job {
 namespace {
 
@@ -67,15 +80,6 @@ MoeMetrics MoeRank::pass(const float* x, int blas_threads) {
       moe_stage(comm_, c, weights_, in, y_.data(), routing_.data(), gates_.data(), blas_threads);
   if (c.bias_rate > 0) weights_.bias = m.next_bias;
   return m;
-}
-
-MoeRankStats moe_rank_stats(const MoeMetrics& m, int rank, int64_t rows, int threads) {
-  MoeRankStats s;
-  s.rank = rank, s.rows = rows, s.rows_sent = m.rows_sent, s.rows_computed = m.rows_computed;
-  s.bytes_sent = m.bytes_sent, s.threads = threads;
-  s.total_s = m.total_s, s.route_s = m.route_s, s.dispatch_s = m.dispatch_s, s.ffn_s = m.ffn_s;
-  s.combine_s = m.combine_s, s.comm_s = m.comm_s, s.ffn_flops = m.ffn_flops;
-  return s;
 }
 
 void MoeCollector::check_writable(const MoeOutputPaths& paths) {
