@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
@@ -135,6 +136,26 @@ inline bool bigbird_reference(int64_t bq, int64_t bk, int64_t window, int64_t gl
     if (static_cast<int64_t>(x % static_cast<uint64_t>(key_blocks)) == bk) return true;
   }
   return false;
+}
+
+// The int32 data of a version 1.0 .npy as ringattn writes them (routing
+// outputs; read_npy takes float arrays only); *header gets the header text.
+// Empty when the file cannot be read.
+inline std::vector<int32_t> read_npy_i32(const std::string& path, std::string* header = nullptr) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return {};
+  unsigned char pre[10];
+  std::vector<int32_t> v;
+  if (std::fread(pre, 1, sizeof(pre), f) == sizeof(pre)) {
+    std::string head(static_cast<std::size_t>(pre[8] | pre[9] << 8), ' ');
+    if (std::fread(head.data(), 1, head.size(), f) == head.size()) {
+      if (header != nullptr) *header = head;
+      int32_t x = 0;
+      while (std::fread(&x, sizeof(x), 1, f) == 1) v.push_back(x);
+    }
+  }
+  std::fclose(f);
+  return v;
 }
 
 }  // namespace ringattn::test

@@ -37,6 +37,8 @@
 #include "ringattn/comm.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/layout.hpp"
+#include "ringattn/moe.hpp"
+#include "ringattn/moe_job.hpp"
 #include "ringattn/rank_device.hpp"
 #include "ringattn/reference.hpp"
 
@@ -71,6 +73,14 @@ struct JobSpec : AttentionProblem {  // the global problem (mask built, in globa
   // Block routing's choices [B, Nq, Hq, topk] int32 (hier.routing(); empty: not written).
   std::string route_path;
 
+  // The MoE stage after attention (ringattn/moe_job.hpp; off unless moe.on()):
+  // X = the attention output with heads concatenated, [B Nq, Hq D] in global
+  // token order; weights generated from `seed` or read from moe_weights.
+  // Outputs Y [B, Nq, Hq D] float32, routing and gates [B, Nq, width].
+  MoeConfig moe;
+  std::string moe_weights;
+  std::string moe_out_path, moe_routing_path, moe_gates_path;
+
   // Execution and checks.
   int repeats = 1, warmup = 0;
   bool verify = false;     // single-rank kernel on the whole problem on rank 0 (O(N) there)
@@ -95,7 +105,8 @@ struct JobSpec : AttentionProblem {  // the global problem (mask built, in globa
   // Whether rank 0 collects every rank's rows after the ring (outputs or checks).
   bool gathers() const {
     return !out_path.empty() || !lse_path.empty() || !route_path.empty() || verify ||
-           check_rows > 0;
+           check_rows > 0 || !moe_out_path.empty() || !moe_routing_path.empty() ||
+           !moe_gates_path.empty();
   }
   std::string mask_description() const;
   // What verify and check_rows accept: float32 accumulation (ringattn/reference.hpp),
@@ -124,6 +135,8 @@ struct RankStats {
   int64_t stage_bytes = 0;               // of bytes_sent: block means, requests, fetched blocks
   int64_t summaries = 0;                 // blocks summarised (levels) or routed over (routing)
   int64_t fetched_tokens = 0;            // routing: key tokens received from other ranks
+  // The MoE stage (after the pass; not included in the figures above).
+  MoeRankStats moe;
 };
 
 // A check of the ring's result (verify, or the sampled float64 reference).
@@ -147,6 +160,8 @@ struct JobReport {
   std::size_t rank0_output_peak = 0;            // rank 0's peak while writing/checking
   std::optional<CheckResult> verify;            // spec.verify
   std::optional<CheckResult> sampled;           // spec.check_rows > 0
+  std::optional<MoeMetrics> moe;                // the MoE stage's best pass (spec.moe.on())
+  std::optional<MoeCheck> moe_check;            // with verify or check_rows
   std::vector<std::string> outputs;             // files written (rank 0)
   // A check over its tolerance (nothing written): the check's field ("verify"
   // or "check_rows") and what it found; both "" when every check passed.

@@ -3,6 +3,10 @@
 
 #include <fmt/format.h>
 
+#include <filesystem>
+
+#include "ringattn/npy.hpp"
+
 namespace ringattn::cli {
 namespace {
 // --moe-ffn 0: the usual FFN width, 4 x d_model.
@@ -63,6 +67,14 @@ MoeOptions parse_moe_options(const ParsedOptions& opt, int64_t d_model) {
   c.min_capacity = opt.integer("moe-min-capacity");
   c.bias_rate = opt.number("moe-bias-rate");
   if (opt.has("moe-weights")) m.weights_dir = opt.text("moe-weights");
+  // With weights from files and no --moe-ffn, the files' d_ff (w1.npy [E, d_model, d_ff]).
+  if (!m.weights_dir.empty() && !opt.given("moe-ffn")) {
+    const std::string w1 = (std::filesystem::path(m.weights_dir) / "w1.npy").string();
+    if (std::filesystem::exists(w1)) {
+      const NpyHeader h = read_npy_header(w1);
+      if (h.shape.size() == 3) c.d_ff = h.shape[2];
+    }
+  }
   if (!c.on()) {
     for (const char* name :
          {"moe-topk", "moe-ffn", "moe-policy", "moe-chunk", "moe-capacity-factor",

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "job/inputs.hpp"
+#include "job/moe_parts.hpp"
 #include "job/outputs.hpp"
 #include "job/sample_check.hpp"
 #include "job/verify.hpp"
@@ -25,6 +26,8 @@ namespace {
 
 constexpr const char* kInjectedFailure = "injected failure (fail_rank)";
 constexpr int kExitFailure = 1;  // what a failed job's processes exit with under MPI
+// Tokens whose MoE output --verify checks against the float64 reference (routing: all).
+constexpr int64_t kMoeVerifyRows = 64;
 
 void check_same_config(Communicator& comm, const JobSpec& spec) {
   const uint64_t mine = config_hash(spec.config_text());
@@ -107,9 +110,15 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   // With a hierarchy the ring runs its exact part; the stage adds the rest.
   const Mask ring_mask = hierarchy_ring_mask(spec);
   const RingSchedule schedule = make_ring_schedule(ql, kvl, ring_mask);
+  if (spec.moe.on()) validate_moe(spec.moe, np);
+  const job::MoeOutputPaths moe_paths{spec.moe_out_path, spec.moe_routing_path, spec.moe_gates_path,
+                                      spec.batched_output()
+                                          ? std::vector<int64_t>{spec.batch, spec.nq}
+                                          : std::vector<int64_t>{spec.nq}};
   if (rank == 0) {
     warn_empty_ranks(spec, ql, kvl);
     job::RunOutputs::check_writable(spec);  // before any compute: an unwritable path fails fast
+    job::MoeCollector::check_writable(moe_paths);
   }
 
   const job::RankInputs in = job::load_rank_inputs(spec, ql, kvl, rank);
@@ -127,6 +136,18 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
            "local O");
   Buffer lse(static_cast<std::size_t>(spec.batch * spec.hq * nq) * sizeof(float), "local LSE");
 
+  // The MoE stage on the pass's output: X = O rows with heads concatenated.
+  std::optional<job::MoeRank> moe;
+  job::MoeSetup moe_setup;
+  if (spec.moe.on()) {
+    moe_setup.config = spec.moe, moe_setup.weights_dir = spec.moe_weights;
+    moe_setup.seed = spec.seed, moe_setup.d_model = spec.hq * spec.head_dim;
+    moe_setup.tokens = spec.batch * spec.nq, moe_setup.seq_len = spec.nq;
+    moe.emplace(comm, moe_setup, job::moe_row_index(ql, rank, spec.batch));
+  }
+  const int blas_threads = comm.backend() == "local" ? 0 : threads;  // per process: MPI only
+  MoeMetrics best_moe, last_moe;
+
   RankDevice device(comm, spec.device, kopt);
   // Ring passes; the best timed one is the one whose slowest rank was fastest.
   RingMetrics best;
@@ -137,6 +158,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
     RingMetrics m = device.pass(schedule, ring_p, o.as<float>(), lse.as<float>());
     const StageMetrics st =
         hierarchy_stage(comm, p, o.as<float>(), lse.as<float>(), kopt, route.data());
+    if (moe) last_moe = moe->pass(o.as<float>(), blas_threads);
     if (pass == 0 && rank == spec.fail_rank) throw Error(kInjectedFailure);
     if (pass < spec.warmup) continue;
     const double slowest = comm.allreduce_one(m.total_s + st.total_s, ReduceOp::max);
@@ -144,6 +166,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
       best_slowest = slowest;
       best = std::move(m);
       best_stage = st;
+      best_moe = last_moe;
     }
   }
   device.finish(o.as<float>(), lse.as<float>());
@@ -151,8 +174,9 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   const int64_t bad =
       nonfinite_rows(o.as<float>(), lse.as<float>(), spec.batch, nq, spec.hq, spec.head_dim);
   if (bad > 0) throw Error(nonfinite_message(bad, spec.batch * spec.hq * nq));
-  const RankStats mine = rank_stats(best, best_stage, rank, nq, kvl.tokens(rank), threads,
-                                    memory_peak_thread(), full_ring_bytes(spec, kvl, rank));
+  RankStats mine = rank_stats(best, best_stage, rank, nq, kvl.tokens(rank), threads,
+                              memory_peak_thread(), full_ring_bytes(spec, kvl, rank));
+  if (moe) mine.moe = moe_rank_stats(best_moe, rank, moe->rows(), threads);
 
   JobReport report;
   report.ranks = np, report.rank = rank;
@@ -165,6 +189,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   report.transfer = schedule.transfer == Transfer::direct ? "direct" : "ring";
   report.shared_keys = schedule.shared.key_tokens;
   report.shared_queries = schedule.shared.query_tokens;
+  if (moe) report.moe = best_moe;
   report.stats.resize(static_cast<std::size_t>(np));
   comm.allgather(&mine, sizeof(mine), report.stats.data());
   if (spec.hier.on()) {  // what was computed: the ring's pairs and the stage's scores
@@ -201,6 +226,14 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
         [&](int src, const void* rows) {
           if (outputs) outputs->write_route(ql, src, static_cast<const int32_t*>(rows));
         });
+  // The MoE stage's rows (and with a check its inputs, the ring's output) to rank 0.
+  const int64_t moe_check_rows =
+      spec.check_rows > 0 ? spec.check_rows : (spec.verify ? kMoeVerifyRows : 0);
+  std::optional<job::MoeCollector> moe_rows;
+  if (moe && (moe_paths.any() || moe_check_rows > 0)) {
+    moe_rows.emplace(comm, moe_setup, moe_paths, moe_check_rows);
+    moe_rows->gather(*moe, o.as<float>());
+  }
   if (rank != 0) return report;
 
   report.rank0_output_peak = memory_peak_thread();
@@ -225,10 +258,19 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
           dtype_name(spec.dtype), error_text(report.sampled->err, report.sampled->tol));
     }
   }
+  if (moe_rows && moe_check_rows > 0) {
+    report.moe_check = moe_rows->check(last_moe, moe->last_bias());
+    if (!report.moe_check->ok && report.failure.empty()) {
+      report.failure_field = spec.check_rows > 0 ? "check_rows" : "verify";
+      report.failure = "the MoE stage: " + report.moe_check->failure + "; no output written";
+    }
+  }
   if (!report.failure.empty()) return report;  // the outputs' temporaries are removed
   outputs->commit();
+  if (moe_rows) moe_rows->commit();
   mark_job_completed();  // a signal from here on ends a job whose outputs are complete
-  for (const std::string* path : {&spec.out_path, &spec.lse_path})
+  for (const std::string* path : {&spec.out_path, &spec.lse_path, &spec.route_path,
+                                  &spec.moe_out_path, &spec.moe_routing_path, &spec.moe_gates_path})
     if (!path->empty()) report.outputs.push_back(*path);
   return report;
 }

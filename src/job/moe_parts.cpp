@@ -63,6 +63,9 @@ MoeRank::MoeRank(Communicator& comm, const MoeSetup& setup, std::vector<int64_t>
   weights_ = setup_.weights_dir.empty()
                  ? moe_generate_weights(setup_.seed, setup_.d_model, c.d_ff, c.experts, held)
                  : moe_load_weights(setup_.weights_dir, setup_.d_model, c.experts, held);
+  if (weights_.d_ff != c.d_ff)
+    throw FieldError("moe_ffn", fmt::format("{} does not match the weights' d_ff = {} ({})", c.d_ff,
+                                            weights_.d_ff, setup_.weights_dir));
   const auto n = static_cast<std::size_t>(rows());
   y_.resize(n * static_cast<std::size_t>(setup_.d_model));
   routing_.resize(n * static_cast<std::size_t>(c.width()));

@@ -55,6 +55,13 @@ void JobSpec::validate() const {
                                               *path, in->path));
   if (!route_path.empty() && !hier.routing())
     throw FieldError("route_out", "needs block routing (route_block > 0)");
+  if (moe.on() && device != Device::cpu)
+    throw FieldError("moe_experts", "the MoE stage runs on the cpu device");
+  if (!moe.on())
+    for (const auto& [field, path] :
+         {std::pair{"moe_out", &moe_out_path}, std::pair{"routing_out", &moe_routing_path},
+          std::pair{"gates_out", &moe_gates_path}})
+      if (!path->empty()) throw FieldError(field, "needs the MoE stage (moe_experts > 0)");
   check_device(device, *this);
 }
 
@@ -72,10 +79,15 @@ std::string JobSpec::config_text() const {
                                         : fmt::format("seed:{}", seed);
   return fmt::format(
       "shape:{};mask:{};layout:{};scale:{};source:{};repeats:{};warmup:{};verify:{};"
-      "check-rows:{};fail-rank:{};out:{};lse-out:{};device:{};hier:{};route-out:{}",
+      "check-rows:{};fail-rank:{};out:{};lse-out:{};device:{};hier:{};route-out:{};moe:{}",
       shape_text(), mask_fields(mask), layout_name(layout), scale, source, repeats, warmup, verify,
       check_rows > 0, fail_rank, !out_path.empty(), !lse_path.empty(), device_name(device),
-      hier.describe(), !route_path.empty());
+      hier.describe(), !route_path.empty(),
+      moe.on() ? fmt::format("{} {} {} min {} weights '{}' outputs {}{}{}", moe.describe(),
+                             moe_priority_name(moe.priority), moe.capacity_factor, moe.min_capacity,
+                             moe_weights, !moe_out_path.empty(), !moe_routing_path.empty(),
+                             !moe_gates_path.empty())
+               : std::string("off"));
 }
 
 }  // namespace ringattn
