@@ -51,6 +51,9 @@ std::string option_for_field(const std::string& field) {
       {"moe_chunk", "moe-chunk"},
       {"moe_bias_rate", "moe-bias-rate"},
       {"moe_weights", "moe-weights"},
+      {"moe_out", "moe-out"},
+      {"moe_routing_out", "moe-routing-out"},
+      {"moe_gates_out", "moe-gates-out"},
   };
   const auto it = kOptions.find(field);
   return it == kOptions.end() ? std::string() : it->second;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cli/harness.hpp"
+#include "cli/moe_options.hpp"
 #include "cli/problem_options.hpp"
 #include "ringattn/error.hpp"
 
@@ -79,6 +80,16 @@ CommandSpec run_spec() {
                        "block routing: write the chosen blocks, int32 [B, N, Hq, topk] "
                        "ascending, -1 padded ([N, Hq, topk] for 3-d q) (.npy)")
           .as_output(),
+      OptionSpec::text("moe-out", "",
+                       "MoE stage: write Y, float32 [B, N, Hq D] ([N, Hq D] for 3-d q) (.npy)")
+          .as_output(),
+      OptionSpec::text("moe-routing-out", "",
+                       "MoE stage: write the experts per token, int32 [B, N, width] in choice "
+                       "order, -1 where dropped (width k; E for expert choice) (.npy)")
+          .as_output(),
+      OptionSpec::text("moe-gates-out", "",
+                       "MoE stage: write the gates, float32 [B, N, width], 0 where dropped (.npy)")
+          .as_output(),
       OptionSpec::integer("fail-rank", "-1",
                           "testing: this rank fails right after its first ring pass, to check "
                           "that the whole job ends (-1: none)"),
@@ -87,6 +98,7 @@ CommandSpec run_spec() {
   // --q/--k/--v the files give the sizes and dtype instead.
   insert_options(&s.options, "seed", problem_option_specs());
   for (OptionSpec& o : mask_option_specs()) s.options.push_back(std::move(o));
+  for (OptionSpec& o : moe_option_specs()) s.options.push_back(std::move(o));
   s.epilog =
       "--threads is the kernel threads of each rank: 0 means cores / P for in-process ranks and\n"
       "the OpenMP default (OMP_NUM_THREADS) under MPI.\n"
@@ -146,6 +158,11 @@ RunConfig make_run_config(const ParsedOptions& opt) {
   c.out_path = opt.has("out") ? opt.text("out") : std::string();
   c.lse_path = opt.has("lse-out") ? opt.text("lse-out") : std::string();
   c.route_path = opt.has("route-out") ? opt.text("route-out") : std::string();
+  const MoeOptions moe = parse_moe_options(opt, c.hq * c.head_dim);
+  c.moe = moe.config, c.moe_weights = moe.weights_dir;
+  c.moe_out_path = opt.has("moe-out") ? opt.text("moe-out") : std::string();
+  c.moe_routing_path = opt.has("moe-routing-out") ? opt.text("moe-routing-out") : std::string();
+  c.moe_gates_path = opt.has("moe-gates-out") ? opt.text("moe-gates-out") : std::string();
   c.metrics_path = opt.metrics_path();
   c.command_line = opt.command_line();
   c.describe_error = [](const std::exception& e) {

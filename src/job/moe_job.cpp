@@ -56,7 +56,8 @@ MoeJobReport run_rank(Communicator& comm, const MoeJobSpec& spec) {
   const int threads = moe_threads(spec, comm);
   omp_set_num_threads(threads);
   memory_reset_peak_thread();
-  job::MoeOutputPaths paths{spec.out_path, spec.routing_path, spec.gates_path, {spec.tokens}};
+  job::MoeOutputPaths paths{spec.out_path, spec.routing_path, spec.gates_path, {spec.tokens},
+                            "out",         "routing_out",     "gates_out"};
   if (rank == 0) job::MoeCollector::check_writable(paths);
 
   const Layout l(LayoutKind::contiguous, spec.tokens, np);

@@ -86,9 +86,9 @@ MoeMetrics MoeRank::pass(const float* x, int blas_threads) {
 }
 
 void MoeCollector::check_writable(const MoeOutputPaths& paths) {
-  if (!paths.y.empty()) check_output_writable(paths.y, "moe_out");
-  if (!paths.routing.empty()) check_output_writable(paths.routing, "routing_out");
-  if (!paths.gates.empty()) check_output_writable(paths.gates, "gates_out");
+  if (!paths.y.empty()) check_output_writable(paths.y, paths.y_field);
+  if (!paths.routing.empty()) check_output_writable(paths.routing, paths.routing_field);
+  if (!paths.gates.empty()) check_output_writable(paths.gates, paths.gates_field);
 }
 
 MoeCollector::MoeCollector(Communicator& comm, const MoeSetup& setup, const MoeOutputPaths& paths,
@@ -101,10 +101,10 @@ MoeCollector::MoeCollector(Communicator& comm, const MoeSetup& setup, const MoeO
     s.push_back(last);
     return s;
   };
-  if (!paths.y.empty()) y_.emplace(paths.y, DType::f32, shape(setup_.d_model), "moe_out");
+  if (!paths.y.empty()) y_.emplace(paths.y, DType::f32, shape(setup_.d_model), paths.y_field);
   if (!paths.routing.empty())
-    routing_.emplace(paths.routing, NpyElem::i32, shape(w), "routing_out");
-  if (!paths.gates.empty()) gates_.emplace(paths.gates, DType::f32, shape(w), "gates_out");
+    routing_.emplace(paths.routing, NpyElem::i32, shape(w), paths.routing_field);
+  if (!paths.gates.empty()) gates_.emplace(paths.gates, DType::f32, shape(w), paths.gates_field);
   if (check_rows_ > 0) {
     const auto t = static_cast<std::size_t>(setup_.tokens);
     x_all_.resize(t * static_cast<std::size_t>(setup_.d_model));

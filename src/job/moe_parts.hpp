@@ -60,6 +60,8 @@ class MoeRank {
 struct MoeOutputPaths {
   std::string y, routing, gates;
   std::vector<int64_t> lead;  // the leading axes of the files: {T} or {B, N}
+  // The fields errors about each file name (FieldError; the commands' option names differ).
+  std::string y_field = "moe_out", routing_field = "moe_routing_out", gates_field = "moe_gates_out";
   bool any() const { return !y.empty() || !routing.empty() || !gates.empty(); }
 };
 

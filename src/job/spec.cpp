@@ -59,8 +59,8 @@ void JobSpec::validate() const {
     throw FieldError("moe_experts", "the MoE stage runs on the cpu device");
   if (!moe.on())
     for (const auto& [field, path] :
-         {std::pair{"moe_out", &moe_out_path}, std::pair{"routing_out", &moe_routing_path},
-          std::pair{"gates_out", &moe_gates_path}})
+         {std::pair{"moe_out", &moe_out_path}, std::pair{"moe_routing_out", &moe_routing_path},
+          std::pair{"moe_gates_out", &moe_gates_path}})
       if (!path->empty()) throw FieldError(field, "needs the MoE stage (moe_experts > 0)");
   check_device(device, *this);
 }
