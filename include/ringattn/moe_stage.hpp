@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "ringattn/comm.hpp"
+#include "ringattn/memory.hpp"
 #include "ringattn/moe.hpp"
 
 namespace ringattn {
@@ -56,12 +57,19 @@ struct MoeMetrics {
   double drop_rate() const { return assignments > 0 ? double(dropped) / double(assignments) : 0.0; }
 };
 
+// Buffers the stage keeps between passes (rows out and in, the experts' inputs
+// and outputs, the FFN's hidden tiles): a caller that runs it repeatedly passes
+// one, so later passes neither allocate nor fault in fresh pages.
+struct MoeWorkspace {
+  Buffer rows_out, rows_in, expert_in, expert_out, hidden1, hidden3;
+};
+
 // Runs the stage on this rank's tokens. w: the router and bias (all experts'
 // width) and the experts moe_experts_of(E, P, rank) holds. y [rows, d_model],
 // routing and gates [rows, c.width()] (routing and gates may be null).
 // blas_threads > 0 sets the BLAS threads first (process-wide: MPI ranks only).
 MoeMetrics moe_stage(Communicator& comm, const MoeConfig& c, const MoeWeights& w,
                      const MoeTokens& in, float* y, int32_t* routing, float* gates,
-                     int blas_threads = 0);
+                     int blas_threads = 0, MoeWorkspace* workspace = nullptr);
 
 }  // namespace ringattn

@@ -79,8 +79,8 @@ MoeMetrics MoeRank::pass(const float* x, int blas_threads) {
   MoeConfig c = setup_.config;
   c.d_ff = weights_.d_ff;  // from the files when read
   last_bias_ = weights_.bias;
-  MoeMetrics m =
-      moe_stage(comm_, c, weights_, in, y_.data(), routing_.data(), gates_.data(), blas_threads);
+  MoeMetrics m = moe_stage(comm_, c, weights_, in, y_.data(), routing_.data(), gates_.data(),
+                           blas_threads, &workspace_);
   if (c.bias_rate > 0) weights_.bias = m.next_bias;
   return m;
 }

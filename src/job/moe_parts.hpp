@@ -54,6 +54,7 @@ class MoeRank {
   std::vector<float> y_, gates_;
   std::vector<int32_t> routing_;
   std::vector<float> last_bias_;
+  MoeWorkspace workspace_;
 };
 
 // Output paths (empty: not written) and the check's size.

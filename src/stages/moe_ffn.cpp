@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "ringattn/error.hpp"
+#include "ringattn/memory.hpp"
 
 namespace ringattn::moe {
 namespace {
@@ -35,24 +36,31 @@ void gemm(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_
               1.0f, a, blas_int(k), b, blas_int(n), 0.0f, c, blas_int(n));
 }
 
-void expert_ffn(const MoeWeights& w, int e, const float* x, int64_t rows, float* y) {
+void expert_ffn(const MoeWeights& w, int e, const float* x, int64_t rows, float* y, Buffer& h1_mem,
+                Buffer& h3_mem) {
   const int64_t dm = w.d_model, dff = w.d_ff;
   const int64_t tile = std::min(rows, kFfnTileRows);
-  std::vector<float> h1(static_cast<std::size_t>(tile * dff));
-  std::vector<float> h3(h1.size());
+  const std::size_t bytes = static_cast<std::size_t>(tile * dff) * sizeof(float);
+  auto* h1 = static_cast<float*>(ensure(h1_mem, bytes, "MoE hidden tile"));
+  auto* h3 = static_cast<float*>(ensure(h3_mem, bytes, "MoE hidden tile"));
   for (int64_t r0 = 0; r0 < rows; r0 += tile) {
     const int64_t m = std::min(tile, rows - r0);
     const float* xt = x + r0 * dm;
-    gemm(xt, w.w1_of(e), h1.data(), m, dff, dm);
-    gemm(xt, w.w3_of(e), h3.data(), m, dff, dm);
+    gemm(xt, w.w1_of(e), h1, m, dff, dm);
+    gemm(xt, w.w3_of(e), h3, m, dff, dm);
     const int64_t n = m * dff;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; ++i) {
-      const float a = h1[static_cast<std::size_t>(i)];
-      h1[static_cast<std::size_t>(i)] = a / (1.0f + std::exp(-a)) * h3[static_cast<std::size_t>(i)];
+      const float a = h1[i];
+      h1[i] = a / (1.0f + std::exp(-a)) * h3[i];
     }
-    gemm(h1.data(), w.w2_of(e), y + r0 * dm, m, dm, dff);
+    gemm(h1, w.w2_of(e), y + r0 * dm, m, dm, dff);
   }
+}
+
+void* ensure(Buffer& p, std::size_t bytes, const char* what) {
+  if (p.size() < bytes) p = Buffer(bytes, what);
+  return p.data();
 }
 
 }  // namespace ringattn::moe

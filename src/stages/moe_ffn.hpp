@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "ringattn/memory.hpp"
 #include "ringattn/moe.hpp"
 
 namespace ringattn::moe {
@@ -18,7 +19,12 @@ void gemm(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_
 
 // y [rows, d_model] = (silu(x W1) * (x W3)) W2 for expert e of w (held here),
 // x [rows, d_model]; row tiles bound the hidden buffers to kFfnTileRows x d_ff.
-void expert_ffn(const MoeWeights& w, int e, const float* x, int64_t rows, float* y);
+// h1, h3: the hidden tiles, grown as needed.
+void expert_ffn(const MoeWeights& w, int e, const float* x, int64_t rows, float* y, Buffer& h1,
+                Buffer& h3);
+
+// p with room for `bytes` (reallocated only when smaller); its data.
+void* ensure(Buffer& p, std::size_t bytes, const char* what);
 
 // FLOPs of expert_ffn on `rows` rows: three GEMMs of 2 rows d_model d_ff.
 inline double ffn_flops(int64_t rows, int64_t d_model, int64_t d_ff) {

@@ -12,6 +12,7 @@
 #include <numeric>
 
 #include "ringattn/error.hpp"
+#include "ringattn/memory.hpp"
 #include "stages/moe_ffn.hpp"
 
 namespace ringattn {
@@ -289,8 +290,10 @@ void check_inputs(Communicator& comm, const MoeConfig& c, const MoeWeights& w,
 
 MoeMetrics moe_stage(Communicator& comm, const MoeConfig& c, const MoeWeights& w,
                      const MoeTokens& in, float* y, int32_t* routing, float* gates,
-                     int blas_threads) {
+                     int blas_threads, MoeWorkspace* workspace) {
   const auto t_start = Clock::now();
+  MoeWorkspace local_ws;
+  MoeWorkspace& ws = workspace != nullptr ? *workspace : local_ws;
   check_inputs(comm, c, w, in);
   if (blas_threads > 0) moe::set_blas_threads(blas_threads);
   MoeMetrics m;
@@ -354,7 +357,9 @@ MoeMetrics moe_stage(Communicator& comm, const MoeConfig& c, const MoeWeights& w
       rows_in_n[ru] += accept_got[static_cast<std::size_t>(i)];
   }
   const std::vector<int64_t> rows_out_off = offsets_of(rows_out_n);
-  std::vector<float> xbuf(static_cast<std::size_t>(rows_out_off.back() * dm));
+  auto* xbuf = static_cast<float*>(
+      moe::ensure(ws.rows_out, static_cast<std::size_t>(rows_out_off.back() * dm) * sizeof(float),
+                  "MoE rows out"));
   std::vector<int64_t> ret_row(out.size(), -1);  // send slot -> row of the returned outputs
   {
     int64_t n = 0;
@@ -363,14 +368,15 @@ MoeMetrics moe_stage(Communicator& comm, const MoeConfig& c, const MoeWeights& w
 #pragma omp parallel for schedule(static)
     for (std::size_t i = 0; i < out.size(); ++i)
       if (ret_row[i] >= 0)
-        std::memcpy(xbuf.data() + ret_row[i] * dm, in.x + int64_t{out[i].row} * dm,
+        std::memcpy(xbuf + ret_row[i] * dm, in.x + int64_t{out[i].row} * dm,
                     static_cast<std::size_t>(dm) * sizeof(float));
   }
   for (int r = 0; r < np; ++r)
     if (r != comm.rank()) m.rows_sent += rows_out_n[static_cast<std::size_t>(r)];
   const int64_t nin = std::accumulate(rows_in_n.begin(), rows_in_n.end(), int64_t{0});
-  std::vector<float> rbuf(static_cast<std::size_t>(nin * dm));
-  ex.move(xbuf.data(), rows_out_n, rbuf.data(), rows_in_n, dm);
+  const std::size_t in_bytes = static_cast<std::size_t>(nin * dm) * sizeof(float);
+  auto* rbuf = static_cast<float*>(moe::ensure(ws.rows_in, in_bytes, "MoE rows in"));
+  ex.move(xbuf, rows_out_n, rbuf, rows_in_n, dm);
   // Each received accepted record's place in its expert's run.
   std::vector<int64_t> per_expert(static_cast<std::size_t>(w.count), 0);
   for (std::size_t i = 0; i < got.size(); ++i)
@@ -384,10 +390,11 @@ MoeMetrics moe_stage(Communicator& comm, const MoeConfig& c, const MoeWeights& w
       if (accept_got[i])
         slot[static_cast<std::size_t>(n++)] = fill[static_cast<std::size_t>(got[i].e - w.first)]++;
   }
-  std::vector<float> ein(static_cast<std::size_t>(nin * dm)), eout(ein.size());
+  auto* ein = static_cast<float*>(moe::ensure(ws.expert_in, in_bytes, "MoE expert inputs"));
+  auto* eout = static_cast<float*>(moe::ensure(ws.expert_out, in_bytes, "MoE expert outputs"));
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < nin; ++i)
-    std::memcpy(ein.data() + slot[static_cast<std::size_t>(i)] * dm, rbuf.data() + i * dm,
+    std::memcpy(ein + slot[static_cast<std::size_t>(i)] * dm, rbuf + i * dm,
                 static_cast<std::size_t>(dm) * sizeof(float));
   m.dispatch_s = since(t0);
 
@@ -397,7 +404,7 @@ MoeMetrics moe_stage(Communicator& comm, const MoeConfig& c, const MoeWeights& w
     const int64_t n = per_expert[static_cast<std::size_t>(x)];
     if (n == 0) continue;
     const int64_t at = expert_off[static_cast<std::size_t>(x)] * dm;
-    moe::expert_ffn(w, w.first + x, ein.data() + at, n, eout.data() + at);
+    moe::expert_ffn(w, w.first + x, ein + at, n, eout + at, ws.hidden1, ws.hidden3);
     m.ffn_flops += moe::ffn_flops(n, dm, w.d_ff);
   }
   m.rows_computed = nin;
@@ -407,9 +414,9 @@ MoeMetrics moe_stage(Communicator& comm, const MoeConfig& c, const MoeWeights& w
   t0 = Clock::now();
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < nin; ++i)
-    std::memcpy(rbuf.data() + i * dm, eout.data() + slot[static_cast<std::size_t>(i)] * dm,
+    std::memcpy(rbuf + i * dm, eout + slot[static_cast<std::size_t>(i)] * dm,
                 static_cast<std::size_t>(dm) * sizeof(float));
-  ex.move(rbuf.data(), rows_in_n, xbuf.data(), rows_out_n, dm);
+  ex.move(rbuf, rows_in_n, xbuf, rows_out_n, dm);
   const int width = c.width();
   // Each row's entries in output order: (gate, expert, returned row or -1).
   struct Entry {
@@ -452,7 +459,7 @@ MoeMetrics moe_stage(Communicator& comm, const MoeConfig& c, const MoeWeights& w
       if (gates != nullptr) gates[i * width + j] = ok ? en.g : 0.0f;
       if (!ok) continue;
       ++accepted;
-      const float* yo = xbuf.data() + en.ret * dm;
+      const float* yo = xbuf + en.ret * dm;
       for (int64_t d = 0; d < dm; ++d) yr[d] += en.g * yo[d];
     }
     unrouted += accepted == 0;
