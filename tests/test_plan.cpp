@@ -4,6 +4,7 @@
 // memory description and the hiding condition.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -375,6 +376,138 @@ TEST(Plan, CpuRanksShareCores) {
   EXPECT_EQ(p8.oversubscription, 4);  // 8 single-thread ranks on 2 cores
   EXPECT_DOUBLE_EQ(p8.rate, p1.rate / 2 / 4);
   EXPECT_GT(p8.per_rank[0].mem.workspace, 0);
+}
+
+// ---- the MoE stage ---------------------------------------------------------------
+
+// T = 1024 tokens of d_model = 4 x 32 = 128, E = 8 experts, k = 2, P = 4 (two
+// experts per rank, 256 tokens each), d_ff = 256.
+PlanInput moe_problem(double capacity_factor, LayoutKind layout = LayoutKind::contiguous) {
+  PlanInput in = problem(1024, 4, false, layout);
+  in.hq = 4, in.hkv = 4, in.head_dim = 32;
+  in.moe.experts = 8, in.moe.topk = 2, in.moe.d_ff = 256;
+  in.moe.capacity_factor = capacity_factor;
+  return in;
+}
+
+TEST(PlanMoe, BytesAndFlopsByHand) {
+  const HardwareProfile hw = parse_hardware_profile(kProfile, "t.ini");
+  // cf 1.25: C = ceil(2 x 1.25 x 1024 / 8) = 320 >= k T / E = 256, nothing dropped.
+  // cf 0.5:  C = 128, half of each expert's 256 assignments accepted.
+  struct Case {
+    double cf;
+    int64_t capacity;
+    double accepted, rows_sent;
+  };
+  for (const Case& c : {Case{1.25, 320, 256, 384}, Case{0.5, 128, 128, 192}}) {
+    const Plan p = make_plan(moe_problem(c.cf), hw);
+    ASSERT_TRUE(p.moe.on);
+    EXPECT_EQ(p.moe.tokens, 1024);
+    EXPECT_EQ(p.moe.d_model, 128);
+    EXPECT_EQ(p.moe.capacity, c.capacity);
+    EXPECT_DOUBLE_EQ(p.moe.requested, 256);
+    EXPECT_DOUBLE_EQ(p.moe.accepted, c.accepted);
+    EXPECT_EQ(p.moe.alltoalls, 5);
+    ASSERT_EQ(p.moe.per_rank.size(), 4u);
+    for (const MoeRankPlan& r : p.moe.per_rank) {
+      EXPECT_EQ(r.experts, 2);
+      EXPECT_DOUBLE_EQ(r.rows, 256);
+      EXPECT_DOUBLE_EQ(r.assignments, 512);       // k x 256
+      EXPECT_DOUBLE_EQ(r.records_sent, 384);      // 512 x (P - 1) / P
+      EXPECT_DOUBLE_EQ(r.records_received, 384);  // 3 ranks x 512 x 2 / 8
+      EXPECT_DOUBLE_EQ(r.rows_sent, c.rows_sent);
+      EXPECT_DOUBLE_EQ(r.rows_received, c.rows_sent);
+      EXPECT_DOUBLE_EQ(r.rows_computed, 2 * c.accepted);
+      // counts 8 x 3, records 24 x 384, flags 1 x 384, rows out and back 128 x 4 each.
+      const double bytes = 8.0 * 3 + 24.0 * 384 + 384 + 512.0 * 2 * c.rows_sent;
+      EXPECT_DOUBLE_EQ(r.bytes_sent, bytes);
+      EXPECT_DOUBLE_EQ(r.ffn_flops, 6.0 * 2 * c.accepted * 128 * 256);
+      EXPECT_DOUBLE_EQ(r.router_flops, 2.0 * 256 * 128 * 8);
+      // The GEMMs at the profile's float32 rate (50 TFLOP/s at D 128; a GPU rank).
+      EXPECT_DOUBLE_EQ(p.moe.gemm_rate, 50000 * kGB);
+      EXPECT_DOUBLE_EQ(r.ffn_s, r.ffn_flops / (50000 * kGB));
+      // Intra-node: 10 us, 100 GB/s; five all-to-alls over three peers.
+      EXPECT_NEAR(r.alltoall_s, 5 * 3 * 10e-6 + bytes / (100 * kGB), 1e-15);
+      EXPECT_DOUBLE_EQ(r.seconds, r.router_s + r.ffn_s + r.alltoall_s);
+      EXPECT_GT(r.memory, 2 * 3 * 128 * 256 * 4.0);  // at least the held experts' weights
+    }
+    EXPECT_DOUBLE_EQ(p.moe.max_bytes_sent(), 8.0 * 3 + 24.0 * 384 + 384 + 512.0 * 2 * c.rows_sent);
+  }
+}
+
+TEST(PlanMoe, OffLeavesThePlanUnchangedAndOnAddsTheStage) {
+  const HardwareProfile hw = parse_hardware_profile(kProfile, "t.ini");
+  PlanInput off = moe_problem(1.25);
+  off.moe.experts = 0;  // the other MoE fields set, but no stage
+  PlanInput plain = problem(1024, 4, false, LayoutKind::contiguous);
+  plain.hq = 4, plain.hkv = 4, plain.head_dim = 32;
+  const Plan ref = make_plan(plain, hw), p = make_plan(off, hw);
+  EXPECT_FALSE(p.moe.on);
+  EXPECT_TRUE(p.moe.per_rank.empty());
+  EXPECT_EQ(p.predicted_s, ref.predicted_s);
+  EXPECT_EQ(p.total_flops, ref.total_flops);
+  EXPECT_EQ(p.max_rank_memory, ref.max_rank_memory);
+  for (std::size_t r = 0; r < p.per_rank.size(); ++r) {
+    EXPECT_EQ(p.per_rank[r].mem.moe, 0);
+    EXPECT_EQ(p.per_rank[r].total_s, ref.per_rank[r].total_s);
+  }
+
+  const Plan on = make_plan(moe_problem(1.25), hw);
+  double ffn = 0, slowest = 0;
+  for (std::size_t r = 0; r < on.per_rank.size(); ++r) {
+    const MoeRankPlan& m = on.moe.per_rank[r];
+    EXPECT_EQ(on.per_rank[r].mem.moe, m.memory);
+    EXPECT_DOUBLE_EQ(on.per_rank[r].mem.total() - m.memory, ref.per_rank[r].mem.total());
+    ffn += m.ffn_flops + m.router_flops;
+    slowest = std::max(slowest, m.seconds);
+  }
+  EXPECT_DOUBLE_EQ(on.total_flops, ref.total_flops + ffn);
+  EXPECT_DOUBLE_EQ(on.predicted_s, ref.predicted_s + slowest);  // after the ring, everywhere
+}
+
+TEST(PlanMoe, ChunkPartsFollowTheLayoutAndExpertChoiceKeepsC) {
+  const HardwareProfile hw = parse_hardware_profile(kProfile, "t.ini");
+  // Zigzag over 4 ranks: pieces of 128 tokens, rank 0 holds pieces 0 and 7; chunks of 64 are
+  // owned 4 per rank in order, so rank 0 sends its chunks 14, 15 to rank 3 and receives
+  // chunks 2, 3 from rank 1.
+  PlanInput in = moe_problem(1.25, LayoutKind::zigzag);
+  in.moe.policy = MoePolicy::chunk, in.moe.chunk = 64;
+  const Plan chunk = make_plan(in, hw);
+  const Plan token = make_plan(moe_problem(1.25, LayoutKind::zigzag), hw);
+  const MoeRankPlan& r0 = chunk.moe.per_rank[0];
+  EXPECT_EQ(chunk.moe.alltoalls, 8);
+  EXPECT_DOUBLE_EQ(r0.chunk_parts_sent, 2);
+  EXPECT_DOUBLE_EQ(r0.chunk_parts_received, 2);
+  EXPECT_DOUBLE_EQ(r0.bytes_sent - token.moe.per_rank[0].bytes_sent,
+                   8.0 * 3 + 2 * (1 + 128) * 8.0 + 2 * 8 * 4.0);
+  // Contiguous: every rank owns its own chunks.
+  in.layout = LayoutKind::contiguous;
+  EXPECT_DOUBLE_EQ(make_plan(in, hw).moe.per_rank[0].chunk_parts_sent, 0);
+
+  // Expert choice: C = 320 per expert; each rank offers min(C, 256) = 256 per expert and
+  // every expert keeps 320, a quarter from each rank.
+  PlanInput ec = moe_problem(1.25);
+  ec.moe.policy = MoePolicy::expert;
+  const Plan e = make_plan(ec, hw);
+  const MoeRankPlan& m = e.moe.per_rank[1];
+  EXPECT_DOUBLE_EQ(e.moe.accepted, 320);
+  EXPECT_DOUBLE_EQ(m.assignments, 8 * 256);
+  EXPECT_DOUBLE_EQ(m.records_sent, 6 * 256);
+  EXPECT_DOUBLE_EQ(m.records_received, 2 * 3 * 256);
+  EXPECT_DOUBLE_EQ(m.rows_sent, 6 * 320 / 4.0);
+  EXPECT_DOUBLE_EQ(m.rows_computed, 2 * 320);
+}
+
+TEST(PlanMoe, RejectsFewerExpertsThanRanks) {
+  const HardwareProfile hw = parse_hardware_profile(kProfile, "t.ini");
+  PlanInput in = moe_problem(1.25);
+  in.moe.experts = 3;
+  try {
+    make_plan(in, hw);
+    ADD_FAILURE() << "expected FieldError";
+  } catch (const FieldError& e) {
+    EXPECT_EQ(e.field(), "moe_experts");
+  }
 }
 
 }  // namespace

@@ -252,5 +252,57 @@ TEST_F(PlanCli, BadRanksAndLinks) {
   expect_usage_error(plan({"--hardware", hw, "--head-dim", "12"}), "--head-dim");
 }
 
+TEST_F(PlanCli, PredictsTheMoeStage) {
+  const std::string hw = write_profile("cpu.ini", kCpuProfile);
+  const std::vector<std::string> args = {
+      "--hardware", hw,   "--ranks-local", "4", "--seq-len",  "1024", "--heads", "4",
+      "--head-dim", "32", "--moe-experts", "8", "--moe-topk", "2"};
+  const Result r = plan(args);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("  moe "), std::string::npos) << r.out;
+  for (const char* s : {"E=8 k=2 d_ff=512 token cf=1.25", "capacity C=320", "all-to-all bytes",
+                        "FFN ", "all-to-all "})
+    EXPECT_NE(r.out.find(s), std::string::npos) << s << "\n" << r.out;
+
+  std::vector<std::string> json = args;
+  json.push_back("--json");
+  const Result j = plan(json);
+  ASSERT_EQ(j.rc, 0) << j.err;
+  const std::string s = lines_of(j.out).front();
+  EXPECT_EQ(json_field(s, "moe"), "E=8 k=2 d_ff=512 token cf=1.25");
+  EXPECT_EQ(json_number(s, "moe_experts"), 8);
+  EXPECT_EQ(json_number(s, "moe_topk"), 2);
+  EXPECT_EQ(json_number(s, "moe_d_ff"), 512);  // 4 x d_model
+  EXPECT_EQ(json_number(s, "moe_d_model"), 128);
+  EXPECT_EQ(json_number(s, "moe_capacity"), 320);
+  EXPECT_EQ(json_number(s, "moe_rows_sent"), 384);
+  // counts, records, flags, rows out and back (include/ringattn/plan.hpp, MoePlan).
+  EXPECT_EQ(json_number(s, "moe_bytes_sent"), 8.0 * 3 + 24 * 384 + 384 + 512.0 * 2 * 384);
+  EXPECT_NEAR(json_number(s, "moe_ffn_gflop"), 6.0 * 512 * 128 * 512 / 1e9, 1e-9);
+  for (const char* k : {"moe_ffn_ms", "moe_alltoall_ms", "moe_ms", "mem_moe", "moe_memory_bytes"})
+    EXPECT_GT(json_number(s, k), 0) << k;
+
+  // Without the stage the keys are there, zero; the table has no moe line.
+  const Result off = plan({"--hardware", hw, "--ranks-local", "4", "--json"});
+  ASSERT_EQ(off.rc, 0) << off.err;
+  EXPECT_EQ(json_number(lines_of(off.out).front(), "moe_bytes_sent"), 0);
+  EXPECT_EQ(json_field(lines_of(off.out).front(), "moe"), "");
+  const Result table = plan({"--hardware", hw, "--ranks-local", "4"});
+  ASSERT_EQ(table.rc, 0) << table.err;
+  EXPECT_EQ(table.out.find("  moe "), std::string::npos) << table.out;
+}
+
+TEST_F(PlanCli, BadMoeOptions) {
+  const std::string hw = write_profile("cpu.ini", kCpuProfile);
+  const Result r = plan({"--hardware", "h100-sxm", "--ranks", "4", "--moe-experts", "3"});
+  expect_usage_error(r, "--moe-experts");
+  EXPECT_NE(r.err.find("E >= P"), std::string::npos) << r.err;
+  expect_usage_error(plan({"--hardware", hw, "--moe-topk", "3"}), "--moe-experts");
+  expect_usage_error(plan({"--hardware", hw, "--moe-experts", "4", "--moe-topk", "5"}),
+                     "--moe-topk");
+  expect_usage_error(plan({"--hardware", hw, "--moe-experts", "4", "--moe-policy", "chunk"}),
+                     "--moe-chunk");
+}
+
 }  // namespace
 }  // namespace ringattn

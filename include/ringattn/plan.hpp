@@ -34,6 +34,10 @@
 // i.e. c >= c_min = (b + sqrt(b^2 + 4 a L)) / (2 a), a = 4 B Hq D f / R,
 // b = 2 B Hkv D esz / BW, L = 2 latency. For MHA, bf16, f = 1 and no latency
 // this is RingAttention's c >= R / BW.
+//
+// Stages after the ring (StagePlan, MoePlan below) start when every rank has
+// finished what came before (their first step is a collective); their time,
+// FLOPs and memory add to each rank's.
 #pragma once
 
 #include <cstdint>
@@ -45,6 +49,7 @@
 #include "ringattn/hardware.hpp"
 #include "ringattn/layout.hpp"
 #include "ringattn/mask.hpp"
+#include "ringattn/moe.hpp"
 
 namespace ringattn {
 
@@ -82,6 +87,7 @@ struct PlanInput : AttentionProblem {
   int ranks_per_node = 0;  // 0: min(P, devices per node)
   int threads = 0;         // cpu kernel threads per rank; 0: as `run` (see plan.cpp)
   PlanLinks links = PlanLinks::network;
+  MoeConfig moe;  // the MoE stage after attention (MoePlan); off by default
 };
 
 // The hierarchical stage (ringattn/hierarchy_stage.hpp), after the ring:
@@ -105,6 +111,85 @@ struct StagePlan {
   bool fetch_bound = false;     // routing: sent/fetched are upper bounds
 };
 
+// The MoE stage (ringattn/moe_stage.hpp), after attention (and the
+// hierarchical stage), on the attention output: T = B Nq tokens of width
+// d_model = Hq D, each rank holding its query rows of the ring's layout, rank
+// r holding experts moe_experts_of(E, P, r) (h_r of them). The prediction
+// assumes balanced routing: every token's k assignments spread uniformly over
+// the experts, so each expert is requested k T / E times and accepts
+// A = min(k T / E, C) (C = moe_capacity; dropless: all), a fraction
+// a = A / (k T / E) of what it is asked; a rank's experts receive their share
+// h_r / E of every rank's assignments, so the fraction of its assignments that
+// goes to other ranks is (E - h_r) / E ((P - 1) / P when P divides E).
+// Expert choice: each rank sends its local top min(C, rows) per expert; each
+// expert keeps min(C, T), from every rank in proportion to its rows. The chunk
+// policy's capacity in whole chunks is not modelled (as tokens). Figures are
+// real numbers (expected values), not rounded.
+//
+// All-to-all bytes a rank sends to other ranks (what MoeMetrics::bytes_sent
+// counts, moe_stage.cpp):
+//   counts     8 B to every other rank per count exchange (1; chunk policy 2)
+//   records    24 B per assignment sent to another rank's expert
+//   flags      1 B back per assignment received from another rank
+//   rows       d_model x 4 B per accepted row sent, and the same per output
+//              returned for the rows other ranks sent it
+//   chunk      (1 + d_model) x 8 B per chunk part (a chunk's partial row sum)
+//              owned by another rank, and E x 4 B of logits back per part
+//              received; parts and owners follow the layout exactly
+// FFN FLOPs = 6 rows d_model d_ff (three GEMMs of 2 rows d_model d_ff; rows:
+// those its experts accept), router FLOPs = 2 rows E d_model (chunk policy:
+// the chunks it owns instead of rows). Both run at
+// `gemm_rate`; the profile lists no GEMM rate, so the planner uses its
+// float32 attention kernel rate at the largest listed head dim (the kernel's
+// most GEMM-like point; the stage's GEMMs are float32), times the rank's
+// threads over the oversubscription as for the ring (make_plan; the
+// problem's own rate when float32 is not listed). On a gpu profile this is the
+// device's rate, while the stage today runs its GEMMs on the host's OpenBLAS
+// (moe_ffn.cpp): the plan is then what a device implementation would reach.
+// All-to-all time = alltoalls x (P - 1) x latency + bytes sent / bandwidth over
+// the plan's link (the slowest the ranks use); the final all-reduces of the
+// statistics (a few E x 8 B) are not counted.
+// Memory: the held experts' weights (3 d_model d_ff x 4 B each) and the router,
+// the probabilities (rows x E x 4 B), the records (sent, grouped, received: 24 B
+// each) with their flags, slots and gates, the rows dispatched, received,
+// grouped and computed (d_model x 4 B each), Y (rows x d_model x 4 B), the
+// chunk sums, and two FFN tiles of min(1024, A) x d_ff x 4 B. X is the
+// attention's O (counted there).
+struct MoeRankPlan {
+  int rank = 0;
+  int experts = 0;              // h_r: experts held
+  double rows = 0;              // tokens held (B x its query tokens)
+  double assignments = 0;       // records it dispatches (k rows; expert choice: E min(C, rows))
+  double records_sent = 0;      // of which to other ranks
+  double records_received = 0;  // from other ranks (it returns their flags)
+  double rows_sent = 0;         // accepted rows dispatched to other ranks
+  double rows_received = 0;     // rows other ranks dispatch to it (their outputs go back)
+  double rows_computed = 0;     // rows its experts run (h_r A)
+  double chunk_parts_sent = 0;  // chunk policy: partial sums to other ranks' chunks
+  double chunk_parts_received = 0;
+  double bytes_sent = 0;  // all-to-all bytes to other ranks (above)
+  double ffn_flops = 0, router_flops = 0;
+  double ffn_s = 0, router_s = 0, alltoall_s = 0;
+  double seconds = 0;  // router + FFN + all-to-all
+  double memory = 0;   // bytes
+};
+
+struct MoePlan {
+  bool on = false;
+  std::string what;      // MoeConfig::describe()
+  int64_t tokens = 0;    // T
+  int64_t d_model = 0;   // Hq D
+  int64_t capacity = 0;  // C (INT64_MAX: dropless)
+  double requested = 0;  // per expert: k T / E (expert choice: min(C, T))
+  double accepted = 0;   // per expert: A
+  int alltoalls = 0;     // all-to-all calls of one pass
+  double gemm_rate = 0;  // FLOP/s of one rank for the router and the FFN
+  std::vector<MoeRankPlan> per_rank;
+  const MoeRankPlan& slowest() const;  // the largest seconds (per_rank non-empty)
+  double max_bytes_sent() const;
+  double max_memory() const;
+};
+
 struct MemoryBreakdown {  // bytes, one rank
   double q = 0, k = 0, v = 0, o = 0, lse = 0;
   double recv_buffers = 0;  // min(2, steps - 1) K/V blocks
@@ -113,8 +198,9 @@ struct MemoryBreakdown {  // bytes, one rank
   double shared = 0;     // sinks / global keys and global queries gathered from every rank
   double workspace = 0;  // kernel: packed K/V head + thread tiles (cpu)
   double stage = 0;      // the hierarchical stage (StagePlan::memory)
+  double moe = 0;        // the MoE stage (MoeRankPlan::memory)
   double total() const {
-    return q + k + v + o + lse + recv_buffers + partial + shared + workspace + stage;
+    return q + k + v + o + lse + recv_buffers + partial + shared + workspace + stage + moe;
   }
 };
 
@@ -153,6 +239,7 @@ struct Plan {
   std::vector<RankPlan> per_rank;
   std::vector<StepPlan> per_step;
   StagePlan stage;
+  MoePlan moe;  // in.moe on
   double predicted_s = 0;
   // Hiding.
   bool all_hidden = true;         // every transfer step hidden
@@ -169,14 +256,24 @@ struct Plan {
   bool fits = true;
 };
 
-// Throws FieldError naming the field (ranks, ranks_per_node, hardware, or a
-// problem field) when the input cannot be planned (P too large, a link the ring needs is missing).
+// Throws FieldError naming the field (ranks, ranks_per_node, hardware, a
+// problem field, or a moe_* field of validate_moe) when the input cannot be
+// planned (P too large, a link the ring needs is missing, E < P).
 Plan make_plan(const PlanInput& in, const HardwareProfile& hw);
 
 // The stage's figures for P ranks of the layouts (in.hier on), at `rate`
 // FLOP/s per rank over `link`.
 StagePlan plan_hierarchy_stage(const PlanInput& in, const Layout& ql, const Layout& kvl,
                                double rate, const LinkSpec& link);
+
+// The MoE stage's figures (in.moe on; above) for P ranks of the query layout,
+// at `gemm_rate` FLOP/s per rank over `link` (unused for one rank).
+MoePlan plan_moe_stage(const PlanInput& in, const Layout& ql, double gemm_rate,
+                       const LinkSpec& link);
+// The rate plan_moe_stage's GEMMs run at (see MoePlan): the profile's float32
+// kernel rate at its largest listed head dim x rank_rate / the problem's
+// kernel rate (threads, oversubscription); rank_rate when float32 is not listed.
+double moe_gemm_rate(const HardwareProfile& hw, const PlanInput& in, double rank_rate);
 
 // Smallest c >= 1 with a c^2 >= b c + L (see above); -1 when a <= 0.
 int64_t min_hiding_tokens(double a, double b, double latency_total);

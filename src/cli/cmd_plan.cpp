@@ -8,10 +8,12 @@
 //   ringattn plan --hardware h100-sxm --ranks 64 --seq-len 1048576 --heads 32 --kv-heads 8
 //       --head-dim 128 --dtype bf16 --causal
 //   ringattn plan --hardware cpu-2core --ranks-local 4 --seq-len 16384 --json
+//   ringattn plan --hardware h100-sxm --ranks 8 --seq-len 32768 --moe-experts 64 --moe-topk 2
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <optional>
 #include <set>
 #include <string>
@@ -19,11 +21,13 @@
 
 #include "cli/commands.hpp"
 #include "cli/metrics.hpp"
+#include "cli/moe_options.hpp"
 #include "cli/options.hpp"
 #include "cli/plan_report.hpp"
 #include "cli/problem_options.hpp"
 #include "cli/run_config.hpp"
 #include "ringattn/hardware.hpp"
+#include "ringattn/npy.hpp"
 #include "ringattn/plan.hpp"
 
 #ifndef RINGATTN_HARDWARE_DIR
@@ -49,7 +53,9 @@ CommandSpec plan_spec() {
       "step, per-step compute and transfer time, whether transfers hide behind compute and from\n"
       "how many tokens per rank they do, the predicted time, and what naive attention would\n"
       "need. The problem options are `ringattn run`'s; --hardware names a profile\n"
-      "(configs/hardware/*.ini, or one written by `ringattn calibrate`).";
+      "(configs/hardware/*.ini, or one written by `ringattn calibrate`). With --moe-experts it\n"
+      "also predicts the MoE stage after attention (balanced routing): capacity, all-to-all\n"
+      "bytes per rank, FFN and all-to-all time, memory.";
   s.usage = "--hardware NAME|FILE [--ranks P | --ranks-local P] [run's problem options]";
   s.options = {
       OptionSpec::text("hardware", "",
@@ -75,6 +81,12 @@ CommandSpec plan_spec() {
                       o.name == "dilation" || o.name == "sinks" || o.name == "global";
     if (kProblemOptions.count(o.name) == 0 && !mask) o.help = kRunOnly + o.help;
     s.options.push_back(std::move(o));
+  }
+  // The MoE stage's options (d_model = Hq D); skipped where run's spec already has them.
+  for (OptionSpec& o : moe_option_specs()) {
+    const bool known = std::any_of(s.options.begin(), s.options.end(),
+                                   [&](const OptionSpec& x) { return x.name == o.name; });
+    if (!known) s.options.push_back(std::move(o));
   }
   s.epilog =
       "--threads is the kernel threads of each rank on cpu profiles, as for run: 0 means cores / "
@@ -103,6 +115,23 @@ HardwareProfile load_profile(const std::string& value) {
   }
 }
 
+// The MoE options; with --moe-weights and no --moe-ffn, d_ff is w1.npy's (as run reads it).
+MoeConfig plan_moe_config(const ParsedOptions& opt, int64_t d_model) {
+  const MoeOptions m = parse_moe_options(opt, d_model);
+  MoeConfig c = m.config;
+  if (c.on() && !m.weights_dir.empty() && !opt.given("moe-ffn")) {
+    const std::string w1 = (std::filesystem::path(m.weights_dir) / "w1.npy").string();
+    try {
+      const NpyHeader h = read_npy_header(w1);
+      if (h.shape.size() != 3) throw Error(fmt::format("{} is not [E, d_model, d_ff]", w1));
+      c.d_ff = h.shape[2];
+    } catch (const Error& e) {
+      throw UsageError(fmt::format("option '--moe-weights': {}", e.what()));
+    }
+  }
+  return c;
+}
+
 }  // namespace
 
 int cmd_plan(int argc, char** argv) {
@@ -123,6 +152,7 @@ int cmd_plan(int argc, char** argv) {
                                      : 1;
   in.ranks_per_node = opt->integer_int("ranks-per-node");
   in.threads = opt->threads();
+  in.moe = plan_moe_config(*opt, cfg.hq * cfg.head_dim);
   Plan plan;
   try {
     plan = make_plan(in, hw);

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "cli/problem_options.hpp"
 #include "cli/table.hpp"
@@ -83,6 +84,26 @@ std::string hiding_text(const Plan& p) {
                          p.min_tokens_hidden, p.tokens_per_rank, p.visible_fraction);
 }
 
+std::string capacity_text(const MoePlan& m) {
+  return m.capacity == std::numeric_limits<int64_t>::max() ? std::string("dropless")
+                                                           : fmt::format("C={}", m.capacity);
+}
+
+// The MoE stage's line: capacity, bytes, FFN and all-to-all time (slowest rank).
+std::string moe_text(const Plan& p) {
+  const MoePlan& m = p.moe;
+  const MoeRankPlan& s = m.slowest();
+  return fmt::format(
+      "{}: {} tokens of d_model {}, capacity {} per expert, each accepting {:.1f} of the {:.1f} "
+      "asked (balanced routing); {} all-to-all bytes sent per rank (at most), {:.0f} rows to other "
+      "ranks; FFN {:.3f} ms ({:.4g} GFLOP at {}), all-to-all {:.3f} ms ({} exchanges), stage "
+      "{:.3f} ms (slowest rank {}); {} memory per rank",
+      m.what, m.tokens, m.d_model, capacity_text(m), m.accepted, m.requested,
+      format_bytes(m.max_bytes_sent()), s.rows_sent, s.ffn_s * kMs, s.ffn_flops / kGiga,
+      rate_text(m.gemm_rate), s.alltoall_s * kMs, m.alltoalls, s.seconds * kMs, s.rank,
+      format_bytes(m.max_memory()));
+}
+
 }  // namespace
 
 void print_plan(const PlanReport& r) {
@@ -147,13 +168,15 @@ void print_plan(const PlanReport& r) {
   const MemoryBreakdown& m = big.mem;
   line("memory (rank " + std::to_string(big.rank) + ")",
        fmt::format("{} = q {} + k {} + v {} + O {} + LSE {} + {} receive buffer{} {} + partial "
-                   "state {}{} + kernel workspace {}",
+                   "state {}{} + kernel workspace {}{}{}",
                    format_bytes(m.total()), format_bytes(m.q), format_bytes(m.k), format_bytes(m.v),
                    format_bytes(m.o), format_bytes(m.lse), m.recv_count,
                    m.recv_count == 1 ? "" : "s", format_bytes(m.recv_buffers),
                    format_bytes(m.partial),
                    m.shared > 0 ? " + shared rows " + format_bytes(m.shared) : std::string(),
-                   format_bytes(m.workspace)));
+                   format_bytes(m.workspace),
+                   m.stage > 0 ? " + hierarchy " + format_bytes(m.stage) : std::string(),
+                   m.moe > 0 ? " + moe " + format_bytes(m.moe) : std::string()));
   line("memory available", fmt::format("{} per rank: {}", format_bytes(p.memory_available),
                                        p.fits ? "fits" : "DOES NOT FIT"));
   line("ring steps",
@@ -189,6 +212,7 @@ void print_plan(const PlanReport& r) {
                      st.fetch_bound ? " at most (the chosen blocks depend on the data)" : "",
                      format_bytes(mx(st.memory))));
   }
+  if (p.moe.on) line("moe", moe_text(p));
   line("predicted time", fmt::format("{:.3f} ms (slowest rank {}), {}", p.predicted_s * kMs,
                                      slowest(p).rank, rate_text(p.total_flops / p.predicted_s)));
   line("naive attention",
@@ -212,6 +236,7 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
   const RankPlan& slow = slowest(p);
   double max_flops = 0;
   for (const RankPlan& k : p.per_rank) max_flops = std::max(max_flops, k.flops);
+  const MoeRankPlan moe_slow = p.moe.on ? p.moe.slowest() : MoeRankPlan{};
   std::vector<JsonObject> out;
   JsonObject s;
   AttentionProblem problem;
@@ -268,6 +293,24 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
                          : 0.0)
       .number("stage_max_bytes_sent",
               p.stage.on ? *std::max_element(p.stage.sent.begin(), p.stage.sent.end()) : 0.0)
+      .number("mem_moe", big.mem.moe)
+      .text("moe", p.moe.what)
+      .integer("moe_experts", p.moe.on ? p.in.moe.experts : 0)
+      .integer("moe_topk", p.moe.on ? p.in.moe.topk : 0)
+      .integer("moe_d_ff", p.moe.on ? p.in.moe.d_ff : 0)
+      .integer("moe_d_model", p.moe.d_model)
+      .integer("moe_capacity",
+               p.moe.capacity == std::numeric_limits<int64_t>::max() ? -1 : p.moe.capacity)
+      .number("moe_accepted_per_expert", p.moe.accepted)
+      .number("moe_rows_sent", moe_slow.rows_sent)
+      .number("moe_rows_computed", moe_slow.rows_computed)
+      .number("moe_bytes_sent", p.moe.max_bytes_sent())
+      .number("moe_ffn_gflop", moe_slow.ffn_flops / kGiga)
+      .number("moe_gemm_gflops", p.moe.gemm_rate / kGiga)
+      .number("moe_ffn_ms", moe_slow.ffn_s * kMs)
+      .number("moe_alltoall_ms", moe_slow.alltoall_s * kMs)
+      .number("moe_ms", moe_slow.seconds * kMs)
+      .number("moe_memory_bytes", p.moe.max_memory())
       .number("memory_available", p.memory_available)
       .boolean("fits", p.fits)
       .number("naive_score_bytes_per_head", p.naive_scores_per_head)

@@ -46,6 +46,7 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
   if (in.ranks_per_node < 0)
     throw FieldError("ranks_per_node", fmt::format("expected >= 0, got {}", in.ranks_per_node));
   in.validate();
+  validate_moe(in.moe, in.ranks);
   Plan p;
   p.in = in;
   const int np = in.ranks;
@@ -179,6 +180,17 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
       p.total_flops += 4.0 * double(in.head_dim) * p.stage.scores[ri];
       p.max_rank_memory = std::max(p.max_rank_memory, rp.mem.total());
     }
+  p.moe = plan_moe_stage(in, ql, moe_gemm_rate(hw, in, p.rate), p.link);
+  if (p.moe.on)
+    for (int r = 0; r < np; ++r) {
+      const auto ri = static_cast<std::size_t>(r);
+      RankPlan& rp = p.per_rank[ri];
+      const MoeRankPlan& mr = p.moe.per_rank[ri];
+      rp.mem.moe = mr.memory;
+      rp.flops += mr.ffn_flops + mr.router_flops;
+      p.total_flops += mr.ffn_flops + mr.router_flops;
+      p.max_rank_memory = std::max(p.max_rank_memory, rp.mem.total());
+    }
   p.memory_available = cpu ? hw.memory_bytes / p.ranks_per_node
                            : hw.memory_bytes / std::max(1.0, p.oversubscription);
   p.fits = p.max_rank_memory <= p.memory_available;
@@ -261,14 +273,23 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
     p.all_hidden = p.all_hidden && st.hidden;
   }
   p.bytes_per_step = rotations > 0 ? sent_total / double(rotations) : 0.0;
-  // The stage starts when the ring has ended everywhere (its first step is a collective).
+  // The stage starts when the ring has ended everywhere (its first step is a
+  // collective); so does the MoE stage after them (its first step is an all-to-all).
   double ring_end = 0;
   for (int r = 0; r < np; ++r) ring_end = std::max(ring_end, end[static_cast<std::size_t>(r)]);
   for (int r = 0; r < np; ++r) {
     const auto ri = static_cast<std::size_t>(r);
     p.per_rank[ri].total_s = end[ri] + (p.stage.on ? ring_end - end[ri] + p.stage.seconds[ri] : 0);
-    p.predicted_s = std::max(p.predicted_s, p.per_rank[ri].total_s);
   }
+  if (p.moe.on) {
+    double stage_end = 0;
+    for (const RankPlan& rp : p.per_rank) stage_end = std::max(stage_end, rp.total_s);
+    for (int r = 0; r < np; ++r) {
+      const auto ri = static_cast<std::size_t>(r);
+      p.per_rank[ri].total_s = stage_end + p.moe.per_rank[ri].seconds;
+    }
+  }
+  for (const RankPlan& rp : p.per_rank) p.predicted_s = std::max(p.predicted_s, rp.total_s);
 
   // Hiding condition.
   for (int r = 0; r < np; ++r) p.tokens_per_rank = std::max(p.tokens_per_rank, ql.tokens(r));
