@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 
+#include "cli/backend.hpp"
 #include "cli/commands.hpp"
 #include "cli/metrics.hpp"
 #include "cli/options.hpp"
@@ -18,57 +19,11 @@
 #include "cli/run_report.hpp"
 #include "ringattn/comm.hpp"
 #include "ringattn/comm_mpi.hpp"
-#include "ringattn/error.hpp"
 #include "ringattn/job.hpp"
 #include "ringattn/tempfiles.hpp"
 
 namespace ringattn::cli {
 namespace {
-
-struct Backend {
-  bool mpi = false;
-  int local_ranks = 1;  // the local backend's P
-};
-
-// --backend auto: MPI when started by an MPI launcher (and --ranks-local is not given),
-// else in-process ranks.
-Backend choose_backend(const ParsedOptions& opt) {
-  const std::string& name = opt.text("backend");
-  const bool ranks_given = opt.has("ranks-local");
-  if (name == "mpi") {
-    if (ranks_given)
-      throw UsageError(
-          "option '--ranks-local': applies to the local backend; with --backend mpi the "
-          "launcher sets the ranks (mpirun -np P)");
-    return {true, 0};
-  }
-  const int local = ranks_given ? opt.integer_int("ranks-local") : 1;
-  if (name == "local" || ranks_given || !launched_by_mpi()) return {false, local};
-  if (!mpi_built()) {
-    fmt::print(stderr,
-               "ringattn: warning: started by an MPI launcher, but this ringattn was built "
-               "without MPI: each process runs its own in-process job\n");
-    return {false, local};
-  }
-  return {true, 0};
-}
-
-// Under MPI every process resolves its own configuration; a failure there is reported with
-// the rank and ends the job like any other.
-RunConfig config_or_abort(Communicator& comm, const ParsedOptions& opt) {
-  int code = kExitFailure;
-  std::string message;
-  try {
-    return make_run_config(opt);
-  } catch (const UsageError& e) {
-    code = kExitUsage;
-    message = e.what();
-  } catch (const std::exception& e) {
-    message = e.what();
-  }
-  comm.abort(message, code);
-  throw Error(message);  // not reached; GCC does not apply [[noreturn]] to virtual calls
-}
 
 // Rank 0: the table, then (a run whose checks passed) the --metrics records.
 int finish(const RunConfig& cfg, JobReport job) {
@@ -97,7 +52,7 @@ int cmd_run(int argc, char** argv) {
   if (backend.mpi) {
     Communicator& comm = mpi_world();
     set_signal_context(comm.rank());
-    const RunConfig cfg = config_or_abort(comm, *opt);
+    const RunConfig cfg = resolve_or_abort(comm, [&] { return make_run_config(*opt); });
     if (comm.rank() == 0) MetricsFile::check_writable(cfg.metrics_path);
     JobReport job = run_job(comm, cfg);
     return comm.rank() == 0 ? finish(cfg, std::move(job)) : kExitOk;

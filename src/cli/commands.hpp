@@ -10,6 +10,7 @@ int cmd_attend(int argc, char** argv);
 int cmd_demo(int argc, char** argv);
 int cmd_bench_kernel(int argc, char** argv);
 int cmd_run(int argc, char** argv);
+int cmd_moe(int argc, char** argv);
 int cmd_mask(int argc, char** argv);
 int cmd_plan(int argc, char** argv);
 int cmd_calibrate(int argc, char** argv);

@@ -36,6 +36,8 @@ const Command kCommands[] = {
     {"demo", "run the kernel on random inputs and check it against the float64 reference",
      cmd_demo},
     {"run", "ring attention over P ranks (in-process or MPI), checked and timed", cmd_run},
+    {"moe", "the MoE routing stage alone over P ranks: routed, dispatched, run, combined, checked",
+     cmd_moe},
     {"bench-kernel", "benchmark the CPU kernel against the materialised OpenBLAS baseline",
      cmd_bench_kernel},
     {"mask", "draw a mask at block resolution (ASCII or SVG), with rank boundaries", cmd_mask},

@@ -51,6 +51,13 @@ JsonObject& JsonObject::integer(const std::string& key, int64_t v) {
   return *this;
 }
 
+JsonObject& JsonObject::integers(const std::string& key, const std::vector<int64_t>& v) {
+  std::string a = "[";
+  for (std::size_t i = 0; i < v.size(); ++i) a += fmt::format("{}{}", i > 0 ? ", " : "", v[i]);
+  fields_.emplace_back(key, a + "]");
+  return *this;
+}
+
 JsonObject& JsonObject::text(const std::string& key, const std::string& v) {
   fields_.emplace_back(key, quote(v));
   return *this;

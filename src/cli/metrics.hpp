@@ -15,6 +15,7 @@ class JsonObject {
  public:
   JsonObject& number(const std::string& key, double v);  // NaN/inf are written as null
   JsonObject& integer(const std::string& key, int64_t v);
+  JsonObject& integers(const std::string& key, const std::vector<int64_t>& v);  // an array
   JsonObject& text(const std::string& key, const std::string& v);
   JsonObject& boolean(const std::string& key, bool v);
   JsonObject& null(const std::string& key);

@@ -54,6 +54,14 @@ std::string option_for_field(const std::string& field) {
       {"moe_out", "moe-out"},
       {"moe_routing_out", "moe-routing-out"},
       {"moe_gates_out", "moe-gates-out"},
+      {"tokens", "tokens"},
+      {"d_model", "d-model"},
+      {"seq_len", "seq-len"},
+      {"x", "x"},
+      {"seed", "seed"},
+      {"warmup", "warmup"},
+      {"routing_out", "routing-out"},
+      {"gates_out", "gates-out"},
   };
   const auto it = kOptions.find(field);
   return it == kOptions.end() ? std::string() : it->second;

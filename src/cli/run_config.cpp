@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "cli/backend.hpp"
 #include "cli/harness.hpp"
 #include "cli/moe_options.hpp"
 #include "cli/problem_options.hpp"
@@ -36,12 +37,8 @@ CommandSpec run_spec() {
       "table and totals on rank 0.";
   s.usage = "[--ranks-local P | under mpirun] [--config configs/default.ini] [options]";
   s.options = {
-      OptionSpec::choice("backend", "auto", {"auto", "local", "mpi"},
-                         "ranks: local = threads of this process, mpi = one per MPI process "
-                         "(auto: mpi when started by an MPI launcher, else local)"),
-      OptionSpec::integer("ranks-local", "", "in-process ranks P (the local backend)")
-          .positive()
-          .shown_default("1"),
+      backend_option_spec(),
+      ranks_local_option_spec(),
       OptionSpec::integer("seed", "0", "seed of the generated inputs").non_negative(),
       OptionSpec::text("q", "",
                        "read queries from this global .npy, [B, N, Hq, D] or [N, Hq, D], "
