@@ -4,6 +4,9 @@
 #     float64 reference (--check-rows; "ok" for both in the summary) and writes its outputs;
 #   * hierarchical levels and block routing pass the same checks under MPI (their
 #     block means, requests and blocks go through MPI's collectives);
+#   * the MoE stage after attention passes its float64 check under MPI, and its routing
+#     output equals the in-process run's byte for byte; `ringattn moe` alone likewise,
+#     and its failing rank ends the job without leftovers;
 #   * a run whose rank 1 fails (--fail-rank 1) ends the whole job with a non-zero exit
 #     within FAIL_LIMIT_S seconds, names "rank 1" on stderr, and leaves neither the
 #     output nor a temporary file behind (the SIGTERM handler removes rank 0's).
@@ -29,13 +32,14 @@ failed=0
 pass() { echo "PASS: $*"; passed=$((passed + 1)); }
 fail() { echo "FAIL: $*"; failed=$((failed + 1)); }
 
+command=run  # the ringattn command launch runs
 launch() {  # launch NP DIR ARGS... ; sets rc and elapsed_ms; stdout/stderr in DIR
   local np=$1 dir=$2
   shift 2
   local t0
   t0=$(date +%s%N)
   # mpiexec forwards stdin to rank 0: give it none.
-  timeout "$HARD_LIMIT_S" "$mpiexec" --oversubscribe --bind-to none -n "$np" "$bin" run "$@" \
+  timeout "$HARD_LIMIT_S" "$mpiexec" --oversubscribe --bind-to none -n "$np" "$bin" "$command" "$@" \
     </dev/null >"$dir/stdout" 2>"$dir/stderr"
   rc=$?
   elapsed_ms=$((($(date +%s%N) - t0) / 1000000))
@@ -97,6 +101,53 @@ for np in 2 3; do
       cat "$dir/stdout" "$dir/stderr"
     fi
   done
+done
+
+# MoE: after attention in run, and alone in moe; routing must not depend on the communicator.
+moe=(--moe-experts 6 --moe-topk 2 --moe-ffn 96 --check-rows 16)
+for np in 2 3; do
+  dir="$scratch/np$np-moe-run"
+  rm -rf "$dir" && mkdir -p "$dir"
+  command=run
+  launch "$np" "$dir" "${common[@]}" --causal "${moe[@]}" --moe-out "$dir/y.npy" \
+    --moe-routing-out "$dir/r.npy"
+  "$bin" run --ranks-local "$np" "${common[@]}" --causal "${moe[@]}" \
+    --moe-routing-out "$dir/r_local.npy" >"$dir/stdout_local" 2>&1
+  if [[ $rc -eq 0 ]] && grep -q "^  moe check .*: ok" "$dir/stdout" && [[ -s $dir/y.npy ]] &&
+    cmp -s "$dir/r.npy" "$dir/r_local.npy"; then
+    pass "-n $np run with MoE ($(grep '^  dropped' "$dir/stdout" | sed 's/^ *//; s/  */ /g'))"
+  else
+    fail "-n $np run with MoE: exit $rc"
+    cat "$dir/stdout" "$dir/stderr"
+  fi
+
+  dir="$scratch/np$np-moe"
+  rm -rf "$dir" && mkdir -p "$dir"
+  command=moe
+  launch "$np" "$dir" --tokens 600 --d-model 64 "${moe[@]}" --no-baseline --threads 1 \
+    --routing-out "$dir/r.npy"
+  "$bin" moe --ranks-local "$np" --tokens 600 --d-model 64 "${moe[@]}" --no-baseline \
+    --threads 1 --routing-out "$dir/r_local.npy" >"$dir/stdout_local" 2>&1
+  if [[ $rc -eq 0 ]] && grep -q "^  moe check .*: ok" "$dir/stdout" &&
+    grep -q "P=$np (mpi)" "$dir/stdout" && cmp -s "$dir/r.npy" "$dir/r_local.npy"; then
+    pass "-n $np moe"
+  else
+    fail "-n $np moe: exit $rc"
+    cat "$dir/stdout" "$dir/stderr"
+  fi
+
+  dir="$scratch/np$np-moe-fail"
+  rm -rf "$dir" && mkdir -p "$dir"
+  launch "$np" "$dir" --tokens 600 --d-model 64 "${moe[@]}" --no-baseline --threads 1 \
+    --repeats 3 --fail-rank 1 --out "$dir/y.npy" --routing-out "$dir/r.npy"
+  left=$(leftovers "$dir")
+  if [[ $rc -ne 0 ]] && ((elapsed_ms < FAIL_LIMIT_S * 1000)) &&
+    grep -q "rank 1" "$dir/stderr" && [[ -z $left ]]; then
+    pass "-n $np moe --fail-rank 1: exit $rc after ${elapsed_ms} ms, nothing left behind"
+  else
+    fail "-n $np moe --fail-rank 1: exit $rc after ${elapsed_ms} ms, left: '${left}'"
+    cat "$dir/stderr"
+  fi
 done
 
 echo "$passed passed, $failed failed"

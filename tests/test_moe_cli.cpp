@@ -13,45 +13,20 @@
 #include "cli_fixture.hpp"
 #include "ringattn/moe.hpp"
 #include "ringattn/npy.hpp"
+#include "util.hpp"
 
 namespace ringattn {
 namespace {
 
 namespace fs = std::filesystem;
 using test::CliResult;
+using test::IntArray;
 
 constexpr int64_t kT = 256, kD = 32, kE = 8, kK = 2;
 
-// An int32 .npy (read_npy takes float types only): its shape and values.
-struct IntArray {
-  std::vector<int64_t> shape;
-  std::vector<int32_t> v;
-};
 IntArray read_int32_npy(const std::string& path) {
-  IntArray a;
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  EXPECT_NE(f, nullptr) << path;
-  if (f == nullptr) return a;
-  unsigned char pre[10];
-  EXPECT_EQ(std::fread(pre, 1, 10, f), 10u);
-  std::string head(static_cast<std::size_t>(pre[8] | pre[9] << 8), ' ');
-  EXPECT_EQ(std::fread(head.data(), 1, head.size(), f), head.size());
-  EXPECT_NE(head.find("'descr': '<i4'"), std::string::npos) << head;
-  const std::size_t open = head.find("'shape': (");
-  if (open != std::string::npos) {
-    std::size_t i = open + 10;
-    while (head[i] != ')') {
-      a.shape.push_back(std::stoll(head.substr(i)));
-      i = head.find_first_of(",)", i);
-      if (head[i] == ',') ++i;
-      while (head[i] == ' ') ++i;
-    }
-  }
-  int64_t n = 1;
-  for (const int64_t s : a.shape) n *= s;
-  a.v.resize(static_cast<std::size_t>(n));
-  EXPECT_EQ(std::fread(a.v.data(), sizeof(int32_t), a.v.size(), f), a.v.size());
-  std::fclose(f);
+  IntArray a = test::read_npy_i32(path);
+  EXPECT_NE(a.header.find("'descr': '<i4'"), std::string::npos) << path << ": " << a.header;
   return a;
 }
 
@@ -142,7 +117,7 @@ TEST_F(MoeCli, SmallRunPassesItsCheckAndRoutesAlikeOnEveryRankCount) {
     const std::vector<std::string> lines = test::lines_of(test::slurp(m));
     ASSERT_EQ(lines.size(), static_cast<std::size_t>(p) + 1);
     EXPECT_NE(lines.back().find("\"record\": \"summary\""), std::string::npos);
-    EXPECT_NE(lines.back().find("\"ref_pass\": true"), std::string::npos) << lines.back();
+    EXPECT_NE(lines.back().find("\"moe_ref_pass\": true"), std::string::npos) << lines.back();
     if (p == 1) {
       routing1 = rt.v, y1 = floats(yt);
       continue;
@@ -202,6 +177,28 @@ TEST_F(MoeCli, BadOptionsNameTheOptionAndWriteNothing) {
     std::vector<std::string> a = {"--d-model", "32", "--no-baseline"};
     a.insert(a.end(), c.args.begin(), c.args.end());
     expect_clean_failure(run(with_outputs(a)), c.names, outputs());
+  }
+}
+
+// `run` with the stage after attention: options that cannot run name themselves.
+TEST_F(MoeCli, RunWithTheStageRejectsWhatCannotRun) {
+  const std::string y = path("run_y.npy");
+  struct Case {
+    std::vector<std::string> args;
+    std::string names;
+  };
+  const std::vector<Case> cases = {
+      {{"--moe-out", y}, "--moe-out"},                                                  // no stage
+      {{"--moe-topk", "3"}, "--moe-topk"},                                              // no stage
+      {{"--moe-experts", "2", "--ranks-local", "4", "--moe-out", y}, "--moe-experts"},  // E < P
+      {{"--moe-experts", "4", "--moe-topk", "5", "--moe-out", y}, "--moe-topk"},
+      {{"--moe-experts", "4", "--device", "cuda", "--moe-out", y}, "--moe-experts"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.names);
+    std::vector<std::string> a = {"run", "--seq-len", "64", "--heads", "2", "--head-dim", "8"};
+    a.insert(a.end(), c.args.begin(), c.args.end());
+    expect_clean_failure(run_binary(a), c.names, {y});
   }
 }
 

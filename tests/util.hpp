@@ -138,24 +138,35 @@ inline bool bigbird_reference(int64_t bq, int64_t bk, int64_t window, int64_t gl
   return false;
 }
 
-// The int32 data of a version 1.0 .npy as ringattn writes them (routing
-// outputs; read_npy takes float arrays only); *header gets the header text.
-// Empty when the file cannot be read.
-inline std::vector<int32_t> read_npy_i32(const std::string& path, std::string* header = nullptr) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) return {};
-  unsigned char pre[10];
+// An int32 .npy as ringattn writes them (version 1.0; routing outputs, which
+// read_npy does not take): its header text, shape and values. Empty when the
+// file cannot be read.
+struct IntArray {
+  std::string header;
+  std::vector<int64_t> shape;
   std::vector<int32_t> v;
+};
+inline IntArray read_npy_i32(const std::string& path) {
+  IntArray a;
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) return a;
+  unsigned char pre[10];
   if (std::fread(pre, 1, sizeof(pre), f) == sizeof(pre)) {
-    std::string head(static_cast<std::size_t>(pre[8] | pre[9] << 8), ' ');
-    if (std::fread(head.data(), 1, head.size(), f) == head.size()) {
-      if (header != nullptr) *header = head;
-      int32_t x = 0;
-      while (std::fread(&x, sizeof(x), 1, f) == 1) v.push_back(x);
-    }
+    a.header.assign(static_cast<std::size_t>(pre[8] | pre[9] << 8), ' ');
+    if (std::fread(a.header.data(), 1, a.header.size(), f) != a.header.size()) a.header.clear();
   }
+  const std::size_t open = a.header.find("'shape': (");
+  for (std::size_t i = open == std::string::npos ? std::string::npos : open + 10;
+       i < a.header.size() && a.header[i] != ')';) {
+    a.shape.push_back(std::stoll(a.header.substr(i)));
+    i = a.header.find_first_of(",)", i);
+    if (i < a.header.size() && a.header[i] == ',') ++i;
+    while (i < a.header.size() && a.header[i] == ' ') ++i;
+  }
+  int32_t x = 0;
+  while (std::fread(&x, sizeof(x), 1, f) == 1) a.v.push_back(x);
   std::fclose(f);
-  return v;
+  return a;
 }
 
 }  // namespace ringattn::test

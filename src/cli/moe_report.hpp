@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,17 @@ struct MoeRunReport {
 };
 
 void print_moe_report(const MoeRunReport& r);
+
+// The pieces `run` shares (the stage after attention).
+using LineFn = std::function<void(const std::string& label, const std::string& value)>;
+// capacity, per-expert load, drops, unrouted tokens, losses
+void print_moe_summary(const MoeMetrics& m, int64_t tokens, const LineFn& line);
+void print_moe_check(const MoeCheck& k, const LineFn& line);  // "moe check ...: ok"
+// moe_rows_sent, moe_ms, moe_route_ms, ... of one rank.
+void add_moe_rank_keys(JsonObject& row, const MoeRankStats& s);
+// moe_experts ... moe_z_loss of the pass; moe_check_rows ... moe_ref_pass of the check.
+void add_moe_summary_keys(JsonObject& sum, const MoeConfig& c, const MoeMetrics& m);
+void add_moe_check_keys(JsonObject& sum, const MoeCheck& k);
 void write_moe_metrics(MetricsFile& file, const MoeRunReport& r);
 
 }  // namespace ringattn::cli

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "cli/moe_report.hpp"
 #include "cli/problem_options.hpp"
 #include "cli/table.hpp"
 #include "ringattn/memory.hpp"
@@ -176,6 +177,25 @@ void print_report(const RunReport& r) {
          fmt::format("{} vs float64 on {} sampled query rows x {} heads: {}",
                      error_text(v.err, v.tol), r.sampled->rows, c.hq, v.ok ? "ok" : "FAIL"));
   }
+  if (r.moe) {
+    const MoeMetrics& m = *r.moe;
+    MoeRankStats slow;  // the slowest rank's parts
+    int64_t sent = 0;
+    for (const RankStats& s : r.stats) {
+      if (s.moe.total_s >= slow.total_s) slow = s.moe;
+      sent += s.moe.bytes_sent;
+    }
+    line("moe", fmt::format("{} after attention: X = O [{} tokens, d_model {}]", c.moe.describe(),
+                            c.batch * c.nq, c.hq * c.head_dim));
+    line("moe time",
+         fmt::format("{:.3f} ms (slowest rank {}: route {:.3f}, dispatch {:.3f}, FFN {:.3f} at "
+                     "{:.1f} GFLOP/s, combine {:.3f}); {} sent in all; not in the times above",
+                     slow.total_s * kMs, slow.rank, slow.route_s * kMs, slow.dispatch_s * kMs,
+                     slow.ffn_s * kMs, slow.ffn_s > 0 ? slow.ffn_flops / slow.ffn_s / kGiga : 0.0,
+                     slow.combine_s * kMs, format_bytes(double(sent))));
+    print_moe_summary(m, c.batch * c.nq, line);
+    if (r.moe_check) print_moe_check(*r.moe_check, line);
+  }
   line("rank 0 gather peak", fmt::format("{}{}", format_bytes(double(r.rank0_output_peak)),
                                          r.verify ? " (with --verify's whole problem)" : ""));
   if (!r.outputs.empty()) line("outputs", join(r.outputs, ", "));
@@ -184,35 +204,38 @@ void print_report(const RunReport& r) {
 
 void write_metrics(MetricsFile& file, const RunReport& r) {
   const RunConfig& c = *r.cfg;
-  for (const RankStats& s : r.stats)
-    file.write(JsonObject()
-                   .text("command", "run")
-                   .text("record", "rank")
-                   .integer("rank", s.rank)
-                   .integer("tokens", s.q_tokens)
-                   .integer("kv_tokens", s.kv_tokens)
-                   .integer("threads", s.threads)
-                   .integer("steps", s.steps)
-                   .integer("computed_steps", s.computed_steps)
-                   .number("total_ms", s.total_s * kMs)
-                   .number("compute_ms", s.compute_s * kMs)
-                   .number("merge_ms", s.merge_s * kMs)
-                   .number("wait_ms", s.wait_s * kMs)
-                   .number("step_ms", s.step_mean_s * kMs)
-                   .integer("pairs", s.pairs)
-                   .integer("bytes_sent", s.bytes_sent)
-                   .integer("shared_bytes", s.shared_bytes)
-                   .integer("full_ring_bytes", s.full_ring_bytes)
-                   .integer("tiles_total", s.tiles_total)
-                   .integer("tiles_computed", s.tiles_computed)
-                   .integer("tiles_partial", s.tiles_partial)
-                   .integer("peak_bytes", s.peak_bytes)
-                   .number("stage_ms", s.stage_s * kMs)
-                   .number("stage_comm_ms", s.stage_comm_s * kMs)
-                   .integer("stage_bytes", s.stage_bytes)
-                   .number("stage_scores", s.stage_pair_evals)
-                   .integer("summaries", s.summaries)
-                   .integer("fetched_tokens", s.fetched_tokens));
+  for (const RankStats& s : r.stats) {
+    JsonObject row;
+    row.text("command", "run")
+        .text("record", "rank")
+        .integer("rank", s.rank)
+        .integer("tokens", s.q_tokens)
+        .integer("kv_tokens", s.kv_tokens)
+        .integer("threads", s.threads)
+        .integer("steps", s.steps)
+        .integer("computed_steps", s.computed_steps)
+        .number("total_ms", s.total_s * kMs)
+        .number("compute_ms", s.compute_s * kMs)
+        .number("merge_ms", s.merge_s * kMs)
+        .number("wait_ms", s.wait_s * kMs)
+        .number("step_ms", s.step_mean_s * kMs)
+        .integer("pairs", s.pairs)
+        .integer("bytes_sent", s.bytes_sent)
+        .integer("shared_bytes", s.shared_bytes)
+        .integer("full_ring_bytes", s.full_ring_bytes)
+        .integer("tiles_total", s.tiles_total)
+        .integer("tiles_computed", s.tiles_computed)
+        .integer("tiles_partial", s.tiles_partial)
+        .integer("peak_bytes", s.peak_bytes)
+        .number("stage_ms", s.stage_s * kMs)
+        .number("stage_comm_ms", s.stage_comm_s * kMs)
+        .integer("stage_bytes", s.stage_bytes)
+        .number("stage_scores", s.stage_pair_evals)
+        .integer("summaries", s.summaries)
+        .integer("fetched_tokens", s.fetched_tokens);
+    if (r.moe) add_moe_rank_keys(row, s.moe);
+    file.write(row);
+  }
   AttentionProblem problem;
   problem.batch = c.batch, problem.nq = c.nq, problem.nk = c.nk, problem.hq = c.hq;
   problem.hkv = c.hkv, problem.head_dim = c.head_dim, problem.dtype = c.dtype;
@@ -234,6 +257,8 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
       .integer("shared_keys", r.shared_keys)
       .integer("shared_queries", r.shared_queries)
       .text("hierarchy", c.hier.describe());
+  if (r.moe) add_moe_summary_keys(sum, c.moe, *r.moe);
+  if (r.moe_check) add_moe_check_keys(sum, *r.moe_check);
   if (r.sampled) {
     sum.integer("check_rows", r.sampled->rows)
         .number("ref_o_rel_err", r.sampled->err.o_rel_fro)
