@@ -169,7 +169,7 @@ TEST_F(Job, BlockRoutingWritesItsChoices) {
   const JobReport r = run_job_local(4, s);
   ASSERT_TRUE(r.sampled);
   EXPECT_TRUE(r.sampled->ok) << error_text(r.sampled->err, r.sampled->tol);
-  EXPECT_EQ(r.outputs.size(), 1u);  // O; the route file is committed with it
+  EXPECT_EQ(r.outputs, (std::vector<std::string>{s.out_path, s.route_path}));
   const Tensor q = generated(s, SynthStream::q, s.nq, s.hq),
                k = generated(s, SynthStream::k, s.nk, s.hkv),
                v = generated(s, SynthStream::v, s.nk, s.hkv);
