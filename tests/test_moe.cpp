@@ -327,6 +327,26 @@ TEST(MoeJob, ChecksAgainstTheReferenceOnEveryRankCount) {
   }
 }
 
+// The balance bias moves between passes; the check follows the last pass's bias.
+// The chunk policy through the job keeps chunks inside sequences of seq_len.
+TEST(MoeJob, BiasAcrossPassesAndChunksWithinSequences) {
+  MoeJobSpec spec;
+  spec.moe.experts = 4, spec.moe.topk = 1, spec.moe.d_ff = 32, spec.moe.bias_rate = 0.05;
+  spec.tokens = 256, spec.d_model = 16, spec.seed = 4, spec.check_rows = 32, spec.repeats = 3;
+  const MoeJobReport a = run_moe_job_local(2, spec);
+  ASSERT_TRUE(a.check);
+  EXPECT_TRUE(a.check->ok) << a.check->failure;
+  EXPECT_NE(a.metrics.next_bias, std::vector<float>(4, 0.0f));
+  spec.moe.bias_rate = 0, spec.repeats = 1;
+  spec.moe.policy = MoePolicy::chunk, spec.moe.chunk = 16, spec.seq_len = 64;
+  for (int ranks : {1, 3}) {
+    const MoeJobReport b = run_moe_job_local(ranks, spec);
+    ASSERT_TRUE(b.check);
+    EXPECT_TRUE(b.check->ok) << b.check->failure;
+    for (int64_t l : b.metrics.load) EXPECT_EQ(l % 16, 0);  // whole chunks only
+  }
+}
+
 // The stage after attention in the ring job: X = the ring's output; the job's
 // check (the float64 reference on the gathered X) passes for every P and
 // layout, and Y, routing and gates do not depend on them.
