@@ -2,6 +2,8 @@
 // and the ranks allgather the hashes (ringattn/job.hpp).
 #include <fmt/format.h>
 
+#include "job/rank_guard.hpp"
+#include "ringattn/error.hpp"
 #include "ringattn/job.hpp"
 
 namespace ringattn {
@@ -31,4 +33,15 @@ std::string config_mismatch(const std::vector<uint64_t>& hashes) {
   return "";
 }
 
+namespace job {
+
+void check_same_config(Communicator& comm, const std::string& config_text) {
+  const uint64_t mine = config_hash(config_text);
+  std::vector<uint64_t> all(static_cast<std::size_t>(comm.size()));
+  comm.allgather(&mine, sizeof(mine), all.data());
+  const std::string mismatch = config_mismatch(all);
+  if (!mismatch.empty()) throw Error(mismatch);
+}
+
+}  // namespace job
 }  // namespace ringattn

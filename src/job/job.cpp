@@ -13,6 +13,7 @@
 #include "job/inputs.hpp"
 #include "job/moe_parts.hpp"
 #include "job/outputs.hpp"
+#include "job/rank_guard.hpp"
 #include "job/sample_check.hpp"
 #include "job/verify.hpp"
 #include "ringattn/error.hpp"
@@ -25,17 +26,8 @@ namespace ringattn {
 namespace {
 
 constexpr const char* kInjectedFailure = "injected failure (fail_rank)";
-constexpr int kExitFailure = 1;  // what a failed job's processes exit with under MPI
 // Tokens whose MoE output --verify checks against the float64 reference (routing: all).
 constexpr int64_t kMoeVerifyRows = 64;
-
-void check_same_config(Communicator& comm, const JobSpec& spec) {
-  const uint64_t mine = config_hash(spec.config_text());
-  std::vector<uint64_t> all(static_cast<std::size_t>(comm.size()));
-  comm.allgather(&mine, sizeof(mine), all.data());
-  const std::string mismatch = config_mismatch(all);
-  if (!mismatch.empty()) throw Error(mismatch);
-}
 
 // One warning line when some rank holds no query or no key/value tokens.
 void warn_empty_ranks(const JobSpec& spec, const Layout& ql, const Layout& kvl) {
@@ -94,7 +86,7 @@ CheckResult check_result(const JobSpec& spec, const ErrorStats& err, int64_t row
 
 JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   spec.validate();
-  check_same_config(comm, spec);
+  job::check_same_config(comm, spec.config_text());
   const int np = comm.size(), rank = comm.rank();
   if (spec.fail_rank >= np)
     throw FieldError("fail_rank",
@@ -295,19 +287,8 @@ int rank_threads(const JobSpec& spec, const Communicator& comm) {
 }
 
 JobReport run_job(Communicator& comm, const JobSpec& spec) {
-  install_temp_cleanup_handlers();
-  // One process per rank (MPI): a signal's stderr line names the rank. In-process ranks share
-  // the process, whose line names none.
-  if (comm.backend() != "local") set_signal_context(comm.rank());
-  try {
-    return run_rank(comm, spec);
-  } catch (const std::exception& e) {
-    // Locals are gone (uncommitted outputs removed); make sure before the job ends by abort.
-    remove_registered_temps();
-    std::fflush(stdout);
-    comm.abort(spec.describe_error ? spec.describe_error(e) : std::string(e.what()), kExitFailure);
-    throw;  // not reached under MPI; in-process ranks end with the first error
-  }
+  return job::run_guarded(
+      comm, [&] { return run_rank(comm, spec); }, spec.describe_error);
 }
 
 JobReport run_job_local(int ranks, const JobSpec& spec) {

@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "job/moe_parts.hpp"
+#include "job/rank_guard.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/job.hpp"  // config_hash, config_mismatch
 #include "ringattn/memory.hpp"
@@ -18,7 +19,6 @@
 namespace ringattn {
 namespace {
 
-constexpr int kExitFailure = 1;
 constexpr int kNdimX = 2;  // X [T, d_model]
 
 int moe_threads(const MoeJobSpec& spec, const Communicator& comm) {
@@ -45,13 +45,7 @@ std::vector<float> load_x(const MoeJobSpec& spec, const Layout& l, int rank) {
 
 MoeJobReport run_rank(Communicator& comm, const MoeJobSpec& spec) {
   spec.validate(comm.size());
-  {
-    const uint64_t mine = config_hash(spec.config_text());
-    std::vector<uint64_t> all(static_cast<std::size_t>(comm.size()));
-    comm.allgather(&mine, sizeof(mine), all.data());
-    const std::string mismatch = config_mismatch(all);
-    if (!mismatch.empty()) throw Error(mismatch);
-  }
+  job::check_same_config(comm, spec.config_text());
   const int np = comm.size(), rank = comm.rank();
   const int threads = moe_threads(spec, comm);
   omp_set_num_threads(threads);
@@ -128,12 +122,7 @@ void MoeJobSpec::validate(int ranks) const {
                      fmt::format("{} tokens are not whole sequences of {}", tokens, seq_len));
   if (!moe.on()) throw FieldError("moe_experts", "the MoE job needs experts (E >= 1)");
   validate_moe(moe, ranks);
-  if (repeats < 1) throw FieldError("repeats", fmt::format("expected >= 1, got {}", repeats));
-  if (warmup < 0) throw FieldError("warmup", fmt::format("expected >= 0, got {}", warmup));
-  if (check_rows < 0)
-    throw FieldError("check_rows", fmt::format("expected >= 0, got {}", check_rows));
-  if (fail_rank < -1)
-    throw FieldError("fail_rank", fmt::format("expected -1 (none) or a rank, got {}", fail_rank));
+  job::check_execution(repeats, warmup, check_rows, fail_rank);
 }
 
 std::string MoeJobSpec::config_text() const {
@@ -153,16 +142,8 @@ double MoeJobReport::slowest_s() const {
 }
 
 MoeJobReport run_moe_job(Communicator& comm, const MoeJobSpec& spec) {
-  install_temp_cleanup_handlers();
-  if (comm.backend() != "local") set_signal_context(comm.rank());
-  try {
-    return run_rank(comm, spec);
-  } catch (const std::exception& e) {
-    remove_registered_temps();
-    std::fflush(stdout);
-    comm.abort(e.what(), kExitFailure);
-    throw;
-  }
+  return job::run_guarded(
+      comm, [&] { return run_rank(comm, spec); }, nullptr);
 }
 
 MoeJobReport run_moe_job_local(int ranks, const MoeJobSpec& spec) {

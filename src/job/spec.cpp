@@ -3,6 +3,7 @@
 
 #include <utility>
 
+#include "job/rank_guard.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/job.hpp"
 #include "ringattn/npy.hpp"  // same_file
@@ -35,12 +36,7 @@ void JobSpec::validate() const {
   AttentionProblem::validate();
   if (nq < 1) throw FieldError("nq", fmt::format("expected at least one query token, got {}", nq));
   if (nk < 1) throw FieldError("nk", fmt::format("expected at least one key token, got {}", nk));
-  if (repeats < 1) throw FieldError("repeats", fmt::format("expected >= 1, got {}", repeats));
-  if (warmup < 0) throw FieldError("warmup", fmt::format("expected >= 0, got {}", warmup));
-  if (check_rows < 0)
-    throw FieldError("check_rows", fmt::format("expected >= 0, got {}", check_rows));
-  if (fail_rank < -1)
-    throw FieldError("fail_rank", fmt::format("expected -1 (none) or a rank, got {}", fail_rank));
+  job::check_execution(repeats, warmup, check_rows, fail_rank);
   // Outputs are compared as files (./o.npy, a/../o.npy and symlinks are one file).
   if (!lse_path.empty() && !out_path.empty() && same_file(lse_path, out_path))
     throw FieldError("lse_out", fmt::format("'{}' is the same file as the O output '{}'; give "
@@ -64,6 +60,19 @@ void JobSpec::validate() const {
       if (!path->empty()) throw FieldError(field, "needs the MoE stage (moe_experts > 0)");
   check_device(device, *this);
 }
+
+namespace job {
+
+void check_execution(int repeats, int warmup, int64_t check_rows, int fail_rank) {
+  if (repeats < 1) throw FieldError("repeats", fmt::format("expected >= 1, got {}", repeats));
+  if (warmup < 0) throw FieldError("warmup", fmt::format("expected >= 0, got {}", warmup));
+  if (check_rows < 0)
+    throw FieldError("check_rows", fmt::format("expected >= 0, got {}", check_rows));
+  if (fail_rank < -1)
+    throw FieldError("fail_rank", fmt::format("expected -1 (none) or a rank, got {}", fail_rank));
+}
+
+}  // namespace job
 
 std::string JobSpec::mask_description() const {
   return mask_text.empty() ? mask_fields(mask) : mask_text;
