@@ -21,6 +21,7 @@
 #include "ringattn/dtype.hpp"
 #include "ringattn/hierarchy.hpp"
 #include "ringattn/mask.hpp"
+#include "ringattn/quant.hpp"
 
 namespace ringattn {
 
@@ -81,6 +82,11 @@ struct AttentionArgs : AttentionProblem {
   const void* v = nullptr;
   Positions qpos;  // global positions of the queries
   Positions kpos;  // global positions of the keys
+  // Quantized K and V instead of k and v (ringattn/quant.hpp; kq.fmt.on() when
+  // set): row (b nk + j) Hkv + h holds key j of batch b, K/V head h. The kernel
+  // dequantizes them while it packs its tiles; k and v are unused then.
+  QuantRows kq, vq;
+  bool quantized() const { return kq.fmt.on(); }
 
   AttentionArgs() = default;
   explicit AttentionArgs(const AttentionProblem& p) : AttentionProblem(p) {}

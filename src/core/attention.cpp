@@ -45,6 +45,21 @@ void AttentionArgs::validate_args(HeadDims dims) const {
     throw FieldError("positions",
                      fmt::format("strides must be >= 1, got {} (queries) and {} (keys)",
                                  qpos.stride, kpos.stride));
+  if (quantized()) {
+    validate_quant(kq.fmt, head_dim);
+    const int64_t rows = batch * nk * hkv;
+    for (const QuantRows* x : {&kq, &vq})
+      if (x->fmt.bits != kq.fmt.bits || x->fmt.group != kq.fmt.group ||
+          x->fmt.asymmetric != kq.fmt.asymmetric || x->d != head_dim || x->rows < rows ||
+          (rows > 0 && (x->codes == nullptr || x->scales == nullptr ||
+                        (x->fmt.asymmetric && x->lo == nullptr))))
+        throw FieldError("data",
+                         fmt::format("quantized K/V: {} rows of {} channels ({}) for {} rows of "
+                                     "{}",
+                                     x->rows, x->d, x->fmt.describe(), rows, head_dim));
+    if (nq > 0 && q == nullptr) throw FieldError("data", "q is null");
+    return;
+  }
   if ((nq > 0 && q == nullptr) || (nk > 0 && (k == nullptr || v == nullptr)))
     throw FieldError("data", "q, k or v is null");
 }

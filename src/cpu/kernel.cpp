@@ -122,6 +122,10 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
             "packed V");
   const int64_t ws_floats = K.workspace_floats(dp);
   Buffer ws(static_cast<std::size_t>(ws_floats * threads) * sizeof(float), "kernel workspace");
+  // Quantized K/V: each thread dequantizes one panel of keys (K then V rows) before packing it.
+  const int64_t deq_floats = 2 * int64_t{K.panel} * d;
+  Buffer deq(a.quantized() ? static_cast<std::size_t>(deq_floats * threads) * sizeof(float) : 0,
+             "dequantized K/V panel");
   std::vector<KernelStats> stats(static_cast<std::size_t>(threads));
 
   const int64_t kv_stride = a.hkv * d;  // elements between tokens of K/V
@@ -137,9 +141,24 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
         const int tid = omp_get_thread_num();
 #pragma omp for schedule(static)
         for (int64_t p = 0; p < npanels; ++p) {
-          K.pack_kv(static_cast<const char*>(a.k) + kv_off, static_cast<const char*>(a.v) + kv_off,
-                    a.dtype, kv_stride, a.nk, d, p * K.panel, (p + 1) * K.panel, kp.as<float>(),
-                    vp.as<float>(), dp, K.panel);
+          const int64_t j0 = p * K.panel;
+          if (a.quantized()) {
+            // Dequantize this panel's keys into float32 rows, then pack them like float32 K/V.
+            float* kd = deq.as<float>() + tid * deq_floats;
+            float* vd = kd + int64_t{K.panel} * d;
+            const int64_t n = std::clamp<int64_t>(a.nk - j0, 0, K.panel);
+            for (int64_t j = 0; j < n; ++j) {
+              const int64_t row = (b * a.nk + j0 + j) * a.hkv + hk;
+              dequantize_rows(a.kq, row, 1, kd + j * d);
+              dequantize_rows(a.vq, row, 1, vd + j * d);
+            }
+            K.pack_kv(kd, vd, DType::f32, d, n, d, 0, K.panel, kp.as<float>() + j0 * dp,
+                      vp.as<float>() + j0 * dp, dp, K.panel);
+          } else {
+            K.pack_kv(static_cast<const char*>(a.k) + kv_off,
+                      static_cast<const char*>(a.v) + kv_off, a.dtype, kv_stride, a.nk, d, j0,
+                      j0 + K.panel, kp.as<float>(), vp.as<float>(), dp, K.panel);
+          }
         }
         float* my_ws = ws.as<float>() + tid * ws_floats;
         KernelStats& my = stats[static_cast<std::size_t>(tid)];
