@@ -16,10 +16,14 @@
 #include <cstdio>
 #include <vector>
 
+#include "ring_cases.hpp"
+#include "ringattn/comm.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/quant.hpp"
 #include "ringattn/reference.hpp"
+#include "ringattn/ring.hpp"
+#include "ringattn/schedule.hpp"
 #include "util.hpp"
 
 namespace ringattn {
@@ -105,6 +109,109 @@ TEST(KvQuant, BadQuantizedArgumentsAreErrors) {
   a.vq = vq.rows;
   a.kq.fmt.group = 48;
   EXPECT_THROW(test::run_kernel(a), FieldError);
+}
+
+// Global position of local index `i` of `rank`.
+int64_t position_of(const Layout& l, int rank, int64_t i) {
+  for (const Segment& s : l.segments(rank))
+    if (i >= s.local_offset && i < s.local_offset + s.count)
+      return s.start + (i - s.local_offset) * s.stride;
+  return -1;
+}
+
+// K/V with a quantized wire, as query rank r sees them: its own keys and the
+// shared rows (sinks, global keys gathered once) exact, every other key's rows
+// dequantized (quantization is per token-head row, so a round trip of the row
+// is what crossing the wire does to it).
+Tensor as_seen_by(const Tensor& kv, const QuantFormat& f, const Layout& kvl,
+                  const std::vector<uint8_t>& shared, int rank) {
+  Tensor t(DType::f32, kv.shape);
+  const int64_t b = kv.shape[0], n = kv.shape[1], h = kv.shape[2], d = kv.shape[3];
+  std::vector<uint8_t> buf(at(f.row_bytes(d)));
+  const QuantRows q = QuantRows::in_buffer(f, 1, d, buf.data());
+  for (int64_t bi = 0; bi < b; ++bi)
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t hh = 0; hh < h; ++hh) {
+        const int64_t off = ((bi * n + j) * h + hh) * d;
+        const float* src = kv.as<float>() + off;
+        float* dst = t.as<float>() + off;
+        if (kvl.local_index(rank, j) >= 0 || shared[at(j)]) {
+          std::copy_n(src, d, dst);
+        } else {
+          quantize_rows(src, 1, q);
+          dequantize_rows(q, 0, 1, dst);
+        }
+      }
+  return t;
+}
+
+TEST(KvQuant, RingWithAQuantizedWireEqualsTheReferenceOfWhatTravelled) {
+  const int64_t b = 2, n = 157, hq = 4, hkv = 2, d = 64;
+  test::Problem p = test::make_problem(b, n, n, hq, hkv, d, DType::f32, 21);
+  Mask sinks = Mask::causal(0);
+  sinks.lo = -40, sinks.sinks = 3;  // a window of 41 keys plus 3 sinks
+  const std::vector<std::pair<const char*, Mask>> masks = {
+      {"full", Mask::none()}, {"causal", Mask::causal(0)}, {"window+sinks", sinks}};
+  QuantFormat i8, i4a;
+  i8.bits = QuantBits::int8;
+  i4a.bits = QuantBits::int4, i4a.group = 32, i4a.asymmetric = true;
+  for (const QuantFormat& f : {i8, i4a})
+    for (const auto& [mname, mask] : masks)
+      for (int ranks : {1, 2, 3, 4})
+        for (LayoutKind kind : {LayoutKind::contiguous, LayoutKind::zigzag, LayoutKind::striped}) {
+          if (ranks == 1 && kind != LayoutKind::contiguous) continue;
+          // Sanitized builds: the edges (P = 1, 3) on two layouts.
+          if (test::kSanitized && (ranks % 2 == 0 || kind == LayoutKind::striped)) continue;
+          SCOPED_TRACE(f.describe() + " " + mname + " P=" + std::to_string(ranks) + " " +
+                       layout_name(kind));
+          const Layout ql(kind, n, ranks), kvl(kind, n, ranks);
+          const RingSchedule sch = make_ring_schedule(ql, kvl, mask);
+          std::vector<uint8_t> shared(at(n), 0);
+          for (int x = 0; x < ranks && sch.shared.on(); ++x)
+            for (const Chunk& c : sch.shared.key_chunks[at(x)])
+              for (int64_t i = 0; i < c.count; ++i)
+                shared[at(position_of(kvl, x, c.local + i))] = 1;
+          std::vector<int64_t> sent(at(ranks), 0), full(at(ranks), 0);
+          run_local(ranks, [&](Communicator& comm) {
+            const int r = comm.rank();
+            const Tensor q = test::slice_tokens(p.q, ql, r), k = test::slice_tokens(p.k, kvl, r),
+                         v = test::slice_tokens(p.v, kvl, r);
+            RingProblem rp(p.args);
+            rp.mask = mask;
+            rp.q_layout = &ql, rp.kv_layout = &kvl;
+            rp.q = q.data.data(), rp.k = k.data.data(), rp.v = v.data.data();
+            rp.kv_wire = f;
+            const int64_t nq = ql.tokens(r);
+            std::vector<float> o(at(b * nq * hq * d)), lse(at(b * hq * nq));
+            const RingMetrics m = ring_attention(comm, sch, rp, o.data(), lse.data());
+            sent[at(r)] = m.bytes_sent;
+            // The reference of what this rank's queries saw.
+            AttentionArgs ref_args = p.args;
+            ref_args.mask = mask;
+            const Tensor kr = as_seen_by(p.k, f, kvl, shared, r),
+                         vr = as_seen_by(p.v, f, kvl, shared, r);
+            ref_args.k = kr.data.data(), ref_args.v = vr.data.data();
+            std::vector<int64_t> rows;
+            for (int64_t i = 0; i < nq; ++i) rows.push_back(position_of(ql, r, i));
+            const ReferenceResult ref = reference_attention_rows(ref_args, rows);
+            AttentionArgs mine = ref_args;
+            mine.nq = nq;
+            const ErrorStats e = compare_to_reference(mine, o.data(), lse.data(), ref);
+            const Tolerance tol = tolerance_for(DType::f32);
+            EXPECT_LE(e.o_rel_fro, tol.o_rel_fro) << "rank " << r;
+            EXPECT_LE(e.lse_max_scaled, tol.lse_max_abs) << "rank " << r;
+            EXPECT_EQ(e.lse_mismatch, 0) << "rank " << r;
+          });
+          // What travelled: quantized rows (codes + scales) instead of float32 ones.
+          if (ranks > 1 && !mask.is_none() && mname == std::string("causal") &&
+              kind == LayoutKind::contiguous) {
+            const int64_t row_fp = d * 4, row_q = f.row_bytes(d);
+            // contiguous causal: rank r sends its block to every later rank (direct) or on.
+            EXPECT_GT(sent[0], 0);
+            EXPECT_EQ(sent[0] % (2 * b * hkv * row_q), 0);
+            EXPECT_LT(row_q * 3, row_fp);
+          }
+        }
 }
 
 }  // namespace

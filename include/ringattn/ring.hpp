@@ -10,6 +10,9 @@
 //       wait for the transfers; the received block is held next
 //   send the global queries' partial states to their owners, merge them by LSE
 //
+// With a quantized wire format (RingProblem::kv_wire) the blocks travel as
+// INT8/INT4 codes plus scales: each rank quantizes its own block once, up front.
+//
 // Step 0 computes on the caller's own K/V; later steps on two receive buffers
 // that alternate (double buffering), so the next transfer is in flight during
 // the current compute. K and V travel as two messages (tags 2s, 2s + 1). Sends
@@ -49,6 +52,12 @@ struct RingProblem : AttentionProblem {
   const void* q = nullptr;  // local [B, q_layout.tokens(rank), Hq, D], storage dtype
   const void* k = nullptr;  // local [B, kv_layout.tokens(rank), Hkv, D]
   const void* v = nullptr;
+  // K/V on the wire (ringattn/quant.hpp; off: the storage dtype): blocks travel
+  // as codes and scales, quantized once by their owner; the receiving kernel
+  // dequantizes them while it packs its tiles. A rank's own block stays exact,
+  // and so do the shared rows (sinks, global tokens: they travel once, in the
+  // storage dtype). CPU engine only.
+  QuantFormat kv_wire;
 };
 
 struct RingMetrics {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <vector>
 
 #include "ring/ring_shared.hpp"
 #include "ringattn/error.hpp"
@@ -16,10 +17,30 @@ double since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Bytes of the K/V block held by `rank`: K [B, n, Hkv, D] then V likewise.
+// Token-head rows of the K/V block held by `rank`.
+int64_t block_rows(const RingProblem& p, int rank) {
+  return p.batch * p.kv_layout->tokens(rank) * p.hkv;
+}
+
+// Bytes of the K/V block `rank` sends: K [B, n, Hkv, D] then V likewise, in the
+// storage dtype or the wire format (codes, scales and zero points per row).
 std::size_t block_bytes(const RingProblem& p, int rank) {
-  return 2 * static_cast<std::size_t>(p.batch * p.kv_layout->tokens(rank) * p.hkv * p.head_dim) *
-         dtype_size(p.dtype);
+  const int64_t row =
+      p.kv_wire.on() ? p.kv_wire.row_bytes(p.head_dim) : p.head_dim * int64_t(dtype_size(p.dtype));
+  return 2 * static_cast<std::size_t>(block_rows(p, rank) * row);
+}
+
+// rows x d values of `dtype` quantized into q, a chunk of rows at a time through float32.
+void quantize_block(const void* src, DType dtype, int64_t rows, int64_t d, const QuantRows& q) {
+  constexpr int64_t kChunkRows = 256;
+  std::vector<float> tmp(static_cast<std::size_t>(std::min(rows, kChunkRows) * d));
+  for (int64_t r0 = 0; r0 < rows; r0 += kChunkRows) {
+    const int64_t n = std::min(kChunkRows, rows - r0);
+    for (int64_t i = 0; i < n * d; ++i)
+      tmp[static_cast<std::size_t>(i)] =
+          load_as_f32(src, dtype, static_cast<std::size_t>(r0 * d + i));
+    quantize_rows(tmp.data(), n, q.from(r0));
+  }
 }
 
 void check_problem(const Communicator& comm, const RingSchedule& sch, const RingProblem& p) {
@@ -33,6 +54,7 @@ void check_problem(const Communicator& comm, const RingSchedule& sch, const Ring
     throw Error(fmt::format("ring: layouts of {}/{} tokens for a problem of Nq={} Nk={}",
                             p.q_layout->length(), p.kv_layout->length(), p.nq, p.nk));
   p.validate();
+  if (p.kv_wire.on()) validate_quant(p.kv_wire, p.head_dim);
 }
 
 }  // namespace
@@ -61,6 +83,20 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
     const Clock::time_point t0 = Clock::now();
     shared = std::make_unique<detail::SharedRows>(comm, eng, sch, p, &m.shared_bytes);
     m.wait_s += since(t0);
+  }
+
+  // The own block in the wire format, quantized once: what this rank sends.
+  std::unique_ptr<EngineBuffer> own_wire;
+  if (p.kv_wire.on() && sch.steps > 1) {
+    if (eng.name() != "cpu")
+      throw FieldError("kv_wire",
+                       fmt::format("quantized K/V runs on the cpu engine, not {}", eng.name()));
+    own_wire = eng.alloc(std::max<std::size_t>(block_bytes(p, r), 1), "own K/V block (wire)");
+    const int64_t rows = block_rows(p, r);
+    char* base = own_wire->as<char>();
+    quantize_block(p.k, p.dtype, rows, d, QuantRows::in_buffer(p.kv_wire, rows, d, base));
+    quantize_block(p.v, p.dtype, rows, d,
+                   QuantRows::in_buffer(p.kv_wire, rows, d, base + block_bytes(p, r) / 2));
   }
 
   // Receive buffers: step s >= 1 computes on buffer (s - 1) % 2, step 0 on the
@@ -96,9 +132,13 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
       }
       if (nx.send_to >= 0) {
         // ring: pass on the held block; direct: send the own block.
-        const bool own = sch.transfer == Transfer::direct;
-        const char* k = own ? static_cast<const char*>(p.k) : held_k;
-        const char* v = own ? static_cast<const char*>(p.v) : held_v;
+        // A quantized wire sends the own block's codes (held at step 0 is the exact block).
+        const bool own = sch.transfer == Transfer::direct || (s == 0 && own_wire);
+        const char* own_k = own_wire ? own_wire->as<char>() : static_cast<const char*>(p.k);
+        const char* own_v =
+            own_wire ? own_k + block_bytes(p, r) / 2 : static_cast<const char*>(p.v);
+        const char* k = own ? own_k : held_k;
+        const char* v = own ? own_v : held_v;
         const std::size_t out_half = own ? block_bytes(p, r) / 2 : half;
         if (k == nullptr) throw Error("ring: schedule sends a block this rank does not hold");
         send_k = comm.isend(k, out_half, nx.send_to, 2 * (s + 1));
@@ -118,10 +158,17 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
         a.qpos = qs.positions(), a.kpos = ks.positions();
         a.q = static_cast<const char*>(p.q) +
               static_cast<std::size_t>((b * nq + qs.local_offset) * p.hq * d) * esz;
-        const std::size_t k_off =
-            static_cast<std::size_t>((b * nk_src + ks.local_offset) * p.hkv * d) * esz;
-        a.k = held_k + k_off;
-        a.v = held_v + k_off;
+        if (s > 0 && p.kv_wire.on()) {  // a received block: codes and scales
+          const int64_t rows = block_rows(p, st.source);
+          const int64_t row0 = (b * nk_src + ks.local_offset) * p.hkv;
+          a.kq = QuantRows::in_buffer(p.kv_wire, rows, d, const_cast<char*>(held_k)).from(row0);
+          a.vq = QuantRows::in_buffer(p.kv_wire, rows, d, const_cast<char*>(held_v)).from(row0);
+        } else {
+          const std::size_t k_off =
+              static_cast<std::size_t>((b * nk_src + ks.local_offset) * p.hkv * d) * esz;
+          a.k = held_k + k_off;
+          a.v = held_v + k_off;
+        }
         m.tiles += eng.attend_merge(a, acc, b, qs.local_offset, *work);
       }
     }
