@@ -39,6 +39,7 @@
 #include "ringattn/layout.hpp"
 #include "ringattn/moe.hpp"
 #include "ringattn/moe_job.hpp"
+#include "ringattn/quant.hpp"
 #include "ringattn/rank_device.hpp"
 #include "ringattn/reference.hpp"
 
@@ -72,6 +73,10 @@ struct JobSpec : AttentionProblem {  // the global problem (mask built, in globa
   std::string out_path, lse_path;
   // Block routing's choices [B, Nq, Hq, topk] int32 (hier.routing(); empty: not written).
   std::string route_path;
+
+  // K/V on the wire (RingProblem::kv_wire; off: the storage dtype). check_rows then
+  // checks against the float64 reference of what each rank's queries saw.
+  QuantFormat kv_wire;
 
   // The MoE stage after attention (ringattn/moe_job.hpp; off unless moe.on()):
   // X = the attention output with heads concatenated, [B Nq, Hq D] in global

@@ -117,6 +117,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   RingProblem p(spec);
   p.q_layout = &ql, p.kv_layout = &kvl;
   p.q = in.q.data.data(), p.k = in.k.data.data(), p.v = in.v.data.data();
+  p.kv_wire = spec.kv_wire;
   RingProblem ring_p = p;
   ring_p.mask = ring_mask, ring_p.hier = {};
   const int64_t nq = ql.tokens(rank);
@@ -198,7 +199,8 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   std::optional<job::SingleRankCheck> check;
   if (rank == 0 && spec.verify) check.emplace(spec, kopt);
   std::optional<job::SampledReferenceCheck> sampled;
-  if (rank == 0 && spec.check_rows > 0) sampled.emplace(spec, spec.check_rows);
+  if (rank == 0 && spec.check_rows > 0)
+    sampled.emplace(spec, spec.check_rows, job::WireView{&ql, &kvl, &schedule.shared});
   if (spec.gathers())
     job::gather_rows(comm, ql, spec.batch, spec.hq, spec.head_dim, o.as<float>(), lse.as<float>(),
                      [&](int src, const float* ro, const float* rl) {

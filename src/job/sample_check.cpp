@@ -5,6 +5,7 @@
 
 #include "ringattn/hier_reference.hpp"
 #include "ringattn/npy.hpp"
+#include "ringattn/quant.hpp"
 #include "ringattn/synth.hpp"
 
 namespace ringattn::job {
@@ -23,6 +24,33 @@ std::vector<int64_t> sample_rows(int64_t n, int64_t k) {
   for (int64_t i = 0; i < k; ++i) r.push_back(k == 1 ? 0 : i * (n - 1) / (k - 1));
   r.erase(std::unique(r.begin(), r.end()), r.end());
   return r;
+}
+
+// The rank whose layout holds position t.
+int rank_of(const Layout& l, int64_t t) {
+  for (int r = 0; r < l.ranks(); ++r)
+    if (l.local_index(r, t) >= 0) return r;
+  return -1;
+}
+
+bool in_ranges(const std::vector<PosRange>& ranges, int64_t j) {
+  for (const PosRange& r : ranges)
+    if (j >= r.begin && j < r.end) return true;
+  return false;
+}
+
+// rows x d values (storage-dtype values held as double) through the wire format and back.
+void round_trip(const QuantFormat& f, double* x, int64_t rows, int64_t d) {
+  std::vector<float> row(static_cast<std::size_t>(d));
+  std::vector<uint8_t> buf(static_cast<std::size_t>(f.row_bytes(d)));
+  const QuantRows q = QuantRows::in_buffer(f, 1, d, buf.data());
+  for (int64_t r = 0; r < rows; ++r) {
+    double* xr = x + r * d;
+    for (int64_t e = 0; e < d; ++e) row[static_cast<std::size_t>(e)] = static_cast<float>(xr[e]);
+    quantize_rows(row.data(), 1, q);
+    dequantize_rows(q, 0, 1, row.data());
+    for (int64_t e = 0; e < d; ++e) xr[e] = row[static_cast<std::size_t>(e)];
+  }
 }
 
 }  // namespace
@@ -69,7 +97,7 @@ void SampledReferenceCheck::load_kv(int64_t b, int64_t j0, int64_t n, std::vecto
   }
 }
 
-SampledReferenceCheck::SampledReferenceCheck(const JobSpec& cfg, int64_t rows)
+SampledReferenceCheck::SampledReferenceCheck(const JobSpec& cfg, int64_t rows, const WireView& wire)
     : cfg_(cfg), rows_(sample_rows(cfg.nq, rows)) {
   const int64_t hq = cfg.hq, d = cfg.head_dim, group = cfg.hq / cfg.hkv, nr = this->rows();
   const double scale = cfg.scale > 0 ? double(cfg.scale) : 1.0 / std::sqrt(double(d));
@@ -103,12 +131,19 @@ SampledReferenceCheck::SampledReferenceCheck(const JobSpec& cfg, int64_t rows)
       double* o = ref_o_.data() + (b * nr + ri) * hq * d;
       int64_t lo = cfg.nk, hi = 0;
       for (int i = 0; i < n; ++i) lo = std::min(lo, rb[i]), hi = std::max(hi, re[i]);
+      const int owner = cfg.kv_wire.on() ? rank_of(*wire.ql, t) : -1;
+      const bool wired = owner >= 0 && !in_ranges(wire.shared->queries, t);
       for (int64_t w0 = lo; w0 < hi; w0 += kWindowRows) {
         const int64_t wn = std::min(kWindowRows, hi - w0);
         bool any = false;
         for (int i = 0; i < n && !any; ++i) any = rb[i] < w0 + wn && re[i] > w0;
         if (!any) continue;
         load_kv(b, w0, wn, &k, &v);
+        if (wired)  // keys from other ranks arrived quantized
+          for (int64_t j = w0; j < w0 + wn; ++j)
+            if (wire.kvl->local_index(owner, j) < 0 && !in_ranges(wire.shared->keys, j))
+              for (std::vector<double>* x : {&k, &v})
+                round_trip(cfg.kv_wire, x->data() + (j - w0) * cfg.hkv * d, cfg.hkv, d);
         for (int64_t j = w0; j < w0 + wn; ++j) {
           if (!mask.allows(t, j)) continue;
           for (int64_t h = 0; h < hq; ++h) {  // online softmax in double, per head

@@ -10,12 +10,23 @@
 #include "ringattn/job.hpp"
 #include "ringattn/layout.hpp"
 #include "ringattn/reference.hpp"
+#include "ringattn/schedule.hpp"
 
 namespace ringattn::job {
 
+// What a quantized wire (JobSpec::kv_wire) did to the keys a query saw: a key
+// row crossed the wire (and is dequantized in the reference) unless the
+// query's rank holds it, it is a shared row (sinks, global keys), or the query
+// is a global one (attended on every rank against its own keys).
+struct WireView {
+  const Layout* ql = nullptr;
+  const Layout* kvl = nullptr;
+  const SharedPart* shared = nullptr;
+};
+
 class SampledReferenceCheck {
  public:
-  SampledReferenceCheck(const JobSpec& cfg, int64_t rows);
+  SampledReferenceCheck(const JobSpec& cfg, int64_t rows, const WireView& wire = {});
   // Compares the sampled rows that `rank` holds (o [B, n, Hq, D], lse [B, Hq, n]).
   void compare(const Layout& ql, int rank, const float* o, const float* lse);
   int64_t rows() const { return static_cast<int64_t>(rows_.size()); }

@@ -51,6 +51,18 @@ void JobSpec::validate() const {
                                               *path, in->path));
   if (!route_path.empty() && !hier.routing())
     throw FieldError("route_out", "needs block routing (route_block > 0)");
+  if (kv_wire.on()) {
+    validate_quant(kv_wire, head_dim);
+    if (device != Device::cpu)
+      throw FieldError("kv_wire",
+                       "quantized K/V runs on the cpu device (the GPU kernel does not "
+                       "dequantize yet)");
+    if (verify)
+      throw FieldError("verify",
+                       "compares with the single-rank kernel on exact K/V; with a quantized "
+                       "--kv-wire use --check-rows (the float64 reference of what each rank's "
+                       "queries saw)");
+  }
   if (moe.on() && device != Device::cpu)
     throw FieldError("moe_experts", "the MoE stage runs on the cpu device");
   if (!moe.on())
@@ -88,7 +100,8 @@ std::string JobSpec::config_text() const {
                                         : fmt::format("seed:{}", seed);
   return fmt::format(
       "shape:{};mask:{};layout:{};scale:{};source:{};repeats:{};warmup:{};verify:{};"
-      "check-rows:{};fail-rank:{};out:{};lse-out:{};device:{};hier:{};route-out:{};moe:{}",
+      "check-rows:{};fail-rank:{};out:{};lse-out:{};device:{};hier:{};route-out:{};moe:{};"
+      "kv-wire:{}",
       shape_text(), mask_fields(mask), layout_name(layout), scale, source, repeats, warmup, verify,
       check_rows > 0, fail_rank, !out_path.empty(), !lse_path.empty(), device_name(device),
       hier.describe(), !route_path.empty(),
@@ -96,7 +109,8 @@ std::string JobSpec::config_text() const {
                              moe_priority_name(moe.priority), moe.capacity_factor, moe.min_capacity,
                              moe_weights, !moe_out_path.empty(), !moe_routing_path.empty(),
                              !moe_gates_path.empty())
-               : std::string("off"));
+               : std::string("off"),
+      kv_wire.describe());
 }
 
 }  // namespace ringattn
