@@ -13,7 +13,8 @@
 //   asymmetric (--kv-asymmetric), levels = 255 (INT8) or 15 (INT4):
 //     lo = min x, scale = (max x - lo) / levels  float32 arithmetic
 //     code = clamp(round_half_even((x - lo) / scale), 0, levels)
-//     x'   = lo + scale * code                   (float32: one product, one sum)
+//     x'   = lo + scale * code                   (float32: one product, one sum,
+//                                                 not fused into an FMA)
 //     a constant group (scale 0): codes 0, x' = lo exactly
 // The float64 reference computes x / scale in float64: a code may then differ
 // by one only where x / scale lies within 1e-6 (relative) of a rounding tie.
@@ -56,8 +57,8 @@ struct QuantFormat {
   std::string describe() const;
 };
 
-// "int8" / "int4" (the others: QuantBits::none; throws FieldError(field) for
-// anything but int8, int4 and the storage dtypes float32, float16, bfloat16).
+// "int8" / "int4"; "none" and the storage dtypes (float32, float16, bfloat16)
+// give QuantBits::none; anything else throws FieldError(field).
 QuantBits parse_quant_bits(const std::string& s, const std::string& field);
 // Throws FieldError("kv_group") unless the group is 32, 64 or 128 and divides d.
 void validate_quant(const QuantFormat& f, int64_t d);
