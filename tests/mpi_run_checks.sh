@@ -4,6 +4,7 @@
 #     float64 reference (--check-rows; "ok" for both in the summary) and writes its outputs;
 #   * hierarchical levels and block routing pass the same checks under MPI (their
 #     block means, requests and blocks go through MPI's collectives);
+#   * a quantized --kv-wire passes its check (the reference of what travelled) under MPI;
 #   * the MoE stage after attention passes its float64 check under MPI, and its routing
 #     output equals the in-process run's byte for byte; `ringattn moe` alone likewise,
 #     and its failing rank ends the job without leftovers;
@@ -101,6 +102,22 @@ for np in 2 3; do
       cat "$dir/stdout" "$dir/stderr"
     fi
   done
+done
+
+# A quantized wire: codes and scales through MPI, checked against the reference of what travelled.
+for np in 2 3; do
+  dir="$scratch/np$np-kv-wire"
+  rm -rf "$dir" && mkdir -p "$dir"
+  command=run
+  launch "$np" "$dir" "${common[@]}" --causal --kv-wire int4 --kv-asymmetric --sinks 4 \
+    --check-rows 16 --out "$dir/o.npy"
+  if [[ $rc -eq 0 ]] && grep -q "vs float64 on 16 sampled query rows x 4 heads: ok" "$dir/stdout" &&
+    grep -q "^  kv wire" "$dir/stdout" && [[ -s $dir/o.npy ]]; then
+    pass "-n $np --kv-wire int4 ($(grep '^  bytes sent' "$dir/stdout" | sed 's/^ *//; s/  */ /g'))"
+  else
+    fail "-n $np --kv-wire int4: exit $rc"
+    cat "$dir/stdout" "$dir/stderr"
+  fi
 done
 
 # MoE: after attention in run, and alone in moe; routing must not depend on the communicator.

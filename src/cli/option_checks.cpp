@@ -41,6 +41,8 @@ std::string option_for_field(const std::string& field) {
       {"route_block", "route-block"},
       {"route_topk", "route-topk"},
       {"route_out", "route-out"},
+      {"kv_wire", "kv-wire"},
+      {"kv_group", "kv-group"},
       {"moe_experts", "moe-experts"},
       {"moe_topk", "moe-topk"},
       {"moe_ffn", "moe-ffn"},

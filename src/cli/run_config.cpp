@@ -7,6 +7,7 @@
 
 #include "cli/backend.hpp"
 #include "cli/harness.hpp"
+#include "cli/kv_options.hpp"
 #include "cli/moe_options.hpp"
 #include "cli/problem_options.hpp"
 #include "ringattn/error.hpp"
@@ -96,6 +97,7 @@ CommandSpec run_spec() {
   insert_options(&s.options, "seed", problem_option_specs());
   for (OptionSpec& o : mask_option_specs()) s.options.push_back(std::move(o));
   for (OptionSpec& o : moe_option_specs()) s.options.push_back(std::move(o));
+  for (OptionSpec& o : kv_option_specs()) s.options.push_back(std::move(o));
   s.epilog =
       "--threads is the kernel threads of each rank: 0 means cores / P for in-process ranks and\n"
       "the OpenMP default (OMP_NUM_THREADS) under MPI.\n"
@@ -155,6 +157,7 @@ RunConfig make_run_config(const ParsedOptions& opt) {
   c.out_path = opt.has("out") ? opt.text("out") : std::string();
   c.lse_path = opt.has("lse-out") ? opt.text("lse-out") : std::string();
   c.route_path = opt.has("route-out") ? opt.text("route-out") : std::string();
+  c.kv_wire = parse_kv_wire(opt, c.dtype);
   const MoeOptions moe = parse_moe_options(opt, c.hq * c.head_dim);
   c.moe = moe.config, c.moe_weights = moe.weights_dir;
   c.moe_out_path = opt.has("moe-out") ? opt.text("moe-out") : std::string();

@@ -158,6 +158,14 @@ void print_report(const RunReport& r) {
                      c.hier.levels() ? "; (query, key) and (query, summary) pairs" : ""));
     line("tiles", fmt::format("{} computed of {} in the kernel calls ({} partial)", computed, tiles,
                               partial));
+    if (c.kv_wire.on()) {
+      const int64_t fp = c.head_dim * int64_t(dtype_size(c.dtype)),
+                    q = c.kv_wire.row_bytes(c.head_dim);
+      line("kv wire",
+           fmt::format("{}: {} B per token and K/V head instead of {} B {} ({:.2f}x "
+                       "fewer); own blocks, sinks and global tokens exact",
+                       c.kv_wire.describe(), q, fp, dtype_name(c.dtype), double(fp) / double(q)));
+    }
     line("bytes sent",
          fmt::format("{} in all vs {} for a full ring ({:.1f}%)", format_bytes(double(sent)),
                      format_bytes(double(full_sent)),
@@ -256,7 +264,10 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
       .text("transfer", r.transfer)
       .integer("shared_keys", r.shared_keys)
       .integer("shared_queries", r.shared_queries)
-      .text("hierarchy", c.hier.describe());
+      .text("hierarchy", c.hier.describe())
+      .text("kv_wire", c.kv_wire.on() ? c.kv_wire.describe() : std::string(dtype_name(c.dtype)))
+      .integer("kv_wire_row_bytes", c.kv_wire.on() ? c.kv_wire.row_bytes(c.head_dim)
+                                                   : c.head_dim * int64_t(dtype_size(c.dtype)));
   if (r.moe) add_moe_summary_keys(sum, c.moe, *r.moe);
   if (r.moe_check) add_moe_check_keys(sum, *r.moe_check);
   if (r.sampled) {

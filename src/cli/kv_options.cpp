@@ -1,0 +1,48 @@
+// The KV-compression options (cli/kv_options.hpp).
+#include "cli/kv_options.hpp"
+
+#include <fmt/format.h>
+
+namespace ringattn::cli {
+
+std::vector<OptionSpec> kv_option_specs() {
+  return {
+      OptionSpec::text("kv-wire", "",
+                       "K/V blocks on the wire: int8 or int4 (codes plus a float32 scale per "
+                       "group of channels, dequantized by the receiving kernel while it packs "
+                       "its tiles), or the storage dtype; a rank's own block, the sinks and "
+                       "global tokens stay exact",
+                       "FORMAT")
+          .shown_default("the storage dtype"),
+      OptionSpec::integer(
+          "kv-group", "64",
+          "quantized K/V: channels per scale (32, 64 or 128, dividing the head dim)", "channels")
+          .positive(),
+      OptionSpec::flag("kv-asymmetric", "false",
+                       "quantized K/V: a scale and a zero point per group (its min..max) instead "
+                       "of a symmetric scale (max |x|)"),
+  };
+}
+
+QuantFormat parse_kv_wire(const ParsedOptions& opt, DType storage) {
+  QuantFormat f;
+  const std::string wire = opt.has("kv-wire") ? opt.text("kv-wire") : std::string();
+  if (!wire.empty()) {
+    f.bits = with_option_names([&] { return parse_quant_bits(wire, "kv_wire"); });
+    if (!f.on() && wire != dtype_name(storage))
+      throw UsageError(fmt::format(
+          "option '--kv-wire': '{}' is neither int8, int4 nor the storage dtype ({}): the wire "
+          "carries the stored values or their codes",
+          wire, dtype_name(storage)));
+  }
+  f.group = opt.integer_int("kv-group");
+  f.asymmetric = opt.flag("kv-asymmetric");
+  if (!f.on())
+    for (const char* name : {"kv-group", "kv-asymmetric"})
+      if (opt.given(name))
+        throw UsageError(
+            fmt::format("option '--{}' applies to a quantized --kv-wire (int8, int4)", name));
+  return f;
+}
+
+}  // namespace ringattn::cli

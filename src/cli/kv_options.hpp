@@ -1,0 +1,25 @@
+// The KV-compression options (ringattn/quant.hpp), shared by the commands that
+// run or plan a ring:
+//   --kv-wire FORMAT   int8, int4, or the storage dtype (default: no quantization):
+//                      the K/V blocks the ring sends travel as codes plus scales;
+//                      each rank's own block (and the sinks and global tokens,
+//                      gathered once) stay exact
+//   --kv-group G       channels per scale: 32, 64 or 128 (dividing the head dim)
+//   --kv-asymmetric    a scale and a zero point per group (min..max) instead of
+//                      a symmetric scale (max|x|)
+#pragma once
+
+#include <vector>
+
+#include "cli/options.hpp"
+#include "ringattn/dtype.hpp"
+#include "ringattn/quant.hpp"
+
+namespace ringattn::cli {
+
+std::vector<OptionSpec> kv_option_specs();
+// The wire format; throws UsageError naming the option (a storage dtype other
+// than the problem's, --kv-group or --kv-asymmetric without a quantized format).
+QuantFormat parse_kv_wire(const ParsedOptions& opt, DType storage);
+
+}  // namespace ringattn::cli
