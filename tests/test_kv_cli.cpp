@@ -42,6 +42,16 @@ TEST_F(KvCli, QuantizedWirePassesTheCheckOfWhatTravelled) {
     }
 }
 
+TEST_F(KvCli, StoredCodesPassVerifyAndTheCheck) {
+  const CliResult r = run_binary(small({"--ranks-local", "3", "--kv-store", "int8", "--verify",
+                                        "--check-rows", "16", "--layout", "striped"}));
+  ASSERT_EQ(r.rc, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("vs the single-rank kernel: ok"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("vs float64 on 16 sampled query rows x 4 heads: ok"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("stored so in memory too"), std::string::npos) << r.out;
+}
+
 TEST_F(KvCli, BadOptionsNameTheOption) {
   const std::string o = path("o.npy");
   struct Case {
@@ -57,6 +67,11 @@ TEST_F(KvCli, BadOptionsNameTheOption) {
       {{"--kv-asymmetric"}, "--kv-asymmetric"},
       {{"--kv-wire", "int8", "--verify"}, "--verify"},
       {{"--kv-wire", "int8", "--device", "cuda"}, "--kv-wire"},
+      {{"--kv-store", "float32"}, "--kv-store"},
+      {{"--kv-store", "int4", "--kv-wire", "int8"}, "--kv-store"},
+      {{"--kv-store", "int8", "--window-left", "64", "--regional-block", "16", "--regional-window",
+        "256"},
+       "--kv-store"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.names);

@@ -214,5 +214,57 @@ TEST(KvQuant, RingWithAQuantizedWireEqualsTheReferenceOfWhatTravelled) {
         }
 }
 
+// K/V stored quantized (--kv-store): every attention, the own block's and the
+// shared rows' included, sees the dequantized values, so the result is the
+// reference over dequantized K/V whatever P and the layout.
+TEST(KvQuant, RingWithStoredCodesEqualsTheReferenceOnDequantizedKV) {
+  const int64_t b = 1, n = 190, hq = 4, hkv = 2, d = 64;
+  test::Problem p = test::make_problem(b, n, n, hq, hkv, d, DType::f32, 33);
+  Mask mask = Mask::causal(0);
+  mask.lo = -60, mask.sinks = 2;
+  QuantFormat f;
+  f.bits = QuantBits::int4, f.group = 32;
+  const Quantized kq = quantize(p.k, f, d), vq = quantize(p.v, f, d);
+  AttentionArgs deq = p.args;
+  deq.mask = mask, deq.k = kq.dequant.data(), deq.v = vq.dequant.data();
+  const ReferenceResult ref = reference_attention(deq);
+  for (int ranks : {1, 2, 3, 4})
+    for (LayoutKind kind : {LayoutKind::contiguous, LayoutKind::zigzag, LayoutKind::striped}) {
+      if (ranks == 1 && kind != LayoutKind::contiguous) continue;
+      SCOPED_TRACE("P=" + std::to_string(ranks) + " " + layout_name(kind));
+      const Layout ql(kind, n, ranks), kvl(kind, n, ranks);
+      const RingSchedule sch = make_ring_schedule(ql, kvl, mask);
+      run_local(ranks, [&](Communicator& comm) {
+        const int r = comm.rank();
+        const Tensor q = test::slice_tokens(p.q, ql, r), k = test::slice_tokens(p.k, kvl, r),
+                     v = test::slice_tokens(p.v, kvl, r);
+        const int64_t rows = b * kvl.tokens(r) * hkv;
+        std::vector<uint8_t> codes(at(2 * rows * f.row_bytes(d)) + 1);
+        quantize_rows(k.as<float>(), rows, QuantRows::in_buffer(f, rows, d, codes.data()));
+        quantize_rows(v.as<float>(), rows,
+                      QuantRows::in_buffer(f, rows, d, codes.data() + rows * f.row_bytes(d)));
+        RingProblem rp(p.args);
+        rp.mask = mask;
+        rp.q_layout = &ql, rp.kv_layout = &kvl;
+        rp.q = q.data.data(), rp.k = nullptr, rp.v = nullptr;
+        rp.kv_wire = f, rp.kv_stored = codes.data();
+        const int64_t nq = ql.tokens(r);
+        std::vector<float> o(at(b * nq * hq * d)), lse(at(b * hq * nq));
+        ring_attention(comm, sch, rp, o.data(), lse.data());
+        std::vector<int64_t> rows_of;
+        for (int64_t i = 0; i < nq; ++i) rows_of.push_back(position_of(ql, r, i));
+        const ReferenceResult mine_ref = reference_attention_rows(deq, rows_of);
+        AttentionArgs mine = deq;
+        mine.nq = nq;
+        const ErrorStats e = compare_to_reference(mine, o.data(), lse.data(), mine_ref);
+        const Tolerance tol = tolerance_for(DType::f32);
+        EXPECT_LE(e.o_rel_fro, tol.o_rel_fro) << "rank " << r;
+        EXPECT_LE(e.lse_max_scaled, tol.lse_max_abs) << "rank " << r;
+        EXPECT_EQ(e.lse_mismatch, 0) << "rank " << r;
+      });
+      (void)ref;
+    }
+}
+
 }  // namespace
 }  // namespace ringattn

@@ -77,6 +77,10 @@ struct JobSpec : AttentionProblem {  // the global problem (mask built, in globa
   // K/V on the wire (RingProblem::kv_wire; off: the storage dtype). check_rows then
   // checks against the float64 reference of what each rank's queries saw.
   QuantFormat kv_wire;
+  // K/V held in memory in kv_wire's format (RingProblem::kv_stored): the inputs are
+  // quantized as they are loaded and only the codes kept; verify and check_rows
+  // then compare with attention over the dequantized K/V.
+  bool kv_store = false;
 
   // The MoE stage after attention (ringattn/moe_job.hpp; off unless moe.on()):
   // X = the attention output with heads concatenated, [B Nq, Hq D] in global

@@ -33,6 +33,8 @@
 #include <cstdint>
 #include <string>
 
+#include "ringattn/dtype.hpp"
+
 namespace ringattn {
 
 enum class QuantBits : uint8_t { none = 0, int4 = 4, int8 = 8 };
@@ -79,6 +81,8 @@ struct QuantRows {
 
 // Quantizes rows x[rows, d] (float32) into q (q.rows == rows, q.d == d).
 void quantize_rows(const float* x, int64_t rows, const QuantRows& q);
+// The same for rows of a storage dtype (converted to float32 a chunk at a time).
+void quantize_values(const void* x, DType dtype, int64_t rows, const QuantRows& q);
 // Dequantizes rows [r0, r0 + n) of q into x[n, d] (float32).
 void dequantize_rows(const QuantRows& q, int64_t r0, int64_t n, float* x);
 

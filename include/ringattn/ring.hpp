@@ -58,6 +58,11 @@ struct RingProblem : AttentionProblem {
   // and so do the shared rows (sinks, global tokens: they travel once, in the
   // storage dtype). CPU engine only.
   QuantFormat kv_wire;
+  // K/V held quantized (--kv-store): this rank's block in the kv_wire layout
+  // (K codes, scales, zero points, then V likewise), k and v unused: every
+  // attention, the own block's included, uses the dequantized values, and the
+  // shared rows travel dequantized (in the storage dtype).
+  const void* kv_stored = nullptr;
 };
 
 struct RingMetrics {

@@ -14,6 +14,12 @@ std::vector<OptionSpec> kv_option_specs() {
                        "global tokens stay exact",
                        "FORMAT")
           .shown_default("the storage dtype"),
+      OptionSpec::text("kv-store", "",
+                       "K/V in memory: int8 or int4 codes only (each rank's own block included, "
+                       "so all attention uses the dequantized values); the wire carries the same "
+                       "codes",
+                       "FORMAT")
+          .shown_default("the storage dtype"),
       OptionSpec::integer(
           "kv-group", "64",
           "quantized K/V: channels per scale (32, 64 or 128, dividing the head dim)", "channels")
@@ -24,8 +30,9 @@ std::vector<OptionSpec> kv_option_specs() {
   };
 }
 
-QuantFormat parse_kv_wire(const ParsedOptions& opt, DType storage) {
-  QuantFormat f;
+KvOptions parse_kv_options(const ParsedOptions& opt, DType storage) {
+  KvOptions kv;
+  QuantFormat& f = kv.wire;
   const std::string wire = opt.has("kv-wire") ? opt.text("kv-wire") : std::string();
   if (!wire.empty()) {
     f.bits = with_option_names([&] { return parse_quant_bits(wire, "kv_wire"); });
@@ -35,14 +42,31 @@ QuantFormat parse_kv_wire(const ParsedOptions& opt, DType storage) {
           "carries the stored values or their codes",
           wire, dtype_name(storage)));
   }
+  if (opt.has("kv-store") && !opt.text("kv-store").empty()) {
+    const std::string& store = opt.text("kv-store");
+    const QuantBits bits = with_option_names([&] { return parse_quant_bits(store, "kv_store"); });
+    if (bits == QuantBits::none)
+      throw UsageError(fmt::format(
+          "option '--kv-store': '{}' is not int8 or int4 (without it K/V stay in the storage "
+          "dtype)",
+          store));
+    if (f.on() && f.bits != bits)
+      throw UsageError(
+          fmt::format("option '--kv-store': {} differs from --kv-wire {}: the wire "
+                      "carries the stored codes",
+                      store, wire));
+    f.bits = bits, kv.store = true;
+  }
   f.group = opt.integer_int("kv-group");
   f.asymmetric = opt.flag("kv-asymmetric");
   if (!f.on())
     for (const char* name : {"kv-group", "kv-asymmetric"})
       if (opt.given(name))
         throw UsageError(
-            fmt::format("option '--{}' applies to a quantized --kv-wire (int8, int4)", name));
-  return f;
+            fmt::format("option '--{}' applies to a quantized --kv-wire or --kv-store (int8, "
+                        "int4)",
+                        name));
+  return kv;
 }
 
 }  // namespace ringattn::cli

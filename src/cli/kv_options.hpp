@@ -7,6 +7,9 @@
 //   --kv-group G       channels per scale: 32, 64 or 128 (dividing the head dim)
 //   --kv-asymmetric    a scale and a zero point per group (min..max) instead of
 //                      a symmetric scale (max|x|)
+//   --kv-store FORMAT  int8 or int4: each rank keeps its K/V only as codes (its own
+//                      block included, so all attention uses the dequantized
+//                      values), and the wire carries the same codes
 #pragma once
 
 #include <vector>
@@ -18,8 +21,13 @@
 namespace ringattn::cli {
 
 std::vector<OptionSpec> kv_option_specs();
-// The wire format; throws UsageError naming the option (a storage dtype other
-// than the problem's, --kv-group or --kv-asymmetric without a quantized format).
-QuantFormat parse_kv_wire(const ParsedOptions& opt, DType storage);
+struct KvOptions {
+  QuantFormat wire;    // off: the storage dtype
+  bool store = false;  // K/V kept as codes in memory (in `wire`'s format)
+};
+// Throws UsageError naming the option (a storage dtype other than the
+// problem's, --kv-group or --kv-asymmetric without a quantized format,
+// --kv-wire and --kv-store in different formats).
+KvOptions parse_kv_options(const ParsedOptions& opt, DType storage);
 
 }  // namespace ringattn::cli

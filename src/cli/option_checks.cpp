@@ -43,6 +43,7 @@ std::string option_for_field(const std::string& field) {
       {"route_out", "route-out"},
       {"kv_wire", "kv-wire"},
       {"kv_group", "kv-group"},
+      {"kv_store", "kv-store"},
       {"moe_experts", "moe-experts"},
       {"moe_topk", "moe-topk"},
       {"moe_ffn", "moe-ffn"},

@@ -157,7 +157,8 @@ RunConfig make_run_config(const ParsedOptions& opt) {
   c.out_path = opt.has("out") ? opt.text("out") : std::string();
   c.lse_path = opt.has("lse-out") ? opt.text("lse-out") : std::string();
   c.route_path = opt.has("route-out") ? opt.text("route-out") : std::string();
-  c.kv_wire = parse_kv_wire(opt, c.dtype);
+  const KvOptions kv = parse_kv_options(opt, c.dtype);
+  c.kv_wire = kv.wire, c.kv_store = kv.store;
   const MoeOptions moe = parse_moe_options(opt, c.hq * c.head_dim);
   c.moe = moe.config, c.moe_weights = moe.weights_dir;
   c.moe_out_path = opt.has("moe-out") ? opt.text("moe-out") : std::string();

@@ -162,9 +162,11 @@ void print_report(const RunReport& r) {
       const int64_t fp = c.head_dim * int64_t(dtype_size(c.dtype)),
                     q = c.kv_wire.row_bytes(c.head_dim);
       line("kv wire",
-           fmt::format("{}: {} B per token and K/V head instead of {} B {} ({:.2f}x "
-                       "fewer); own blocks, sinks and global tokens exact",
-                       c.kv_wire.describe(), q, fp, dtype_name(c.dtype), double(fp) / double(q)));
+           fmt::format("{}: {} B per token and K/V head instead of {} B {} ({:.2f}x fewer); {}",
+                       c.kv_wire.describe(), q, fp, dtype_name(c.dtype), double(fp) / double(q),
+                       c.kv_store ? "stored so in memory too (all attention uses the dequantized "
+                                    "values)"
+                                  : "own blocks, sinks and global tokens exact"));
     }
     line("bytes sent",
          fmt::format("{} in all vs {} for a full ring ({:.1f}%)", format_bytes(double(sent)),
@@ -266,6 +268,7 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
       .integer("shared_queries", r.shared_queries)
       .text("hierarchy", c.hier.describe())
       .text("kv_wire", c.kv_wire.on() ? c.kv_wire.describe() : std::string(dtype_name(c.dtype)))
+      .boolean("kv_store", c.kv_store)
       .integer("kv_wire_row_bytes", c.kv_wire.on() ? c.kv_wire.row_bytes(c.head_dim)
                                                    : c.head_dim * int64_t(dtype_size(c.dtype)));
   if (r.moe) add_moe_summary_keys(sum, c.moe, *r.moe);

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "ringattn/error.hpp"
 
@@ -110,6 +111,19 @@ void quantize_rows(const float* x, int64_t rows, const QuantRows& q) {
         }
       }
     }
+  }
+}
+
+void quantize_values(const void* x, DType dtype, int64_t rows, const QuantRows& q) {
+  constexpr int64_t kChunkRows = 256;
+  const int64_t d = q.d;
+  std::vector<float> tmp(static_cast<std::size_t>(std::min(rows, kChunkRows) * d));
+  for (int64_t r0 = 0; r0 < rows; r0 += kChunkRows) {
+    const int64_t n = std::min(kChunkRows, rows - r0);
+    for (int64_t i = 0; i < n * d; ++i)
+      tmp[static_cast<std::size_t>(i)] =
+          load_as_f32(x, dtype, static_cast<std::size_t>(r0 * d + i));
+    quantize_rows(tmp.data(), n, q.from(r0));
   }
 }
 

@@ -113,10 +113,24 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
     job::MoeCollector::check_writable(moe_paths);
   }
 
-  const job::RankInputs in = job::load_rank_inputs(spec, ql, kvl, rank);
+  job::RankInputs in = job::load_rank_inputs(spec, ql, kvl, rank);
+  // --kv-store: keep only the codes of this rank's K/V (K then V, the wire's layout).
+  Buffer kv_stored;
+  if (spec.kv_store) {
+    const int64_t rows = spec.batch * kvl.tokens(rank) * spec.hkv;
+    const std::size_t half = static_cast<std::size_t>(rows * spec.kv_wire.row_bytes(spec.head_dim));
+    kv_stored = Buffer(std::max<std::size_t>(2 * half, 1), "K/V codes");
+    quantize_values(in.k.data.data(), spec.dtype, rows,
+                    QuantRows::in_buffer(spec.kv_wire, rows, spec.head_dim, kv_stored.data()));
+    quantize_values(
+        in.v.data.data(), spec.dtype, rows,
+        QuantRows::in_buffer(spec.kv_wire, rows, spec.head_dim, kv_stored.as<char>() + half));
+    in.k = Tensor(), in.v = Tensor();
+  }
   RingProblem p(spec);
   p.q_layout = &ql, p.kv_layout = &kvl;
   p.q = in.q.data.data(), p.k = in.k.data.data(), p.v = in.v.data.data();
+  if (spec.kv_store) p.k = p.v = nullptr, p.kv_stored = kv_stored.data();
   p.kv_wire = spec.kv_wire;
   RingProblem ring_p = p;
   ring_p.mask = ring_mask, ring_p.hier = {};

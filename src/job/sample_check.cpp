@@ -131,8 +131,9 @@ SampledReferenceCheck::SampledReferenceCheck(const JobSpec& cfg, int64_t rows, c
       double* o = ref_o_.data() + (b * nr + ri) * hq * d;
       int64_t lo = cfg.nk, hi = 0;
       for (int i = 0; i < n; ++i) lo = std::min(lo, rb[i]), hi = std::max(hi, re[i]);
-      const int owner = cfg.kv_wire.on() ? rank_of(*wire.ql, t) : -1;
-      const bool wired = owner >= 0 && !in_ranges(wire.shared->queries, t);
+      // Stored quantized: every key is its codes. A quantized wire: keys from other ranks.
+      const int owner = cfg.kv_wire.on() && !cfg.kv_store ? rank_of(*wire.ql, t) : -1;
+      const bool wired = cfg.kv_store || (owner >= 0 && !in_ranges(wire.shared->queries, t));
       for (int64_t w0 = lo; w0 < hi; w0 += kWindowRows) {
         const int64_t wn = std::min(kWindowRows, hi - w0);
         bool any = false;
@@ -141,7 +142,8 @@ SampledReferenceCheck::SampledReferenceCheck(const JobSpec& cfg, int64_t rows, c
         load_kv(b, w0, wn, &k, &v);
         if (wired)  // keys from other ranks arrived quantized
           for (int64_t j = w0; j < w0 + wn; ++j)
-            if (wire.kvl->local_index(owner, j) < 0 && !in_ranges(wire.shared->keys, j))
+            if (cfg.kv_store ||
+                (wire.kvl->local_index(owner, j) < 0 && !in_ranges(wire.shared->keys, j)))
               for (std::vector<double>* x : {&k, &v})
                 round_trip(cfg.kv_wire, x->data() + (j - w0) * cfg.hkv * d, cfg.hkv, d);
         for (int64_t j = w0; j < w0 + wn; ++j) {

@@ -57,12 +57,18 @@ void JobSpec::validate() const {
       throw FieldError("kv_wire",
                        "quantized K/V runs on the cpu device (the GPU kernel does not "
                        "dequantize yet)");
-    if (verify)
+    if (verify && !kv_store)
       throw FieldError("verify",
                        "compares with the single-rank kernel on exact K/V; with a quantized "
                        "--kv-wire use --check-rows (the float64 reference of what each rank's "
                        "queries saw)");
   }
+  if (kv_store && !kv_wire.on())
+    throw FieldError("kv_store", "needs a quantized format (int8 or int4)");
+  if (kv_store && hier.on())
+    throw FieldError("kv_store",
+                     "hierarchical stages read the exact K/V rows; they do not take K/V stored "
+                     "quantized yet");
   if (moe.on() && device != Device::cpu)
     throw FieldError("moe_experts", "the MoE stage runs on the cpu device");
   if (!moe.on())
@@ -101,7 +107,7 @@ std::string JobSpec::config_text() const {
   return fmt::format(
       "shape:{};mask:{};layout:{};scale:{};source:{};repeats:{};warmup:{};verify:{};"
       "check-rows:{};fail-rank:{};out:{};lse-out:{};device:{};hier:{};route-out:{};moe:{};"
-      "kv-wire:{}",
+      "kv-wire:{};kv-store:{}",
       shape_text(), mask_fields(mask), layout_name(layout), scale, source, repeats, warmup, verify,
       check_rows > 0, fail_rank, !out_path.empty(), !lse_path.empty(), device_name(device),
       hier.describe(), !route_path.empty(),
@@ -110,7 +116,7 @@ std::string JobSpec::config_text() const {
                              moe_weights, !moe_out_path.empty(), !moe_routing_path.empty(),
                              !moe_gates_path.empty())
                : std::string("off"),
-      kv_wire.describe());
+      kv_wire.describe(), kv_store);
 }
 
 }  // namespace ringattn

@@ -1,5 +1,6 @@
 #include "job/verify.hpp"
 
+#include <algorithm>
 #include <chrono>
 
 #include "job/inputs.hpp"
@@ -9,7 +10,18 @@ namespace ringattn::job {
 
 SingleRankCheck::SingleRankCheck(const JobSpec& cfg, const KernelOptions& kopt) : cfg_(cfg) {
   const RankInputs in = load_full_inputs(cfg);
-  const AttentionArgs a(cfg, in.q.data.data(), in.k.data.data(), in.v.data.data());
+  AttentionArgs a(cfg, in.q.data.data(), in.k.data.data(), in.v.data.data());
+  // K/V stored quantized (--kv-store): the whole problem over the same codes.
+  Buffer codes;
+  if (cfg.kv_store) {
+    const int64_t rows = cfg.batch * cfg.nk * cfg.hkv;
+    const std::size_t half = static_cast<std::size_t>(rows * cfg.kv_wire.row_bytes(cfg.head_dim));
+    codes = Buffer(std::max<std::size_t>(2 * half, 1), "single-rank K/V codes");
+    a.kq = QuantRows::in_buffer(cfg.kv_wire, rows, cfg.head_dim, codes.data());
+    a.vq = QuantRows::in_buffer(cfg.kv_wire, rows, cfg.head_dim, codes.as<char>() + half);
+    quantize_values(a.k, cfg.dtype, rows, a.kq);
+    quantize_values(a.v, cfg.dtype, rows, a.vq);
+  }
   o_ = Buffer(static_cast<std::size_t>(a.batch * a.nq * a.hq * a.head_dim) * sizeof(float),
               "single-rank O");
   lse_ = Buffer(static_cast<std::size_t>(a.batch * a.hq * a.nq) * sizeof(float), "single-rank LSE");

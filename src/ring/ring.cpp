@@ -30,19 +30,6 @@ std::size_t block_bytes(const RingProblem& p, int rank) {
   return 2 * static_cast<std::size_t>(block_rows(p, rank) * row);
 }
 
-// rows x d values of `dtype` quantized into q, a chunk of rows at a time through float32.
-void quantize_block(const void* src, DType dtype, int64_t rows, int64_t d, const QuantRows& q) {
-  constexpr int64_t kChunkRows = 256;
-  std::vector<float> tmp(static_cast<std::size_t>(std::min(rows, kChunkRows) * d));
-  for (int64_t r0 = 0; r0 < rows; r0 += kChunkRows) {
-    const int64_t n = std::min(kChunkRows, rows - r0);
-    for (int64_t i = 0; i < n * d; ++i)
-      tmp[static_cast<std::size_t>(i)] =
-          load_as_f32(src, dtype, static_cast<std::size_t>(r0 * d + i));
-    quantize_rows(tmp.data(), n, q.from(r0));
-  }
-}
-
 void check_problem(const Communicator& comm, const RingSchedule& sch, const RingProblem& p) {
   if (p.q_layout == nullptr || p.kv_layout == nullptr) throw Error("ring: layouts not set");
   if (p.q_layout->ranks() != comm.size() || p.kv_layout->ranks() != comm.size() ||
@@ -55,6 +42,8 @@ void check_problem(const Communicator& comm, const RingSchedule& sch, const Ring
                             p.q_layout->length(), p.kv_layout->length(), p.nq, p.nk));
   p.validate();
   if (p.kv_wire.on()) validate_quant(p.kv_wire, p.head_dim);
+  if (p.kv_stored != nullptr && !p.kv_wire.on())
+    throw Error("ring: K/V stored quantized without a format (kv_wire)");
 }
 
 }  // namespace
@@ -87,16 +76,18 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
 
   // The own block in the wire format, quantized once: what this rank sends.
   std::unique_ptr<EngineBuffer> own_wire;
-  if (p.kv_wire.on() && sch.steps > 1) {
+  const char* own_codes = static_cast<const char*>(p.kv_stored);  // stored quantized already
+  if (p.kv_wire.on() && own_codes == nullptr && sch.steps > 1) {
     if (eng.name() != "cpu")
       throw FieldError("kv_wire",
                        fmt::format("quantized K/V runs on the cpu engine, not {}", eng.name()));
     own_wire = eng.alloc(std::max<std::size_t>(block_bytes(p, r), 1), "own K/V block (wire)");
     const int64_t rows = block_rows(p, r);
     char* base = own_wire->as<char>();
-    quantize_block(p.k, p.dtype, rows, d, QuantRows::in_buffer(p.kv_wire, rows, d, base));
-    quantize_block(p.v, p.dtype, rows, d,
-                   QuantRows::in_buffer(p.kv_wire, rows, d, base + block_bytes(p, r) / 2));
+    quantize_values(p.k, p.dtype, rows, QuantRows::in_buffer(p.kv_wire, rows, d, base));
+    quantize_values(p.v, p.dtype, rows,
+                    QuantRows::in_buffer(p.kv_wire, rows, d, base + block_bytes(p, r) / 2));
+    own_codes = base;
   }
 
   // Receive buffers: step s >= 1 computes on buffer (s - 1) % 2, step 0 on the
@@ -114,10 +105,13 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
     const Clock::time_point t_step = Clock::now();
     const RingStep& st = sch.step(r, s);
     const std::size_t half = block_bytes(p, st.source) / 2;  // K, then V
-    const char* held_k = s == 0              ? static_cast<const char*>(p.k)
-                         : st.recv_from >= 0 ? blocks[(s - 1) % 2]->as<char>()
-                                             : nullptr;
-    const char* held_v = s == 0 ? static_cast<const char*>(p.v) : held_k + half;
+    const bool held_quantized = p.kv_wire.on() && (s > 0 || p.kv_stored != nullptr);
+    const char* held_k = s == 0 && p.kv_stored != nullptr ? own_codes
+                         : s == 0                         ? static_cast<const char*>(p.k)
+                         : st.recv_from >= 0              ? blocks[(s - 1) % 2]->as<char>()
+                                                          : nullptr;
+    const char* held_v =
+        s == 0 && p.kv_stored == nullptr ? static_cast<const char*>(p.v) : held_k + half;
 
     // Transfers of the next step: K and V as two messages, tags 2(s+1), 2(s+1)+1.
     Request send_k, send_v, recv_k, recv_v;
@@ -133,10 +127,10 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
       if (nx.send_to >= 0) {
         // ring: pass on the held block; direct: send the own block.
         // A quantized wire sends the own block's codes (held at step 0 is the exact block).
-        const bool own = sch.transfer == Transfer::direct || (s == 0 && own_wire);
-        const char* own_k = own_wire ? own_wire->as<char>() : static_cast<const char*>(p.k);
+        const bool own = sch.transfer == Transfer::direct || (s == 0 && own_codes != nullptr);
+        const char* own_k = own_codes != nullptr ? own_codes : static_cast<const char*>(p.k);
         const char* own_v =
-            own_wire ? own_k + block_bytes(p, r) / 2 : static_cast<const char*>(p.v);
+            own_codes != nullptr ? own_k + block_bytes(p, r) / 2 : static_cast<const char*>(p.v);
         const char* k = own ? own_k : held_k;
         const char* v = own ? own_v : held_v;
         const std::size_t out_half = own ? block_bytes(p, r) / 2 : half;
@@ -158,7 +152,7 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
         a.qpos = qs.positions(), a.kpos = ks.positions();
         a.q = static_cast<const char*>(p.q) +
               static_cast<std::size_t>((b * nq + qs.local_offset) * p.hq * d) * esz;
-        if (s > 0 && p.kv_wire.on()) {  // a received block: codes and scales
+        if (held_quantized) {  // a received or stored block: codes and scales
           const int64_t rows = block_rows(p, st.source);
           const int64_t row0 = (b * nk_src + ks.local_offset) * p.hkv;
           a.kq = QuantRows::in_buffer(p.kv_wire, rows, d, const_cast<char*>(held_k)).from(row0);

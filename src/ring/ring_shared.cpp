@@ -1,11 +1,23 @@
 #include "ring/ring_shared.hpp"
 
 #include <algorithm>
+#include <vector>
 
 #include "ringattn/error.hpp"
 
 namespace ringattn::detail {
 namespace {
+
+// Rows [row0, row0 + n) of q dequantized into dst in the storage dtype.
+void dequantize_into(const QuantRows& q, int64_t row0, int64_t n, DType dtype, char* dst) {
+  std::vector<float> row(static_cast<std::size_t>(q.d));
+  for (int64_t i = 0; i < n; ++i) {
+    dequantize_rows(q, row0 + i, 1, row.data());
+    for (int64_t e = 0; e < q.d; ++e)
+      store_from_f32(dst, dtype, static_cast<std::size_t>(i * q.d + e),
+                     row[static_cast<std::size_t>(e)]);
+  }
+}
 
 int64_t chunk_tokens(const std::vector<Chunk>& v) {
   int64_t n = 0;
@@ -51,8 +63,19 @@ SharedRows::SharedRows(Communicator& comm, RingEngine& eng, const RingSchedule& 
       const std::size_t dst = static_cast<std::size_t>((b * m_[r] + off) * kv_row) * esz_;
       const std::size_t src = static_cast<std::size_t>((b * nk + c.local) * kv_row) * esz_;
       const std::size_t n = static_cast<std::size_t>(c.count * kv_row) * esz_;
-      eng.copy(skv + dst, static_cast<const char*>(p.k) + src, n);
-      eng.copy(skv + v_half + dst, static_cast<const char*>(p.v) + src, n);
+      if (p.kv_stored != nullptr) {  // K/V held quantized: the rows travel dequantized
+        const int64_t rows = p.batch * nk * p.hkv, row0 = (b * nk + c.local) * p.hkv;
+        const auto* base = static_cast<const char*>(p.kv_stored);
+        const std::size_t half = static_cast<std::size_t>(rows * p.kv_wire.row_bytes(p.head_dim));
+        dequantize_into(QuantRows::in_buffer(p.kv_wire, rows, p.head_dim, const_cast<char*>(base)),
+                        row0, c.count * p.hkv, p.dtype, skv + dst);
+        dequantize_into(
+            QuantRows::in_buffer(p.kv_wire, rows, p.head_dim, const_cast<char*>(base) + half), row0,
+            c.count * p.hkv, p.dtype, skv + v_half + dst);
+      } else {
+        eng.copy(skv + dst, static_cast<const char*>(p.k) + src, n);
+        eng.copy(skv + v_half + dst, static_cast<const char*>(p.v) + src, n);
+      }
       off += c.count;
     }
     off = 0;
@@ -151,10 +174,18 @@ KernelStats SharedRows::compute(const StateView& acc, EngineBuffer& work) {
           AttentionArgs a = args(c.count, ks.count, own);
           a.qpos = c.pos, a.kpos = ks.positions();
           a.q = queries_->as<char>() + q_offset(x, b, off);
-          const std::size_t k_off =
-              static_cast<std::size_t>((b * nk + ks.local_offset) * p_.hkv * d) * esz_;
-          a.k = static_cast<const char*>(p_.k) + k_off;
-          a.v = static_cast<const char*>(p_.v) + k_off;
+          if (p_.kv_stored != nullptr) {  // the own block, held quantized
+            const int64_t rows = p_.batch * nk * p_.hkv, row0 = (b * nk + ks.local_offset) * p_.hkv;
+            auto* base = const_cast<char*>(static_cast<const char*>(p_.kv_stored));
+            const std::size_t half = static_cast<std::size_t>(rows * p_.kv_wire.row_bytes(d));
+            a.kq = QuantRows::in_buffer(p_.kv_wire, rows, d, base).from(row0);
+            a.vq = QuantRows::in_buffer(p_.kv_wire, rows, d, base + half).from(row0);
+          } else {
+            const std::size_t k_off =
+                static_cast<std::size_t>((b * nk + ks.local_offset) * p_.hkv * d) * esz_;
+            a.k = static_cast<const char*>(p_.k) + k_off;
+            a.v = static_cast<const char*>(p_.v) + k_off;
+          }
           add(eng_.attend_merge(a, slot, 0, 0, work));
         }
       }
