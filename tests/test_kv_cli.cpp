@@ -72,6 +72,7 @@ TEST_F(KvCli, BadOptionsNameTheOption) {
       {{"--kv-store", "int8", "--window-left", "64", "--regional-block", "16", "--regional-window",
         "256"},
        "--kv-store"},
+      {{"--kv-wire", "int4", "--route-block", "64", "--route-topk", "2"}, "--kv-wire"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.names);

@@ -65,10 +65,10 @@ void JobSpec::validate() const {
   }
   if (kv_store && !kv_wire.on())
     throw FieldError("kv_store", "needs a quantized format (int8 or int4)");
-  if (kv_store && hier.on())
-    throw FieldError("kv_store",
-                     "hierarchical stages read the exact K/V rows; they do not take K/V stored "
-                     "quantized yet");
+  if (kv_wire.on() && hier.on())
+    throw FieldError(kv_store ? "kv_store" : "kv_wire",
+                     "the hierarchical stages read and move exact K/V rows; they do not take "
+                     "quantized K/V yet");
   if (moe.on() && device != Device::cpu)
     throw FieldError("moe_experts", "the MoE stage runs on the cpu device");
   if (!moe.on())
