@@ -18,10 +18,11 @@
 // quantized once for sending (MemoryBreakdown::wire_copy). With kv_store, K and
 // V are held as those codes only (no wire copy), after a load that briefly
 // holds Q, K and V in the storage dtype beside the codes
-// (MemoryBreakdown::loading). The sinks and global tokens stay in the storage
-// dtype. The kernel's dequantize-on-pack is not modelled (negligible), and a
-// gpu profile plans the wire a device implementation would send (the CUDA
-// engine runs only the storage dtype today).
+// (MemoryBreakdown::loading). The kernel workspace adds each thread's
+// dequantized panel on a rank that attends held codes. The sinks and global
+// tokens stay in the storage dtype. The kernel's dequantize-on-pack is not modelled (negligible),
+// and a gpu profile plans the wire a device implementation would send (the CUDA engine runs only
+// the storage dtype today).
 //
 // Time model, per rank r and step s (all seconds):
 //   c(r,s) = 4 B Hq D pairs(r,s) / R            R = rate of one rank (below)

@@ -174,8 +174,12 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
     for (const Segment& s : ql.segments(r)) max_rows = std::max(max_rows, s.count);
     m.partial = double(max_rows) * hq * (d + 1) * kFloatBytes;
     m.shared = sh.on() ? shared_buffers : 0.0;
+    // The kernel dequantizes held codes: every block with kv_store, received ones otherwise.
+    bool quantized = in.kv_store && in.kv_wire.on();
+    for (int s = 1; s < p.steps && in.kv_wire.on() && !quantized; ++s)
+      quantized = !sch.step(r, s).work.empty();
     m.workspace = cpu && rp.pairs > 0 ? kernel_workspace_bytes(max_kseg, in.head_dim, max_rows,
-                                                               in.group(), p.threads)
+                                                               in.group(), p.threads, quantized)
                                       : 0;
     p.max_rank_memory = std::max(p.max_rank_memory, m.peak());
     p.total_flops += rp.flops;
