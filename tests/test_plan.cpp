@@ -13,6 +13,7 @@
 #include "ringattn/kernel.hpp"
 #include "ringattn/layout.hpp"
 #include "ringattn/plan.hpp"
+#include "ringattn/quant.hpp"
 #include "ringattn/schedule.hpp"
 
 namespace ringattn {
@@ -508,6 +509,131 @@ TEST(PlanMoe, RejectsFewerExpertsThanRanks) {
   } catch (const FieldError& e) {
     EXPECT_EQ(e.field(), "moe_experts");
   }
+}
+
+// ---- K/V quantization (kv_wire, kv_store) ------------------------------------------
+
+QuantFormat kv_format(QuantBits bits, int group, bool asymmetric = false) {
+  QuantFormat f;
+  f.bits = bits, f.group = group, f.asymmetric = asymmetric;
+  return f;
+}
+
+TEST(PlanKv, WireBytesAreTheFormatsRow) {
+  const HardwareProfile hw = slow_link_profile(20);
+  PlanInput plain = problem(4 * 4096, 4, true, LayoutKind::zigzag);
+  plain.dtype = DType::f32;  // D = 128: 512 B per token-head
+  plain.mask.sinks = 4;      // shared rows, which stay in the storage dtype
+  const Plan ref = make_plan(plain, hw);
+  EXPECT_EQ(ref.kv_row_bytes, 512);
+  struct Case {
+    QuantFormat f;
+    int64_t row;
+  };
+  // int8 g64: 128 codes + 2 scales x 4 B; int4 asym g32: 64 codes + 4 (scale, lo) x 4 B.
+  for (const Case& c : {Case{kv_format(QuantBits::int8, 64), 136},
+                        Case{kv_format(QuantBits::int4, 32, true), 96}}) {
+    PlanInput in = plain;
+    in.kv_wire = c.f;
+    const Plan p = make_plan(in, hw);
+    const double ratio = double(c.row) / 512.0;
+    EXPECT_EQ(p.kv_row_bytes, c.row) << c.f.describe();
+    EXPECT_EQ(p.block_bytes, ref.block_bytes * ratio);
+    ASSERT_EQ(p.per_step.size(), ref.per_step.size());
+    for (std::size_t s = 0; s < p.per_step.size(); ++s)
+      EXPECT_EQ(p.per_step[s].bytes, ref.per_step[s].bytes * ratio) << s;
+    // bytes_per_step also counts the sinks' all-gather, in the storage dtype.
+    const int rotations = in.ranks * (p.steps - 1);
+    const Layout ql(in.layout, in.nq, in.ranks);
+    const RingSchedule sch = make_ring_schedule(ql, ql, in.mask);
+    double ring_sent = 0;
+    for (int r = 0; r < in.ranks; ++r) ring_sent += double(sch.tokens_sent(ql, r) * 2 * in.hkv);
+    EXPECT_DOUBLE_EQ(p.bytes_per_step - ref.bytes_per_step,
+                     ring_sent * double(c.row - 512) / rotations);
+    for (std::size_t r = 0; r < p.per_rank.size(); ++r) {
+      const MemoryBreakdown &m = p.per_rank[r].mem, &m0 = ref.per_rank[r].mem;
+      EXPECT_EQ(m.k, m0.k);  // held in the storage dtype
+      EXPECT_EQ(m.recv_buffers, m0.recv_buffers * ratio);
+      EXPECT_EQ(m.wire_copy, 2.0 * double(p.per_rank[r].kv_tokens * in.hkv * c.row));
+      EXPECT_EQ(m.shared, m0.shared);
+      EXPECT_EQ(m.loading, 0);
+      EXPECT_EQ(p.per_rank[r].compute_s, ref.per_rank[r].compute_s);
+      EXPECT_LT(p.per_rank[r].transfer_s, ref.per_rank[r].transfer_s);
+    }
+    EXPECT_EQ(p.total_flops, ref.total_flops);
+    // The hiding threshold with the wire's bytes per token-head.
+    const double a = 4.0 * double(in.hq * in.head_dim) * p.visible_fraction / p.rate;
+    const double b = 2.0 * double(in.hkv * c.row) / p.link.bandwidth_bps;
+    EXPECT_EQ(p.min_tokens_hidden, min_hiding_tokens(a, b, 2 * p.link.latency_s));
+    EXPECT_LT(p.min_tokens_hidden, ref.min_tokens_hidden);
+  }
+}
+
+TEST(PlanKv, StoredKvIsTheCodes) {
+  const HardwareProfile hw = parse_hardware_profile(kProfile, "t.ini");
+  PlanInput in = problem(4096, 4, false, LayoutKind::contiguous);
+  in.dtype = DType::f32;
+  in.kv_wire = kv_format(QuantBits::int8, 64);
+  in.kv_store = true;
+  const Plan p = make_plan(in, hw);
+  const double c = 1024;  // tokens per rank; B = 1, Hkv = 2, 136 B per token-head
+  for (const RankPlan& r : p.per_rank) {
+    EXPECT_EQ(r.mem.k, c * 2 * 136);
+    EXPECT_EQ(r.mem.v, c * 2 * 136);
+    EXPECT_EQ(r.mem.recv_buffers, 2 * (2 * c * 2 * 136));  // two blocks of the wire's codes
+    EXPECT_EQ(r.mem.wire_copy, 0);                         // the stored codes are sent
+    // Loading: Q, the float32 K and V, and their codes.
+    EXPECT_EQ(r.mem.loading, c * 8 * 128 * 4 + 2 * c * 2 * 512 + 2 * c * 2 * 136);
+    EXPECT_EQ(r.mem.peak(), std::max(r.mem.total(), r.mem.loading));
+  }
+  EXPECT_DOUBLE_EQ(p.max_rank_memory, p.per_rank[0].mem.peak());
+
+  const auto field_of = [&](const PlanInput& x) {
+    try {
+      make_plan(x, hw);
+    } catch (const FieldError& e) {
+      return e.field();
+    }
+    return std::string("none");
+  };
+  PlanInput bad = in;
+  bad.kv_wire = {};  // stored without a format
+  EXPECT_EQ(field_of(bad), "kv_store");
+  bad = in, bad.kv_store = false, bad.kv_wire.group = 48;
+  EXPECT_EQ(field_of(bad), "kv_group");
+  bad = in, bad.mask = Mask::causal(0), bad.mask.lo = -24;
+  bad.hier.regional_block = 8, bad.hier.regional_window = 64, bad.hier.global_block = 32;
+  EXPECT_EQ(field_of(bad), "kv_store");  // as run: the stages read exact K/V rows
+  bad.kv_store = false;
+  EXPECT_EQ(field_of(bad), "none");
+}
+
+TEST(PlanKv, StagesAreUnaffected) {
+  const HardwareProfile hw = parse_hardware_profile(kProfile, "t.ini");
+  // The MoE stage works on the attention output.
+  PlanInput moe = moe_problem(1.25);
+  const Plan m0 = make_plan(moe, hw);
+  moe.kv_wire = kv_format(QuantBits::int8, 32);
+  const Plan m1 = make_plan(moe, hw);
+  ASSERT_TRUE(m1.moe.on);
+  for (std::size_t r = 0; r < m1.moe.per_rank.size(); ++r) {
+    EXPECT_EQ(m1.moe.per_rank[r].bytes_sent, m0.moe.per_rank[r].bytes_sent);
+    EXPECT_EQ(m1.moe.per_rank[r].memory, m0.moe.per_rank[r].memory);
+    EXPECT_EQ(m1.moe.per_rank[r].seconds, m0.moe.per_rank[r].seconds);
+  }
+  // The hierarchical stage gathers float block means and reads exact K/V; only its ring shrinks.
+  PlanInput h = problem(4096, 4, true, LayoutKind::zigzag);
+  h.mask.lo = -24;
+  h.hier.regional_block = 8, h.hier.regional_window = 64, h.hier.global_block = 32;
+  const Plan h0 = make_plan(h, hw);
+  h.kv_wire = kv_format(QuantBits::int4, 64);
+  const Plan h1 = make_plan(h, hw);
+  ASSERT_TRUE(h1.stage.on);
+  EXPECT_EQ(h1.stage.gathered_bytes, h0.stage.gathered_bytes);
+  EXPECT_EQ(h1.stage.sent, h0.stage.sent);
+  EXPECT_EQ(h1.stage.memory, h0.stage.memory);
+  EXPECT_EQ(h1.stage.seconds, h0.stage.seconds);
+  EXPECT_LT(h1.block_bytes, h0.block_bytes);
 }
 
 }  // namespace

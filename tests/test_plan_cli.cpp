@@ -85,6 +85,13 @@ TEST_F(PlanCli, HelpDocumentsTheOptions) {
                         "--seq-len", "--kv-heads", "--causal", "--window-left", "(default: 4096)"})
     EXPECT_NE(r.out.find(s), std::string::npos) << s;
   EXPECT_NE(r.out.find("(run only: accepted, does not change the plan)"), std::string::npos);
+  // What the plan reads is not marked run-only.
+  for (const char* s : {"--kv-wire", "--kv-store", "--kv-group", "--moe-experts"}) {
+    const auto at = r.out.find(std::string("  ") + s + " ");
+    ASSERT_NE(at, std::string::npos) << s;
+    const std::string help = r.out.substr(at, r.out.find("\n  --", at + 1) - at);
+    EXPECT_EQ(help.find("run only"), std::string::npos) << help;
+  }
 }
 
 TEST_F(PlanCli, PlansARunsConfigFile) {
@@ -140,7 +147,8 @@ TEST_F(PlanCli, JsonHasOneSummaryThenRanksThenSteps) {
 }
 
 // What plan predicts for memory, steps, transfers and bytes is what run measures:
-// a plain causal ring, and a window with sinks (shared rows, direct transfers).
+// a plain causal ring, a window with sinks (shared rows, direct transfers), and
+// K/V quantized on the wire or in memory.
 class PlanVsRun : public PlanCli, public ::testing::WithParamInterface<std::vector<std::string>> {};
 
 // Each: --ranks-local P first, then the rest. Two threads on a small problem check the
@@ -152,7 +160,16 @@ INSTANTIATE_TEST_SUITE_P(
                                  "1"},
         std::vector<std::string>{"--ranks-local", "4", "--seq-len", "2000", "--causal",
                                  "--window-left", "200", "--sinks", "4", "--threads", "1"},
-        std::vector<std::string>{"--ranks-local", "1", "--seq-len", "100", "--threads", "2"}));
+        std::vector<std::string>{"--ranks-local", "1", "--seq-len", "100", "--threads", "2"},
+        // A quantized wire (the own block's wire copy), with sinks (exact, shared rows).
+        std::vector<std::string>{"--ranks-local", "3", "--seq-len", "1000", "--causal", "--sinks",
+                                 "4", "--kv-wire", "int8", "--threads", "1"},
+        // K/V stored as codes (the wire carries them), asymmetric int4.
+        std::vector<std::string>{"--ranks-local", "4", "--seq-len", "1000", "--kv-store", "int4",
+                                 "--kv-group", "32", "--kv-asymmetric", "--threads", "1"},
+        // Stored, with 40x more keys than queries: the peak is the load (float K/V beside codes).
+        std::vector<std::string>{"--ranks-local", "2", "--seq-len", "200", "--kv-seq-len", "8000",
+                                 "--kv-store", "int8", "--threads", "1"}));
 
 TEST_P(PlanVsRun, MemoryStepsAndBytesMatch) {
   const std::string hw = write_profile("cpu.ini", kCpuProfile);
@@ -182,6 +199,68 @@ TEST_P(PlanVsRun, MemoryStepsAndBytesMatch) {
     EXPECT_EQ(json_number(pr, "pairs"), json_number(mr, "pairs")) << rank;
     EXPECT_EQ(json_number(pr, "memory_bytes"), json_number(mr, "peak_bytes")) << rank;
   }
+}
+
+TEST_F(PlanCli, KvWireAndStoreFormats) {
+  const std::string hw = write_profile("cpu.ini", kCpuProfile);
+  const std::vector<std::string> base = {
+      "--hardware", hw,  "--ranks-local", "4",   "--seq-len", "4096",      "--heads", "4",
+      "--kv-heads", "2", "--head-dim",    "128", "--causal",  "--kv-wire", "int8"};
+  const Result r = plan(base);
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.out.find("  kv wire "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("int8 g64: 136 B per token-head vs 512 B float32"), std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("own block (wire)"), std::string::npos) << r.out;
+
+  std::vector<std::string> json = base;
+  json.push_back("--json");
+  const Result j = plan(json);
+  ASSERT_EQ(j.rc, 0) << j.err;
+  std::vector<std::string> fp = json;
+  fp.resize(fp.size() - 3), fp.push_back("--json");  // without --kv-wire int8
+  const Result f = plan(fp);
+  ASSERT_EQ(f.rc, 0) << f.err;
+  const std::string s = lines_of(j.out).front(), s0 = lines_of(f.out).front();
+  EXPECT_EQ(json_field(s, "kv_wire"), "int8 g64");
+  EXPECT_EQ(json_field(s, "kv_store"), "false");
+  EXPECT_EQ(json_number(s, "kv_wire_row_bytes"), 136);
+  EXPECT_EQ(json_field(s0, "kv_wire"), "float32");
+  EXPECT_EQ(json_number(s0, "kv_wire_row_bytes"), 512);
+  EXPECT_EQ(json_number(s, "bytes_per_step"), json_number(s0, "bytes_per_step") * 136 / 512);
+  EXPECT_EQ(json_number(s, "mem_k"), json_number(s0, "mem_k"));
+  EXPECT_GT(json_number(s, "mem_wire_copy"), 0);
+
+  // --kv-store: K/V in memory are the codes.
+  std::vector<std::string> store = {
+      "--hardware", hw,  "--ranks-local", "4",   "--seq-len",  "4096", "--heads", "4",
+      "--kv-heads", "2", "--head-dim",    "128", "--kv-store", "int8", "--json"};
+  const Result st = plan(store);
+  ASSERT_EQ(st.rc, 0) << st.err;
+  const std::string ss = lines_of(st.out).front();
+  EXPECT_EQ(json_field(ss, "kv_store"), "true");
+  EXPECT_EQ(json_number(ss, "mem_k"), 1024.0 * 2 * 136);
+  EXPECT_EQ(json_number(ss, "mem_wire_copy"), 0);
+  store.pop_back();
+  const Result st_table = plan(store);
+  ASSERT_EQ(st_table.rc, 0) << st_table.err;
+  EXPECT_NE(st_table.out.find("K/V stored as the codes in memory too"), std::string::npos)
+      << st_table.out;
+
+  // Without quantization: no kv line.
+  fp.pop_back();
+  const Result plain = plan(fp);
+  ASSERT_EQ(plain.rc, 0) << plain.err;
+  EXPECT_EQ(plain.out.find("  kv wire "), std::string::npos) << plain.out;
+}
+
+TEST_F(PlanCli, BadKvOptions) {
+  const std::string hw = write_profile("cpu.ini", kCpuProfile);
+  expect_usage_error(plan({"--hardware", hw, "--kv-wire", "int3"}), "--kv-wire");
+  expect_usage_error(plan({"--hardware", hw, "--kv-group", "48", "--kv-wire", "int8"}),
+                     "--kv-group");
+  expect_usage_error(plan({"--hardware", hw, "--kv-group", "32"}), "--kv-group");
+  expect_usage_error(plan({"--hardware", hw, "--kv-store", "float32"}), "--kv-store");
 }
 
 TEST_F(PlanCli, CalibrateWritesAProfilePlanReads) {

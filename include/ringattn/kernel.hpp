@@ -40,8 +40,9 @@ Isa parse_isa(const std::string& s);  // inverse of isa_name plus "auto"; FieldE
 // Bytes of workspace one attention_forward call allocates for `nk` keys, at
 // most `rows` query rows and `group` query heads per K/V head, on `threads`
 // threads (capped at the task count, as the call does) with the ISA that
-// automatic picks: the packed float32 K/V of one head plus per-thread tiles.
+// automatic picks: the packed float32 K/V of one head plus per-thread tiles
+// (and, for quantized K/V, each thread's dequantized panel of K and V rows).
 double kernel_workspace_bytes(int64_t nk, int64_t head_dim, int64_t rows, int64_t group,
-                              int threads);
+                              int threads, bool quantized = false);
 
 }  // namespace ringattn

@@ -11,6 +11,19 @@
 // partial state, the gathered shared rows, and the kernel workspace (cpu: one
 // packed float32 K/V head + per-thread tiles; gpu: on-chip, counted as 0).
 //
+// K/V quantization (ringattn/quant.hpp; PlanInput::kv_wire, kv_store): a K/V
+// block travels as kv_wire.row_bytes(D) bytes per token-head instead of D esz
+// (ring.cpp's block_bytes), so the bytes per step, the receive buffers and the
+// hiding threshold use the wire's row; a rank also holds its own block
+// quantized once for sending (MemoryBreakdown::wire_copy). With kv_store, K and
+// V are held as those codes only (no wire copy), after a load that briefly
+// holds Q, K and V in the storage dtype beside the codes
+// (MemoryBreakdown::loading). The kernel workspace adds each thread's
+// dequantized panel on a rank that attends held codes. The sinks and global
+// tokens stay in the storage dtype. The kernel's dequantize-on-pack is not modelled (negligible),
+// and a gpu profile plans the wire a device implementation would send (the CUDA engine runs only
+// the storage dtype today).
+//
 // Time model, per rank r and step s (all seconds):
 //   c(r,s) = 4 B Hq D pairs(r,s) / R            R = rate of one rank (below)
 //   m(r,s) = merged rows x Hq x (3 D + 3) x 4 B / (memory bandwidth x threads)
@@ -29,10 +42,11 @@
 // Hiding (RingAttention's block-size condition, generalised): with c tokens
 // per rank, a step computes f c^2 pairs (f = the visible fraction of the
 // steps that overlap a transfer, from the schedule: 1 dense, ~1/2 causal
-// zigzag) and sends 2 c Hkv D esz bytes, so it hides when
-//   4 B Hq D f c^2 / R  >=  2 B Hkv D esz c / BW + 2 latency,
+// zigzag) and sends 2 c Hkv w bytes (w = D esz, or kv_wire.row_bytes(D)), so
+// it hides when
+//   4 B Hq D f c^2 / R  >=  2 B Hkv w c / BW + 2 latency,
 // i.e. c >= c_min = (b + sqrt(b^2 + 4 a L)) / (2 a), a = 4 B Hq D f / R,
-// b = 2 B Hkv D esz / BW, L = 2 latency. For MHA, bf16, f = 1 and no latency
+// b = 2 B Hkv w / BW, L = 2 latency. For MHA, bf16, f = 1 and no latency
 // this is RingAttention's c >= R / BW.
 //
 // Stages after the ring (StagePlan, MoePlan below) start when every rank has
@@ -40,6 +54,7 @@
 // FLOPs and memory add to each rank's.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -50,6 +65,7 @@
 #include "ringattn/layout.hpp"
 #include "ringattn/mask.hpp"
 #include "ringattn/moe.hpp"
+#include "ringattn/quant.hpp"
 
 namespace ringattn {
 
@@ -88,6 +104,10 @@ struct PlanInput : AttentionProblem {
   int threads = 0;         // cpu kernel threads per rank; 0: as `run` (see plan.cpp)
   PlanLinks links = PlanLinks::network;
   MoeConfig moe;  // the MoE stage after attention (MoePlan); off by default
+  // K/V on the wire (JobSpec::kv_wire; off: the storage dtype), and held as its
+  // codes in memory (JobSpec::kv_store; needs kv_wire on).
+  QuantFormat kv_wire;
+  bool kv_store = false;
 };
 
 // The hierarchical stage (ringattn/hierarchy_stage.hpp), after the ring:
@@ -190,18 +210,24 @@ struct MoePlan {
   double max_memory() const;
 };
 
-struct MemoryBreakdown {  // bytes, one rank
-  double q = 0, k = 0, v = 0, o = 0, lse = 0;
-  double recv_buffers = 0;  // min(2, steps - 1) K/V blocks
+struct MemoryBreakdown {                       // bytes, one rank
+  double q = 0, k = 0, v = 0, o = 0, lse = 0;  // k, v: the codes with kv_store
+  double recv_buffers = 0;                     // min(2, steps - 1) K/V blocks (in the wire format)
   int recv_count = 0;
+  double wire_copy = 0;  // kv_wire without kv_store, steps > 1: the own block quantized once
   double partial = 0;    // one query segment's (or global query chunk's) partial O and LSE
   double shared = 0;     // sinks / global keys and global queries gathered from every rank
   double workspace = 0;  // kernel: packed K/V head + thread tiles (cpu)
   double stage = 0;      // the hierarchical stage (StagePlan::memory)
   double moe = 0;        // the MoE stage (MoeRankPlan::memory)
+  // kv_store: while K/V are quantized as they load, Q, K and V in the storage
+  // dtype and the codes, before O exists (0 otherwise).
+  double loading = 0;
   double total() const {
-    return q + k + v + o + lse + recv_buffers + partial + shared + workspace + stage + moe;
+    return q + k + v + o + lse + recv_buffers + wire_copy + partial + shared + workspace + stage +
+           moe;
   }
+  double peak() const { return std::max(total(), loading); }  // what run's peak_bytes measures
 };
 
 struct RankPlan {
@@ -235,6 +261,7 @@ struct Plan {
   double imbalance = 1;         // schedule: max / mean pairs per rank
   double total_flops = 0;
   double block_bytes = 0;     // largest K/V block in flight
+  int64_t kv_row_bytes = 0;   // one token-head row of K (or V) on the wire: D esz or row_bytes(D)
   double bytes_per_step = 0;  // mean over ranks and rotations of the bytes a rank sends (as run)
   std::vector<RankPlan> per_rank;
   std::vector<StepPlan> per_step;
@@ -251,14 +278,15 @@ struct Plan {
   double naive_scores_total = 0;     // x B x Hq
   double flash_block_per_head = 0;   // flash_block_bytes(nq)
   double kv_cache_bytes = 0;         // kv_cache_values(nk, hkv, D) x B x esz
-  double max_rank_memory = 0;
-  double memory_available = 0;  // per rank: device memory (cpu: node memory / ranks per node)
+  double max_rank_memory = 0;        // max over ranks of MemoryBreakdown::peak()
+  double memory_available = 0;       // per rank: device memory (cpu: node memory / ranks per node)
   bool fits = true;
 };
 
 // Throws FieldError naming the field (ranks, ranks_per_node, hardware, a
-// problem field, or a moe_* field of validate_moe) when the input cannot be
-// planned (P too large, a link the ring needs is missing, E < P).
+// problem field, a moe_* field of validate_moe, kv_group or kv_store) when the
+// input cannot be planned (P too large, a link the ring needs is missing, E < P,
+// a group that does not divide D, kv_store without a format or with a hierarchy).
 Plan make_plan(const PlanInput& in, const HardwareProfile& hw);
 
 // The stage's figures for P ranks of the layouts (in.hier on), at `rate`

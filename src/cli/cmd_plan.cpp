@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cli/commands.hpp"
+#include "cli/kv_options.hpp"
 #include "cli/metrics.hpp"
 #include "cli/moe_options.hpp"
 #include "cli/options.hpp"
@@ -55,7 +56,8 @@ CommandSpec plan_spec() {
       "need. The problem options are `ringattn run`'s; --hardware names a profile\n"
       "(configs/hardware/*.ini, or one written by `ringattn calibrate`). With --moe-experts it\n"
       "also predicts the MoE stage after attention (balanced routing): capacity, all-to-all\n"
-      "bytes per rank, FFN and all-to-all time, memory.";
+      "bytes per rank, FFN and all-to-all time, memory. With --kv-wire (and --kv-store) the K/V\n"
+      "blocks' bytes, receive buffers, stored K/V and hiding threshold are the quantized format's.";
   s.usage = "--hardware NAME|FILE [--ranks P | --ranks-local P] [run's problem options]";
   s.options = {
       OptionSpec::text("hardware", "",
@@ -75,15 +77,23 @@ CommandSpec plan_spec() {
                        "print JSON lines (a summary, then one record per rank and per step) "
                        "instead of the table"),
   };
+  // The MoE stage's options (d_model = Hq D) and K/V quantization's (the wire's
+  // bytes, the stored K/V) change the plan; added where run's spec lacks them.
+  std::vector<OptionSpec> planned = moe_option_specs();
+  for (OptionSpec& o : kv_option_specs()) planned.push_back(std::move(o));
+  const auto is_planned = [&](const std::string& name) {
+    return std::any_of(planned.begin(), planned.end(),
+                       [&](const OptionSpec& x) { return x.name == name; });
+  };
   for (OptionSpec& o : run_spec().options) {
     if (o.name == "ranks-local") o.help = "in-process ranks P (threads of one process, as run)";
     const bool mask = o.name.rfind("window", 0) == 0 || o.name.rfind("block", 0) == 0 ||
                       o.name == "dilation" || o.name == "sinks" || o.name == "global";
-    if (kProblemOptions.count(o.name) == 0 && !mask) o.help = kRunOnly + o.help;
+    if (kProblemOptions.count(o.name) == 0 && !mask && !is_planned(o.name))
+      o.help = kRunOnly + o.help;
     s.options.push_back(std::move(o));
   }
-  // The MoE stage's options (d_model = Hq D); skipped where run's spec already has them.
-  for (OptionSpec& o : moe_option_specs()) {
+  for (OptionSpec& o : planned) {
     const bool known = std::any_of(s.options.begin(), s.options.end(),
                                    [&](const OptionSpec& x) { return x.name == o.name; });
     if (!known) s.options.push_back(std::move(o));
@@ -153,6 +163,8 @@ int cmd_plan(int argc, char** argv) {
   in.ranks_per_node = opt->integer_int("ranks-per-node");
   in.threads = opt->threads();
   in.moe = plan_moe_config(*opt, cfg.hq * cfg.head_dim);
+  const KvOptions kv = parse_kv_options(*opt, cfg.dtype);
+  in.kv_wire = kv.wire, in.kv_store = kv.store;
   Plan plan;
   try {
     plan = make_plan(in, hw);

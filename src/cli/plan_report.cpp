@@ -56,7 +56,7 @@ const RankPlan& slowest(const Plan& p) {
 const RankPlan& largest(const Plan& p) {
   return *std::max_element(
       p.per_rank.begin(), p.per_rank.end(),
-      [](const RankPlan& a, const RankPlan& b) { return a.mem.total() < b.mem.total(); });
+      [](const RankPlan& a, const RankPlan& b) { return a.mem.peak() < b.mem.peak(); });
 }
 
 double max_step(const Plan& p, double StepPlan::*f) {
@@ -150,7 +150,7 @@ void print_plan(const PlanReport& r) {
                                 cell_fixed(k.flops / kGiga, 2), cell_fixed(k.compute_s * kMs, 2),
                                 cell_fixed(k.merge_s * kMs, 2), cell_fixed(k.transfer_s * kMs, 2),
                                 cell_fixed(k.wait_s * kMs, 2), cell_fixed(k.total_s * kMs, 2),
-                                format_bytes(k.mem.total())}));
+                                format_bytes(k.mem.peak())}));
   }
 
   const Table steps({{"step", 4}, {"sent", 10}, {"compute_ms", 10}, {"xfer_ms", 8}, {"hidden", 6}});
@@ -167,16 +167,22 @@ void print_plan(const PlanReport& r) {
   const RankPlan& big = largest(p);
   const MemoryBreakdown& m = big.mem;
   line("memory (rank " + std::to_string(big.rank) + ")",
-       fmt::format("{} = q {} + k {} + v {} + O {} + LSE {} + {} receive buffer{} {} + partial "
-                   "state {}{} + kernel workspace {}{}{}",
-                   format_bytes(m.total()), format_bytes(m.q), format_bytes(m.k), format_bytes(m.v),
-                   format_bytes(m.o), format_bytes(m.lse), m.recv_count,
-                   m.recv_count == 1 ? "" : "s", format_bytes(m.recv_buffers),
-                   format_bytes(m.partial),
-                   m.shared > 0 ? " + shared rows " + format_bytes(m.shared) : std::string(),
-                   format_bytes(m.workspace),
-                   m.stage > 0 ? " + hierarchy " + format_bytes(m.stage) : std::string(),
-                   m.moe > 0 ? " + moe " + format_bytes(m.moe) : std::string()));
+       fmt::format(
+           "{} = q {} + k {} + v {}{} + O {} + LSE {} + {} receive buffer{} {}{} + "
+           "partial state {}{} + kernel workspace {}{}{}{}",
+           format_bytes(m.total()), format_bytes(m.q), format_bytes(m.k), format_bytes(m.v),
+           p.in.kv_store ? " (codes)" : "", format_bytes(m.o), format_bytes(m.lse), m.recv_count,
+           m.recv_count == 1 ? "" : "s", format_bytes(m.recv_buffers),
+           m.wire_copy > 0 ? " + own block (wire) " + format_bytes(m.wire_copy) : std::string(),
+           format_bytes(m.partial),
+           m.shared > 0 ? " + shared rows " + format_bytes(m.shared) : std::string(),
+           format_bytes(m.workspace),
+           m.stage > 0 ? " + hierarchy " + format_bytes(m.stage) : std::string(),
+           m.moe > 0 ? " + moe " + format_bytes(m.moe) : std::string(),
+           m.loading > m.total()
+               ? fmt::format("; {} while loading (q, k and v in {} beside their codes)",
+                             format_bytes(m.loading), dtype_name(p.in.dtype))
+               : std::string()));
   line("memory available", fmt::format("{} per rank: {}", format_bytes(p.memory_available),
                                        p.fits ? "fits" : "DOES NOT FIT"));
   line("ring steps",
@@ -185,6 +191,15 @@ void print_plan(const PlanReport& r) {
                    p.transfer == "direct" ? "owners send a block only to the ranks that need it"
                                           : "neighbours pass blocks on",
                    format_bytes(p.bytes_per_step), format_bytes(p.block_bytes)));
+  if (p.in.kv_wire.on()) {
+    const int64_t plain = p.in.head_dim * int64_t(dtype_size(p.in.dtype));
+    line("kv wire",
+         fmt::format("{}: {} B per token-head vs {} B {} ({:.2f}x fewer bytes per step); {}",
+                     p.in.kv_wire.describe(), p.kv_row_bytes, plain, dtype_name(p.in.dtype),
+                     double(plain) / double(p.kv_row_bytes),
+                     p.in.kv_store ? "K/V stored as the codes in memory too"
+                                   : "own blocks, sinks and global tokens exact"));
+  }
   line("work", fmt::format("{:.4g} GFLOP in all; {:.4g} GFLOP on the busiest rank; imbalance "
                            "{:.3f} (max/mean visible pairs)",
                            p.total_flops / kGiga,
@@ -261,6 +276,10 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
       .number("max_rank_gflop", max_flops / kGiga)
       .number("bytes_per_step", p.bytes_per_step)
       .number("max_bytes_per_step", p.block_bytes)
+      .text("kv_wire",
+            p.in.kv_wire.on() ? p.in.kv_wire.describe() : std::string(dtype_name(p.in.dtype)))
+      .boolean("kv_store", p.in.kv_store)
+      .integer("kv_wire_row_bytes", p.kv_row_bytes)
       .number("step_compute_ms", max_step(p, &StepPlan::compute_s) * kMs)
       .number("step_transfer_ms", max_step(p, &StepPlan::transfer_s) * kMs)
       .boolean("hidden", p.all_hidden)
@@ -274,13 +293,15 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
       .number("transfer_ms", slow.transfer_s * kMs)
       .number("wait_ms", slow.wait_s * kMs)
       .number("gflops", p.total_flops / p.predicted_s / kGiga)
-      .number("memory_bytes", big.mem.total())
+      .number("memory_bytes", big.mem.peak())
       .number("mem_q", big.mem.q)
       .number("mem_k", big.mem.k)
       .number("mem_v", big.mem.v)
       .number("mem_o", big.mem.o)
       .number("mem_lse", big.mem.lse)
       .number("mem_recv", big.mem.recv_buffers)
+      .number("mem_wire_copy", big.mem.wire_copy)
+      .number("mem_loading", big.mem.loading)
       .number("mem_partial", big.mem.partial)
       .number("mem_shared", big.mem.shared)
       .number("mem_workspace", big.mem.workspace)
@@ -336,7 +357,7 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
                       .number("merge_ms", k.merge_s * kMs)
                       .number("transfer_ms", k.transfer_s * kMs)
                       .number("wait_ms", k.wait_s * kMs)
-                      .number("memory_bytes", k.mem.total()));
+                      .number("memory_bytes", k.mem.peak()));
   for (const StepPlan& st : p.per_step)
     out.push_back(JsonObject()
                       .text("command", "plan")

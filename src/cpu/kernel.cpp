@@ -79,14 +79,15 @@ Isa parse_isa(const std::string& s) {
 }
 
 double kernel_workspace_bytes(int64_t nk, int64_t head_dim, int64_t rows, int64_t group,
-                              int threads) {
+                              int threads, bool quantized) {
   const cpu::IsaKernels& K = kernels_for(Isa::automatic);
   const int64_t dp = cpu::round_up(head_dim, K.lanes);
   const int64_t nk_pad = std::max<int64_t>(cpu::round_up(nk, K.panel), 1);
   const int64_t tasks = group * ((rows + cpu::kBlockQ - 1) / cpu::kBlockQ);
   const int64_t t = std::clamp<int64_t>(tasks, 1, std::max(threads, 1));
+  const int64_t deq = quantized ? 2 * int64_t{K.panel} * head_dim : 0;  // attention_forward's
   return double(sizeof(float)) *
-         double(2 * nk_pad * dp + K.workspace_floats(static_cast<int>(dp)) * t);
+         double(2 * nk_pad * dp + (K.workspace_floats(static_cast<int>(dp)) + deq) * t);
 }
 
 KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,

@@ -47,6 +47,13 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
     throw FieldError("ranks_per_node", fmt::format("expected >= 0, got {}", in.ranks_per_node));
   in.validate();
   validate_moe(in.moe, in.ranks);
+  if (in.kv_wire.on()) validate_quant(in.kv_wire, in.head_dim);
+  if (in.kv_store && !in.kv_wire.on())
+    throw FieldError("kv_store", "needs a quantized format (int8 or int4)");
+  if (in.kv_store && in.hier.on())
+    throw FieldError("kv_store",
+                     "hierarchical stages read the exact K/V rows; they do not take K/V stored "
+                     "quantized yet");
   Plan p;
   p.in = in;
   const int np = in.ranks;
@@ -104,8 +111,13 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
   const double flops_per_pair = 4.0 * double(in.batch * in.hq * in.head_dim);
   const double b = double(in.batch), hq = double(in.hq), hkv = double(in.hkv),
                d = double(in.head_dim);
-  const auto block_bytes = [&](int rank) {
-    return 2.0 * double(in.batch * kvl.tokens(rank) * in.hkv * in.head_dim) * esz;
+  // One token-head row of K (or V): on the wire, and as held in memory.
+  const int64_t plain_row = in.head_dim * int64_t(dtype_size(in.dtype));
+  p.kv_row_bytes = in.kv_wire.on() ? in.kv_wire.row_bytes(in.head_dim) : plain_row;
+  const double wire_row = double(p.kv_row_bytes);
+  const double stored_row = double(in.kv_store ? p.kv_row_bytes : plain_row);
+  const auto block_bytes = [&](int rank) {  // ring.cpp's block_bytes
+    return 2.0 * double(in.batch * kvl.tokens(rank) * in.hkv) * wire_row;
   };
   for (int r = 0; r < np; ++r) p.block_bytes = std::max(p.block_bytes, block_bytes(r));
   int64_t max_kseg = 0;
@@ -150,19 +162,26 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
     MemoryBreakdown& m = rp.mem;
     const double nq = double(rp.q_tokens), nk = double(rp.kv_tokens);
     m.q = b * nq * hq * d * esz;
-    m.k = m.v = b * nk * hkv * d * esz;
+    m.k = m.v = b * nk * hkv * stored_row;
     m.o = b * nq * hq * d * kFloatBytes;
     m.lse = b * hq * nq * kFloatBytes;
     m.recv_count = std::min(kMaxRecvBuffers, p.steps - 1);
     m.recv_buffers = m.recv_count * p.block_bytes;
+    m.wire_copy = in.kv_wire.on() && !in.kv_store && p.steps > 1 ? block_bytes(r) : 0.0;
+    // The own K and V in the storage dtype and their codes, while they are quantized.
+    m.loading = in.kv_store ? m.q + 2.0 * b * nk * hkv * d * esz + m.k + m.v : 0.0;
     int64_t max_rows = sh.on() ? shared_rows : 0;
     for (const Segment& s : ql.segments(r)) max_rows = std::max(max_rows, s.count);
     m.partial = double(max_rows) * hq * (d + 1) * kFloatBytes;
     m.shared = sh.on() ? shared_buffers : 0.0;
+    // The kernel dequantizes held codes: every block with kv_store, received ones otherwise.
+    bool quantized = in.kv_store && in.kv_wire.on();
+    for (int s = 1; s < p.steps && in.kv_wire.on() && !quantized; ++s)
+      quantized = !sch.step(r, s).work.empty();
     m.workspace = cpu && rp.pairs > 0 ? kernel_workspace_bytes(max_kseg, in.head_dim, max_rows,
-                                                               in.group(), p.threads)
+                                                               in.group(), p.threads, quantized)
                                       : 0;
-    p.max_rank_memory = std::max(p.max_rank_memory, m.total());
+    p.max_rank_memory = std::max(p.max_rank_memory, m.peak());
     p.total_flops += rp.flops;
     if (sh.on() && np > 1)
       shared_sent[ri] =
@@ -178,7 +197,7 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
       rp.mem.stage = p.stage.memory[ri];
       rp.flops += 4.0 * double(in.head_dim) * p.stage.scores[ri];
       p.total_flops += 4.0 * double(in.head_dim) * p.stage.scores[ri];
-      p.max_rank_memory = std::max(p.max_rank_memory, rp.mem.total());
+      p.max_rank_memory = std::max(p.max_rank_memory, rp.mem.peak());
     }
   p.moe = plan_moe_stage(in, ql, moe_gemm_rate(hw, in, p.rate), p.link);
   if (p.moe.on)
@@ -189,7 +208,7 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
       rp.mem.moe = mr.memory;
       rp.flops += mr.ffn_flops + mr.router_flops;
       p.total_flops += mr.ffn_flops + mr.router_flops;
-      p.max_rank_memory = std::max(p.max_rank_memory, rp.mem.total());
+      p.max_rank_memory = std::max(p.max_rank_memory, rp.mem.peak());
     }
   p.memory_available = cpu ? hw.memory_bytes / p.ranks_per_node
                            : hw.memory_bytes / std::max(1.0, p.oversubscription);
@@ -299,7 +318,7 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
   } else {
     p.visible_fraction = transfer_area > 0 ? transfer_pairs / transfer_area : 0.0;
     const double a = flops_per_pair * p.visible_fraction / p.rate;
-    const double bb = 2.0 * b * hkv * d * esz / p.link.bandwidth_bps;
+    const double bb = 2.0 * b * hkv * wire_row / p.link.bandwidth_bps;
     p.min_tokens_hidden =
         p.link.overlap < 1.0 ? -1 : min_hiding_tokens(a, bb, kMessagesPerStep * p.link.latency_s);
   }
