@@ -94,6 +94,40 @@ TEST(KvQuant, KernelEqualsTheReferenceOnDequantizedValues) {
       }
 }
 
+// Storage dtypes other than float32 quantize through quantize_values (via float32):
+// bfloat16 / float16 K and V, GQA and MQA, cross-attention (Nq != Nk).
+TEST(KvQuant, HalfPrecisionStorageGqaAndCrossAttention) {
+  for (DType dt : {DType::bf16, DType::f16})
+    for (int64_t hkv : {1, 2}) {
+      test::Problem p = test::make_problem(1, 70, 150, 4, hkv, 64, dt, 5 + uint64_t(hkv));
+      QuantFormat f;
+      f.bits = QuantBits::int8, f.group = 32;
+      const int64_t rows = p.args.nk * hkv;
+      std::vector<uint8_t> kb(at(rows * f.row_bytes(64))), vb(kb.size());
+      AttentionArgs a = p.args;
+      a.mask = Mask::causal(a.nk - a.nq);
+      a.kq = QuantRows::in_buffer(f, rows, 64, kb.data());
+      a.vq = QuantRows::in_buffer(f, rows, 64, vb.data());
+      quantize_values(p.k.data.data(), dt, rows, a.kq);
+      quantize_values(p.v.data.data(), dt, rows, a.vq);
+      // The reference: float32 K/V holding the dequantized values, q as float32 (exact).
+      std::vector<float> kd(at(rows * 64)), vd(kd.size());
+      dequantize_rows(a.kq, 0, rows, kd.data());
+      dequantize_rows(a.vq, 0, rows, vd.data());
+      Tensor qf(DType::f32, p.q.shape);
+      for (int64_t i = 0; i < p.q.numel(); ++i) qf.set(i, p.q.get(i));
+      AttentionArgs ref_args = a;
+      ref_args.dtype = DType::f32, ref_args.kq = {}, ref_args.vq = {};
+      ref_args.q = qf.data.data(), ref_args.k = kd.data(), ref_args.v = vd.data();
+      const ReferenceResult ref = reference_attention(ref_args);
+      const test::Output out = test::run_kernel(a);
+      const ErrorStats e = compare_to_reference(ref_args, out.o.data(), out.lse.data(), ref);
+      const Tolerance tol = tolerance_for(DType::f32);
+      EXPECT_LE(e.o_rel_fro, tol.o_rel_fro) << dtype_name(dt) << " hkv " << hkv;
+      EXPECT_LE(e.lse_max_scaled, tol.lse_max_abs) << dtype_name(dt) << " hkv " << hkv;
+    }
+}
+
 TEST(KvQuant, BadQuantizedArgumentsAreErrors) {
   test::Problem p = test::make_problem(1, 16, 16, 2, 2, 64, DType::f32, 3);
   QuantFormat f;
