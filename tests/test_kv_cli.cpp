@@ -4,6 +4,8 @@
 // errors, each naming its option and leaving no output behind.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -50,6 +52,23 @@ TEST_F(KvCli, StoredCodesPassVerifyAndTheCheck) {
   EXPECT_NE(r.out.find("vs float64 on 16 sampled query rows x 4 heads: ok"), std::string::npos)
       << r.out;
   EXPECT_NE(r.out.find("stored so in memory too"), std::string::npos) << r.out;
+}
+
+// The reproduce line spells out every option, the stages' defaults included: run
+// as it stands it must run (options left at their defaults need no stage).
+TEST_F(KvCli, TheReproduceLineRunsAsItStands) {
+  const CliResult r = run_binary(small({"--ranks-local", "2"}));
+  ASSERT_EQ(r.rc, 0) << r.out << r.err;
+  const std::string tag = "  reproduce           ringattn ";
+  const std::size_t at = r.out.find(tag);
+  ASSERT_NE(at, std::string::npos) << r.out;
+  std::istringstream line(r.out.substr(at + tag.size(), r.out.find('\n', at) - at - tag.size()));
+  std::vector<std::string> args;
+  for (std::string w; line >> w;) args.push_back(w);
+  EXPECT_NE(std::find(args.begin(), args.end(), "--kv-group"), args.end());
+  EXPECT_NE(std::find(args.begin(), args.end(), "--moe-topk"), args.end());
+  const CliResult again = run_binary(args);
+  EXPECT_EQ(again.rc, 0) << again.err;
 }
 
 TEST_F(KvCli, BadOptionsNameTheOption) {

@@ -60,12 +60,12 @@ KvOptions parse_kv_options(const ParsedOptions& opt, DType storage) {
   f.group = opt.integer_int("kv-group");
   f.asymmetric = opt.flag("kv-asymmetric");
   if (!f.on())
-    for (const char* name : {"kv-group", "kv-asymmetric"})
-      if (opt.given(name))
+    for (const OptionSpec& o : kv_option_specs())
+      if ((o.name == "kv-group" || o.name == "kv-asymmetric") && differs_from_default(opt, o))
         throw UsageError(
             fmt::format("option '--{}' applies to a quantized --kv-wire or --kv-store (int8, "
                         "int4)",
-                        name));
+                        o.name));
   return kv;
 }
 

@@ -76,11 +76,10 @@ MoeOptions parse_moe_options(const ParsedOptions& opt, int64_t d_model) {
     }
   }
   if (!c.on()) {
-    for (const char* name :
-         {"moe-topk", "moe-ffn", "moe-policy", "moe-chunk", "moe-capacity-factor",
-          "moe-min-capacity", "moe-priority", "moe-bias-rate", "moe-weights"})
-      if (opt.given(name))
-        throw UsageError(fmt::format("option '--{}' needs '--moe-experts' (the MoE stage)", name));
+    for (const OptionSpec& o : moe_option_specs())
+      if (o.name != "moe-experts" && differs_from_default(opt, o))
+        throw UsageError(
+            fmt::format("option '--{}' needs '--moe-experts' (the MoE stage)", o.name));
   }
   return m;
 }

@@ -70,6 +70,22 @@ std::string option_for_field(const std::string& field) {
   return it == kOptions.end() ? std::string() : it->second;
 }
 
+bool differs_from_default(const ParsedOptions& opt, const OptionSpec& o) {
+  if (!opt.given(o.name)) return false;
+  switch (o.kind) {
+    case Kind::flag:
+      return opt.flag(o.name) != (o.default_value == "true");
+    case Kind::integer:
+      return o.default_value.empty() || opt.integer(o.name) != std::stoll(o.default_value);
+    case Kind::number:
+      return o.default_value.empty() || opt.number(o.name) != std::stod(o.default_value);
+    case Kind::text:
+    case Kind::choice:
+      return opt.text(o.name) != o.default_value;
+  }
+  return true;
+}
+
 std::string option_message(const FieldError& e) {
   const std::string option = option_for_field(e.field());
   return option.empty() ? std::string(e.what()) : "option '--" + option + "': " + e.detail();

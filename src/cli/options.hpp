@@ -183,6 +183,10 @@ std::string help_text(const CommandSpec& spec);
 // count one), or "" when none is close enough to be a plausible typo.
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);
 
+// Whether option `o` (of opt's command) holds a value other than its default: given
+// with its default value (as `reproduce` lines spell every option out) counts as not.
+bool differs_from_default(const ParsedOptions& opt, const OptionSpec& o);
+
 // The option that gives a library field (FieldError::field(), error.hpp):
 // "nq" -> "seq-len", "hkv" -> "kv-heads", "lse_out" -> "lse-out", ...; "" for a
 // field no option sets (an internal argument).
