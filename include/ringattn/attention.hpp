@@ -74,6 +74,23 @@ struct AttentionProblem {
   std::string shape_str() const;
 };
 
+// Kept keys (the K/V selection stage, ringattn/kv_select.hpp): with flags set,
+// query head h of batch b sees a key at global position kp only where
+//   (flags[(b * heads + h / (hq / heads)) * stride + kp] != 0) != invert,
+// besides the mask. heads is Hq (a set per query head) or Hkv (per K/V head);
+// stride covers every key position (Nk of the whole problem).
+struct KeyKeep {
+  const uint8_t* flags = nullptr;
+  int64_t heads = 0;
+  int64_t stride = 0;
+  bool invert = false;  // the complement: the keys not kept
+  bool on() const { return flags != nullptr; }
+  // The flags of query head h of batch b, indexed by key position.
+  const uint8_t* row(int64_t b, int64_t h, int64_t hq) const {
+    return flags + (b * heads + h / (hq / heads)) * stride;
+  }
+};
+
 // A problem with its data: one block of queries against one block of keys,
 // at global positions qpos / kpos (the kernels' and the reference's argument).
 struct AttentionArgs : AttentionProblem {
@@ -87,6 +104,9 @@ struct AttentionArgs : AttentionProblem {
   // dequantizes them while it packs its tiles; k and v are unused then.
   QuantRows kq, vq;
   bool quantized() const { return kq.fmt.on(); }
+  // Keys left out beyond the mask (off unless keep.on()); batch b of this
+  // block is batch b of keep.
+  KeyKeep keep;
 
   AttentionArgs() = default;
   explicit AttentionArgs(const AttentionProblem& p) : AttentionProblem(p) {}

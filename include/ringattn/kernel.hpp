@@ -32,6 +32,15 @@ struct KernelOptions {
 KernelStats attention_forward(const AttentionArgs& args, float* o, float* lse,
                               const KernelOptions& opt = {});
 
+// The importance of each key (ringattn/kv_select.hpp, step 1) from one block
+// of queries of batch 1: imp[h nk + j] += sum over the queries i the mask lets
+// see key j of exp(scale q_i.k_j - lse_i), for every query head h. lse holds
+// each head's final LSE (natural log) of these queries: head h's row at
+// lse + h lse_stride (rows with -inf add nothing). imp [Hq, nk] float64, added
+// to. Same packing, tiles and threads as attention_forward; a.keep must be off.
+KernelStats attention_importance(const AttentionArgs& args, const float* lse, int64_t lse_stride,
+                                 double* imp, const KernelOptions& opt = {});
+
 Isa best_isa();                       // what automatic resolves to on this CPU
 bool isa_supported(Isa isa);          // whether this CPU can run it
 std::string isa_name(Isa isa);        // "avx512", "avx2", "generic"

@@ -17,7 +17,7 @@
 
 namespace ringattn {
 
-enum class NpyElem : uint8_t { i32 };
+enum class NpyElem : uint8_t { i32, u8 };
 
 class NpyOutFile {
  public:
@@ -25,7 +25,7 @@ class NpyOutFile {
   // `field` names the file in errors (FieldError).
   NpyOutFile(const std::string& path, DType dtype, std::vector<int64_t> shape,
              const std::string& field);
-  // An integer array (indices): little-endian int32.
+  // An integer array: little-endian int32 (indices) or uint8 (flags).
   NpyOutFile(const std::string& path, NpyElem elem, std::vector<int64_t> shape,
              const std::string& field);
   ~NpyOutFile();

@@ -63,6 +63,16 @@ struct RingProblem : AttentionProblem {
   // attention, the own block's included, uses the dequantized values, and the
   // shared rows travel dequantized (in the storage dtype).
   const void* kv_stored = nullptr;
+  // Kept keys beyond the mask (the K/V selection stage; AttentionArgs::keep),
+  // over the whole problem: [B, keep.heads, Nk] flags by global key position.
+  // Every kernel call of the ring (the shared keys' included) applies them.
+  KeyKeep keep;
+  // keep for the kernel call of batch entry b (a batch-1 block).
+  KeyKeep keep_of(int64_t b) const {
+    KeyKeep out = keep;
+    if (out.on()) out.flags += b * out.heads * out.stride;
+    return out;
+  }
 };
 
 struct RingMetrics {

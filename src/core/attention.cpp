@@ -45,6 +45,16 @@ void AttentionArgs::validate_args(HeadDims dims) const {
     throw FieldError("positions",
                      fmt::format("strides must be >= 1, got {} (queries) and {} (keys)",
                                  qpos.stride, kpos.stride));
+  if (keep.on()) {
+    if (keep.heads < 1 || (keep.heads != hq && keep.heads != hkv))
+      throw FieldError("keep", fmt::format("kept-key sets for {} heads; expected Hq = {} or "
+                                           "Hkv = {}",
+                                           keep.heads, hq, hkv));
+    if (nk > 0 && (kpos.at(0) < 0 || kpos.at(nk - 1) >= keep.stride))
+      throw FieldError("keep", fmt::format("key positions {}..{} outside the kept-key sets of "
+                                           "{} positions",
+                                           kpos.at(0), kpos.at(nk - 1), keep.stride));
+  }
   if (quantized()) {
     validate_quant(kq.fmt, head_dim);
     const int64_t rows = batch * nk * hkv;

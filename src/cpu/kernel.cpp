@@ -34,6 +34,43 @@ const cpu::IsaKernels& kernels_for(Isa isa) {
   return kernels_for(best_isa());
 }
 
+// Packs panel p (keys [p panel, (p + 1) panel)) of K/V head hk of batch b.
+// Quantized K/V are dequantized into deq (2 panel D floats) first.
+void pack_panel(const AttentionArgs& a, const cpu::IsaKernels& K, int64_t b, int64_t hk, int64_t p,
+                float* kp, float* vp, float* deq) {
+  const int d = static_cast<int>(a.head_dim);
+  const int dp = static_cast<int>(cpu::round_up(d, K.lanes));
+  const int64_t j0 = p * K.panel;
+  if (a.quantized()) {
+    // Dequantize this panel's keys into float32 rows, then pack them like float32 K/V.
+    float* kd = deq;
+    float* vd = kd + int64_t{K.panel} * d;
+    const int64_t n = std::clamp<int64_t>(a.nk - j0, 0, K.panel);
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t row = (b * a.nk + j0 + j) * a.hkv + hk;
+      dequantize_rows(a.kq, row, 1, kd + j * d);
+      dequantize_rows(a.vq, row, 1, vd + j * d);
+    }
+    K.pack_kv(kd, vd, DType::f32, d, n, d, 0, K.panel, kp + j0 * dp, vp + j0 * dp, dp, K.panel);
+  } else {
+    const std::size_t kv_off =
+        static_cast<std::size_t>((b * a.nk * a.hkv + hk) * d) * dtype_size(a.dtype);
+    K.pack_kv(static_cast<const char*>(a.k) + kv_off, static_cast<const char*>(a.v) + kv_off,
+              a.dtype, a.hkv * d, a.nk, d, j0, j0 + K.panel, kp, vp, dp, K.panel);
+  }
+}
+
+void check_call(const AttentionArgs& a, const KernelOptions& opt) {
+  a.validate_args();
+  if (a.hier.on())
+    throw FieldError("hier",
+                     "a kernel call computes plain attention under its mask; a "
+                     "hierarchical problem goes through hierarchical_attention or the "
+                     "job (ringattn/hierarchy_stage.hpp)");
+  if (opt.isa != Isa::automatic && !isa_supported(opt.isa))
+    throw FieldError("isa", fmt::format("this CPU does not support {}", isa_name(opt.isa)));
+}
+
 }  // namespace
 
 bool isa_supported(Isa isa) {
@@ -92,15 +129,7 @@ double kernel_workspace_bytes(int64_t nk, int64_t head_dim, int64_t rows, int64_
 
 KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
                               const KernelOptions& opt) {
-  a.validate_args();
-  if (a.hier.on())
-    throw FieldError("hier",
-                     "a kernel call computes plain attention under its mask; a "
-                     "hierarchical problem goes through hierarchical_attention or the "
-                     "job (ringattn/hierarchy_stage.hpp)");
-
-  if (opt.isa != Isa::automatic && !isa_supported(opt.isa))
-    throw FieldError("isa", fmt::format("this CPU does not support {}", isa_name(opt.isa)));
+  check_call(a, opt);
   if (a.nq == 0) return {};
   if (o == nullptr || lse == nullptr) throw Error("attention: null output tensor");
 
@@ -129,37 +158,19 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
              "dequantized K/V panel");
   std::vector<KernelStats> stats(static_cast<std::size_t>(threads));
 
-  const int64_t kv_stride = a.hkv * d;  // elements between tokens of K/V
   const int64_t q_stride = a.hq * d;
   const int64_t npanels = nk_pad / K.panel;
 
   for (int64_t b = 0; b < a.batch; ++b) {
     for (int64_t hk = 0; hk < a.hkv; ++hk) {
-      const std::size_t kv_off = static_cast<std::size_t>((b * a.nk * a.hkv + hk) * d) * esz;
       const cpu::PackedKV packed{kp.as<float>(), vp.as<float>(), a.nk, nk_pad, dp, K.panel, a.kpos};
 #pragma omp parallel num_threads(threads)
       {
         const int tid = omp_get_thread_num();
 #pragma omp for schedule(static)
         for (int64_t p = 0; p < npanels; ++p) {
-          const int64_t j0 = p * K.panel;
-          if (a.quantized()) {
-            // Dequantize this panel's keys into float32 rows, then pack them like float32 K/V.
-            float* kd = deq.as<float>() + tid * deq_floats;
-            float* vd = kd + int64_t{K.panel} * d;
-            const int64_t n = std::clamp<int64_t>(a.nk - j0, 0, K.panel);
-            for (int64_t j = 0; j < n; ++j) {
-              const int64_t row = (b * a.nk + j0 + j) * a.hkv + hk;
-              dequantize_rows(a.kq, row, 1, kd + j * d);
-              dequantize_rows(a.vq, row, 1, vd + j * d);
-            }
-            K.pack_kv(kd, vd, DType::f32, d, n, d, 0, K.panel, kp.as<float>() + j0 * dp,
-                      vp.as<float>() + j0 * dp, dp, K.panel);
-          } else {
-            K.pack_kv(static_cast<const char*>(a.k) + kv_off,
-                      static_cast<const char*>(a.v) + kv_off, a.dtype, kv_stride, a.nk, d, j0,
-                      j0 + K.panel, kp.as<float>(), vp.as<float>(), dp, K.panel);
-          }
+          pack_panel(a, K, b, hk, p, kp.as<float>(), vp.as<float>(),
+                     a.quantized() ? deq.as<float>() + tid * deq_floats : nullptr);
         }
         float* my_ws = ws.as<float>() + tid * ws_floats;
         KernelStats& my = stats[static_cast<std::size_t>(tid)];
@@ -181,8 +192,81 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
           job.o = o + (b * a.nq + i0) * q_stride + h * d;
           job.o_stride = q_stride;
           job.lse = lse + (b * a.hq + h) * a.nq + i0;
+          if (a.keep.on()) {
+            job.keep = a.keep.row(b, h, a.hq);
+            job.keep_invert = a.keep.invert;
+          }
           my += K.run_block(job, my_ws);
         }
+      }
+    }
+  }
+  KernelStats total;
+  for (const KernelStats& s : stats) total += s;
+  return total;
+}
+
+KernelStats attention_importance(const AttentionArgs& a, const float* lse, int64_t lse_stride,
+                                 double* imp, const KernelOptions& opt) {
+  check_call(a, opt);
+  if (a.batch != 1)
+    throw FieldError("batch",
+                     fmt::format("importance of one batch entry at a time, got B={}", a.batch));
+  if (a.keep.on()) throw FieldError("keep", "importance is over every key the mask allows");
+  if (a.nq == 0 || a.nk == 0) return {};
+  if (lse == nullptr || imp == nullptr) throw Error("attention_importance: null tensor");
+
+  const cpu::IsaKernels& K = kernels_for(opt.isa);
+  const int d = static_cast<int>(a.head_dim);
+  const int dp = static_cast<int>(cpu::round_up(d, K.lanes));
+  const int64_t nk_pad = cpu::round_up(a.nk, K.panel);
+  const int64_t group = a.hq / a.hkv;
+  const int64_t ntiles = (a.nk + cpu::kBlockK - 1) / cpu::kBlockK;
+  const int64_t ntasks = group * ntiles;
+  const float scale_log2 = static_cast<float>(double(a.softmax_scale()) * cpu::kLog2e);
+  const std::size_t esz = dtype_size(a.dtype);
+  int threads = opt.threads > 0 ? opt.threads : omp_get_max_threads();
+  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, ntasks)));
+
+  Buffer kp(static_cast<std::size_t>(nk_pad * dp) * sizeof(float), "packed K");
+  Buffer vp(static_cast<std::size_t>(nk_pad * dp) * sizeof(float), "packed V");
+  const int64_t ws_floats = K.workspace_floats(dp);
+  Buffer ws(static_cast<std::size_t>(ws_floats * threads) * sizeof(float), "kernel workspace");
+  const int64_t deq_floats = 2 * int64_t{K.panel} * d;
+  Buffer deq(a.quantized() ? static_cast<std::size_t>(deq_floats * threads) * sizeof(float) : 0,
+             "dequantized K/V panel");
+  std::vector<KernelStats> stats(static_cast<std::size_t>(threads));
+  const int64_t q_stride = a.hq * d;
+  const int64_t npanels = nk_pad / K.panel;
+
+  for (int64_t hk = 0; hk < a.hkv; ++hk) {
+    const cpu::PackedKV packed{kp.as<float>(), vp.as<float>(), a.nk, nk_pad, dp, K.panel, a.kpos};
+#pragma omp parallel num_threads(threads)
+    {
+      const int tid = omp_get_thread_num();
+#pragma omp for schedule(static)
+      for (int64_t p = 0; p < npanels; ++p)
+        pack_panel(a, K, 0, hk, p, kp.as<float>(), vp.as<float>(),
+                   a.quantized() ? deq.as<float>() + tid * deq_floats : nullptr);
+      float* my_ws = ws.as<float>() + tid * ws_floats;
+      KernelStats& my = stats[static_cast<std::size_t>(tid)];
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t t = 0; t < ntasks; ++t) {
+        const int64_t h = hk * group + t / ntiles;
+        cpu::ImportanceJob job;
+        job.q = static_cast<const char*>(a.q) + static_cast<std::size_t>(h * d) * esz;
+        job.dtype = a.dtype;
+        job.q_stride = q_stride;
+        job.nq = a.nq;
+        job.d = d;
+        job.qpos = a.qpos;
+        job.scale_log2 = scale_log2;
+        job.mask = a.mask;
+        job.kv = &packed;
+        job.lse = lse + h * lse_stride;
+        job.tile = t % ntiles;
+        job.imp = imp + h * a.nk;
+        my += K.run_importance(job, my_ws);
       }
     }
   }

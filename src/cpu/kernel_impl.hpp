@@ -201,6 +201,15 @@ struct Impl {
     }
   }
 
+  // Hides the keys of a row that are not kept (keep[j] == 0) and narrows the
+  // visible range [*j0, *j1) to the first and last key still visible (empty if none).
+  static void keep_row(const uint8_t* keep, float* s, int* j0, int* j1) {
+    for (int j = *j0; j < *j1; ++j)
+      if (keep[j] == 0) s[j] = -INFINITY;
+    while (*j0 < *j1 && s[*j0] == -INFINITY) ++*j0;
+    while (*j1 > *j0 && s[*j1 - 1] == -INFINITY) --*j1;
+  }
+
   static int64_t workspace_floats(int dp) {
     // qs, oacc: kBlockQ x dp; s: kBlockQ x kBlockK; m, l, alpha: kBlockQ
     return 2 * int64_t{kBlockQ} * dp + int64_t{kBlockQ} * kBlockK + 3 * int64_t{kBlockQ};
@@ -225,6 +234,7 @@ struct Impl {
     std::fill(l, l + kBlockQ, 0.0f);
 
     KernelStats st;
+    uint8_t tile_keep[kBlockK];
     const int64_t q_first = job.qpos.at(0), q_last = job.qpos.at(rows - 1);
     const int64_t ntiles = (kv.nk + kBlockK - 1) / kBlockK;
     st.tiles_total = ntiles;
@@ -234,8 +244,19 @@ struct Impl {
       const Positions kpos = kv.pos.from(key0);
       const TileClass cls = job.mask.classify(q_first, q_last, kpos.at(0), kpos.at(kvalid - 1));
       if (cls == TileClass::empty) continue;
+      // Kept keys: a tile with none is skipped, one with some kept is masked per key.
+      bool keep_mask = false;
+      if (job.keep != nullptr) {
+        int kept = 0;
+        for (int j = 0; j < kvalid; ++j) {
+          tile_keep[j] = static_cast<uint8_t>((job.keep[kpos.at(j)] != 0) != job.keep_invert);
+          kept += tile_keep[j];
+        }
+        if (kept == 0) continue;
+        keep_mask = kept < kvalid;
+      }
       ++st.tiles_computed;
-      if (cls == TileClass::partial) ++st.tiles_partial;
+      if (cls == TileClass::partial || keep_mask) ++st.tiles_partial;
       const int kc = static_cast<int>(round_up(kvalid, PW));
 
       // S = Qs . K^T for this tile, panel by panel.
@@ -248,6 +269,7 @@ struct Impl {
         int j0 = 0, j1 = kvalid;
         if (cls == TileClass::partial && r < rows)
           mask_row(job.mask, job.qpos.at(r), kpos, kvalid, s + r * kBlockK, &j0, &j1);
+        if (keep_mask && r < rows) keep_row(tile_keep, s + r * kBlockK, &j0, &j1);
         softmax_row(s + r * kBlockK, j0, j1, kc, m + r, l + r, alpha + r);
       }
 
@@ -284,8 +306,70 @@ struct Impl {
     return st;
   }
 
+  // ---- importance (column sums of the softmax) --------------------------------
+
+  static KernelStats run_importance(const ImportanceJob& job, float* ws) {
+    const PackedKV& kv = *job.kv;
+    const int dp = kv.dp;
+    float* qs = ws;
+    float* s = qs + int64_t{kBlockQ} * dp;
+    float* col = s + int64_t{kBlockQ} * kBlockK;  // kBlockK float sums of one query block
+
+    KernelStats st;
+    const int64_t key0 = job.tile * kBlockK;
+    const int kvalid = static_cast<int>(std::min<int64_t>(kBlockK, kv.nk - key0));
+    if (kvalid <= 0) return st;
+    const int kc = static_cast<int>(round_up(kvalid, PW));
+    const Positions kpos = kv.pos.from(key0);
+    const reg zero = V::zero();
+
+    QBlockJob qj;
+    qj.dtype = job.dtype, qj.q_stride = job.q_stride, qj.d = job.d;
+    qj.scale_log2 = job.scale_log2;
+    for (int64_t i0 = 0; i0 < job.nq; i0 += kBlockQ) {
+      const int rows = static_cast<int>(std::min<int64_t>(kBlockQ, job.nq - i0));
+      const Positions qpos = job.qpos.from(i0);
+      ++st.tiles_total;
+      const TileClass cls =
+          job.mask.classify(qpos.at(0), qpos.at(rows - 1), kpos.at(0), kpos.at(kvalid - 1));
+      if (cls == TileClass::empty) continue;
+      ++st.tiles_computed;
+      if (cls == TileClass::partial) ++st.tiles_partial;
+
+      const int rows_s = static_cast<int>(round_up(rows, V::kRowsS));
+      qj.q = static_cast<const char*>(job.q) +
+             static_cast<std::size_t>(i0 * job.q_stride) * dtype_size(job.dtype);
+      qj.rows = rows;
+      pack_q(qj, qs, dp, rows_s);
+      for (int r0 = 0; r0 < rows_s; r0 += V::kRowsS)
+        for (int p0 = 0; p0 < kc; p0 += PW)
+          s_micro(qs + r0 * dp, dp, kv.k + (key0 + p0) * dp, s + r0 * kBlockK + p0);
+
+      for (int j = 0; j < kc; j += L) V::store(col + j, zero);
+      for (int r = 0; r < rows; ++r) {
+        const float l = job.lse[i0 + r];
+        if (!(l > -INFINITY) || !(l < INFINITY)) continue;  // sees nothing (or not a number)
+        float* sr = s + r * kBlockK;
+        int j0 = 0, j1 = kvalid;
+        if (cls == TileClass::partial) mask_row(job.mask, qpos.at(r), kpos, kvalid, sr, &j0, &j1);
+        if (j0 >= j1) continue;
+        for (int j = 0; j < j0; ++j) sr[j] = -INFINITY;
+        for (int j = j1; j < kc; ++j) sr[j] = -INFINITY;
+        // p = 2^min(s - lse log2 e, 0): the softmax of a visible pair is at most 1.
+        const reg lv = V::set1(static_cast<float>(double(l) * kLog2e));
+        for (int j = 0; j < kc; j += L) {
+          const reg x = V::sub(V::load(sr + j), lv);
+          const reg neg = V::sub(zero, V::max(V::sub(zero, x), zero));  // min(x, 0)
+          V::store(col + j, V::add(V::load(col + j), V::exp2(neg)));
+        }
+      }
+      for (int j = 0; j < kvalid; ++j) job.imp[key0 + j] += double(col[j]);
+    }
+    return st;
+  }
+
   static const IsaKernels& table(Isa isa) {
-    static const IsaKernels k{isa, L, PW, &pack_kv, &workspace_floats, &run_block};
+    static const IsaKernels k{isa, L, PW, &pack_kv, &workspace_floats, &run_block, &run_importance};
     return k;
   }
 };

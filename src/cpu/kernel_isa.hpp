@@ -70,6 +70,30 @@ struct QBlockJob {
   float* o = nullptr;    // first output row, float32
   int64_t o_stride = 0;  // elements between output rows
   float* lse = nullptr;  // rows consecutive
+  // Kept keys (AttentionArgs::keep) of this (batch, head), indexed by key
+  // position; null: every key the mask allows.
+  const uint8_t* keep = nullptr;
+  bool keep_invert = false;
+};
+
+// One importance task: the column sums of the softmax of every query row of
+// one (batch, query head) against one tile of kBlockK keys of a PackedKV:
+//   imp[j] += sum_i exp(scale q_i.k_j - lse_i)   over the pairs the mask allows
+// (rows with lse = -inf, which see nothing, add nothing). Float32 sums over
+// each block of kBlockQ rows, added to the float64 imp.
+struct ImportanceJob {
+  const void* q = nullptr;  // row 0 of this head, storage dtype
+  DType dtype = DType::f32;
+  int64_t q_stride = 0;
+  int64_t nq = 0;
+  int d = 0;
+  Positions qpos;
+  float scale_log2 = 0;
+  Mask mask;
+  const PackedKV* kv = nullptr;
+  const float* lse = nullptr;  // [nq], natural log
+  int64_t tile = 0;            // keys [tile kBlockK, ...)
+  double* imp = nullptr;       // [kv->nk] of this head, by local key index
 };
 
 // The compute routines of one ISA.
@@ -85,6 +109,8 @@ struct IsaKernels {
   int64_t (*workspace_floats)(int dp);
   // Computes the block; returns its tile counters.
   KernelStats (*run_block)(const QBlockJob& job, float* workspace);
+  // One importance task (same workspace size as run_block).
+  KernelStats (*run_importance)(const ImportanceJob& job, float* workspace);
 };
 
 const IsaKernels& avx512_kernels();

@@ -43,6 +43,8 @@ FlashParams make_flash_params(const AttentionArgs& a, const FlashTarget& out) {
     throw Error(fmt::format("cuda kernel: dtype {} is not supported (float16 or bfloat16)",
                             dtype_name(a.dtype)));
   flash_config(a.head_dim);
+  if (a.keep.on() || a.quantized())
+    throw Error("cuda kernel: kept-key sets and quantized K/V run on the cpu engine");
   if (a.batch < 0 || a.nq < 0 || a.nk < 0)
     throw Error(fmt::format("cuda kernel: sizes must be >= 0 (batch {}, nq {}, nk {})", a.batch,
                             a.nq, a.nk));

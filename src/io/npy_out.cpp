@@ -42,10 +42,12 @@ NpyOutFile::NpyOutFile(const std::string& path, DType dtype, std::vector<int64_t
   open_data(path, npy_header_bytes(dtype, shape), elements(shape) * dtype_size(dtype));
 }
 
-NpyOutFile::NpyOutFile(const std::string& path, NpyElem /*elem: int32*/, std::vector<int64_t> shape,
+NpyOutFile::NpyOutFile(const std::string& path, NpyElem elem, std::vector<int64_t> shape,
                        const std::string& field)
     : field_(field), file_(open_atomic(path, field)), guard_(file_.temp_path()) {
-  open_data(path, npy_header_bytes("<i4", shape), elements(shape) * sizeof(int32_t));
+  const bool u8 = elem == NpyElem::u8;
+  open_data(path, npy_header_bytes(u8 ? "|u1" : "<i4", shape),
+            elements(shape) * (u8 ? sizeof(uint8_t) : sizeof(int32_t)));
 }
 
 void NpyOutFile::open_data(const std::string& path, const std::string& head,

@@ -150,6 +150,7 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
       for (int64_t b = 0; b < p.batch; ++b) {
         AttentionArgs a = AttentionArgs::block(p, qs.count, ks.count, sch.ring_mask);
         a.qpos = qs.positions(), a.kpos = ks.positions();
+        a.keep = p.keep_of(b);
         a.q = static_cast<const char*>(p.q) +
               static_cast<std::size_t>((b * nq + qs.local_offset) * p.hq * d) * esz;
         if (held_quantized) {  // a received or stored block: codes and scales

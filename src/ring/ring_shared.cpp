@@ -145,6 +145,7 @@ KernelStats SharedRows::compute(const StateView& acc, EngineBuffer& work) {
           for (int64_t b = 0; b < p_.batch; ++b) {
             AttentionArgs a = args(qs.count, c.count, p_.mask);
             a.qpos = qs.positions(), a.kpos = c.pos;
+            a.keep = p_.keep_of(b);
             a.q = static_cast<const char*>(p_.q) +
                   static_cast<std::size_t>((b * nq + qs.local_offset) * p_.hq * d) * esz_;
             a.k = keys + kv_offset(x, b, off);
@@ -173,6 +174,7 @@ KernelStats SharedRows::compute(const StateView& acc, EngineBuffer& work) {
             continue;
           AttentionArgs a = args(c.count, ks.count, own);
           a.qpos = c.pos, a.kpos = ks.positions();
+          a.keep = p_.keep_of(b);
           a.q = queries_->as<char>() + q_offset(x, b, off);
           if (p_.kv_stored != nullptr) {  // the own block, held quantized
             const int64_t rows = p_.batch * nk * p_.hkv, row0 = (b * nk + ks.local_offset) * p_.hkv;
