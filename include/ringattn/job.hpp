@@ -36,6 +36,7 @@
 #include "ringattn/attention.hpp"
 #include "ringattn/comm.hpp"
 #include "ringattn/kernel.hpp"
+#include "ringattn/kv_select.hpp"
 #include "ringattn/layout.hpp"
 #include "ringattn/moe.hpp"
 #include "ringattn/moe_job.hpp"
@@ -81,6 +82,11 @@ struct JobSpec : AttentionProblem {  // the global problem (mask built, in globa
   // quantized as they are loaded and only the codes kept; verify and check_rows
   // then compare with attention over the dequantized K/V.
   bool kv_store = false;
+  // K/V selection after attention (ringattn/kv_select_stage.hpp; off unless
+  // select.on()): the result is attention over the kept keys. keep_path: the
+  // kept set [B, Hsel, Nk] uint8 (without the batch axis when q is a 3-d file).
+  KvSelect select;
+  std::string keep_path;
 
   // The MoE stage after attention (ringattn/moe_job.hpp; off unless moe.on()):
   // X = the attention output with heads concatenated, [B Nq, Hq D] in global
@@ -113,8 +119,8 @@ struct JobSpec : AttentionProblem {  // the global problem (mask built, in globa
   bool batched_output() const { return !from_files || q.ndim == kNdimBatch; }
   // Whether rank 0 collects every rank's rows after the ring (outputs or checks).
   bool gathers() const {
-    return !out_path.empty() || !lse_path.empty() || !route_path.empty() || verify ||
-           check_rows > 0 || !moe_out_path.empty() || !moe_routing_path.empty() ||
+    return !out_path.empty() || !lse_path.empty() || !route_path.empty() || !keep_path.empty() ||
+           verify || check_rows > 0 || !moe_out_path.empty() || !moe_routing_path.empty() ||
            !moe_gates_path.empty();
   }
   std::string mask_description() const;
@@ -148,6 +154,14 @@ struct RankStats {
   MoeRankStats moe;
 };
 
+// The K/V selection stage of a run (rank 0's view; the kept set is global).
+struct SelectSummary {
+  int64_t kept = 0, keys = 0;  // kept keys and all keys, over (batch, selection head)
+  double importance_s = 0;     // rank 0: the importance pass and its all-reduce, best pass
+  double final_s = 0;          // rank 0: the final pass(es), best pass
+  int64_t keep_diff = -1;      // verify: kept flags that differ from the single-rank run's
+};
+
 // A check of the ring's result (verify, or the sampled float64 reference).
 struct CheckResult {
   double t1_s = 0;   // verify: the single-rank kernel's time on rank 0's threads
@@ -171,6 +185,7 @@ struct JobReport {
   std::optional<CheckResult> sampled;           // spec.check_rows > 0
   std::optional<MoeMetrics> moe;                // the MoE stage's best pass (spec.moe.on())
   std::optional<MoeCheck> moe_check;            // with verify or check_rows
+  std::optional<SelectSummary> select;          // the K/V selection stage (spec.select.on())
   std::vector<std::string> outputs;             // files written (rank 0)
   // A check over its tolerance (nothing written): the check's field ("verify"
   // or "check_rows") and what it found; both "" when every check passed.

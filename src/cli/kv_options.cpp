@@ -27,6 +27,20 @@ std::vector<OptionSpec> kv_option_specs() {
       OptionSpec::flag("kv-asymmetric", "false",
                        "quantized K/V: a scale and a zero point per group (its min..max) instead "
                        "of a symmetric scale (max |x|)"),
+      OptionSpec::number("kv-keep", "0",
+                         "K/V selection: keep the fraction p in (0, 1] of keys that receive the "
+                         "most attention (column sums of the softmax, from an exact pass), plus "
+                         "the sinks and --kv-keep-recent; attention then runs over what is kept "
+                         "(0: off)",
+                         "p"),
+      OptionSpec::integer("kv-keep-recent", "0",
+                          "K/V selection: also keep the last R keys of the sequence", "R"),
+      OptionSpec::choice("kv-rest", "drop", {"drop", "int4"},
+                         "K/V selection: the keys not kept are dropped, or kept as INT4 "
+                         "(--kv-group, --kv-asymmetric)"),
+      OptionSpec::choice("kv-keep-per", "kv-head", {"kv-head", "head"},
+                         "K/V selection: one kept set per K/V head (importance summed over its "
+                         "query heads) or per query head"),
   };
 }
 
@@ -59,13 +73,28 @@ KvOptions parse_kv_options(const ParsedOptions& opt, DType storage) {
   }
   f.group = opt.integer_int("kv-group");
   f.asymmetric = opt.flag("kv-asymmetric");
-  if (!f.on())
-    for (const OptionSpec& o : kv_option_specs())
-      if ((o.name == "kv-group" || o.name == "kv-asymmetric") && differs_from_default(opt, o))
-        throw UsageError(
-            fmt::format("option '--{}' applies to a quantized --kv-wire or --kv-store (int8, "
-                        "int4)",
-                        o.name));
+  KvSelect& s = kv.select;
+  s.keep = opt.number("kv-keep");
+  s.keep_recent = opt.integer("kv-keep-recent");
+  s.rest = parse_keep_rest(opt.text("kv-rest"), "kv_rest");
+  s.per = parse_keep_per(opt.text("kv-keep-per"), "kv_keep_per");
+  s.group = f.group, s.asymmetric = f.asymmetric;
+  with_option_names([&] {  // p and R here; the INT4 rest's group against the head dim in the job
+    KvSelect p = s;
+    p.rest = KeepRest::drop;
+    validate_select(p, 0);
+  });
+  const bool int4_rest = s.on() && s.rest == KeepRest::int4;
+  for (const OptionSpec& o : kv_option_specs()) {
+    if (!differs_from_default(opt, o)) continue;
+    if ((o.name == "kv-group" || o.name == "kv-asymmetric") && !f.on() && !int4_rest)
+      throw UsageError(
+          fmt::format("option '--{}' applies to a quantized --kv-wire or --kv-store (int8, "
+                      "int4) or to --kv-rest int4",
+                      o.name));
+    if ((o.name == "kv-keep-recent" || o.name == "kv-rest" || o.name == "kv-keep-per") && !s.on())
+      throw UsageError(fmt::format("option '--{}' applies to K/V selection (--kv-keep p)", o.name));
+  }
   return kv;
 }
 

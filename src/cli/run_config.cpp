@@ -88,6 +88,10 @@ CommandSpec run_spec() {
       OptionSpec::text("moe-gates-out", "",
                        "MoE stage: write the gates, float32 [B, N, width], 0 where dropped (.npy)")
           .as_output(),
+      OptionSpec::text("kv-keep-out", "",
+                       "K/V selection: write the kept set, uint8 [B, Hsel, Nk] (1 = kept; Hsel "
+                       "= Hkv, or Hq with --kv-keep-per head) (.npy)")
+          .as_output(),
       OptionSpec::integer("fail-rank", "-1",
                           "testing: this rank fails right after its first ring pass, to check "
                           "that the whole job ends (-1: none)"),
@@ -159,6 +163,8 @@ RunConfig make_run_config(const ParsedOptions& opt) {
   c.route_path = opt.has("route-out") ? opt.text("route-out") : std::string();
   const KvOptions kv = parse_kv_options(opt, c.dtype);
   c.kv_wire = kv.wire, c.kv_store = kv.store;
+  c.select = kv.select;
+  c.keep_path = opt.has("kv-keep-out") ? opt.text("kv-keep-out") : std::string();
   const MoeOptions moe = parse_moe_options(opt, c.hq * c.head_dim);
   c.moe = moe.config, c.moe_weights = moe.weights_dir;
   c.moe_out_path = opt.has("moe-out") ? opt.text("moe-out") : std::string();

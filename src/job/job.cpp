@@ -18,6 +18,7 @@
 #include "job/verify.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/hierarchy_stage.hpp"
+#include "ringattn/kv_select_stage.hpp"
 #include "ringattn/memory.hpp"
 #include "ringattn/ring.hpp"
 #include "ringattn/tempfiles.hpp"
@@ -159,12 +160,18 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   // Ring passes; the best timed one is the one whose slowest rank was fastest.
   RingMetrics best;
   StageMetrics best_stage;
+  SelectMetrics best_select;
+  std::vector<uint8_t> keep;  // the selection's kept set [B, Hsel, Nk], the same on every rank
   double best_slowest = std::numeric_limits<double>::infinity();
   for (int pass = 0; pass < spec.warmup + spec.repeats; ++pass) {
     comm.barrier();
     RingMetrics m = device.pass(schedule, ring_p, o.as<float>(), lse.as<float>());
+    SelectMetrics sel;
     const StageMetrics st =
-        hierarchy_stage(comm, p, o.as<float>(), lse.as<float>(), kopt, route.data());
+        spec.select.on()
+            ? (sel = kv_select_stage(comm, schedule, ring_p, spec.select, o.as<float>(),
+                                     lse.as<float>(), kopt, &keep))
+            : hierarchy_stage(comm, p, o.as<float>(), lse.as<float>(), kopt, route.data());
     if (moe) last_moe = moe->pass(o.as<float>(), blas_threads);
     if (pass == 0 && rank == spec.fail_rank) throw Error(kInjectedFailure);
     if (pass < spec.warmup) continue;
@@ -173,6 +180,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
       best_slowest = slowest;
       best = std::move(m);
       best_stage = st;
+      best_select = sel;
       best_moe = last_moe;
     }
   }
@@ -197,6 +205,11 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   report.shared_keys = schedule.shared.key_tokens;
   report.shared_queries = schedule.shared.query_tokens;
   if (moe) report.moe = best_moe;
+  if (spec.select.on()) {
+    SelectSummary& s = report.select.emplace();
+    s.kept = best_select.kept, s.keys = best_select.keys;
+    s.importance_s = best_select.importance_s, s.final_s = best_select.final_s;
+  }
   report.stats.resize(static_cast<std::size_t>(np));
   comm.allgather(&mine, sizeof(mine), report.stats.data());
   if (spec.hier.on()) {  // what was computed: the ring's pairs and the stage's scores
@@ -214,7 +227,9 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   if (rank == 0 && spec.verify) check.emplace(spec, kopt);
   std::optional<job::SampledReferenceCheck> sampled;
   if (rank == 0 && spec.check_rows > 0)
-    sampled.emplace(spec, spec.check_rows, job::WireView{&ql, &kvl, &schedule.shared});
+    sampled.emplace(spec, spec.check_rows, job::WireView{&ql, &kvl, &schedule.shared},
+                    keep.empty() ? nullptr : keep.data());
+  if (outputs && !keep.empty()) outputs->write_keep(keep.data());
   if (spec.gathers())
     job::gather_rows(comm, ql, spec.batch, spec.hq, spec.head_dim, o.as<float>(), lse.as<float>(),
                      [&](int src, const float* ro, const float* rl) {
@@ -246,6 +261,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
 
   report.rank0_output_peak = memory_peak_thread();
   if (check) {
+    if (report.select) report.select->keep_diff = check->keep_differences(keep);
     report.verify = check_result(spec, check->errors(), spec.nq);
     report.verify->t1_s = check->seconds();
     if (!report.verify->ok) {
@@ -277,7 +293,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   outputs->commit();
   if (moe_rows) moe_rows->commit();
   mark_job_completed();  // a signal from here on ends a job whose outputs are complete
-  for (const std::string* path : {&spec.out_path, &spec.lse_path, &spec.route_path,
+  for (const std::string* path : {&spec.out_path, &spec.lse_path, &spec.route_path, &spec.keep_path,
                                   &spec.moe_out_path, &spec.moe_routing_path, &spec.moe_gates_path})
     if (!path->empty()) report.outputs.push_back(*path);
   return report;

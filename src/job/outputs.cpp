@@ -37,6 +37,7 @@ void RunOutputs::check_writable(const JobSpec& cfg) {
   if (!cfg.out_path.empty()) check_output_writable(cfg.out_path, "out");
   if (!cfg.lse_path.empty()) check_output_writable(cfg.lse_path, "lse_out");
   if (!cfg.route_path.empty()) check_output_writable(cfg.route_path, "route_out");
+  if (!cfg.keep_path.empty()) check_output_writable(cfg.keep_path, "kv_keep_out");
 }
 
 RunOutputs::RunOutputs(const JobSpec& cfg) : cfg_(cfg) {
@@ -56,6 +57,17 @@ RunOutputs::RunOutputs(const JobSpec& cfg) : cfg_(cfg) {
     if (b) shape.insert(shape.begin(), cfg.batch);
     route_.emplace(cfg.route_path, NpyElem::i32, std::move(shape), "route_out");
   }
+  if (!cfg.keep_path.empty()) {
+    std::vector<int64_t> shape = {cfg.select.heads(cfg.hq, cfg.hkv), cfg.nk};
+    if (b) shape.insert(shape.begin(), cfg.batch);
+    keep_.emplace(cfg.keep_path, NpyElem::u8, std::move(shape), "kv_keep_out");
+  }
+}
+
+void RunOutputs::write_keep(const uint8_t* keep) {
+  if (!keep_) return;
+  const int64_t n = cfg_.batch * cfg_.select.heads(cfg_.hq, cfg_.hkv) * cfg_.nk;
+  keep_->write_strided(0, 1, 1, n, keep);
 }
 
 void RunOutputs::write_route(const Layout& ql, int rank, const int32_t* route) {
@@ -106,6 +118,7 @@ void RunOutputs::commit() {
   if (o_) o_->commit();
   if (lse_) lse_->commit();
   if (route_) route_->commit();
+  if (keep_) keep_->commit();
 }
 
 void gather_bytes(Communicator& comm, const std::function<std::size_t(int)>& bytes_of,

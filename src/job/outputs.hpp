@@ -35,11 +35,13 @@ class RunOutputs {
   void write_rank(const Layout& ql, int rank, const float* o, const float* lse);
   // Writes rank `rank`'s routing choices [B, n_r, Hq, topk] (route file only).
   void write_route(const Layout& ql, int rank, const int32_t* route);
+  // Writes the K/V selection's kept set [B, Hsel, Nk] (the keep file only).
+  void write_keep(const uint8_t* keep);
   void commit();
 
  private:
   const JobSpec& cfg_;
-  std::optional<NpyOutFile> o_, lse_, route_;
+  std::optional<NpyOutFile> o_, lse_, route_, keep_;
 };
 
 // Called on rank 0 once per rank, in rank order, with that rank's rows.

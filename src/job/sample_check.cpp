@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "ringattn/error.hpp"
 #include "ringattn/hier_reference.hpp"
 #include "ringattn/npy.hpp"
 #include "ringattn/quant.hpp"
@@ -97,7 +98,8 @@ void SampledReferenceCheck::load_kv(int64_t b, int64_t j0, int64_t n, std::vecto
   }
 }
 
-SampledReferenceCheck::SampledReferenceCheck(const JobSpec& cfg, int64_t rows, const WireView& wire)
+SampledReferenceCheck::SampledReferenceCheck(const JobSpec& cfg, int64_t rows, const WireView& wire,
+                                             const uint8_t* keep)
     : cfg_(cfg), rows_(sample_rows(cfg.nq, rows)) {
   const int64_t hq = cfg.hq, d = cfg.head_dim, group = cfg.hq / cfg.hkv, nr = this->rows();
   const double scale = cfg.scale > 0 ? double(cfg.scale) : 1.0 / std::sqrt(double(d));
@@ -117,7 +119,11 @@ SampledReferenceCheck::SampledReferenceCheck(const JobSpec& cfg, int64_t rows, c
       }
     return;
   }
-  std::vector<double> k, v;
+  if (cfg.select.on() && keep == nullptr)
+    throw Error("sampled check: K/V selection without its kept set");
+  const int64_t hsel = cfg.select.heads(cfg.hq, cfg.hkv);
+  const bool rest4 = cfg.select.on() && cfg.select.rest == KeepRest::int4;
+  std::vector<double> k, v, k4, v4;
   for (int64_t b = 0; b < cfg.batch; ++b)
     for (int64_t ri = 0; ri < nr; ++ri) {
       const int64_t t = rows_[static_cast<std::size_t>(ri)];
@@ -146,11 +152,21 @@ SampledReferenceCheck::SampledReferenceCheck(const JobSpec& cfg, int64_t rows, c
                 (wire.kvl->local_index(owner, j) < 0 && !in_ranges(wire.shared->keys, j)))
               for (std::vector<double>* x : {&k, &v})
                 round_trip(cfg.kv_wire, x->data() + (j - w0) * cfg.hkv * d, cfg.hkv, d);
+        if (rest4) {  // the keys not kept, as their INT4 round trip
+          k4 = k, v4 = v;
+          for (std::vector<double>* x : {&k4, &v4})
+            round_trip(cfg.select.rest_format(), x->data(), wn * cfg.hkv, d);
+        }
         for (int64_t j = w0; j < w0 + wn; ++j) {
           if (!mask.allows(t, j)) continue;
           for (int64_t h = 0; h < hq; ++h) {  // online softmax in double, per head
-            const double* kr = k.data() + ((j - w0) * cfg.hkv + h / group) * d;
-            const double* vr = v.data() + ((j - w0) * cfg.hkv + h / group) * d;
+            const bool kept =
+                keep == nullptr || keep[(b * hsel + h / (hq / hsel)) * cfg.nk + j] != 0;
+            if (!kept && !rest4) continue;
+            const std::vector<double>& ks = kept ? k : k4;
+            const std::vector<double>& vs = kept ? v : v4;
+            const double* kr = ks.data() + ((j - w0) * cfg.hkv + h / group) * d;
+            const double* vr = vs.data() + ((j - w0) * cfg.hkv + h / group) * d;
             double s = 0;
             for (int64_t e = 0; e < d; ++e) s += q[static_cast<std::size_t>(h * d + e)] * kr[e];
             s *= scale;

@@ -26,7 +26,10 @@ struct WireView {
 
 class SampledReferenceCheck {
  public:
-  SampledReferenceCheck(const JobSpec& cfg, int64_t rows, const WireView& wire = {});
+  // keep: the K/V selection's kept set [B, Hsel, Nk] (cfg.select.on()): the
+  // reference attends over it (drop) or uses the INT4 round trip of the rest.
+  SampledReferenceCheck(const JobSpec& cfg, int64_t rows, const WireView& wire = {},
+                        const uint8_t* keep = nullptr);
   // Compares the sampled rows that `rank` holds (o [B, n, Hq, D], lse [B, Hq, n]).
   void compare(const Layout& ql, int rank, const float* o, const float* lse);
   int64_t rows() const { return static_cast<int64_t>(rows_.size()); }

@@ -6,6 +6,7 @@
 #include "job/rank_guard.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/job.hpp"
+#include "ringattn/kv_select_stage.hpp"
 #include "ringattn/npy.hpp"  // same_file
 
 namespace ringattn {
@@ -69,6 +70,16 @@ void JobSpec::validate() const {
     throw FieldError(kv_store ? "kv_store" : "kv_wire",
                      "the hierarchical stages read and move exact K/V rows; they do not take "
                      "quantized K/V yet");
+  if (select.on()) {
+    check_select_supported(*this, select, kv_wire.on());
+    if (device != Device::cpu)
+      throw FieldError("kv_keep",
+                       "K/V selection runs on the cpu device (the GPU kernel has no "
+                       "kept-key sets)");
+  } else {
+    validate_select(select, head_dim);
+    if (!keep_path.empty()) throw FieldError("kv_keep_out", "needs K/V selection (kv_keep > 0)");
+  }
   if (moe.on() && device != Device::cpu)
     throw FieldError("moe_experts", "the MoE stage runs on the cpu device");
   if (!moe.on())
@@ -107,7 +118,7 @@ std::string JobSpec::config_text() const {
   return fmt::format(
       "shape:{};mask:{};layout:{};scale:{};source:{};repeats:{};warmup:{};verify:{};"
       "check-rows:{};fail-rank:{};out:{};lse-out:{};device:{};hier:{};route-out:{};moe:{};"
-      "kv-wire:{};kv-store:{}",
+      "kv-wire:{};kv-store:{};kv-select:{} g{}{};keep-out:{}",
       shape_text(), mask_fields(mask), layout_name(layout), scale, source, repeats, warmup, verify,
       check_rows > 0, fail_rank, !out_path.empty(), !lse_path.empty(), device_name(device),
       hier.describe(), !route_path.empty(),
@@ -116,7 +127,8 @@ std::string JobSpec::config_text() const {
                              moe_weights, !moe_out_path.empty(), !moe_routing_path.empty(),
                              !moe_gates_path.empty())
                : std::string("off"),
-      kv_wire.describe(), kv_store);
+      kv_wire.describe(), kv_store, select.describe(), select.group,
+      select.asymmetric ? " asym" : "", !keep_path.empty());
 }
 
 }  // namespace ringattn

@@ -5,6 +5,7 @@
 
 #include "job/inputs.hpp"
 #include "ringattn/hierarchy_stage.hpp"
+#include "ringattn/kv_select_stage.hpp"
 
 namespace ringattn::job {
 
@@ -26,8 +27,18 @@ SingleRankCheck::SingleRankCheck(const JobSpec& cfg, const KernelOptions& kopt) 
               "single-rank O");
   lse_ = Buffer(static_cast<std::size_t>(a.batch * a.hq * a.nq) * sizeof(float), "single-rank LSE");
   const auto t0 = std::chrono::steady_clock::now();
-  hierarchical_attention(a, o_.as<float>(), lse_.as<float>(), kopt);
+  if (cfg.select.on())
+    kv_select_attention(a, cfg.select, o_.as<float>(), lse_.as<float>(), kopt, &keep_);
+  else
+    hierarchical_attention(a, o_.as<float>(), lse_.as<float>(), kopt);
   seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+int64_t SingleRankCheck::keep_differences(const std::vector<uint8_t>& keep) const {
+  if (keep.size() != keep_.size()) return static_cast<int64_t>(std::max(keep.size(), keep_.size()));
+  int64_t n = 0;
+  for (std::size_t i = 0; i < keep.size(); ++i) n += keep[i] != keep_[i];
+  return n;
 }
 
 void SingleRankCheck::compare(const Layout& ql, int rank, const float* o, const float* lse) {

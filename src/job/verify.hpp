@@ -23,11 +23,14 @@ class SingleRankCheck {
   void compare(const Layout& ql, int rank, const float* o, const float* lse);
   // The errors over every row compared so far.
   ErrorStats errors() const { return acc_.stats(); }
+  // K/V selection: flags of `keep` ([B, Hsel, Nk]) that differ from the single-rank run's.
+  int64_t keep_differences(const std::vector<uint8_t>& keep) const;
 
  private:
   const JobSpec& cfg_;
   Buffer o_, lse_;  // the single-rank result [B, Nq, Hq, D], [B, Hq, Nq]
   double seconds_ = 0;
+  std::vector<uint8_t> keep_;  // K/V selection: the single-rank run's kept set
   ErrorAccumulator acc_;
 };
 
