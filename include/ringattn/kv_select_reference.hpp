@@ -56,9 +56,13 @@ struct SelectReference {
   std::vector<double> margin;
 };
 
-// `int4` is the format of the non-kept keys when sel.rest == KeepRest::int4
-// (group --kv-group, --kv-asymmetric; KvSelect does not carry them); unused for drop.
+// `int4` is the format of the non-kept keys when sel.rest == KeepRest::int4;
+// unused for drop.
 SelectReference kv_select_reference(const AttentionArgs& args, const KvSelect& sel,
-                                    const QuantFormat& int4 = {QuantBits::int4, 64, false});
+                                    const QuantFormat& int4);
+// The same with the selection's own INT4 format (sel.rest_format()).
+inline SelectReference kv_select_reference(const AttentionArgs& args, const KvSelect& sel) {
+  return kv_select_reference(args, sel, sel.rest_format());
+}
 
 }  // namespace ringattn
