@@ -62,6 +62,7 @@
 #include "ringattn/attention.hpp"
 #include "ringattn/dtype.hpp"
 #include "ringattn/hardware.hpp"
+#include "ringattn/kv_select.hpp"
 #include "ringattn/layout.hpp"
 #include "ringattn/mask.hpp"
 #include "ringattn/moe.hpp"
@@ -103,7 +104,8 @@ struct PlanInput : AttentionProblem {
   int ranks_per_node = 0;  // 0: min(P, devices per node)
   int threads = 0;         // cpu kernel threads per rank; 0: as `run` (see plan.cpp)
   PlanLinks links = PlanLinks::network;
-  MoeConfig moe;  // the MoE stage after attention (MoePlan); off by default
+  MoeConfig moe;    // the MoE stage after attention (MoePlan); off by default
+  KvSelect select;  // K/V selection after the exact pass (SelectPlan); off by default
   // K/V on the wire (JobSpec::kv_wire; off: the storage dtype), and held as its
   // codes in memory (JobSpec::kv_store; needs kv_wire on).
   QuantFormat kv_wire;
@@ -220,14 +222,35 @@ struct MemoryBreakdown {                       // bytes, one rank
   double workspace = 0;  // kernel: packed K/V head + thread tiles (cpu)
   double stage = 0;      // the hierarchical stage (StagePlan::memory)
   double moe = 0;        // the MoE stage (MoeRankPlan::memory)
+  double select = 0;     // K/V selection (SelectPlan): importance, kept flags, INT4 rest
   // kv_store: while K/V are quantized as they load, Q, K and V in the storage
   // dtype and the codes, before O exists (0 otherwise).
   double loading = 0;
   double total() const {
     return q + k + v + o + lse + recv_buffers + wire_copy + partial + shared + workspace + stage +
-           moe;
+           moe + select;
   }
   double peak() const { return std::max(total(), loading); }  // what run's peak_bytes measures
+};
+
+// K/V selection (ringattn/kv_select_stage.hpp; in.select on), after the exact
+// ring pass, on the same schedule: the importance pass (the ring again with Q
+// K^T only: half the compute per pair, the same blocks), the all-reduce of the
+// B Hsel Nk float64 importances (a ring all-reduce: 2 (P - 1) latencies and
+// 2 (P - 1) / P of the bytes per rank), then the final pass over the kept keys,
+// modelled at the exact pass's compute (it runs the mask's tiles; only tiles
+// with no kept key are skipped), and with the INT4 rest a second final pass
+// whose blocks travel as INT4 codes. Memory per rank adds the importance and
+// the kept flags (9 bytes per key and selection head), and with the INT4 rest
+// the own block's codes and the rest pass's state.
+struct SelectPlan {
+  bool on = false;
+  int passes = 0;              // ring passes after the exact one (2, or 3 with the INT4 rest)
+  double importance_s = 0;     // the importance pass, slowest rank
+  double allreduce_s = 0;      // the importances' all-reduce
+  double final_s = 0;          // the final pass(es), slowest rank
+  double sent = 0;             // bytes all ranks send in the stage
+  double allreduce_bytes = 0;  // B Hsel Nk x 8
 };
 
 struct RankPlan {
@@ -266,7 +289,8 @@ struct Plan {
   std::vector<RankPlan> per_rank;
   std::vector<StepPlan> per_step;
   StagePlan stage;
-  MoePlan moe;  // in.moe on
+  MoePlan moe;        // in.moe on
+  SelectPlan select;  // in.select on
   double predicted_s = 0;
   // Hiding.
   bool all_hidden = true;         // every transfer step hidden

@@ -165,6 +165,7 @@ int cmd_plan(int argc, char** argv) {
   in.moe = plan_moe_config(*opt, cfg.hq * cfg.head_dim);
   const KvOptions kv = parse_kv_options(*opt, cfg.dtype);
   in.kv_wire = kv.wire, in.kv_store = kv.store;
+  in.select = kv.select;
   Plan plan;
   try {
     plan = make_plan(in, hw);

@@ -169,7 +169,7 @@ void print_plan(const PlanReport& r) {
   line("memory (rank " + std::to_string(big.rank) + ")",
        fmt::format(
            "{} = q {} + k {} + v {}{} + O {} + LSE {} + {} receive buffer{} {}{} + "
-           "partial state {}{} + kernel workspace {}{}{}{}",
+           "partial state {}{} + kernel workspace {}{}{}{}{}",
            format_bytes(m.total()), format_bytes(m.q), format_bytes(m.k), format_bytes(m.v),
            p.in.kv_store ? " (codes)" : "", format_bytes(m.o), format_bytes(m.lse), m.recv_count,
            m.recv_count == 1 ? "" : "s", format_bytes(m.recv_buffers),
@@ -179,6 +179,7 @@ void print_plan(const PlanReport& r) {
            format_bytes(m.workspace),
            m.stage > 0 ? " + hierarchy " + format_bytes(m.stage) : std::string(),
            m.moe > 0 ? " + moe " + format_bytes(m.moe) : std::string(),
+           m.select > 0 ? " + kv selection " + format_bytes(m.select) : std::string(),
            m.loading > m.total()
                ? fmt::format("; {} while loading (q, k and v in {} beside their codes)",
                              format_bytes(m.loading), dtype_name(p.in.dtype))
@@ -226,6 +227,18 @@ void print_plan(const PlanReport& r) {
                      4.0 * double(p.in.head_dim) * mx(st.scores) / kGiga, format_bytes(mx(st.sent)),
                      st.fetch_bound ? " at most (the chosen blocks depend on the data)" : "",
                      format_bytes(mx(st.memory))));
+  }
+  if (p.select.on) {
+    const SelectPlan& k = p.select;
+    line("kv keep",
+         fmt::format("{}: {} more ring passes (importance, final{}): importance {:.3f} ms, "
+                     "all-reduce of {} {:.3f} ms, final {:.3f} ms; {} sent in the stage; {} "
+                     "memory per rank (importance and kept flags{})",
+                     p.in.select.describe(), k.passes,
+                     p.in.select.rest == KeepRest::int4 ? ", INT4 rest" : "", k.importance_s * kMs,
+                     format_bytes(k.allreduce_bytes), k.allreduce_s * kMs, k.final_s * kMs,
+                     format_bytes(k.sent), format_bytes(slowest(p).mem.select),
+                     p.in.select.rest == KeepRest::int4 ? ", the INT4 codes and state" : ""));
   }
   if (p.moe.on) line("moe", moe_text(p));
   line("predicted time", fmt::format("{:.3f} ms (slowest rank {}), {}", p.predicted_s * kMs,
@@ -280,6 +293,13 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
             p.in.kv_wire.on() ? p.in.kv_wire.describe() : std::string(dtype_name(p.in.dtype)))
       .boolean("kv_store", p.in.kv_store)
       .integer("kv_wire_row_bytes", p.kv_row_bytes)
+      .number("kv_keep", p.in.select.keep)
+      .integer("select_passes", p.select.passes)
+      .number("select_importance_ms", p.select.importance_s * kMs)
+      .number("select_allreduce_ms", p.select.allreduce_s * kMs)
+      .number("select_final_ms", p.select.final_s * kMs)
+      .number("select_sent", p.select.sent)
+      .number("mem_select", big.mem.select)
       .number("step_compute_ms", max_step(p, &StepPlan::compute_s) * kMs)
       .number("step_transfer_ms", max_step(p, &StepPlan::transfer_s) * kMs)
       .boolean("hidden", p.all_hidden)

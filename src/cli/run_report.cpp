@@ -168,6 +168,20 @@ void print_report(const RunReport& r) {
                                     "values)"
                                   : "own blocks, sinks and global tokens exact"));
     }
+    if (r.select) {
+      const SelectSummary& k = *r.select;
+      line("kv keep", fmt::format("{}: kept {} of {} keys over (batch, {}) ({:.2f}%); sinks {}",
+                                  c.select.describe(), k.kept, k.keys,
+                                  c.select.per == KeepPer::head ? "query head" : "K/V head",
+                                  k.keys > 0 ? kPercent * double(k.kept) / double(k.keys) : 0.0,
+                                  c.mask.sinks));
+      line("kv keep time",
+           fmt::format("importance pass {:.3f} ms, final pass{} {:.3f} ms (rank 0, in the times "
+                       "above: the exact pass, then these)",
+                       k.importance_s * kMs,
+                       c.select.rest == KeepRest::int4 ? "es (kept + INT4 rest)" : "",
+                       k.final_s * kMs));
+    }
     line("bytes sent",
          fmt::format("{} in all vs {} for a full ring ({:.1f}%)", format_bytes(double(sent)),
                      format_bytes(double(full_sent)),
@@ -180,6 +194,11 @@ void print_report(const RunReport& r) {
                      r.efficiency() * kPercent, v.t1_s * kMs, threads0, threads0 == 1 ? "" : "s"));
     line("max error", fmt::format("{} vs the single-rank kernel: {}", error_text(v.err, v.tol),
                                   v.ok ? "ok" : "FAIL"));
+    if (r.select && r.select->keep_diff >= 0)
+      line("kept set",
+           fmt::format("{} of {} flags differ from the single-rank run's (only near-ties "
+                       "of importance can)",
+                       r.select->keep_diff, r.select->keys));
   }
   if (r.sampled) {
     const CheckResult& v = *r.sampled;
@@ -272,6 +291,18 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
       .integer("kv_wire_row_bytes", c.kv_wire.on() ? c.kv_wire.row_bytes(c.head_dim)
                                                    : c.head_dim * int64_t(dtype_size(c.dtype)));
   if (r.moe) add_moe_summary_keys(sum, c.moe, *r.moe);
+  if (r.select) {
+    const SelectSummary& k = *r.select;
+    sum.number("kv_keep", c.select.keep)
+        .integer("kv_keep_recent", c.select.keep_recent)
+        .text("kv_rest", keep_rest_name(c.select.rest))
+        .text("kv_keep_per", keep_per_name(c.select.per))
+        .integer("kept_keys", k.kept)
+        .integer("select_keys", k.keys)
+        .number("importance_ms", k.importance_s * kMs)
+        .number("select_final_ms", k.final_s * kMs);
+    if (k.keep_diff >= 0) sum.integer("keep_diff", k.keep_diff);
+  }
   if (r.moe_check) add_moe_check_keys(sum, *r.moe_check);
   if (r.sampled) {
     sum.integer("check_rows", r.sampled->rows)

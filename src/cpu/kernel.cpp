@@ -224,10 +224,12 @@ KernelStats attention_importance(const AttentionArgs& a, const float* lse, int64
   const int64_t ntiles = (a.nk + cpu::kBlockK - 1) / cpu::kBlockK;
   const int64_t ntasks = group * ntiles;
   const float scale_log2 = static_cast<float>(double(a.softmax_scale()) * cpu::kLog2e);
-  const std::size_t esz = dtype_size(a.dtype);
   int threads = opt.threads > 0 ? opt.threads : omp_get_max_threads();
   threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, ntasks)));
 
+  // The group's queries, packed once per K/V head (every key tile reads them all).
+  const int64_t nq_pad = cpu::round_up(a.nq, cpu::kBlockQ);
+  Buffer qp(static_cast<std::size_t>(group * nq_pad * dp) * sizeof(float), "packed Q");
   Buffer kp(static_cast<std::size_t>(nk_pad * dp) * sizeof(float), "packed K");
   Buffer vp(static_cast<std::size_t>(nk_pad * dp) * sizeof(float), "packed V");
   const int64_t ws_floats = K.workspace_floats(dp);
@@ -236,7 +238,6 @@ KernelStats attention_importance(const AttentionArgs& a, const float* lse, int64
   Buffer deq(a.quantized() ? static_cast<std::size_t>(deq_floats * threads) * sizeof(float) : 0,
              "dequantized K/V panel");
   std::vector<KernelStats> stats(static_cast<std::size_t>(threads));
-  const int64_t q_stride = a.hq * d;
   const int64_t npanels = nk_pad / K.panel;
 
   for (int64_t hk = 0; hk < a.hkv; ++hk) {
@@ -248,19 +249,25 @@ KernelStats attention_importance(const AttentionArgs& a, const float* lse, int64
       for (int64_t p = 0; p < npanels; ++p)
         pack_panel(a, K, 0, hk, p, kp.as<float>(), vp.as<float>(),
                    a.quantized() ? deq.as<float>() + tid * deq_floats : nullptr);
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < group * nq_pad; ++t) {
+        const int64_t h = hk * group + t / nq_pad, i = t % nq_pad;
+        float* dst = qp.as<float>() + t * dp;
+        std::fill(dst, dst + dp, 0.0f);
+        if (i < a.nq)
+          for (int c = 0; c < d; ++c)
+            dst[c] = load_as_f32(a.q, a.dtype, static_cast<std::size_t>((i * a.hq + h) * d + c)) *
+                     scale_log2;
+      }
       float* my_ws = ws.as<float>() + tid * ws_floats;
       KernelStats& my = stats[static_cast<std::size_t>(tid)];
 #pragma omp for schedule(dynamic, 1)
       for (int64_t t = 0; t < ntasks; ++t) {
         const int64_t h = hk * group + t / ntiles;
         cpu::ImportanceJob job;
-        job.q = static_cast<const char*>(a.q) + static_cast<std::size_t>(h * d) * esz;
-        job.dtype = a.dtype;
-        job.q_stride = q_stride;
+        job.qs = qp.as<float>() + (t / ntiles) * nq_pad * dp;
         job.nq = a.nq;
-        job.d = d;
         job.qpos = a.qpos;
-        job.scale_log2 = scale_log2;
         job.mask = a.mask;
         job.kv = &packed;
         job.lse = lse + h * lse_stride;

@@ -311,8 +311,7 @@ struct Impl {
   static KernelStats run_importance(const ImportanceJob& job, float* ws) {
     const PackedKV& kv = *job.kv;
     const int dp = kv.dp;
-    float* qs = ws;
-    float* s = qs + int64_t{kBlockQ} * dp;
+    float* s = ws;
     float* col = s + int64_t{kBlockQ} * kBlockK;  // kBlockK float sums of one query block
 
     KernelStats st;
@@ -323,9 +322,6 @@ struct Impl {
     const Positions kpos = kv.pos.from(key0);
     const reg zero = V::zero();
 
-    QBlockJob qj;
-    qj.dtype = job.dtype, qj.q_stride = job.q_stride, qj.d = job.d;
-    qj.scale_log2 = job.scale_log2;
     for (int64_t i0 = 0; i0 < job.nq; i0 += kBlockQ) {
       const int rows = static_cast<int>(std::min<int64_t>(kBlockQ, job.nq - i0));
       const Positions qpos = job.qpos.from(i0);
@@ -337,10 +333,7 @@ struct Impl {
       if (cls == TileClass::partial) ++st.tiles_partial;
 
       const int rows_s = static_cast<int>(round_up(rows, V::kRowsS));
-      qj.q = static_cast<const char*>(job.q) +
-             static_cast<std::size_t>(i0 * job.q_stride) * dtype_size(job.dtype);
-      qj.rows = rows;
-      pack_q(qj, qs, dp, rows_s);
+      const float* qs = job.qs + i0 * dp;
       for (int r0 = 0; r0 < rows_s; r0 += V::kRowsS)
         for (int p0 = 0; p0 < kc; p0 += PW)
           s_micro(qs + r0 * dp, dp, kv.k + (key0 + p0) * dp, s + r0 * kBlockK + p0);

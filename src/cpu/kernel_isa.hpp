@@ -82,13 +82,11 @@ struct QBlockJob {
 // (rows with lse = -inf, which see nothing, add nothing). Float32 sums over
 // each block of kBlockQ rows, added to the float64 imp.
 struct ImportanceJob {
-  const void* q = nullptr;  // row 0 of this head, storage dtype
-  DType dtype = DType::f32;
-  int64_t q_stride = 0;
+  // This head's queries packed once: [round_up(nq, kBlockQ)][dp] float32, scaled
+  // by scale log2(e), zero padded (the kernel's own Q tile layout).
+  const float* qs = nullptr;
   int64_t nq = 0;
-  int d = 0;
   Positions qpos;
-  float scale_log2 = 0;
   Mask mask;
   const PackedKV* kv = nullptr;
   const float* lse = nullptr;  // [nq], natural log

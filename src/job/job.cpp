@@ -206,6 +206,9 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   report.shared_queries = schedule.shared.query_tokens;
   if (moe) report.moe = best_moe;
   if (spec.select.on()) {
+    // The work done: the exact pass, the importance (Q K^T only: half the FLOPs of a
+    // pair) and the final pass over the mask's pairs (with the INT4 rest, a second one).
+    report.flops *= spec.select.rest == KeepRest::int4 ? 3.5 : 2.5;
     SelectSummary& s = report.select.emplace();
     s.kept = best_select.kept, s.keys = best_select.keys;
     s.importance_s = best_select.importance_s, s.final_s = best_select.final_s;

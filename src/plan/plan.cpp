@@ -8,6 +8,7 @@
 #include "ringattn/error.hpp"
 #include "ringattn/hierarchy_stage.hpp"
 #include "ringattn/kernel.hpp"
+#include "ringattn/kv_select_stage.hpp"
 #include "ringattn/schedule.hpp"
 
 namespace ringattn {
@@ -50,6 +51,7 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
   if (in.kv_wire.on()) validate_quant(in.kv_wire, in.head_dim);
   if (in.kv_store && !in.kv_wire.on())
     throw FieldError("kv_store", "needs a quantized format (int8 or int4)");
+  check_select_supported(in, in.select, in.kv_wire.on());
   if (in.kv_store && in.hier.on())
     throw FieldError("kv_store",
                      "hierarchical stages read the exact K/V rows; they do not take K/V stored "
@@ -231,65 +233,116 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
   // The ring, step by step (see the header). The transfers into step s + 1 are
   // in flight during step s: rank r sends to step(r, s+1).send_to (ring: the
   // block it holds; direct: its own) and receives from step(r, s+1).recv_from.
+  // One pass from `start`, its compute scaled by `work` and its blocks of
+  // `row` bytes per token-head; `record`: the exact pass, whose figures the
+  // plan reports. Returns the bytes sent; `end` gets each rank's end time.
   p.per_step.resize(static_cast<std::size_t>(p.steps));
   double transfer_pairs = 0, transfer_area = 0;
   int64_t rotations = 0;
-  for (int s = 0; s < p.steps; ++s) {
-    StepPlan& st = p.per_step[static_cast<std::size_t>(s)];
-    st.step = s;
-    const bool sends = s + 1 < p.steps;
-    for (int r = 0; r < np; ++r) {
-      const RingStep& rs = sch.step(r, s);
-      const auto ri = static_cast<std::size_t>(r);
-      xfer[ri] = 0.0;
-      if (!sends) continue;
-      ++rotations;
-      transfer_pairs += double(rs.pairs);
-      transfer_area += double(ql.tokens(r)) * double(kvl.tokens(rs.source));
-      const RingStep& nx = sch.step(r, s + 1);
-      if (nx.send_to < 0) continue;
-      const double bytes = block_bytes(sch.transfer == Transfer::ring ? rs.source : r);
-      xfer[ri] = link_of(r, nx.send_to).seconds(bytes, kMessagesPerStep);
-      st.bytes = std::max(st.bytes, bytes);
-      sent_total += bytes;
-    }
-    for (int r = 0; r < np; ++r) {
-      const RingStep& rs = sch.step(r, s);
-      const auto ri = static_cast<std::size_t>(r);
-      RankPlan& rp = p.per_rank[ri];
-      double merged_rows = 0;
-      for (const SegmentWork& w : rs.work)
-        merged_rows += double(ql.segments(r)[static_cast<std::size_t>(w.q_seg)].count);
-      double pairs = double(rs.pairs);
-      if (s == 0) pairs += double(rp.pairs - rp.ring_pairs);  // the shared rows
-      const double c = flops_per_pair * pairs / p.rate;
-      const double m =
-          merged_rows * b * hq * (kMergeAccesses * d + kMergeAccesses) * kFloatBytes / merge_bw;
-      double e = start[ri] + c + m;
-      if (sends) {
+  const auto run_pass = [&](double work, double row, bool record) {
+    double sent = 0;
+    const auto pass_block = [&](int rank) {
+      return 2.0 * double(in.batch * kvl.tokens(rank) * in.hkv) * row;
+    };
+    for (int s = 0; s < p.steps; ++s) {
+      StepPlan scratch;
+      StepPlan& st = record ? p.per_step[static_cast<std::size_t>(s)] : scratch;
+      st.step = s;
+      const bool sends = s + 1 < p.steps;
+      for (int r = 0; r < np; ++r) {
+        const RingStep& rs = sch.step(r, s);
+        const auto ri = static_cast<std::size_t>(r);
+        xfer[ri] = 0.0;
+        if (!sends) continue;
+        if (record) {
+          ++rotations;
+          transfer_pairs += double(rs.pairs);
+          transfer_area += double(ql.tokens(r)) * double(kvl.tokens(rs.source));
+        }
         const RingStep& nx = sch.step(r, s + 1);
-        double serial = 0;
-        if (nx.send_to >= 0) {
-          const LinkSpec& l = link_of(r, nx.send_to);
-          serial = (1.0 - l.overlap) * xfer[ri] * (cpu ? p.oversubscription : 1.0);
-          st.hidden = st.hidden && l.overlap >= 1.0 && xfer[ri] <= c + m;
-          st.transfer_s = std::max(st.transfer_s, xfer[ri]);
-          rp.transfer_s += xfer[ri];
-        }
-        e = std::max(e + serial, start[ri] + xfer[ri]);
-        if (nx.recv_from >= 0) {
-          const auto src = static_cast<std::size_t>(nx.recv_from);
-          e = std::max(e, start[src] + xfer[src]);
-        }
-        rp.wait_s += e - (start[ri] + c + m + serial);
+        if (nx.send_to < 0) continue;
+        const double bytes = pass_block(sch.transfer == Transfer::ring ? rs.source : r);
+        xfer[ri] = link_of(r, nx.send_to).seconds(bytes, kMessagesPerStep);
+        st.bytes = std::max(st.bytes, bytes);
+        sent += bytes;
       }
-      rp.compute_s += c;
-      rp.merge_s += m;
-      st.compute_s = std::max(st.compute_s, c + m);
-      end[ri] = e;
+      for (int r = 0; r < np; ++r) {
+        const RingStep& rs = sch.step(r, s);
+        const auto ri = static_cast<std::size_t>(r);
+        RankPlan scratch_rank;
+        RankPlan& rp = record ? p.per_rank[ri] : scratch_rank;
+        double merged_rows = 0;
+        for (const SegmentWork& w : rs.work)
+          merged_rows += double(ql.segments(r)[static_cast<std::size_t>(w.q_seg)].count);
+        double pairs = double(rs.pairs);
+        if (s == 0) pairs += double(p.per_rank[ri].pairs - p.per_rank[ri].ring_pairs);  // shared
+        const double c = work * flops_per_pair * pairs / p.rate;
+        const double m =
+            merged_rows * b * hq * (kMergeAccesses * d + kMergeAccesses) * kFloatBytes / merge_bw;
+        double e = start[ri] + c + m;
+        if (sends) {
+          const RingStep& nx = sch.step(r, s + 1);
+          double serial = 0;
+          if (nx.send_to >= 0) {
+            const LinkSpec& l = link_of(r, nx.send_to);
+            serial = (1.0 - l.overlap) * xfer[ri] * (cpu ? p.oversubscription : 1.0);
+            st.hidden = st.hidden && l.overlap >= 1.0 && xfer[ri] <= c + m;
+            st.transfer_s = std::max(st.transfer_s, xfer[ri]);
+            rp.transfer_s += xfer[ri];
+          }
+          e = std::max(e + serial, start[ri] + xfer[ri]);
+          if (nx.recv_from >= 0) {
+            const auto src = static_cast<std::size_t>(nx.recv_from);
+            e = std::max(e, start[src] + xfer[src]);
+          }
+          rp.wait_s += e - (start[ri] + c + m + serial);
+        }
+        rp.compute_s += c;
+        rp.merge_s += m;
+        st.compute_s = std::max(st.compute_s, c + m);
+        end[ri] = e;
+      }
+      start = end;
+      if (record) p.all_hidden = p.all_hidden && st.hidden;
     }
-    start = end;
-    p.all_hidden = p.all_hidden && st.hidden;
+    return sent;
+  };
+  sent_total += run_pass(1.0, wire_row, true);
+  if (in.select.on()) {  // the K/V selection's passes on the same schedule (SelectPlan)
+    SelectPlan& sp = p.select;
+    sp.on = true;
+    const bool rest4 = in.select.rest == KeepRest::int4;
+    sp.passes = rest4 ? 3 : 2;
+    const auto slowest_end = [&] { return *std::max_element(end.begin(), end.end()); };
+    const double exact_end = slowest_end();
+    sp.sent += run_pass(0.5, wire_row, false);
+    const double imp_end = slowest_end();
+    sp.importance_s = imp_end - exact_end;
+    sp.allreduce_bytes = b * double(in.select.heads(in.hq, in.hkv)) * double(in.nk) * 8.0;
+    if (np > 1) {
+      const double share = 2.0 * double(np - 1) / double(np) * sp.allreduce_bytes;
+      sp.allreduce_s = 2.0 * double(np - 1) * p.link.latency_s + share / p.link.bandwidth_bps;
+      sp.sent += share * np;
+    }
+    std::fill(start.begin(), start.end(), imp_end + sp.allreduce_s);
+    sp.sent += run_pass(1.0, wire_row, false);
+    if (rest4)
+      sp.sent += run_pass(1.0, double(in.select.rest_format().row_bytes(in.head_dim)), false);
+    sp.final_s = slowest_end() - imp_end - sp.allreduce_s;
+    const double extra = rest4 ? 2.5 : 1.5;  // x the exact pass: half of it, the final pass(es)
+    for (int r = 0; r < np; ++r) {
+      RankPlan& rp = p.per_rank[static_cast<std::size_t>(r)];
+      const double more = extra * flops_per_pair * double(rp.pairs);
+      rp.flops += more;
+      p.total_flops += more;
+      const double nq = double(rp.q_tokens), nk = double(rp.kv_tokens);
+      rp.mem.select = b * double(in.select.heads(in.hq, in.hkv)) * double(in.nk) * 9.0;
+      if (rest4)
+        rp.mem.select +=
+            2.0 * b * nk * hkv * double(in.select.rest_format().row_bytes(in.head_dim)) +
+            b * nq * hq * (d + 1) * kFloatBytes;
+      p.max_rank_memory = std::max(p.max_rank_memory, rp.mem.peak());
+    }
   }
   p.bytes_per_step = rotations > 0 ? sent_total / double(rotations) : 0.0;
   // The stage starts when the ring has ended everywhere (its first step is a

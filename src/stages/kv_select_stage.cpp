@@ -125,7 +125,10 @@ SelectMetrics kv_select_stage(Communicator& comm, const RingSchedule& sch, const
     const Clock::time_point t0 = Clock::now();
     comm.allreduce(imp.data(), imp.size(), ReduceOp::sum);
     m.comm_s += since(t0);
-    m.bytes_sent += static_cast<int64_t>(imp.size() * sizeof(double));
+    // A ring all-reduce's share: 2 (P - 1) / P of the array (what plan counts).
+    const int np = comm.size();
+    m.bytes_sent += static_cast<int64_t>(2.0 * double(np - 1) / double(np) *
+                                         double(imp.size() * sizeof(double)));
   }
   m.kept = select_all(p, sel, imp, keep);
   m.keys = static_cast<int64_t>(keep->size());
