@@ -5,6 +5,7 @@
 #   * hierarchical levels and block routing pass the same checks under MPI (their
 #     block means, requests and blocks go through MPI's collectives);
 #   * a quantized --kv-wire passes its check (the reference of what travelled) under MPI;
+#   * K/V selection passes its check under MPI and keeps the same keys as in-process;
 #   * the MoE stage after attention passes its float64 check under MPI, and its routing
 #     output equals the in-process run's byte for byte; `ringattn moe` alone likewise,
 #     and its failing rank ends the job without leftovers;
@@ -116,6 +117,24 @@ for np in 2 3; do
     pass "-n $np --kv-wire int4 ($(grep '^  bytes sent' "$dir/stdout" | sed 's/^ *//; s/  */ /g'))"
   else
     fail "-n $np --kv-wire int4: exit $rc"
+    cat "$dir/stdout" "$dir/stderr"
+  fi
+done
+
+# K/V selection: the importance's all-reduce through MPI; the kept set equals the in-process run's.
+sel=(--causal --sinks 4 --kv-keep 0.1 --kv-keep-recent 16 --check-rows 16)
+for np in 2 3; do
+  dir="$scratch/np$np-kv-keep"
+  rm -rf "$dir" && mkdir -p "$dir"
+  command=run
+  launch "$np" "$dir" "${common[@]}" "${sel[@]}" --out "$dir/o.npy" --kv-keep-out "$dir/keep.npy"
+  "$bin" run --ranks-local "$np" "${common[@]}" "${sel[@]}" --kv-keep-out "$dir/keep_local.npy" \
+    >"$dir/stdout_local" 2>&1
+  if [[ $rc -eq 0 ]] && grep -q "vs float64 on 16 sampled query rows x 4 heads: ok" "$dir/stdout" &&
+    [[ -s $dir/o.npy ]] && cmp -s "$dir/keep.npy" "$dir/keep_local.npy"; then
+    pass "-n $np --kv-keep 0.1 ($(grep '^  kv keep  ' "$dir/stdout" | sed 's/^ *//; s/  */ /g'))"
+  else
+    fail "-n $np --kv-keep 0.1: exit $rc"
     cat "$dir/stdout" "$dir/stderr"
   fi
 done

@@ -11,6 +11,7 @@
 #include "ringattn/error.hpp"
 #include "ringattn/hier_reference.hpp"
 #include "ringattn/job.hpp"
+#include "ringattn/kv_select_reference.hpp"
 #include "ringattn/npy.hpp"
 #include "ringattn/plan.hpp"
 #include "ringattn/reference.hpp"
@@ -234,6 +235,73 @@ TEST_F(Job, PlanPredictsAQuantizedWiresBytesAndMemory) {
                 double(r.stats[static_cast<std::size_t>(x)].peak_bytes))
           << store << " rank " << x;
   }
+}
+
+// K/V selection through the job: the kept-set file and O equal the float64
+// reference of the selection (kept flags away from near-ties of importance),
+// and the plan's bytes (exact pass plus the stage's passes and all-reduce) are the run's.
+TEST_F(Job, KvSelectionWritesItsKeptSetAndThePlanKnowsItsBytes) {
+  JobSpec s;
+  s.nq = s.nk = 600, s.hq = 4, s.hkv = 2, s.head_dim = 32;
+  s.mask = Mask::causal(0);
+  s.mask.sinks = 3;
+  s.layout = LayoutKind::zigzag;
+  s.seed = 5, s.threads = 1;
+  s.select.keep = 0.15, s.select.keep_recent = 20;
+  s.out_path = path("o.npy"), s.lse_path = path("lse.npy"), s.keep_path = path("keep.npy");
+  s.check_rows = 11;
+  const JobReport r = run_job_local(3, s);
+  ASSERT_TRUE(r.sampled && r.select);
+  EXPECT_TRUE(r.sampled->ok) << error_text(r.sampled->err, r.sampled->tol);
+  EXPECT_EQ(r.select->keys, 2 * 600);
+  EXPECT_EQ(r.outputs, (std::vector<std::string>{s.out_path, s.lse_path, s.keep_path}));
+  const Tensor q = generated(s, SynthStream::q, s.nq, s.hq),
+               k = generated(s, SynthStream::k, s.nk, s.hkv),
+               v = generated(s, SynthStream::v, s.nk, s.hkv);
+  const AttentionArgs a(s, q.data.data(), k.data.data(), v.data.data());
+  const SelectReference ref = kv_select_reference(a, s.select);
+  // A version 1.0 .npy: magic, version, header length, the header, uint8 data.
+  std::FILE* f = std::fopen(s.keep_path.c_str(), "rb");
+  ASSERT_NE(f, nullptr);
+  unsigned char pre[10];
+  ASSERT_EQ(std::fread(pre, 1, 10, f), 10u);
+  std::string head(static_cast<std::size_t>(pre[8] | pre[9] << 8), ' ');
+  ASSERT_EQ(std::fread(head.data(), 1, head.size(), f), head.size());
+  EXPECT_NE(head.find("'descr': '|u1'"), std::string::npos) << head;
+  EXPECT_NE(head.find("(1, 2, 600)"), std::string::npos) << head;
+  std::vector<uint8_t> keep(ref.keep.size());
+  ASSERT_EQ(std::fread(keep.data(), 1, keep.size(), f), keep.size());
+  EXPECT_EQ(std::fgetc(f), EOF);
+  std::fclose(f);
+  int64_t differ = 0, kept = 0;
+  for (std::size_t x = 0; x < keep.size(); ++x) {
+    const bool got = keep[x] != 0;
+    kept += got;
+    differ += got != (ref.keep[x] != 0) && !(ref.margin[x] < 1e-4);
+  }
+  EXPECT_EQ(differ, 0);
+  EXPECT_EQ(kept, r.select->kept);
+  const Tensor o = read_npy(s.out_path), lse = read_npy(s.lse_path);
+  std::vector<float> of(static_cast<std::size_t>(o.numel())),
+      lf(static_cast<std::size_t>(lse.numel()));
+  for (int64_t i = 0; i < o.numel(); ++i) of[static_cast<std::size_t>(i)] = o.get(i);
+  for (int64_t i = 0; i < lse.numel(); ++i) lf[static_cast<std::size_t>(i)] = lse.get(i);
+  const ErrorStats e =
+      compare_to_reference(a, of.data(), lf.data(), ReferenceResult{ref.o, ref.lse});
+  EXPECT_TRUE(within(e, stored_tolerance(s.dtype))) << error_text(e, stored_tolerance(s.dtype));
+
+  PlanInput in(s);
+  in.layout = s.layout, in.ranks = 3, in.links = PlanLinks::in_process, in.threads = 1;
+  in.select = s.select;
+  const Plan p = make_plan(in, load_hardware_profile(std::string(RINGATTN_SOURCE_DIR) +
+                                                     "/configs/hardware/cpu-2core.ini"));
+  ASSERT_TRUE(p.select.on);
+  EXPECT_EQ(p.select.passes, 2);
+  double sent = 0;
+  for (const RankStats& st : r.stats) sent += double(st.bytes_sent);
+  const double exact = p.bytes_per_step * 3 * (p.steps - 1);
+  // The exact pass, each later pass (its shared rows and rotations), the all-reduce.
+  EXPECT_EQ(exact + p.select.sent, sent);
 }
 
 TEST_F(Job, ErrorsNameTheFieldAndWriteNothing) {

@@ -54,6 +54,48 @@ TEST_F(KvCli, StoredCodesPassVerifyAndTheCheck) {
   EXPECT_NE(r.out.find("stored so in memory too"), std::string::npos) << r.out;
 }
 
+TEST_F(KvCli, SelectionPassesVerifyAndTheCheckAndWritesItsKeptSet) {
+  for (const char* rest : {"drop", "int4"}) {
+    SCOPED_TRACE(rest);
+    const std::string o = path(std::string("o_") + rest + ".npy"),
+                      keep = path(std::string("keep_") + rest + ".npy");
+    std::vector<std::string> args = {"--ranks-local",
+                                     "3",
+                                     "--kv-keep",
+                                     "0.2",
+                                     "--kv-keep-recent",
+                                     "32",
+                                     "--kv-rest",
+                                     rest,
+                                     "--kv-keep-per",
+                                     "head",
+                                     "--window-left",
+                                     "300",
+                                     "--sinks",
+                                     "2",
+                                     "--verify",
+                                     "--check-rows",
+                                     "16",
+                                     "--out",
+                                     o,
+                                     "--kv-keep-out",
+                                     keep};
+    if (std::string(rest) == "int4") args.insert(args.end(), {"--kv-group", "32"});
+    const CliResult r = run_binary(small(args));
+    ASSERT_EQ(r.rc, 0) << r.out << r.err;
+    EXPECT_NE(r.out.find("vs the single-rank kernel: ok"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("vs float64 on 16 sampled query rows x 4 heads: ok"), std::string::npos)
+        << r.out;
+    EXPECT_NE(r.out.find("kept set            0 of 2800 flags differ"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(std::string("kv keep             keep 0.2 + recent 32, rest ") + rest +
+                         ", per head: kept "),
+              std::string::npos)
+        << r.out;
+    EXPECT_TRUE(std::filesystem::exists(o));
+    EXPECT_TRUE(std::filesystem::exists(keep));
+  }
+}
+
 // The reproduce line spells out every option, the stages' defaults included: run
 // as it stands it must run (options left at their defaults need no stage).
 TEST_F(KvCli, TheReproduceLineRunsAsItStands) {
@@ -92,6 +134,18 @@ TEST_F(KvCli, BadOptionsNameTheOption) {
         "256"},
        "--kv-store"},
       {{"--kv-wire", "int4", "--route-block", "64", "--route-topk", "2"}, "--kv-wire"},
+      {{"--kv-keep", "1.5"}, "--kv-keep"},
+      {{"--kv-keep", "-0.1"}, "--kv-keep"},
+      {{"--kv-keep-recent", "8"}, "--kv-keep-recent"},  // without --kv-keep
+      {{"--kv-rest", "int4"}, "--kv-rest"},
+      {{"--kv-keep", "0.1", "--kv-rest", "int8"}, "--kv-rest"},
+      {{"--kv-keep", "0.1", "--kv-keep-per", "query"}, "--kv-keep-per"},
+      {{"--kv-keep", "0.1", "--kv-keep-recent", "-1"}, "--kv-keep-recent"},
+      {{"--kv-keep", "0.1", "--kv-rest", "int4", "--kv-group", "128"}, "--kv-group"},
+      {{"--kv-keep", "0.1", "--kv-wire", "int8"}, "--kv-keep"},
+      {{"--kv-keep", "0.1", "--global", "0-3"}, "--kv-keep"},
+      {{"--kv-keep", "0.1", "--device", "cuda"}, "--kv-keep"},
+      {{"--kv-keep-out", "k.npy"}, "--kv-keep-out"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.names);

@@ -218,16 +218,17 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
 
   // The shared rows' all-gather, before the ring: every rank receives the others' rows.
   std::vector<double> start(static_cast<std::size_t>(np), 0.0), end(start), xfer(start);
-  double sent_total = 0;
+  double sent_total = 0, shared_s = 0, shared_total = 0;
   if (sh.on() && np > 1) {
     double gathered = 0;
     for (int r = 0; r < np; ++r) gathered += shared_sent[static_cast<std::size_t>(r)] / (np - 1);
-    const double t = (np - 1) * p.link.latency_s + gathered / p.link.bandwidth_bps;
+    shared_s = (np - 1) * p.link.latency_s + gathered / p.link.bandwidth_bps;
     for (int r = 0; r < np; ++r) {
-      start[static_cast<std::size_t>(r)] = t;
-      p.per_rank[static_cast<std::size_t>(r)].wait_s += t;
-      sent_total += shared_sent[static_cast<std::size_t>(r)];
+      start[static_cast<std::size_t>(r)] = shared_s;
+      p.per_rank[static_cast<std::size_t>(r)].wait_s += shared_s;
+      shared_total += shared_sent[static_cast<std::size_t>(r)];
     }
+    sent_total += shared_total;
   }
 
   // The ring, step by step (see the header). The transfers into step s + 1 are
@@ -314,8 +315,14 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
     const bool rest4 = in.select.rest == KeepRest::int4;
     sp.passes = rest4 ? 3 : 2;
     const auto slowest_end = [&] { return *std::max_element(end.begin(), end.end()); };
+    // Each pass gathers the shared rows again (a collective) before its ring.
+    const auto later_pass = [&](double work, double row) {
+      const double from = slowest_end() + shared_s;
+      std::fill(start.begin(), start.end(), from);
+      sp.sent += shared_total + run_pass(work, row, false);
+    };
     const double exact_end = slowest_end();
-    sp.sent += run_pass(0.5, wire_row, false);
+    later_pass(0.5, wire_row);
     const double imp_end = slowest_end();
     sp.importance_s = imp_end - exact_end;
     sp.allreduce_bytes = b * double(in.select.heads(in.hq, in.hkv)) * double(in.nk) * 8.0;
@@ -324,10 +331,9 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
       sp.allreduce_s = 2.0 * double(np - 1) * p.link.latency_s + share / p.link.bandwidth_bps;
       sp.sent += share * np;
     }
-    std::fill(start.begin(), start.end(), imp_end + sp.allreduce_s);
-    sp.sent += run_pass(1.0, wire_row, false);
-    if (rest4)
-      sp.sent += run_pass(1.0, double(in.select.rest_format().row_bytes(in.head_dim)), false);
+    std::fill(end.begin(), end.end(), imp_end + sp.allreduce_s);
+    later_pass(1.0, wire_row);
+    if (rest4) later_pass(1.0, double(in.select.rest_format().row_bytes(in.head_dim)));
     sp.final_s = slowest_end() - imp_end - sp.allreduce_s;
     const double extra = rest4 ? 2.5 : 1.5;  // x the exact pass: half of it, the final pass(es)
     for (int r = 0; r < np; ++r) {
