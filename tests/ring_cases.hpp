@@ -68,6 +68,35 @@ struct RingCheck {
   RingMetrics metrics;
 };
 
+// One rank's rows (o [B, n, Hq, D], lse [B, Hq, n] in ql's local order) placed at
+// their global positions of [B, nq, Hq, D] / [B, Hq, nq] arrays (zeros elsewhere),
+// with the list of those positions.
+struct GlobalRows {
+  std::vector<int64_t> rows;
+  std::vector<float> o, lse;
+};
+inline GlobalRows to_global(const Layout& ql, int r, int64_t b, int64_t nq, int64_t hq, int64_t d,
+                            const float* o, const float* lse) {
+  GlobalRows g;
+  const int64_t nl = ql.tokens(r);
+  g.o.assign(static_cast<std::size_t>(b * nq * hq * d), 0.0f);
+  g.lse.assign(static_cast<std::size_t>(b * hq * nq), 0.0f);
+  for (const Segment& s : ql.segments(r))
+    for (int64_t i = 0; i < s.count; ++i) {
+      const int64_t pos = s.start + i * s.stride, li = s.local_offset + i;
+      g.rows.push_back(pos);
+      for (int64_t bi = 0; bi < b; ++bi) {
+        for (int64_t x = 0; x < hq * d; ++x)
+          g.o[static_cast<std::size_t>((bi * nq + pos) * hq * d + x)] =
+              o[static_cast<std::size_t>((bi * nl + li) * hq * d + x)];
+        for (int64_t h = 0; h < hq; ++h)
+          g.lse[static_cast<std::size_t>((bi * hq + h) * nq + pos)] =
+              lse[static_cast<std::size_t>((bi * hq + h) * nl + li)];
+      }
+    }
+  return g;
+}
+
 inline RingCheck run_ring_case(Communicator& comm, const RingCase& c) {
   const int p = comm.size(), r = comm.rank();
   // Every rank builds the same global problem (test sizes are small).
@@ -91,22 +120,9 @@ inline RingCheck run_ring_case(Communicator& comm, const RingCase& c) {
   out.metrics = ring_attention(comm, sch, rp, o.data(), lse.data(), kopt);
 
   // Scatter into global order and compare this rank's rows.
-  std::vector<int64_t> rows;
-  std::vector<float> go(static_cast<std::size_t>(c.b * c.nq * c.hq * c.d)),
-      gl(static_cast<std::size_t>(c.b * c.hq * c.nq));
-  for (const Segment& s : ql.segments(r))
-    for (int64_t i = 0; i < s.count; ++i) {
-      const int64_t pos = s.start + i * s.stride, li = s.local_offset + i;
-      rows.push_back(pos);
-      for (int64_t bi = 0; bi < c.b; ++bi) {
-        for (int64_t x = 0; x < c.hq * c.d; ++x)
-          go[static_cast<std::size_t>((bi * c.nq + pos) * c.hq * c.d + x)] =
-              o[static_cast<std::size_t>((bi * nl + li) * c.hq * c.d + x)];
-        for (int64_t h = 0; h < c.hq; ++h)
-          gl[static_cast<std::size_t>((bi * c.hq + h) * c.nq + pos)] =
-              lse[static_cast<std::size_t>((bi * c.hq + h) * nl + li)];
-      }
-    }
+  const GlobalRows g_rows = to_global(ql, r, c.b, c.nq, c.hq, c.d, o.data(), lse.data());
+  const std::vector<int64_t>& rows = g_rows.rows;
+  const std::vector<float>&go = g_rows.o, &gl = g_rows.lse;
   if (!rows.empty()) {
     const ReferenceResult ref = reference_attention_rows(g.args, rows);
     out.err = compare_to_reference(g.args, go.data(), gl.data(), ref, rows);

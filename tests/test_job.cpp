@@ -61,6 +61,23 @@ class Job : public ::testing::Test {
     EXPECT_EQ(e.lse_mismatch, 0);
   }
 
+  // The data of a version 1.0 .npy (magic, version, header length, header, data)
+  // whose header holds `descr` and `shape`: exactly `bytes` bytes of it.
+  static void read_raw_npy(const std::string& file, const std::string& descr,
+                           const std::string& shape, void* data, std::size_t bytes) {
+    std::FILE* f = std::fopen(file.c_str(), "rb");
+    ASSERT_NE(f, nullptr) << file;
+    unsigned char pre[10];
+    ASSERT_EQ(std::fread(pre, 1, 10, f), 10u);
+    std::string head(static_cast<std::size_t>(pre[8] | pre[9] << 8), ' ');
+    ASSERT_EQ(std::fread(head.data(), 1, head.size(), f), head.size());
+    EXPECT_NE(head.find(descr), std::string::npos) << head;
+    EXPECT_NE(head.find(shape), std::string::npos) << head;
+    ASSERT_EQ(std::fread(data, 1, bytes, f), bytes);
+    EXPECT_EQ(std::fgetc(f), EOF) << file << ": more data than " << bytes << " bytes";
+    std::fclose(f);
+  }
+
   std::string dir_;
 };
 
@@ -178,18 +195,9 @@ TEST_F(Job, BlockRoutingWritesItsChoices) {
   std::vector<double> gap;
   const AttentionArgs a(s, q.data.data(), k.data.data(), v.data.data());
   reference_hierarchical(a, &want, &gap);
-  // A version 1.0 .npy: magic, version, header length, the header, int32 data.
-  std::FILE* f = std::fopen(s.route_path.c_str(), "rb");
-  ASSERT_NE(f, nullptr);
-  unsigned char pre[10];
-  ASSERT_EQ(std::fread(pre, 1, 10, f), 10u);
-  std::string head(static_cast<std::size_t>(pre[8] | pre[9] << 8), ' ');
-  ASSERT_EQ(std::fread(head.data(), 1, head.size(), f), head.size());
-  EXPECT_NE(head.find("'descr': '<i4'"), std::string::npos) << head;
-  EXPECT_NE(head.find("(1, 300, 4, 3)"), std::string::npos) << head;
   std::vector<int32_t> got(want.size());
-  ASSERT_EQ(std::fread(got.data(), sizeof(int32_t), got.size(), f), got.size());
-  std::fclose(f);
+  read_raw_npy(s.route_path, "'descr': '<i4'", "(1, 300, 4, 3)", got.data(),
+               got.size() * sizeof(int32_t));
   // Without a window the plan's scores (own block's causal part + min(k - 1, earlier
   // blocks) whole blocks per query and head) are what the stage computed.
   PlanInput in(s);
@@ -260,19 +268,8 @@ TEST_F(Job, KvSelectionWritesItsKeptSetAndThePlanKnowsItsBytes) {
                v = generated(s, SynthStream::v, s.nk, s.hkv);
   const AttentionArgs a(s, q.data.data(), k.data.data(), v.data.data());
   const SelectReference ref = kv_select_reference(a, s.select);
-  // A version 1.0 .npy: magic, version, header length, the header, uint8 data.
-  std::FILE* f = std::fopen(s.keep_path.c_str(), "rb");
-  ASSERT_NE(f, nullptr);
-  unsigned char pre[10];
-  ASSERT_EQ(std::fread(pre, 1, 10, f), 10u);
-  std::string head(static_cast<std::size_t>(pre[8] | pre[9] << 8), ' ');
-  ASSERT_EQ(std::fread(head.data(), 1, head.size(), f), head.size());
-  EXPECT_NE(head.find("'descr': '|u1'"), std::string::npos) << head;
-  EXPECT_NE(head.find("(1, 2, 600)"), std::string::npos) << head;
   std::vector<uint8_t> keep(ref.keep.size());
-  ASSERT_EQ(std::fread(keep.data(), 1, keep.size(), f), keep.size());
-  EXPECT_EQ(std::fgetc(f), EOF);
-  std::fclose(f);
+  read_raw_npy(s.keep_path, "'descr': '|u1'", "(1, 2, 600)", keep.data(), keep.size());
   int64_t differ = 0, kept = 0;
   for (std::size_t x = 0; x < keep.size(); ++x) {
     const bool got = keep[x] != 0;

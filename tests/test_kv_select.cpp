@@ -381,19 +381,10 @@ void run_ring_stage(int ranks, LayoutKind layout, const StageCase& c, uint64_t s
     if (expect_same_keep(keep, ref, what) > 0) return;
     ++g_ring_compared;
     // This rank's rows in global order against the reference's.
-    std::vector<int64_t> rows;
-    std::vector<float> go(at(c.b * c.nq * c.hq * c.d)), gl(at(c.b * c.hq * c.nq));
-    for (const Segment& s : ql.segments(r))
-      for (int64_t i = 0; i < s.count; ++i) {
-        const int64_t pos = s.start + i * s.stride, li = s.local_offset + i;
-        rows.push_back(pos);
-        for (int64_t bi = 0; bi < c.b; ++bi) {
-          for (int64_t x = 0; x < c.hq * c.d; ++x)
-            go[at((bi * c.nq + pos) * c.hq * c.d + x)] = o[at((bi * nl + li) * c.hq * c.d + x)];
-          for (int64_t h = 0; h < c.hq; ++h)
-            gl[at((bi * c.hq + h) * c.nq + pos)] = lse[at((bi * c.hq + h) * nl + li)];
-        }
-      }
+    const test::GlobalRows g_rows =
+        test::to_global(ql, r, c.b, c.nq, c.hq, c.d, o.data(), lse.data());
+    const std::vector<int64_t>& rows = g_rows.rows;
+    const std::vector<float>&go = g_rows.o, &gl = g_rows.lse;
     if (rows.empty()) return;
     const ErrorStats e = compare_to_reference(g.args, go.data(), gl.data(), as_result(ref), rows);
     EXPECT_TRUE(within(e, tolerance_for(c.dt)))

@@ -71,6 +71,56 @@ void check_call(const AttentionArgs& a, const KernelOptions& opt) {
     throw FieldError("isa", fmt::format("this CPU does not support {}", isa_name(opt.isa)));
 }
 
+// What one kernel call sets up: the ISA's routines, the padded sizes, the
+// thread count (capped at the tasks) and the buffers: packed K/V of one head,
+// per-thread workspaces and (quantized K/V) dequantized panels, per-thread counters.
+struct KernelCall {
+  const cpu::IsaKernels& K;
+  int d, dp;
+  int64_t nk_pad, group, npanels, ws_floats, deq_floats;
+  float scale_log2;
+  int threads;
+  Buffer kp, vp, ws, deq;
+  std::vector<KernelStats> stats;
+
+  // tasks_per_group: the tasks of one query head (all heads of a K/V group share them).
+  KernelCall(const AttentionArgs& a, const KernelOptions& opt, int64_t tasks_per_group)
+      : K(kernels_for(opt.isa)),
+        d(static_cast<int>(a.head_dim)),
+        dp(static_cast<int>(cpu::round_up(d, K.lanes))),
+        nk_pad(cpu::round_up(a.nk, K.panel)),
+        group(a.hq / a.hkv),
+        npanels(nk_pad / K.panel),
+        ws_floats(K.workspace_floats(dp)),
+        deq_floats(2 * int64_t{K.panel} * d),
+        scale_log2(static_cast<float>(double(a.softmax_scale()) * cpu::kLog2e)),
+        threads(static_cast<int>(std::max<int64_t>(
+            1, std::min<int64_t>(opt.threads > 0 ? opt.threads : omp_get_max_threads(),
+                                 group * tasks_per_group)))),
+        kp(static_cast<std::size_t>(std::max<int64_t>(nk_pad, 1) * dp) * sizeof(float), "packed K"),
+        vp(static_cast<std::size_t>(std::max<int64_t>(nk_pad, 1) * dp) * sizeof(float), "packed V"),
+        ws(static_cast<std::size_t>(ws_floats * threads) * sizeof(float), "kernel workspace"),
+        // Quantized K/V: each thread dequantizes one panel of keys (K then V rows) before packing.
+        deq(a.quantized() ? static_cast<std::size_t>(deq_floats * threads) * sizeof(float) : 0,
+            "dequantized K/V panel"),
+        stats(static_cast<std::size_t>(threads)) {}
+
+  cpu::PackedKV packed(const AttentionArgs& a) {
+    return {kp.as<float>(), vp.as<float>(), a.nk, nk_pad, dp, K.panel, a.kpos};
+  }
+  // Packs panel p of K/V head hk of batch b (inside a parallel region, thread tid).
+  void pack(const AttentionArgs& a, int64_t b, int64_t hk, int64_t p, int tid) {
+    pack_panel(a, K, b, hk, p, kp.as<float>(), vp.as<float>(),
+               a.quantized() ? deq.as<float>() + tid * deq_floats : nullptr);
+  }
+  float* workspace(int tid) { return ws.as<float>() + tid * ws_floats; }
+  KernelStats total() const {
+    KernelStats t;
+    for (const KernelStats& x : stats) t += x;
+    return t;
+  }
+};
+
 }  // namespace
 
 bool isa_supported(Isa isa) {
@@ -133,47 +183,24 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
   if (a.nq == 0) return {};
   if (o == nullptr || lse == nullptr) throw Error("attention: null output tensor");
 
-  const cpu::IsaKernels& K = kernels_for(opt.isa);
-  const int d = static_cast<int>(a.head_dim);
-  const int dp = static_cast<int>(cpu::round_up(d, K.lanes));
-  const int64_t nk_pad = cpu::round_up(a.nk, K.panel);
-  const int64_t group = a.hq / a.hkv;
   const int64_t nqb = (a.nq + cpu::kBlockQ - 1) / cpu::kBlockQ;
-  const int64_t ntasks = group * nqb;
-  const float scale_log2 = static_cast<float>(double(a.softmax_scale()) * cpu::kLog2e);
+  KernelCall call(a, opt, nqb);
+  const cpu::IsaKernels& K = call.K;
+  const int d = call.d;
+  const int64_t group = call.group, ntasks = group * nqb;
   const std::size_t esz = dtype_size(a.dtype);
-
-  int threads = opt.threads > 0 ? opt.threads : omp_get_max_threads();
-  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, ntasks)));
-
-  Buffer kp(static_cast<std::size_t>(std::max<int64_t>(nk_pad, 1) * dp) * sizeof(float),
-            "packed K");
-  Buffer vp(static_cast<std::size_t>(std::max<int64_t>(nk_pad, 1) * dp) * sizeof(float),
-            "packed V");
-  const int64_t ws_floats = K.workspace_floats(dp);
-  Buffer ws(static_cast<std::size_t>(ws_floats * threads) * sizeof(float), "kernel workspace");
-  // Quantized K/V: each thread dequantizes one panel of keys (K then V rows) before packing it.
-  const int64_t deq_floats = 2 * int64_t{K.panel} * d;
-  Buffer deq(a.quantized() ? static_cast<std::size_t>(deq_floats * threads) * sizeof(float) : 0,
-             "dequantized K/V panel");
-  std::vector<KernelStats> stats(static_cast<std::size_t>(threads));
-
   const int64_t q_stride = a.hq * d;
-  const int64_t npanels = nk_pad / K.panel;
 
   for (int64_t b = 0; b < a.batch; ++b) {
     for (int64_t hk = 0; hk < a.hkv; ++hk) {
-      const cpu::PackedKV packed{kp.as<float>(), vp.as<float>(), a.nk, nk_pad, dp, K.panel, a.kpos};
-#pragma omp parallel num_threads(threads)
+      const cpu::PackedKV packed = call.packed(a);
+#pragma omp parallel num_threads(call.threads)
       {
         const int tid = omp_get_thread_num();
 #pragma omp for schedule(static)
-        for (int64_t p = 0; p < npanels; ++p) {
-          pack_panel(a, K, b, hk, p, kp.as<float>(), vp.as<float>(),
-                     a.quantized() ? deq.as<float>() + tid * deq_floats : nullptr);
-        }
-        float* my_ws = ws.as<float>() + tid * ws_floats;
-        KernelStats& my = stats[static_cast<std::size_t>(tid)];
+        for (int64_t p = 0; p < call.npanels; ++p) call.pack(a, b, hk, p, tid);
+        float* my_ws = call.workspace(tid);
+        KernelStats& my = call.stats[static_cast<std::size_t>(tid)];
 #pragma omp for schedule(dynamic, 1)
         for (int64_t t = 0; t < ntasks; ++t) {
           const int64_t h = hk * group + t / nqb;
@@ -186,7 +213,7 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
           job.rows = static_cast<int>(std::min<int64_t>(cpu::kBlockQ, a.nq - i0));
           job.d = d;
           job.qpos = a.qpos.from(i0);
-          job.scale_log2 = scale_log2;
+          job.scale_log2 = call.scale_log2;
           job.mask = a.mask;
           job.kv = &packed;
           job.o = o + (b * a.nq + i0) * q_stride + h * d;
@@ -201,9 +228,7 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
       }
     }
   }
-  KernelStats total;
-  for (const KernelStats& s : stats) total += s;
-  return total;
+  return call.total();
 }
 
 KernelStats attention_importance(const AttentionArgs& a, const float* lse, int64_t lse_stride,
@@ -216,39 +241,21 @@ KernelStats attention_importance(const AttentionArgs& a, const float* lse, int64
   if (a.nq == 0 || a.nk == 0) return {};
   if (lse == nullptr || imp == nullptr) throw Error("attention_importance: null tensor");
 
-  const cpu::IsaKernels& K = kernels_for(opt.isa);
-  const int d = static_cast<int>(a.head_dim);
-  const int dp = static_cast<int>(cpu::round_up(d, K.lanes));
-  const int64_t nk_pad = cpu::round_up(a.nk, K.panel);
-  const int64_t group = a.hq / a.hkv;
   const int64_t ntiles = (a.nk + cpu::kBlockK - 1) / cpu::kBlockK;
-  const int64_t ntasks = group * ntiles;
-  const float scale_log2 = static_cast<float>(double(a.softmax_scale()) * cpu::kLog2e);
-  int threads = opt.threads > 0 ? opt.threads : omp_get_max_threads();
-  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, ntasks)));
+  KernelCall call(a, opt, ntiles);
+  const int d = call.d, dp = call.dp;
+  const int64_t group = call.group, ntasks = group * ntiles;
 
   // The group's queries, packed once per K/V head (every key tile reads them all).
   const int64_t nq_pad = cpu::round_up(a.nq, cpu::kBlockQ);
   Buffer qp(static_cast<std::size_t>(group * nq_pad * dp) * sizeof(float), "packed Q");
-  Buffer kp(static_cast<std::size_t>(nk_pad * dp) * sizeof(float), "packed K");
-  Buffer vp(static_cast<std::size_t>(nk_pad * dp) * sizeof(float), "packed V");
-  const int64_t ws_floats = K.workspace_floats(dp);
-  Buffer ws(static_cast<std::size_t>(ws_floats * threads) * sizeof(float), "kernel workspace");
-  const int64_t deq_floats = 2 * int64_t{K.panel} * d;
-  Buffer deq(a.quantized() ? static_cast<std::size_t>(deq_floats * threads) * sizeof(float) : 0,
-             "dequantized K/V panel");
-  std::vector<KernelStats> stats(static_cast<std::size_t>(threads));
-  const int64_t npanels = nk_pad / K.panel;
-
   for (int64_t hk = 0; hk < a.hkv; ++hk) {
-    const cpu::PackedKV packed{kp.as<float>(), vp.as<float>(), a.nk, nk_pad, dp, K.panel, a.kpos};
-#pragma omp parallel num_threads(threads)
+    const cpu::PackedKV packed = call.packed(a);
+#pragma omp parallel num_threads(call.threads)
     {
       const int tid = omp_get_thread_num();
 #pragma omp for schedule(static)
-      for (int64_t p = 0; p < npanels; ++p)
-        pack_panel(a, K, 0, hk, p, kp.as<float>(), vp.as<float>(),
-                   a.quantized() ? deq.as<float>() + tid * deq_floats : nullptr);
+      for (int64_t p = 0; p < call.npanels; ++p) call.pack(a, 0, hk, p, tid);
 #pragma omp for schedule(static)
       for (int64_t t = 0; t < group * nq_pad; ++t) {
         const int64_t h = hk * group + t / nq_pad, i = t % nq_pad;
@@ -257,10 +264,10 @@ KernelStats attention_importance(const AttentionArgs& a, const float* lse, int64
         if (i < a.nq)
           for (int c = 0; c < d; ++c)
             dst[c] = load_as_f32(a.q, a.dtype, static_cast<std::size_t>((i * a.hq + h) * d + c)) *
-                     scale_log2;
+                     call.scale_log2;
       }
-      float* my_ws = ws.as<float>() + tid * ws_floats;
-      KernelStats& my = stats[static_cast<std::size_t>(tid)];
+      float* my_ws = call.workspace(tid);
+      KernelStats& my = call.stats[static_cast<std::size_t>(tid)];
 #pragma omp for schedule(dynamic, 1)
       for (int64_t t = 0; t < ntasks; ++t) {
         const int64_t h = hk * group + t / ntiles;
@@ -273,13 +280,11 @@ KernelStats attention_importance(const AttentionArgs& a, const float* lse, int64
         job.lse = lse + h * lse_stride;
         job.tile = t % ntiles;
         job.imp = imp + h * a.nk;
-        my += K.run_importance(job, my_ws);
+        my += call.K.run_importance(job, my_ws);
       }
     }
   }
-  KernelStats total;
-  for (const KernelStats& s : stats) total += s;
-  return total;
+  return call.total();
 }
 
 }  // namespace ringattn
