@@ -286,6 +286,13 @@ TEST_F(Job, KvSelectionWritesItsKeptSetAndThePlanKnowsItsBytes) {
   const ErrorStats e =
       compare_to_reference(a, of.data(), lf.data(), ReferenceResult{ref.o, ref.lse});
   EXPECT_TRUE(within(e, stored_tolerance(s.dtype))) << error_text(e, stored_tolerance(s.dtype));
+  // What the selection changes, against exact attention: the float64 figure.
+  const ReferenceResult dense = reference_attention(a);
+  double d2 = 0, e2 = 0;
+  for (std::size_t i = 0; i < dense.o.size(); ++i)
+    d2 += (ref.o[i] - dense.o[i]) * (ref.o[i] - dense.o[i]), e2 += dense.o[i] * dense.o[i];
+  EXPECT_GT(std::sqrt(d2 / e2), 1e-3);  // the selection changes something
+  EXPECT_NEAR(r.select->o_rel_vs_exact, std::sqrt(d2 / e2), 1e-4 * std::sqrt(d2 / e2));
 
   PlanInput in(s);
   in.layout = s.layout, in.ranks = 3, in.links = PlanLinks::in_process, in.threads = 1;

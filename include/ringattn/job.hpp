@@ -160,6 +160,7 @@ struct SelectSummary {
   double importance_s = 0;     // rank 0: the importance pass and its all-reduce, best pass
   double final_s = 0;          // rank 0: the final pass(es), best pass
   int64_t keep_diff = -1;      // verify: kept flags that differ from the single-rank run's
+  double o_rel_vs_exact = 0;   // ||O - O_exact||_F / ||O_exact||_F over all rows (float32 O's)
 };
 
 // A check of the ring's result (verify, or the sampled float64 reference).

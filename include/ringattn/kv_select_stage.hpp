@@ -37,6 +37,10 @@ struct SelectMetrics : StageMetrics {
   double final_s = 0;       // the final pass(es)
   int64_t kept = 0;         // kept keys summed over (batch, selection head)
   int64_t keys = 0;         // B Hsel Nk
+  // This rank's sum of squares of (O - O_exact) and of O_exact over its rows:
+  // the selection's change of the output (all ranks' sums give its relative
+  // Frobenius error against exact attention).
+  double diff2 = 0, exact2 = 0;
 };
 
 // After the exact pass: o [B, nq_local, Hq, D] and lse [B, Hq, nq_local] hold

@@ -175,6 +175,10 @@ void print_report(const RunReport& r) {
                                   c.select.per == KeepPer::head ? "query head" : "K/V head",
                                   k.keys > 0 ? kPercent * double(k.kept) / double(k.keys) : 0.0,
                                   c.mask.sinks));
+      line("kv keep error",
+           fmt::format("O rel. Frobenius {:.3e} against exact attention (all rows; the exact "
+                       "pass's float32 result)",
+                       k.o_rel_vs_exact));
       line("kv keep time",
            fmt::format("importance pass {:.3f} ms, final pass{} {:.3f} ms (rank 0, in the times "
                        "above: the exact pass, then these)",
@@ -300,7 +304,8 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
         .integer("kept_keys", k.kept)
         .integer("select_keys", k.keys)
         .number("importance_ms", k.importance_s * kMs)
-        .number("select_final_ms", k.final_s * kMs);
+        .number("select_final_ms", k.final_s * kMs)
+        .number("select_o_rel_vs_exact", k.o_rel_vs_exact);
     if (k.keep_diff >= 0) sum.integer("keep_diff", k.keep_diff);
   }
   if (r.moe_check) add_moe_check_keys(sum, *r.moe_check);

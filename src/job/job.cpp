@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <limits>
 #include <optional>
@@ -212,6 +213,9 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
     SelectSummary& s = report.select.emplace();
     s.kept = best_select.kept, s.keys = best_select.keys;
     s.importance_s = best_select.importance_s, s.final_s = best_select.final_s;
+    double sums[2] = {best_select.diff2, best_select.exact2};
+    comm.allreduce(sums, 2, ReduceOp::sum);
+    s.o_rel_vs_exact = sums[1] > 0 ? std::sqrt(sums[0] / sums[1]) : std::sqrt(sums[0]);
   }
   report.stats.resize(static_cast<std::size_t>(np));
   comm.allgather(&mine, sizeof(mine), report.stats.data());

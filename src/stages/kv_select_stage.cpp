@@ -136,6 +136,10 @@ SelectMetrics kv_select_stage(Communicator& comm, const RingSchedule& sch, const
 
   // Final pass over the kept keys (replaces o, lse).
   const Clock::time_point t_final = Clock::now();
+  // The exact result, kept to measure what the selection changes.
+  const std::size_t o_elems = static_cast<std::size_t>(p.batch * nq * p.hq * d);
+  Buffer exact(std::max<std::size_t>(o_elems, 1) * sizeof(float), "exact O");
+  std::copy(o, o + o_elems, exact.as<float>());
   RingProblem kept = p;
   kept.keep = {keep->data(), hsel, p.nk, false};
   add(ring_attention(comm, sch, kept, o, lse, kopt));
@@ -159,6 +163,11 @@ SelectMetrics kv_select_stage(Communicator& comm, const RingSchedule& sch, const
     m.compute_s += since(t0);
   }
   m.final_s = since(t_final);
+  for (std::size_t i = 0; i < o_elems; ++i) {
+    const double e = double(exact.as<float>()[i]);
+    m.diff2 += (double(o[i]) - e) * (double(o[i]) - e);
+    m.exact2 += e * e;
+  }
   m.total_s = since(t_start);
   return m;
 }
