@@ -110,11 +110,13 @@ for np in 2 3; do
   dir="$scratch/np$np-kv-wire"
   rm -rf "$dir" && mkdir -p "$dir"
   command=run
-  launch "$np" "$dir" "${common[@]}" --causal --kv-wire int4 --kv-asymmetric --sinks 4 \
-    --check-rows 16 --out "$dir/o.npy"
+  kivi=()
+  [[ $np -eq 3 ]] && kivi=(--kv-kivi)  # KIVI keys: per channel over each rank's token groups
+  launch "$np" "$dir" "${common[@]}" --causal --kv-wire int4 --kv-asymmetric "${kivi[@]}" \
+    --sinks 4 --check-rows 16 --out "$dir/o.npy"
   if [[ $rc -eq 0 ]] && grep -q "vs float64 on 16 sampled query rows x 4 heads: ok" "$dir/stdout" &&
     grep -q "^  kv wire" "$dir/stdout" && [[ -s $dir/o.npy ]]; then
-    pass "-n $np --kv-wire int4 ($(grep '^  bytes sent' "$dir/stdout" | sed 's/^ *//; s/  */ /g'))"
+    pass "-n $np --kv-wire int4 ${kivi[*]} ($(grep '^  bytes sent' "$dir/stdout" | sed 's/^ *//; s/  */ /g'))"
   else
     fail "-n $np --kv-wire int4: exit $rc"
     cat "$dir/stdout" "$dir/stderr"

@@ -218,7 +218,8 @@ TEST_F(Job, BlockRoutingWritesItsChoices) {
 }
 
 TEST_F(Job, PlanPredictsAQuantizedWiresBytesAndMemory) {
-  // The plan's bytes are the job's with K/V blocks of 136 B per token-head (int8 g64, D = 128).
+  // The plan's bytes are the job's with K/V blocks of 136 B per token-head (int8 g64, D = 128;
+  // KIVI keys: 128 B of codes per token-head and 128 x 4 B of scales per group of 64 tokens).
   JobSpec s;
   s.nq = s.nk = 600, s.hq = 4, s.hkv = 2, s.head_dim = 128;
   s.mask = Mask::causal(0);
@@ -227,22 +228,23 @@ TEST_F(Job, PlanPredictsAQuantizedWiresBytesAndMemory) {
   s.kv_wire.bits = QuantBits::int8, s.kv_wire.group = 64;
   const HardwareProfile hw =
       load_hardware_profile(std::string(RINGATTN_SOURCE_DIR) + "/configs/hardware/cpu-2core.ini");
-  for (const bool store : {false, true}) {
-    s.kv_store = store;
-    const JobReport r = run_job_local(3, s);
-    PlanInput in(s);
-    in.layout = s.layout, in.ranks = 3, in.links = PlanLinks::in_process, in.threads = 1;
-    in.kv_wire = s.kv_wire, in.kv_store = s.kv_store;
-    const Plan p = make_plan(in, hw);
-    EXPECT_EQ(p.kv_row_bytes, 136);
-    double sent = 0;
-    for (const RankStats& st : r.stats) sent += double(st.bytes_sent);
-    EXPECT_EQ(p.bytes_per_step * 3 * (p.steps - 1), sent) << store;
-    for (int x = 0; x < 3; ++x)
-      EXPECT_EQ(p.per_rank[static_cast<std::size_t>(x)].mem.peak(),
-                double(r.stats[static_cast<std::size_t>(x)].peak_bytes))
-          << store << " rank " << x;
-  }
+  for (const bool kivi : {false, true})
+    for (const bool store : {false, true}) {
+      s.kv_store = store, s.kv_wire.kivi = kivi;
+      const JobReport r = run_job_local(3, s);
+      PlanInput in(s);
+      in.layout = s.layout, in.ranks = 3, in.links = PlanLinks::in_process, in.threads = 1;
+      in.kv_wire = s.kv_wire, in.kv_store = s.kv_store;
+      const Plan p = make_plan(in, hw);
+      EXPECT_EQ(p.kv_row_bytes, 136);
+      double sent = 0;
+      for (const RankStats& st : r.stats) sent += double(st.bytes_sent);
+      EXPECT_EQ(p.bytes_per_step * 3 * (p.steps - 1), sent) << store << kivi;
+      for (int x = 0; x < 3; ++x)
+        EXPECT_EQ(p.per_rank[static_cast<std::size_t>(x)].mem.peak(),
+                  double(r.stats[static_cast<std::size_t>(x)].peak_bytes))
+            << store << kivi << " rank " << x;
+    }
 }
 
 // K/V selection through the job: the kept-set file and O equal the float64

@@ -44,6 +44,27 @@ TEST_F(KvCli, QuantizedWirePassesTheCheckOfWhatTravelled) {
     }
 }
 
+TEST_F(KvCli, KiviKeysPassVerifyAndTheCheckOnEveryLayout) {
+  for (const char* layout : {"contiguous", "zigzag", "striped"}) {
+    SCOPED_TRACE(layout);
+    const CliResult r = run_binary(
+        small({"--ranks-local", "3", "--kv-store", "int4", "--kv-kivi", "--kv-group", "32",
+               "--verify", "--check-rows", "16", "--layout", layout, "--sinks", "2"}));
+    ASSERT_EQ(r.rc, 0) << r.out << r.err;
+    EXPECT_NE(r.out.find("vs the single-rank kernel: ok"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("vs float64 on 16 sampled query rows x 4 heads: ok"), std::string::npos)
+        << r.out;
+    EXPECT_NE(r.out.find("int4 g32 kivi: K about 40.0 B (per channel over 32 tokens)"),
+              std::string::npos)
+        << r.out;
+  }
+  const CliResult w = run_binary(small({"--ranks-local", "2", "--kv-wire", "int8", "--kv-kivi",
+                                        "--kv-asymmetric", "--check-rows", "16"}));
+  ASSERT_EQ(w.rc, 0) << w.out << w.err;
+  EXPECT_NE(w.out.find("vs float64 on 16 sampled query rows x 4 heads: ok"), std::string::npos)
+      << w.out;
+}
+
 TEST_F(KvCli, StoredCodesPassVerifyAndTheCheck) {
   const CliResult r = run_binary(small({"--ranks-local", "3", "--kv-store", "int8", "--verify",
                                         "--check-rows", "16", "--layout", "striped"}));
@@ -126,6 +147,7 @@ TEST_F(KvCli, BadOptionsNameTheOption) {
       {{"--kv-wire", "int8", "--kv-group", "128"}, "--kv-group"},  // 128 does not divide 64
       {{"--kv-group", "32"}, "--kv-group"},                        // without a quantized wire
       {{"--kv-asymmetric"}, "--kv-asymmetric"},
+      {{"--kv-kivi"}, "--kv-kivi"},  // without a quantized wire or store
       {{"--kv-wire", "int8", "--verify"}, "--verify"},
       {{"--kv-wire", "int8", "--device", "cuda"}, "--kv-wire"},
       {{"--kv-store", "float32"}, "--kv-store"},

@@ -296,5 +296,75 @@ TEST(KvQuant, RingWithStoredCodesEqualsTheReferenceOnDequantizedKV) {
     }
 }
 
+// KIVI keys (K per channel over each rank's tokens of a range [gG, (g + 1) G)):
+// stored, every attention sees K and V as their owners quantized them; on the
+// wire, every key from another rank does. The reference runs on those values
+// (K grouped as the ranks hold it: kivi_groups_by_rank; V per token), P 1-4,
+// every layout (striped blocks hold every P-th token of a range).
+TEST(KvQuant, RingWithKiviKeysEqualsTheReferenceOfWhatEachRankSaw) {
+  const int64_t b = 1, n = 190, hq = 4, hkv = 2, d = 64;
+  test::Problem p = test::make_problem(b, n, n, hq, hkv, d, DType::f32, 35);
+  Mask mask = Mask::causal(0);
+  mask.lo = -70, mask.sinks = 2;
+  QuantFormat f;
+  f.bits = QuantBits::int4, f.group = 32, f.kivi = true;
+  const Quantized vq = quantize(p.v, f, d);  // V per token whatever the layout
+  for (bool store : {true, false})
+    for (int ranks : {1, 2, 3, 4})
+      for (LayoutKind kind : {LayoutKind::contiguous, LayoutKind::zigzag, LayoutKind::striped}) {
+        if (ranks == 1 && kind != LayoutKind::contiguous) continue;
+        if (test::kSanitized && ranks == 4) continue;
+        SCOPED_TRACE(std::string(store ? "stored" : "wire") + " P=" + std::to_string(ranks) + " " +
+                     layout_name(kind));
+        const Layout ql(kind, n, ranks), kvl(kind, n, ranks);
+        // K as the ranks quantize it, whole sequence.
+        int64_t m = 0;
+        const std::vector<int32_t> groups = kivi_groups_by_rank(kvl, f.group, &m);
+        std::vector<uint8_t> kbuf(at(f.k_bytes(b, n, m, hkv, d)));
+        const QuantRows kq =
+            QuantRows::keys_in_buffer(f, b, n, hkv, d, groups.data(), m, kbuf.data());
+        quantize_rows(p.k.as<float>(), b * n * hkv, kq);
+        Tensor kdeq(DType::f32, p.k.shape);
+        dequantize_rows(kq, 0, b * n * hkv, kdeq.as<float>());
+        const RingSchedule sch = make_ring_schedule(ql, kvl, mask);
+        std::vector<uint8_t> shared(at(n), 0);
+        for (int x = 0; x < ranks && sch.shared.on(); ++x)
+          for (const Chunk& c : sch.shared.key_chunks[at(x)])
+            for (int64_t i = 0; i < c.count; ++i) shared[at(position_of(kvl, x, c.local + i))] = 1;
+        run_local(ranks, [&](Communicator& comm) {
+          const int r = comm.rank();
+          const Tensor q = test::slice_tokens(p.q, ql, r), k = test::slice_tokens(p.k, kvl, r),
+                       v = test::slice_tokens(p.v, kvl, r);
+          RingProblem rp(p.args);
+          rp.mask = mask;
+          rp.q_layout = &ql, rp.kv_layout = &kvl;
+          rp.q = q.data.data(), rp.k = k.data.data(), rp.v = v.data.data();
+          rp.kv_wire = f;
+          std::vector<uint8_t> codes(kv_block_bytes(rp, r) + 1);
+          if (store) {
+            quantize_kv_block(rp, r, codes.data());
+            rp.k = rp.v = nullptr, rp.kv_stored = codes.data();
+          }
+          const int64_t nq = ql.tokens(r);
+          std::vector<float> o(at(b * nq * hq * d)), lse(at(b * hq * nq));
+          ring_attention(comm, sch, rp, o.data(), lse.data());
+          // What this rank saw: stored, every key dequantized; on the wire, the keys of
+          // other ranks (not the shared rows, gathered exact).
+          Tensor ks(DType::f32, p.k.shape), vs(DType::f32, p.v.shape);
+          for (int64_t j = 0; j < n; ++j) {
+            const bool exact = !store && (kvl.local_index(r, j) >= 0 || shared[at(j)]);
+            for (int64_t x = 0; x < hkv * d; ++x) {
+              const int64_t e = j * hkv * d + x;
+              ks.as<float>()[e] = exact ? p.k.as<float>()[e] : kdeq.as<float>()[e];
+              vs.as<float>()[e] = exact ? p.v.as<float>()[e] : vq.dequant[at(e)];
+            }
+          }
+          AttentionArgs ref = p.args;
+          ref.mask = mask, ref.k = ks.data.data(), ref.v = vs.data.data();
+          expect_rank_matches(ref, ql, r, o, lse);
+        });
+      }
+}
+
 }  // namespace
 }  // namespace ringattn

@@ -27,13 +27,28 @@
 //   scales [n, H, D / G] float32; asymmetric also lo [n, H, D / G] float32
 // So one token's one head is code_bytes(D) bytes of codes and D / G scales (and
 // D / G zero points): a block is `codes | scales | lo` for K, then the same for V.
+//
+// KIVI's layout (QuantFormat::kivi, --kv-kivi): V as above (per token), K per
+// channel instead: a group is, for one batch entry and one K/V head, the tokens
+// a block holds whose positions lie in one range [gG, (g + 1) G), and each
+// channel has one scale (and lo) over those tokens' values of it, by the same
+// formulas (max|x| over the group's values of the channel, and so on). A block
+// holds whole ranges except where it is cut (a contiguous block's edges,
+// zigzag's chunk edges); a striped block holds every P-th position of each
+// range. The whole sequence on one process: the ranges [gG, (g + 1) G) ∩ [0, N).
+// The groups of a block are numbered in local token order (kivi_groups); its K
+// is stored as codes [B, n, H, code_bytes(D)] as above, then scales
+// [B, m, H, D] float32, then (asymmetric) lo likewise, m = its groups.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "ringattn/dtype.hpp"
+#include "ringattn/layout.hpp"
 
 namespace ringattn {
 
@@ -43,6 +58,7 @@ struct QuantFormat {
   QuantBits bits = QuantBits::none;
   int group = 64;           // G channels per scale
   bool asymmetric = false;  // scale and lo per group instead of scale alone
+  bool kivi = false;        // K per channel over groups of G token positions (V per token)
 
   bool on() const { return bits != QuantBits::none; }
   // Codes of one token-head row of D channels, in bytes.
@@ -55,8 +71,18 @@ struct QuantFormat {
   }
   int qmax() const { return bits == QuantBits::int8 ? 127 : 7; }     // symmetric
   int levels() const { return bits == QuantBits::int8 ? 255 : 15; }  // asymmetric
-  // "int8 g64", "int4 g32 asym", "none"
+  // "int8 g64", "int4 g32 asym", "int4 g32 kivi", "none"
   std::string describe() const;
+  // Bytes of a block's K (B batch entries of n tokens in m KIVI groups, H heads)
+  // and of its V; without KIVI both are B n H row_bytes(D).
+  int64_t k_bytes(int64_t batch, int64_t n, int64_t m, int64_t heads, int64_t d) const {
+    if (!kivi) return batch * n * heads * row_bytes(d);
+    return batch * (n * heads * code_bytes(d) +
+                    m * heads * d * int64_t(sizeof(float)) * (asymmetric ? 2 : 1));
+  }
+  int64_t v_bytes(int64_t batch, int64_t n, int64_t heads, int64_t d) const {
+    return batch * n * heads * row_bytes(d);
+  }
 };
 
 // "int8" / "int4"; "none" and the storage dtypes (float32, float16, bfloat16)
@@ -65,21 +91,51 @@ QuantBits parse_quant_bits(const std::string& s, const std::string& field);
 // Throws FieldError("kv_group") unless the group is 32, 64 or 128 and divides d.
 void validate_quant(const QuantFormat& f, int64_t d);
 
+// The KIVI groups of a block whose local token j sits at position pos(j):
+// group_of[j] for j < n (consecutive tokens in one range [gG, (g + 1) G) share
+// a group; groups numbered from 0 in local order); *count gets their number.
+std::vector<int32_t> kivi_groups(int64_t n, const std::function<int64_t(int64_t)>& pos,
+                                 int64_t group, int64_t* count);
+// The same for the block `rank` holds under layout l (segments in local order).
+std::vector<int32_t> kivi_groups(const Layout& l, int rank, int64_t group, int64_t* count);
+// Only the number of groups of that block (no table).
+int64_t kivi_group_count(const Layout& l, int rank, int64_t group);
+// The groups of the whole sequence (token j at position j) as the ranks of l
+// hold them: token j is in group (j / G) P + (the rank holding j), so *count =
+// ceil(N / G) P (some empty). For one process checking a ring's stored codes.
+std::vector<int32_t> kivi_groups_by_rank(const Layout& l, int64_t group, int64_t* count);
+
 // A quantized block of `rows` rows (token-heads) of d channels, in the layout above.
 struct QuantRows {
   QuantFormat fmt;
   int64_t rows = 0, d = 0;
   uint8_t* codes = nullptr;  // rows x code_bytes(d)
-  float* scales = nullptr;   // rows x groups(d)
-  float* lo = nullptr;       // rows x groups(d), asymmetric only
+  float* scales = nullptr;   // rows x groups(d); KIVI keys: [B, m, H, D]
+  float* lo = nullptr;       // rows x groups(d), asymmetric only; KIVI keys: as scales
+  // KIVI keys (per_channel()): the block's tokens per batch entry, heads, groups
+  // and each token's group (any assignment of tokens to groups 0 .. m - 1);
+  // row r of this view is row first + r of the block.
+  const int32_t* group_of = nullptr;
+  int64_t tokens = 0, heads = 0, groups_m = 0, first = 0;
+  bool per_channel() const { return group_of != nullptr; }
+
   // Pointers into one buffer of rows x row_bytes(d) bytes: codes, then scales, then lo.
   static QuantRows in_buffer(const QuantFormat& f, int64_t rows, int64_t d, void* buffer);
-  std::size_t bytes() const { return static_cast<std::size_t>(rows * fmt.row_bytes(d)); }
-  // The view of rows [r0, rows) (pointers advanced by r0 rows).
+  // K of a block in f's layout: KIVI (f.kivi: B x n tokens of H heads, groups
+  // from kivi_groups) or, without it, in_buffer's. f.k_bytes(...) bytes.
+  static QuantRows keys_in_buffer(const QuantFormat& f, int64_t batch, int64_t n, int64_t heads,
+                                  int64_t d, const int32_t* group_of, int64_t m, void* buffer);
+  std::size_t bytes() const {
+    return per_channel() ? static_cast<std::size_t>(
+                               fmt.k_bytes(rows / (tokens * heads), tokens, groups_m, heads, d))
+                         : static_cast<std::size_t>(rows * fmt.row_bytes(d));
+  }
+  // The view of rows [r0, rows) (pointers advanced by r0 rows; KIVI keys: first += r0).
   QuantRows from(int64_t r0) const;
 };
 
-// Quantizes rows x[rows, d] (float32) into q (q.rows == rows, q.d == d).
+// Quantizes rows x[rows, d] (float32) into q (q.rows == rows, q.d == d; a KIVI
+// view of a whole block: first == 0).
 void quantize_rows(const float* x, int64_t rows, const QuantRows& q);
 // The same for rows of a storage dtype (converted to float32 a chunk at a time).
 void quantize_values(const void* x, DType dtype, int64_t rows, const QuantRows& q);

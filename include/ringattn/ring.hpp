@@ -90,6 +90,12 @@ struct RingMetrics {
   std::size_t block_bytes = 0;  // bytes of the largest K/V block in flight
 };
 
+// Bytes of the K/V block `rank` holds in p.kv_wire's format (K's part then V's;
+// KIVI keys grouped by p.kv_layout), and that block quantized from p.k and p.v
+// into `out` (what --kv-store keeps and the wire carries).
+std::size_t kv_block_bytes(const RingProblem& p, int rank);
+void quantize_kv_block(const RingProblem& p, int rank, void* out);
+
 // Computes this rank's O [B, nq_local, Hq, D] and LSE [B, Hq, nq_local]
 // (float32, in the engine's memory). Every rank of `comm` calls it with the
 // same schedule (made from p's layouts and mask) and shapes.

@@ -22,11 +22,17 @@ std::vector<OptionSpec> kv_option_specs() {
           .shown_default("the storage dtype"),
       OptionSpec::integer(
           "kv-group", "64",
-          "quantized K/V: channels per scale (32, 64 or 128, dividing the head dim)", "channels")
+          "quantized K/V: channels per scale (32, 64 or 128, dividing the head dim; --kv-kivi "
+          "keys: token positions per group)",
+          "channels")
           .positive(),
       OptionSpec::flag("kv-asymmetric", "false",
                        "quantized K/V: a scale and a zero point per group (its min..max) instead "
                        "of a symmetric scale (max |x|)"),
+      OptionSpec::flag("kv-kivi", "false",
+                       "quantized K/V in KIVI's layout: K per channel over groups of --kv-group "
+                       "token positions (each rank's tokens of a range [gG, (g + 1) G)), V per "
+                       "token"),
       OptionSpec::number("kv-keep", "0",
                          "K/V selection: keep the fraction p in (0, 1] of keys that receive the "
                          "most attention (column sums of the softmax, from an exact pass), plus "
@@ -73,6 +79,7 @@ KvOptions parse_kv_options(const ParsedOptions& opt, DType storage) {
   }
   f.group = opt.integer_int("kv-group");
   f.asymmetric = opt.flag("kv-asymmetric");
+  f.kivi = opt.flag("kv-kivi");
   KvSelect& s = kv.select;
   s.keep = opt.number("kv-keep");
   s.keep_recent = opt.integer("kv-keep-recent");
@@ -87,6 +94,10 @@ KvOptions parse_kv_options(const ParsedOptions& opt, DType storage) {
   const bool int4_rest = s.on() && s.rest == KeepRest::int4;
   for (const OptionSpec& o : kv_option_specs()) {
     if (!differs_from_default(opt, o)) continue;
+    if (o.name == "kv-kivi" && !f.on())
+      throw UsageError(
+          "option '--kv-kivi' applies to a quantized --kv-wire or --kv-store (int8, "
+          "int4)");
     if ((o.name == "kv-group" || o.name == "kv-asymmetric") && !f.on() && !int4_rest)
       throw UsageError(
           fmt::format("option '--{}' applies to a quantized --kv-wire or --kv-store (int8, "

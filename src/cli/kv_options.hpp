@@ -7,6 +7,8 @@
 //   --kv-group G       channels per scale: 32, 64 or 128 (dividing the head dim)
 //   --kv-asymmetric    a scale and a zero point per group (min..max) instead of
 //                      a symmetric scale (max|x|)
+//   --kv-kivi          KIVI's layout: K per channel over groups of G token
+//                      positions, V per token
 //   --kv-store FORMAT  int8 or int4: each rank keeps its K/V only as codes (its own
 //                      block included, so all attention uses the dequantized
 //                      values), and the wire carries the same codes

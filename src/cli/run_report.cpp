@@ -161,9 +161,20 @@ void print_report(const RunReport& r) {
     if (c.kv_wire.on()) {
       const int64_t fp = c.head_dim * int64_t(dtype_size(c.dtype)),
                     q = c.kv_wire.row_bytes(c.head_dim);
+      // KIVI keys: codes per row, scales per channel and group of G token positions.
+      const double kq = c.kv_wire.kivi
+                            ? double(c.kv_wire.code_bytes(c.head_dim)) +
+                                  double(c.head_dim * 4 * (c.kv_wire.asymmetric ? 2 : 1)) /
+                                      double(c.kv_wire.group)
+                            : double(q);
       line("kv wire",
-           fmt::format("{}: {} B per token and K/V head instead of {} B {} ({:.2f}x fewer); {}",
-                       c.kv_wire.describe(), q, fp, dtype_name(c.dtype), double(fp) / double(q),
+           fmt::format("{}: {}{} B per token and K/V head instead of {} B {} ({:.2f}x fewer); {}",
+                       c.kv_wire.describe(),
+                       c.kv_wire.kivi
+                           ? fmt::format("K about {:.1f} B (per channel over {} tokens), V ", kq,
+                                         c.kv_wire.group)
+                           : std::string(),
+                       q, fp, dtype_name(c.dtype), 2.0 * double(fp) / (kq + double(q)),
                        c.kv_store ? "stored so in memory too (all attention uses the dequantized "
                                     "values)"
                                   : "own blocks, sinks and global tokens exact"));

@@ -116,24 +116,18 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   }
 
   job::RankInputs in = job::load_rank_inputs(spec, ql, kvl, rank);
-  // --kv-store: keep only the codes of this rank's K/V (K then V, the wire's layout).
-  Buffer kv_stored;
-  if (spec.kv_store) {
-    const int64_t rows = spec.batch * kvl.tokens(rank) * spec.hkv;
-    const std::size_t half = static_cast<std::size_t>(rows * spec.kv_wire.row_bytes(spec.head_dim));
-    kv_stored = Buffer(std::max<std::size_t>(2 * half, 1), "K/V codes");
-    quantize_values(in.k.data.data(), spec.dtype, rows,
-                    QuantRows::in_buffer(spec.kv_wire, rows, spec.head_dim, kv_stored.data()));
-    quantize_values(
-        in.v.data.data(), spec.dtype, rows,
-        QuantRows::in_buffer(spec.kv_wire, rows, spec.head_dim, kv_stored.as<char>() + half));
-    in.k = Tensor(), in.v = Tensor();
-  }
   RingProblem p(spec);
   p.q_layout = &ql, p.kv_layout = &kvl;
   p.q = in.q.data.data(), p.k = in.k.data.data(), p.v = in.v.data.data();
-  if (spec.kv_store) p.k = p.v = nullptr, p.kv_stored = kv_stored.data();
   p.kv_wire = spec.kv_wire;
+  // --kv-store: keep only the codes of this rank's K/V (K then V, the wire's layout).
+  Buffer kv_stored;
+  if (spec.kv_store) {
+    kv_stored = Buffer(std::max<std::size_t>(kv_block_bytes(p, rank), 1), "K/V codes");
+    quantize_kv_block(p, rank, kv_stored.data());
+    in.k = Tensor(), in.v = Tensor();
+    p.k = p.v = nullptr, p.kv_stored = kv_stored.data();
+  }
   RingProblem ring_p = p;
   ring_p.mask = ring_mask, ring_p.hier = {};
   const int64_t nq = ql.tokens(rank);
@@ -231,7 +225,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   std::optional<job::RunOutputs> outputs;
   if (rank == 0) outputs.emplace(spec);
   std::optional<job::SingleRankCheck> check;
-  if (rank == 0 && spec.verify) check.emplace(spec, kopt);
+  if (rank == 0 && spec.verify) check.emplace(spec, kopt, kvl);
   std::optional<job::SampledReferenceCheck> sampled;
   if (rank == 0 && spec.check_rows > 0)
     sampled.emplace(spec, spec.check_rows, job::WireView{&ql, &kvl, &schedule.shared},

@@ -146,12 +146,20 @@ SampledReferenceCheck::SampledReferenceCheck(const JobSpec& cfg, int64_t rows, c
         for (int i = 0; i < n && !any; ++i) any = rb[i] < w0 + wn && re[i] > w0;
         if (!any) continue;
         load_kv(b, w0, wn, &k, &v);
-        if (wired)  // keys from other ranks arrived quantized
+        if (wired) {  // keys from other ranks arrived quantized
+          const std::vector<double> kk =
+              cfg.kv_wire.kivi ? kivi_keys(b, w0, wn, *wire.kvl) : std::vector<double>();
           for (int64_t j = w0; j < w0 + wn; ++j)
             if (cfg.kv_store ||
-                (wire.kvl->local_index(owner, j) < 0 && !in_ranges(wire.shared->keys, j)))
-              for (std::vector<double>* x : {&k, &v})
-                round_trip(cfg.kv_wire, x->data() + (j - w0) * cfg.hkv * d, cfg.hkv, d);
+                (wire.kvl->local_index(owner, j) < 0 && !in_ranges(wire.shared->keys, j))) {
+              const int64_t at = (j - w0) * cfg.hkv * d;
+              if (cfg.kv_wire.kivi)
+                std::copy(kk.begin() + at, kk.begin() + at + cfg.hkv * d, k.begin() + at);
+              else
+                round_trip(cfg.kv_wire, k.data() + at, cfg.hkv, d);
+              round_trip(cfg.kv_wire, v.data() + at, cfg.hkv, d);
+            }
+        }
         if (rest4) {  // the keys not kept, as their INT4 round trip
           k4 = k, v4 = v;
           for (std::vector<double>* x : {&k4, &v4})
@@ -188,6 +196,32 @@ SampledReferenceCheck::SampledReferenceCheck(const JobSpec& cfg, int64_t rows, c
             m[static_cast<std::size_t>(h)] + std::log(lh);
       }
     }
+}
+
+std::vector<double> SampledReferenceCheck::kivi_keys(int64_t b, int64_t w0, int64_t wn,
+                                                     const Layout& kvl) const {
+  const QuantFormat& f = cfg_.kv_wire;
+  const int64_t g = f.group, d = cfg_.head_dim, h = cfg_.hkv;
+  const int64_t e0 = w0 / g * g, e1 = std::min((w0 + wn + g - 1) / g * g, cfg_.nk), en = e1 - e0;
+  std::vector<double> kx, vx;
+  load_kv(b, e0, en, &kx, &vx);
+  // The owners' groups within these whole ranges, numbered from 0.
+  std::vector<int32_t> gid(static_cast<std::size_t>(en));
+  std::vector<int64_t> seen;
+  for (int64_t i = 0; i < en; ++i) {
+    const int64_t key = ((e0 + i) / g) * kvl.ranks() + rank_of(kvl, e0 + i);
+    auto it = std::find(seen.begin(), seen.end(), key);
+    if (it == seen.end()) it = seen.insert(seen.end(), key);
+    gid[static_cast<std::size_t>(i)] = static_cast<int32_t>(it - seen.begin());
+  }
+  const auto m = static_cast<int64_t>(seen.size());
+  std::vector<float> x(kx.begin(), kx.end());
+  std::vector<uint8_t> buf(static_cast<std::size_t>(f.k_bytes(1, en, m, h, d)));
+  const QuantRows q = QuantRows::keys_in_buffer(f, 1, en, h, d, gid.data(), m, buf.data());
+  quantize_rows(x.data(), en * h, q);
+  std::vector<float> y(static_cast<std::size_t>(wn * h * d));
+  dequantize_rows(q, (w0 - e0) * h, wn * h, y.data());
+  return std::vector<double>(y.begin(), y.end());
 }
 
 void SampledReferenceCheck::compare(const Layout& ql, int rank, const float* o, const float* lse) {

@@ -40,6 +40,9 @@ class SampledReferenceCheck {
   void load_kv(int64_t b, int64_t j0, int64_t n, std::vector<double>* k,
                std::vector<double>* v) const;
   std::vector<double> load_q(int64_t b, int64_t t) const;  // [Hq, D]
+  // KIVI keys: K of keys [w0, w0 + wn) of batch b [wn, Hkv, D] after their owner's
+  // quantization (per channel over its tokens of each range [gG, (g + 1) G)) and back.
+  std::vector<double> kivi_keys(int64_t b, int64_t w0, int64_t wn, const Layout& kvl) const;
 
   const JobSpec& cfg_;
   std::vector<int64_t> rows_;    // sampled global query positions

@@ -9,17 +9,24 @@
 
 namespace ringattn::job {
 
-SingleRankCheck::SingleRankCheck(const JobSpec& cfg, const KernelOptions& kopt) : cfg_(cfg) {
+SingleRankCheck::SingleRankCheck(const JobSpec& cfg, const KernelOptions& kopt, const Layout& kvl)
+    : cfg_(cfg) {
   const RankInputs in = load_full_inputs(cfg);
   AttentionArgs a(cfg, in.q.data.data(), in.k.data.data(), in.v.data.data());
   // K/V stored quantized (--kv-store): the whole problem over the same codes.
   Buffer codes;
+  std::vector<int32_t> groups;  // KIVI keys: grouped as the run's ranks hold them
   if (cfg.kv_store) {
-    const int64_t rows = cfg.batch * cfg.nk * cfg.hkv;
-    const std::size_t half = static_cast<std::size_t>(rows * cfg.kv_wire.row_bytes(cfg.head_dim));
-    codes = Buffer(std::max<std::size_t>(2 * half, 1), "single-rank K/V codes");
-    a.kq = QuantRows::in_buffer(cfg.kv_wire, rows, cfg.head_dim, codes.data());
-    a.vq = QuantRows::in_buffer(cfg.kv_wire, rows, cfg.head_dim, codes.as<char>() + half);
+    const QuantFormat& f = cfg.kv_wire;
+    const int64_t rows = cfg.batch * cfg.nk * cfg.hkv, d = cfg.head_dim;
+    int64_t m = 0;
+    if (f.kivi) groups = kivi_groups_by_rank(kvl, f.group, &m);
+    const auto kb = static_cast<std::size_t>(f.k_bytes(cfg.batch, cfg.nk, m, cfg.hkv, d));
+    const auto vb = static_cast<std::size_t>(f.v_bytes(cfg.batch, cfg.nk, cfg.hkv, d));
+    codes = Buffer(std::max<std::size_t>(kb + vb, 1), "single-rank K/V codes");
+    a.kq =
+        QuantRows::keys_in_buffer(f, cfg.batch, cfg.nk, cfg.hkv, d, groups.data(), m, codes.data());
+    a.vq = QuantRows::in_buffer(f, rows, d, codes.as<char>() + kb);
     quantize_values(a.k, cfg.dtype, rows, a.kq);
     quantize_values(a.v, cfg.dtype, rows, a.vq);
   }

@@ -16,7 +16,9 @@ namespace ringattn::job {
 class SingleRankCheck {
  public:
   // Loads (or generates) the whole problem and runs attention_forward once.
-  SingleRankCheck(const JobSpec& cfg, const KernelOptions& kopt);
+  // kvl: how the run splits K/V (KIVI keys stored quantized are grouped as its
+  // ranks hold them).
+  SingleRankCheck(const JobSpec& cfg, const KernelOptions& kopt, const Layout& kvl);
 
   double seconds() const { return seconds_; }  // T1
   // Compares rank `rank`'s rows (o [B, n, Hq, D], lse [B, Hq, n] in ql's local order).

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 #include "ringattn/error.hpp"
 #include "ringattn/hierarchy_stage.hpp"
@@ -118,8 +119,16 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
   p.kv_row_bytes = in.kv_wire.on() ? in.kv_wire.row_bytes(in.head_dim) : plain_row;
   const double wire_row = double(p.kv_row_bytes);
   const double stored_row = double(in.kv_store ? p.kv_row_bytes : plain_row);
-  const auto block_bytes = [&](int rank) {  // ring.cpp's block_bytes
-    return 2.0 * double(in.batch * kvl.tokens(rank) * in.hkv) * wire_row;
+  // ring's kv_block_bytes: K then V, in the storage dtype or the wire format (KIVI
+  // keys: codes per row, scales per group of token positions and channel).
+  const auto k_part = [&](int rank) {
+    const int64_t n = kvl.tokens(rank);
+    if (!in.kv_wire.on()) return double(in.batch * n * in.hkv) * wire_row;
+    const int64_t m = in.kv_wire.kivi ? kivi_group_count(kvl, rank, in.kv_wire.group) : 0;
+    return double(in.kv_wire.k_bytes(in.batch, n, m, in.hkv, in.head_dim));
+  };
+  const auto block_bytes = [&](int rank) {
+    return k_part(rank) + double(in.batch * kvl.tokens(rank) * in.hkv) * wire_row;
   };
   for (int r = 0; r < np; ++r) p.block_bytes = std::max(p.block_bytes, block_bytes(r));
   int64_t max_kseg = 0;
@@ -165,6 +174,7 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
     const double nq = double(rp.q_tokens), nk = double(rp.kv_tokens);
     m.q = b * nq * hq * d * esz;
     m.k = m.v = b * nk * hkv * stored_row;
+    if (in.kv_store) m.k = k_part(r);
     m.o = b * nq * hq * d * kFloatBytes;
     m.lse = b * hq * nq * kFloatBytes;
     m.recv_count = std::min(kMaxRecvBuffers, p.steps - 1);
@@ -234,17 +244,15 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
   // The ring, step by step (see the header). The transfers into step s + 1 are
   // in flight during step s: rank r sends to step(r, s+1).send_to (ring: the
   // block it holds; direct: its own) and receives from step(r, s+1).recv_from.
-  // One pass from `start`, its compute scaled by `work` and its blocks of
-  // `row` bytes per token-head; `record`: the exact pass, whose figures the
+  // One pass from `start`, its compute scaled by `work` and each rank's block
+  // of pass_block(rank) bytes; `record`: the exact pass, whose figures the
   // plan reports. Returns the bytes sent; `end` gets each rank's end time.
   p.per_step.resize(static_cast<std::size_t>(p.steps));
   double transfer_pairs = 0, transfer_area = 0;
   int64_t rotations = 0;
-  const auto run_pass = [&](double work, double row, bool record) {
+  const auto run_pass = [&](double work, const std::function<double(int)>& pass_block,
+                            bool record) {
     double sent = 0;
-    const auto pass_block = [&](int rank) {
-      return 2.0 * double(in.batch * kvl.tokens(rank) * in.hkv) * row;
-    };
     for (int s = 0; s < p.steps; ++s) {
       StepPlan scratch;
       StepPlan& st = record ? p.per_step[static_cast<std::size_t>(s)] : scratch;
@@ -308,7 +316,7 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
     }
     return sent;
   };
-  sent_total += run_pass(1.0, wire_row, true);
+  sent_total += run_pass(1.0, block_bytes, true);
   if (in.select.on()) {  // the K/V selection's passes on the same schedule (SelectPlan)
     SelectPlan& sp = p.select;
     sp.on = true;
@@ -316,13 +324,13 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
     sp.passes = rest4 ? 3 : 2;
     const auto slowest_end = [&] { return *std::max_element(end.begin(), end.end()); };
     // Each pass gathers the shared rows again (a collective) before its ring.
-    const auto later_pass = [&](double work, double row) {
+    const auto later_pass = [&](double work, const std::function<double(int)>& row) {
       const double from = slowest_end() + shared_s;
       std::fill(start.begin(), start.end(), from);
       sp.sent += shared_total + run_pass(work, row, false);
     };
     const double exact_end = slowest_end();
-    later_pass(0.5, wire_row);
+    later_pass(0.5, block_bytes);
     const double imp_end = slowest_end();
     sp.importance_s = imp_end - exact_end;
     sp.allreduce_bytes = b * double(in.select.heads(in.hq, in.hkv)) * double(in.nk) * 8.0;
@@ -332,8 +340,13 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
       sp.sent += share * np;
     }
     std::fill(end.begin(), end.end(), imp_end + sp.allreduce_s);
-    later_pass(1.0, wire_row);
-    if (rest4) later_pass(1.0, double(in.select.rest_format().row_bytes(in.head_dim)));
+    later_pass(1.0, block_bytes);
+    if (rest4) {
+      const double rest_row = double(in.select.rest_format().row_bytes(in.head_dim));
+      later_pass(1.0, [&](int rank) {
+        return 2.0 * double(in.batch * kvl.tokens(rank) * in.hkv) * rest_row;
+      });
+    }
     sp.final_s = slowest_end() - imp_end - sp.allreduce_s;
     const double extra = rest4 ? 2.5 : 1.5;  // x the exact pass: half of it, the final pass(es)
     for (int r = 0; r < np; ++r) {

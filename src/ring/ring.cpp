@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <vector>
 
 #include "ring/ring_shared.hpp"
@@ -17,18 +18,10 @@ double since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Token-head rows of the K/V block held by `rank`.
-int64_t block_rows(const RingProblem& p, int rank) {
-  return p.batch * p.kv_layout->tokens(rank) * p.hkv;
-}
-
-// Bytes of the K/V block `rank` sends: K [B, n, Hkv, D] then V likewise, in the
-// storage dtype or the wire format (codes, scales and zero points per row).
-std::size_t block_bytes(const RingProblem& p, int rank) {
-  const int64_t row =
-      p.kv_wire.on() ? p.kv_wire.row_bytes(p.head_dim) : p.head_dim * int64_t(dtype_size(p.dtype));
-  return 2 * static_cast<std::size_t>(block_rows(p, rank) * row);
-}
+using detail::block_bytes;
+using detail::block_rows;
+using detail::BlockBytes;
+using detail::QuantBlock;
 
 void check_problem(const Communicator& comm, const RingSchedule& sch, const RingProblem& p) {
   if (p.q_layout == nullptr || p.kv_layout == nullptr) throw Error("ring: layouts not set");
@@ -48,6 +41,17 @@ void check_problem(const Communicator& comm, const RingSchedule& sch, const Ring
 
 }  // namespace
 
+std::size_t kv_block_bytes(const RingProblem& p, int rank) {
+  return block_bytes(p, rank).total();
+}
+
+void quantize_kv_block(const RingProblem& p, int rank, void* out) {
+  if (!p.kv_wire.on()) throw Error("quantize_kv_block: no quantized format");
+  const QuantBlock q(p, rank, static_cast<char*>(out));
+  quantize_values(p.k, p.dtype, block_rows(p, rank), q.k);
+  quantize_values(p.v, p.dtype, block_rows(p, rank), q.v);
+}
+
 RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedule& sch,
                            const RingProblem& p, float* o, float* lse) {
   check_problem(comm, sch, p);
@@ -59,7 +63,7 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
   RingMetrics m;
   m.steps = sch.steps;
   std::size_t max_block = 0;
-  for (int s = 0; s < np; ++s) max_block = std::max(max_block, block_bytes(p, s));
+  for (int s = 0; s < np; ++s) max_block = std::max(max_block, block_bytes(p, s).total());
   m.block_bytes = max_block;
 
   // Running state, starting empty.
@@ -81,13 +85,10 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
     if (eng.name() != "cpu")
       throw FieldError("kv_wire",
                        fmt::format("quantized K/V runs on the cpu engine, not {}", eng.name()));
-    own_wire = eng.alloc(std::max<std::size_t>(block_bytes(p, r), 1), "own K/V block (wire)");
-    const int64_t rows = block_rows(p, r);
-    char* base = own_wire->as<char>();
-    quantize_values(p.k, p.dtype, rows, QuantRows::in_buffer(p.kv_wire, rows, d, base));
-    quantize_values(p.v, p.dtype, rows,
-                    QuantRows::in_buffer(p.kv_wire, rows, d, base + block_bytes(p, r) / 2));
-    own_codes = base;
+    own_wire =
+        eng.alloc(std::max<std::size_t>(block_bytes(p, r).total(), 1), "own K/V block (wire)");
+    quantize_kv_block(p, r, own_wire->data());
+    own_codes = own_wire->as<char>();
   }
 
   // Receive buffers: step s >= 1 computes on buffer (s - 1) % 2, step 0 on the
@@ -104,14 +105,14 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
   for (int s = 0; s < sch.steps; ++s) {
     const Clock::time_point t_step = Clock::now();
     const RingStep& st = sch.step(r, s);
-    const std::size_t half = block_bytes(p, st.source) / 2;  // K, then V
+    const BlockBytes held_bytes = block_bytes(p, st.source);  // K, then V
     const bool held_quantized = p.kv_wire.on() && (s > 0 || p.kv_stored != nullptr);
     const char* held_k = s == 0 && p.kv_stored != nullptr ? own_codes
                          : s == 0                         ? static_cast<const char*>(p.k)
                          : st.recv_from >= 0              ? blocks[(s - 1) % 2]->as<char>()
                                                           : nullptr;
     const char* held_v =
-        s == 0 && p.kv_stored == nullptr ? static_cast<const char*>(p.v) : held_k + half;
+        s == 0 && p.kv_stored == nullptr ? static_cast<const char*>(p.v) : held_k + held_bytes.k;
 
     // Transfers of the next step: K and V as two messages, tags 2(s+1), 2(s+1)+1.
     Request send_k, send_v, recv_k, recv_v;
@@ -119,30 +120,33 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
       const RingStep& nx = sch.step(r, s + 1);
       if (nx.recv_from >= 0) {
         eng.sync();  // the buffer received into was read by the previous step
-        const std::size_t in_half = block_bytes(p, nx.source) / 2;
+        const BlockBytes in = block_bytes(p, nx.source);
         char* into = blocks[s % 2]->as<char>();
-        recv_k = comm.irecv(into, in_half, nx.recv_from, 2 * (s + 1));
-        recv_v = comm.irecv(into + in_half, in_half, nx.recv_from, 2 * (s + 1) + 1);
+        recv_k = comm.irecv(into, in.k, nx.recv_from, 2 * (s + 1));
+        recv_v = comm.irecv(into + in.k, in.v, nx.recv_from, 2 * (s + 1) + 1);
       }
       if (nx.send_to >= 0) {
         // ring: pass on the held block; direct: send the own block.
         // A quantized wire sends the own block's codes (held at step 0 is the exact block).
         const bool own = sch.transfer == Transfer::direct || (s == 0 && own_codes != nullptr);
         const char* own_k = own_codes != nullptr ? own_codes : static_cast<const char*>(p.k);
+        const BlockBytes own_bytes = block_bytes(p, r);
         const char* own_v =
-            own_codes != nullptr ? own_k + block_bytes(p, r) / 2 : static_cast<const char*>(p.v);
+            own_codes != nullptr ? own_k + own_bytes.k : static_cast<const char*>(p.v);
         const char* k = own ? own_k : held_k;
         const char* v = own ? own_v : held_v;
-        const std::size_t out_half = own ? block_bytes(p, r) / 2 : half;
+        const BlockBytes out = own ? own_bytes : held_bytes;
         if (k == nullptr) throw Error("ring: schedule sends a block this rank does not hold");
-        send_k = comm.isend(k, out_half, nx.send_to, 2 * (s + 1));
-        send_v = comm.isend(v, out_half, nx.send_to, 2 * (s + 1) + 1);
-        m.bytes_sent += static_cast<int64_t>(2 * out_half);
+        send_k = comm.isend(k, out.k, nx.send_to, 2 * (s + 1));
+        send_v = comm.isend(v, out.v, nx.send_to, 2 * (s + 1) + 1);
+        m.bytes_sent += static_cast<int64_t>(out.total());
       }
     }
 
     const Clock::time_point t0 = Clock::now();
     const int64_t nk_src = p.kv_layout->tokens(st.source);
+    std::optional<QuantBlock> held_q;  // a received or stored block: codes and scales
+    if (held_quantized && !st.work.empty()) held_q.emplace(p, st.source, const_cast<char*>(held_k));
     for (const SegmentWork& w : st.work) {
       if (held_k == nullptr) throw Error("ring: schedule computes on a block never received");
       const Segment& qs = p.q_layout->segments(r)[static_cast<std::size_t>(w.q_seg)];
@@ -153,11 +157,10 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
         a.keep = p.keep_of(b);
         a.q = static_cast<const char*>(p.q) +
               static_cast<std::size_t>((b * nq + qs.local_offset) * p.hq * d) * esz;
-        if (held_quantized) {  // a received or stored block: codes and scales
-          const int64_t rows = block_rows(p, st.source);
+        if (held_q) {
           const int64_t row0 = (b * nk_src + ks.local_offset) * p.hkv;
-          a.kq = QuantRows::in_buffer(p.kv_wire, rows, d, const_cast<char*>(held_k)).from(row0);
-          a.vq = QuantRows::in_buffer(p.kv_wire, rows, d, const_cast<char*>(held_v)).from(row0);
+          a.kq = held_q->k.from(row0);
+          a.vq = held_q->v.from(row0);
         } else {
           const std::size_t k_off =
               static_cast<std::size_t>((b * nk_src + ks.local_offset) * p.hkv * d) * esz;

@@ -1,11 +1,38 @@
 #include "ring/ring_shared.hpp"
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "ringattn/error.hpp"
 
 namespace ringattn::detail {
+
+int64_t block_rows(const RingProblem& p, int rank) {
+  return p.batch * p.kv_layout->tokens(rank) * p.hkv;
+}
+
+BlockBytes block_bytes(const RingProblem& p, int rank) {
+  const int64_t n = p.kv_layout->tokens(rank), d = p.head_dim;
+  const QuantFormat& f = p.kv_wire;
+  if (!f.on()) {
+    const auto b = static_cast<std::size_t>(block_rows(p, rank) * d * int64_t(dtype_size(p.dtype)));
+    return {b, b};
+  }
+  const int64_t m = f.kivi ? kivi_group_count(*p.kv_layout, rank, f.group) : 0;
+  return {static_cast<std::size_t>(f.k_bytes(p.batch, n, m, p.hkv, d)),
+          static_cast<std::size_t>(f.v_bytes(p.batch, n, p.hkv, d))};
+}
+
+QuantBlock::QuantBlock(const RingProblem& p, int rank, char* base) {
+  const QuantFormat& f = p.kv_wire;
+  const int64_t n = p.kv_layout->tokens(rank), d = p.head_dim;
+  int64_t m = 0;
+  if (f.kivi) group_of = kivi_groups(*p.kv_layout, rank, f.group, &m);
+  k = QuantRows::keys_in_buffer(f, p.batch, n, p.hkv, d, group_of.data(), m, base);
+  v = QuantRows::in_buffer(f, block_rows(p, rank), d, base + block_bytes(p, rank).k);
+}
+
 namespace {
 
 // Rows [row0, row0 + n) of q dequantized into dst in the storage dtype.
@@ -57,21 +84,19 @@ SharedRows::SharedRows(Communicator& comm, RingEngine& eng, const RingSchedule& 
   char* skv = stage_kv->as<char>();
   char* sq = stage_q->as<char>();
   const std::size_t v_half = kv_mine / 2;
+  std::optional<QuantBlock> own_q;
+  if (p.kv_stored != nullptr)
+    own_q.emplace(p, r, const_cast<char*>(static_cast<const char*>(p.kv_stored)));
   for (int64_t b = 0; b < p.batch; ++b) {
     int64_t off = 0;
     for (const Chunk& c : sch.shared.key_chunks[static_cast<std::size_t>(r)]) {
       const std::size_t dst = static_cast<std::size_t>((b * m_[r] + off) * kv_row) * esz_;
       const std::size_t src = static_cast<std::size_t>((b * nk + c.local) * kv_row) * esz_;
       const std::size_t n = static_cast<std::size_t>(c.count * kv_row) * esz_;
-      if (p.kv_stored != nullptr) {  // K/V held quantized: the rows travel dequantized
-        const int64_t rows = p.batch * nk * p.hkv, row0 = (b * nk + c.local) * p.hkv;
-        const auto* base = static_cast<const char*>(p.kv_stored);
-        const std::size_t half = static_cast<std::size_t>(rows * p.kv_wire.row_bytes(p.head_dim));
-        dequantize_into(QuantRows::in_buffer(p.kv_wire, rows, p.head_dim, const_cast<char*>(base)),
-                        row0, c.count * p.hkv, p.dtype, skv + dst);
-        dequantize_into(
-            QuantRows::in_buffer(p.kv_wire, rows, p.head_dim, const_cast<char*>(base) + half), row0,
-            c.count * p.hkv, p.dtype, skv + v_half + dst);
+      if (own_q) {  // K/V held quantized: the rows travel dequantized
+        const int64_t row0 = (b * nk + c.local) * p.hkv;
+        dequantize_into(own_q->k, row0, c.count * p.hkv, p.dtype, skv + dst);
+        dequantize_into(own_q->v, row0, c.count * p.hkv, p.dtype, skv + v_half + dst);
       } else {
         eng.copy(skv + dst, static_cast<const char*>(p.k) + src, n);
         eng.copy(skv + v_half + dst, static_cast<const char*>(p.v) + src, n);
@@ -161,6 +186,9 @@ KernelStats SharedRows::compute(const StateView& acc, EngineBuffer& work) {
   own.n_skip_k = sch_.ring_mask.n_skip_k;
   for (int i = 0; i < own.n_skip_k; ++i) own.skip_k[i] = sch_.ring_mask.skip_k[i];
   float* states = states_->as<float>();
+  std::optional<QuantBlock> own_q;
+  if (p_.kv_stored != nullptr)
+    own_q.emplace(p_, r, const_cast<char*>(static_cast<const char*>(p_.kv_stored)));
   for (int x = 0; x < np; ++x) {
     int64_t off = 0;
     for (const Chunk& c : sch_.shared.query_chunks[static_cast<std::size_t>(x)]) {
@@ -176,12 +204,10 @@ KernelStats SharedRows::compute(const StateView& acc, EngineBuffer& work) {
           a.qpos = c.pos, a.kpos = ks.positions();
           a.keep = p_.keep_of(b);
           a.q = queries_->as<char>() + q_offset(x, b, off);
-          if (p_.kv_stored != nullptr) {  // the own block, held quantized
-            const int64_t rows = p_.batch * nk * p_.hkv, row0 = (b * nk + ks.local_offset) * p_.hkv;
-            auto* base = const_cast<char*>(static_cast<const char*>(p_.kv_stored));
-            const std::size_t half = static_cast<std::size_t>(rows * p_.kv_wire.row_bytes(d));
-            a.kq = QuantRows::in_buffer(p_.kv_wire, rows, d, base).from(row0);
-            a.vq = QuantRows::in_buffer(p_.kv_wire, rows, d, base + half).from(row0);
+          if (own_q) {  // the own block, held quantized
+            const int64_t row0 = (b * nk + ks.local_offset) * p_.hkv;
+            a.kq = own_q->k.from(row0);
+            a.vq = own_q->v.from(row0);
           } else {
             const std::size_t k_off =
                 static_cast<std::size_t>((b * nk + ks.local_offset) * p_.hkv * d) * esz_;

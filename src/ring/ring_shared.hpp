@@ -19,6 +19,28 @@
 
 namespace ringattn::detail {
 
+// Token-head rows of the K/V block held by `rank`.
+int64_t block_rows(const RingProblem& p, int rank);
+
+// Bytes of the K part and the V part of the block `rank` sends: K [B, n, Hkv, D]
+// then V likewise, in the storage dtype or the wire format (codes, scales and
+// zero points per row; KIVI keys: per group and channel).
+struct BlockBytes {
+  std::size_t k = 0, v = 0;
+  std::size_t total() const { return k + v; }
+};
+BlockBytes block_bytes(const RingProblem& p, int rank);
+
+// K and V of the block `rank` holds, quantized in the wire format at `base`
+// (K's part, then V's).
+struct QuantBlock {
+  std::vector<int32_t> group_of;  // KIVI keys: each local token's group
+  QuantRows k, v;
+  QuantBlock(const RingProblem& p, int rank, char* base);
+  QuantBlock(const QuantBlock&) = delete;  // k points into group_of
+  QuantBlock& operator=(const QuantBlock&) = delete;
+};
+
 class SharedRows {
  public:
   // Gathers the shared keys and global query rows (collectives: every rank
