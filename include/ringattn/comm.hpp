@@ -88,6 +88,18 @@ class Communicator {
   }
 };
 
+// A communicator over some ranks of `parent` (a level of a two-level scheme:
+// the ranks of one node, or one rank per node): members[k] is the parent rank
+// of sub-rank k, and this rank must be among them. Point-to-point messages
+// travel through the parent with tags shifted by tag_base (give each level its
+// own range: user tags must stay below kSubTagSpan - 16); the collectives are
+// built on them (reductions combine in sub-rank order, so every member gets the
+// same bits). Works over every backend; backend() and abort() are the parent's,
+// and a blocking call gives up as the parent's do.
+inline constexpr int kSubTagSpan = 4096;
+std::unique_ptr<Communicator> make_sub_communicator(Communicator& parent, std::vector<int> members,
+                                                    int tag_base);
+
 // Where the in-process backend keeps point-to-point message bytes and how it
 // copies them between the ranks' buffers and that storage. The default is
 // host memory and memcpy; virtual ranks on one GPU use device memory and

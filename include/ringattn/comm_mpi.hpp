@@ -25,5 +25,7 @@ Communicator& mpi_world();
 // The node-local rank (MPI_Comm_split_type SHARED) of this process: which GPU
 // it would use. 0 without MPI.
 int mpi_local_rank();
+// How many processes share this one's node (MPI_Comm_split_type SHARED). 1 without MPI.
+int mpi_local_size();
 
 }  // namespace ringattn

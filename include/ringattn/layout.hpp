@@ -38,6 +38,16 @@ class Layout {
  public:
   Layout() = default;
   Layout(LayoutKind kind, int64_t n, int ranks);
+  // Two levels (ranks grouped in nodes of `per_node`, rank = node x per_node +
+  // i): the sequence is split over the nodes by `kind` (Layout(kind, n, nodes)),
+  // and rank i of a node holds the i-th of per_node contiguous pieces of its
+  // node's tokens in the node's local order ([i len / w, (i + 1) len / w)).
+  // per_node = 1 is Layout(kind, n, nodes).
+  static Layout nested(LayoutKind kind, int64_t n, int nodes, int per_node);
+  // The nested layout's node level (nodes() ranks), and its nodes and ranks per node
+  // (1 and ranks() for a flat layout).
+  int per_node() const { return per_node_; }
+  int nodes() const { return ranks_ / per_node_; }
 
   LayoutKind kind() const { return kind_; }
   int64_t length() const { return n_; }
@@ -54,6 +64,7 @@ class Layout {
   LayoutKind kind_ = LayoutKind::contiguous;
   int64_t n_ = 0;
   int ranks_ = 1;
+  int per_node_ = 1;
   std::vector<std::vector<Segment>> segs_;
 };
 

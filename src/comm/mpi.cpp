@@ -13,6 +13,7 @@
 #include <climits>
 #include <cstdio>
 #include <mutex>
+#include <utility>
 #include <vector>
 #endif
 
@@ -167,17 +168,29 @@ Communicator& mpi_world() {
   return comm;
 }
 
-int mpi_local_rank() {
+namespace {
+// This process's node communicator (MPI_COMM_TYPE_SHARED): its rank and size.
+std::pair<int, int> node_rank_size() {
   mpi_world();
-  static int local = [] {
+  static const std::pair<int, int> rs = [] {
     MPI_Comm node;
     MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-    int r = 0;
+    int r = 0, n = 1;
     MPI_Comm_rank(node, &r);
+    MPI_Comm_size(node, &n);
     MPI_Comm_free(&node);
-    return r;
+    return std::pair<int, int>{r, n};
   }();
-  return local;
+  return rs;
+}
+}  // namespace
+
+int mpi_local_rank() {
+  return node_rank_size().first;
+}
+
+int mpi_local_size() {
+  return node_rank_size().second;
 }
 
 #else  // built without MPI
@@ -194,6 +207,10 @@ Communicator& mpi_world() {
 
 int mpi_local_rank() {
   return 0;
+}
+
+int mpi_local_size() {
+  return 1;
 }
 
 #endif

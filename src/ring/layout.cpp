@@ -58,6 +58,33 @@ Layout::Layout(LayoutKind kind, int64_t n, int ranks) : kind_(kind), n_(n), rank
   }
 }
 
+Layout Layout::nested(LayoutKind kind, int64_t n, int nodes, int per_node) {
+  if (per_node < 1)
+    throw Error(fmt::format("layout: ranks per node must be >= 1, got {}", per_node));
+  const Layout top(kind, n, nodes);
+  if (per_node == 1) return top;
+  Layout l;
+  l.kind_ = kind, l.n_ = n, l.ranks_ = nodes * per_node, l.per_node_ = per_node;
+  l.segs_.resize(static_cast<std::size_t>(l.ranks_));
+  for (int a = 0; a < nodes; ++a) {
+    const int64_t len = top.tokens(a);
+    for (int i = 0; i < per_node; ++i) {
+      // Node-local indices [lo, hi) of this rank's piece, cut out of the node's segments.
+      const int64_t lo = i * len / per_node, hi = (i + 1) * len / per_node;
+      auto& v = l.segs_[static_cast<std::size_t>(a * per_node + i)];
+      int64_t off = 0;
+      for (const Segment& s : top.segments(a)) {
+        const int64_t b0 = std::max(lo, s.local_offset),
+                      b1 = std::min(hi, s.local_offset + s.count);
+        if (b1 <= b0) continue;
+        v.push_back({s.start + (b0 - s.local_offset) * s.stride, b1 - b0, s.stride, off});
+        off += b1 - b0;
+      }
+    }
+  }
+  return l;
+}
+
 int64_t Layout::tokens(int rank) const {
   int64_t t = 0;
   for (const Segment& s : segments(rank)) t += s.count;
