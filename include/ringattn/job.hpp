@@ -43,6 +43,7 @@
 #include "ringattn/quant.hpp"
 #include "ringattn/rank_device.hpp"
 #include "ringattn/reference.hpp"
+#include "ringattn/two_level.hpp"
 
 namespace ringattn {
 
@@ -87,6 +88,11 @@ struct JobSpec : AttentionProblem {  // the global problem (mask built, in globa
   // kept set [B, Hsel, Nk] uint8 (without the batch axis when q is a 3-d file).
   KvSelect select;
   std::string keep_path;
+
+  // Two-level communication (ringattn/two_level.hpp): the scheme, and ranks per
+  // node (0: from the launcher: MPI's shared-memory node, or every in-process rank).
+  CommScheme scheme = CommScheme::flat;
+  int ranks_per_node = 0;
 
   // The MoE stage after attention (ringattn/moe_job.hpp; off unless moe.on()):
   // X = the attention output with heads concatenated, [B Nq, Hq D] in global
@@ -150,6 +156,10 @@ struct RankStats {
   int64_t stage_bytes = 0;               // of bytes_sent: block means, requests, fetched blocks
   int64_t summaries = 0;                 // blocks summarised (levels) or routed over (routing)
   int64_t fetched_tokens = 0;            // routing: key tokens received from other ranks
+  // By level (ringattn/two_level.hpp): bytes and messages sent inside the rank's
+  // node and across nodes, and the a2a-ring's all-to-all time.
+  int64_t intra_bytes = 0, inter_bytes = 0, intra_messages = 0, inter_messages = 0;
+  double a2a_s = 0;
   // The MoE stage (after the pass; not included in the figures above).
   MoeRankStats moe;
 };
@@ -187,7 +197,9 @@ struct JobReport {
   std::optional<MoeMetrics> moe;                // the MoE stage's best pass (spec.moe.on())
   std::optional<MoeCheck> moe_check;            // with verify or check_rows
   std::optional<SelectSummary> select;          // the K/V selection stage (spec.select.on())
-  std::vector<std::string> outputs;             // files written (rank 0)
+  int ranks_per_node = 1;                       // the topology the run used
+  CommScheme scheme = CommScheme::flat;
+  std::vector<std::string> outputs;  // files written (rank 0)
   // A check over its tolerance (nothing written): the check's field ("verify"
   // or "check_rows") and what it found; both "" when every check passed.
   std::string failure_field, failure;

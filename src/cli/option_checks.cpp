@@ -25,6 +25,7 @@ std::string option_for_field(const std::string& field) {
       {"layout", "layout"},
       {"ranks", "ranks"},
       {"ranks_per_node", "ranks-per-node"},
+      {"hierarchy", "hierarchy"},
       {"hardware", "hardware"},
       {"threads", "threads"},
       {"device", "device"},

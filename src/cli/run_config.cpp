@@ -50,6 +50,14 @@ CommandSpec run_spec() {
       OptionSpec::choice("layout", kLayoutAuto, {kLayoutAuto, "contiguous", "zigzag", "striped"},
                          "how tokens are split over ranks (auto: zigzag when causal, else "
                          "contiguous)"),
+      OptionSpec::choice("hierarchy", "flat", {"flat", "a2a-ring"},
+                         "communication over nodes: flat (one ring over all ranks), or a2a-ring "
+                         "(inside a node an all-to-all trades tokens for heads, the ring runs "
+                         "across nodes, then back)"),
+      OptionSpec::integer("ranks-per-node", "0",
+                          "ranks per node for --hierarchy and the per-level figures (0: MPI's "
+                          "shared-memory node, or all in-process ranks)")
+          .non_negative(),
       OptionSpec::choice("isa", "auto", {"auto", "avx512", "avx2", "generic"},
                          "kernel instruction set (auto: the best this CPU supports)"),
       OptionSpec::choice("device", "cpu", {"cpu", "cuda"},
@@ -164,6 +172,8 @@ RunConfig make_run_config(const ParsedOptions& opt) {
   const KvOptions kv = parse_kv_options(opt, c.dtype);
   c.kv_wire = kv.wire, c.kv_store = kv.store;
   c.select = kv.select;
+  c.scheme = parse_comm_scheme(opt.text("hierarchy"), "hierarchy");
+  c.ranks_per_node = opt.integer_int("ranks-per-node");
   c.keep_path = opt.has("kv-keep-out") ? opt.text("kv-keep-out") : std::string();
   const MoeOptions moe = parse_moe_options(opt, c.hq * c.head_dim);
   c.moe = moe.config, c.moe_weights = moe.weights_dir;

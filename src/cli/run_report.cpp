@@ -197,6 +197,23 @@ void print_report(const RunReport& r) {
                        c.select.rest == KeepRest::int4 ? "es (kept + INT4 rest)" : "",
                        k.final_s * kMs));
     }
+    if (r.ranks_per_node < r.ranks || r.scheme != CommScheme::flat) {
+      int64_t ib = 0, xb = 0, im = 0, xm = 0;
+      double a2a = 0;
+      for (const RankStats& s : r.stats) {
+        ib += s.intra_bytes, xb += s.inter_bytes, im += s.intra_messages, xm += s.inter_messages;
+        a2a = std::max(a2a, s.a2a_s);
+      }
+      line("levels",
+           fmt::format("{}, {} node{} x {} ranks: inside nodes {} in {} messages, across nodes "
+                       "{} in {} messages (all ranks){}",
+                       comm_scheme_name(r.scheme), r.ranks / r.ranks_per_node,
+                       r.ranks / r.ranks_per_node == 1 ? "" : "s", r.ranks_per_node,
+                       format_bytes(double(ib)), im, format_bytes(double(xb)), xm,
+                       r.scheme == CommScheme::a2a_ring
+                           ? fmt::format("; all-to-alls {:.3f} ms (slowest rank)", a2a * kMs)
+                           : std::string()));
+    }
     line("bytes sent",
          fmt::format("{} in all vs {} for a full ring ({:.1f}%)", format_bytes(double(sent)),
                      format_bytes(double(full_sent)),
@@ -276,7 +293,12 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
         .integer("stage_bytes", s.stage_bytes)
         .number("stage_scores", s.stage_pair_evals)
         .integer("summaries", s.summaries)
-        .integer("fetched_tokens", s.fetched_tokens);
+        .integer("fetched_tokens", s.fetched_tokens)
+        .integer("intra_bytes", s.intra_bytes)
+        .integer("inter_bytes", s.inter_bytes)
+        .integer("intra_messages", s.intra_messages)
+        .integer("inter_messages", s.inter_messages)
+        .number("a2a_ms", s.a2a_s * kMs);
     if (r.moe) add_moe_rank_keys(row, s.moe);
     file.write(row);
   }
@@ -301,6 +323,8 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
       .integer("shared_keys", r.shared_keys)
       .integer("shared_queries", r.shared_queries)
       .text("hierarchy", c.hier.describe())
+      .text("comm_scheme", comm_scheme_name(r.scheme))
+      .integer("ranks_per_node", r.ranks_per_node)
       .text("kv_wire", c.kv_wire.on() ? c.kv_wire.describe() : std::string(dtype_name(c.dtype)))
       .boolean("kv_store", c.kv_store)
       .integer("kv_wire_row_bytes", c.kv_wire.on() ? c.kv_wire.row_bytes(c.head_dim)

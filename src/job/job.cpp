@@ -17,6 +17,7 @@
 #include "job/rank_guard.hpp"
 #include "job/sample_check.hpp"
 #include "job/verify.hpp"
+#include "ringattn/comm_mpi.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/hierarchy_stage.hpp"
 #include "ringattn/kv_select_stage.hpp"
@@ -100,10 +101,23 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   kopt.isa = spec.isa;
   memory_reset_peak_thread();
 
-  const Layout ql(spec.layout, spec.nq, np), kvl(spec.layout, spec.nk, np);
+  // Nodes of w ranks: a2a-ring splits tokens over nodes, then within each node.
+  const int w = spec.ranks_per_node > 0   ? spec.ranks_per_node
+                : comm.backend() == "mpi" ? mpi_local_size()
+                                          : np;
+  check_two_level(spec.scheme, np, w, spec.hq, spec.hkv);
+  const bool a2a = spec.scheme == CommScheme::a2a_ring;
+  const Layout ql =
+      a2a ? Layout::nested(spec.layout, spec.nq, np / w, w) : Layout(spec.layout, spec.nq, np);
+  const Layout kvl =
+      a2a ? Layout::nested(spec.layout, spec.nk, np / w, w) : Layout(spec.layout, spec.nk, np);
   // With a hierarchy the ring runs its exact part; the stage adds the rest.
   const Mask ring_mask = hierarchy_ring_mask(spec);
-  const RingSchedule schedule = make_ring_schedule(ql, kvl, ring_mask);
+  // a2a-ring's ring runs over the nodes (the schedule it reports).
+  const RingSchedule schedule =
+      a2a ? make_ring_schedule(Layout(spec.layout, spec.nq, np / w),
+                               Layout(spec.layout, spec.nk, np / w), ring_mask)
+          : make_ring_schedule(ql, kvl, ring_mask);
   if (spec.moe.on()) validate_moe(spec.moe, np);
   const job::MoeOutputPaths moe_paths{spec.moe_out_path, spec.moe_routing_path, spec.moe_gates_path,
                                       spec.batched_output()
@@ -151,7 +165,10 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   const int blas_threads = comm.backend() == "local" ? 0 : threads;  // per process: MPI only
   MoeMetrics best_moe, last_moe;
 
-  RankDevice device(comm, spec.device, kopt);
+  // Every point-to-point message of the passes, counted by level.
+  LevelTraffic traffic, best_traffic;
+  LevelCounter counter(comm, w, &traffic);
+  RankDevice device(counter, spec.device, kopt);
   // Ring passes; the best timed one is the one whose slowest rank was fastest.
   RingMetrics best;
   StageMetrics best_stage;
@@ -160,13 +177,16 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   double best_slowest = std::numeric_limits<double>::infinity();
   for (int pass = 0; pass < spec.warmup + spec.repeats; ++pass) {
     comm.barrier();
-    RingMetrics m = device.pass(schedule, ring_p, o.as<float>(), lse.as<float>());
+    traffic = {};
+    RingMetrics m =
+        a2a ? a2a_ring_attention(counter, w, ring_p, o.as<float>(), lse.as<float>(), kopt, &traffic)
+            : device.pass(schedule, ring_p, o.as<float>(), lse.as<float>());
     SelectMetrics sel;
     const StageMetrics st =
         spec.select.on()
-            ? (sel = kv_select_stage(comm, schedule, ring_p, spec.select, o.as<float>(),
+            ? (sel = kv_select_stage(counter, schedule, ring_p, spec.select, o.as<float>(),
                                      lse.as<float>(), kopt, &keep))
-            : hierarchy_stage(comm, p, o.as<float>(), lse.as<float>(), kopt, route.data());
+            : hierarchy_stage(counter, p, o.as<float>(), lse.as<float>(), kopt, route.data());
     if (moe) last_moe = moe->pass(o.as<float>(), blas_threads);
     if (pass == 0 && rank == spec.fail_rank) throw Error(kInjectedFailure);
     if (pass < spec.warmup) continue;
@@ -176,6 +196,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
       best = std::move(m);
       best_stage = st;
       best_select = sel;
+      best_traffic = traffic;
       best_moe = last_moe;
     }
   }
@@ -187,9 +208,13 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   RankStats mine = rank_stats(best, best_stage, rank, nq, kvl.tokens(rank), threads,
                               memory_peak_thread(), full_ring_bytes(spec, kvl, rank));
   if (moe) mine.moe = moe_rank_stats(best_moe, rank, moe->rows(), threads);
+  mine.intra_bytes = best_traffic.intra_bytes, mine.inter_bytes = best_traffic.inter_bytes;
+  mine.intra_messages = best_traffic.intra_messages;
+  mine.inter_messages = best_traffic.inter_messages, mine.a2a_s = best_traffic.a2a_s;
 
   JobReport report;
   report.ranks = np, report.rank = rank;
+  report.ranks_per_node = w, report.scheme = spec.scheme;
   report.backend = comm.backend();
   report.isa = spec.device == Device::cuda
                    ? device.name()

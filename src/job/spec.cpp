@@ -80,6 +80,18 @@ void JobSpec::validate() const {
     validate_select(select, head_dim);
     if (!keep_path.empty()) throw FieldError("kv_keep_out", "needs K/V selection (kv_keep > 0)");
   }
+  if (ranks_per_node < 0)
+    throw FieldError("ranks_per_node",
+                     fmt::format("expected >= 0 (0: from the launcher), got {}", ranks_per_node));
+  if (scheme == CommScheme::a2a_ring) {
+    const auto refuse = [](const char* what) {
+      throw FieldError("hierarchy", fmt::format("a2a-ring does not run with {} yet", what));
+    };
+    if (device != Device::cpu) refuse("the cuda device");
+    if (kv_wire.on()) refuse("quantized K/V (--kv-wire, --kv-store)");
+    if (select.on()) refuse("K/V selection (--kv-keep)");
+    if (hier.on()) refuse("the hierarchical stages");
+  }
   if (moe.on() && device != Device::cpu)
     throw FieldError("moe_experts", "the MoE stage runs on the cpu device");
   if (!moe.on())
@@ -118,7 +130,7 @@ std::string JobSpec::config_text() const {
   return fmt::format(
       "shape:{};mask:{};layout:{};scale:{};source:{};repeats:{};warmup:{};verify:{};"
       "check-rows:{};fail-rank:{};out:{};lse-out:{};device:{};hier:{};route-out:{};moe:{};"
-      "kv-wire:{};kv-store:{};kv-select:{} g{}{};keep-out:{}",
+      "kv-wire:{};kv-store:{};kv-select:{} g{}{};keep-out:{};comm:{} w{}",
       shape_text(), mask_fields(mask), layout_name(layout), scale, source, repeats, warmup, verify,
       check_rows > 0, fail_rank, !out_path.empty(), !lse_path.empty(), device_name(device),
       hier.describe(), !route_path.empty(),
@@ -128,7 +140,8 @@ std::string JobSpec::config_text() const {
                              !moe_gates_path.empty())
                : std::string("off"),
       kv_wire.describe(), kv_store, select.describe(), select.group,
-      select.asymmetric ? " asym" : "", !keep_path.empty());
+      select.asymmetric ? " asym" : "", !keep_path.empty(), comm_scheme_name(scheme),
+      ranks_per_node);
 }
 
 }  // namespace ringattn
