@@ -1,0 +1,85 @@
+// `ringattn run --hierarchy a2a-ring --ranks-per-node w` end to end (verify and
+// the float64 check pass; the per-level figures add up to the bytes sent), the
+// flat ring's per-level figures, and the options' errors naming the option.
+#include <gtest/gtest.h>
+
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "cli_fixture.hpp"
+
+namespace ringattn {
+namespace {
+
+using test::CliResult;
+
+class TwoLevelCli : public test::CliFixture {
+ protected:
+  std::vector<std::string> small(std::vector<std::string> extra) const {
+    std::vector<std::string> a = {"run", "--ranks-local", "8", "--seq-len",  "900", "--heads",
+                                  "8",   "--kv-heads",    "2", "--head-dim", "32",  "--threads",
+                                  "1"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  }
+};
+
+TEST_F(TwoLevelCli, A2aRingPassesVerifyAndTheCheckOnEveryLayout) {
+  for (const char* layout : {"contiguous", "zigzag", "striped"})
+    for (const char* w : {"2", "4"}) {
+      SCOPED_TRACE(std::string(layout) + " w=" + w);
+      const CliResult r =
+          run_binary(small({"--hierarchy", "a2a-ring", "--ranks-per-node", w, "--layout", layout,
+                            "--causal", "--sinks", "2", "--verify", "--check-rows", "16"}));
+      ASSERT_EQ(r.rc, 0) << r.out << r.err;
+      EXPECT_NE(r.out.find("vs the single-rank kernel: ok"), std::string::npos) << r.out;
+      EXPECT_NE(r.out.find("vs float64 on 16 sampled query rows x 8 heads: ok"), std::string::npos)
+          << r.out;
+      EXPECT_NE(r.out.find(std::string("levels              a2a-ring, ") +
+                           (std::string(w) == "2" ? "4 nodes x 2" : "2 nodes x 4") + " ranks"),
+                std::string::npos)
+          << r.out;
+    }
+}
+
+TEST_F(TwoLevelCli, TheFlatRingReportsItsTrafficByLevel) {
+  const CliResult r = run_binary(small({"--ranks-per-node", "4", "--layout", "contiguous"}));
+  ASSERT_EQ(r.rc, 0) << r.out << r.err;
+  // A full ring of 8 ranks in 2 nodes: 2 of the 8 links cross nodes, 7 rotations, K and V.
+  std::smatch m;
+  const std::regex levels("inside nodes .* in (\\d+) messages, across nodes .* in (\\d+) messages");
+  ASSERT_TRUE(std::regex_search(r.out, m, levels)) << r.out;
+  EXPECT_EQ(m[1], "84");
+  EXPECT_EQ(m[2], "28");
+}
+
+TEST_F(TwoLevelCli, BadOptionsNameTheOption) {
+  const std::string o = path("o.npy");
+  struct Case {
+    std::vector<std::string> args;
+    std::string names;
+  };
+  const std::vector<Case> cases = {
+      {{"--hierarchy", "double"}, "--hierarchy"},
+      {{"--ranks-per-node", "3"}, "--ranks-per-node"},  // 3 does not divide 8 ranks
+      {{"--ranks-per-node", "-1"}, "--ranks-per-node"},
+      {{"--hierarchy", "a2a-ring", "--ranks-per-node", "2", "--kv-wire", "int8", "--kv-group",
+        "32"},
+       "--hierarchy"},
+      {{"--hierarchy", "a2a-ring", "--ranks-per-node", "2", "--kv-keep", "0.5"}, "--hierarchy"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.names);
+    std::vector<std::string> a = small({"--out", o});
+    a.insert(a.end(), c.args.begin(), c.args.end());
+    expect_clean_failure(run_binary(a), c.names, {o});
+  }
+  // 8 ranks in one node and 4 query heads: a2a-ring cannot split the heads.
+  expect_clean_failure(run_binary({"run", "--ranks-local", "8", "--seq-len", "100", "--heads", "4",
+                                   "--head-dim", "32", "--hierarchy", "a2a-ring", "--out", o}),
+                       "--ranks-per-node", {o});
+}
+
+}  // namespace
+}  // namespace ringattn
