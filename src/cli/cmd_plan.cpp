@@ -86,6 +86,7 @@ CommandSpec plan_spec() {
                        [&](const OptionSpec& x) { return x.name == name; });
   };
   for (OptionSpec& o : run_spec().options) {
+    if (o.name == "ranks-per-node") continue;  // plan's own (the profile's devices per node)
     if (o.name == "ranks-local") o.help = "in-process ranks P (threads of one process, as run)";
     const bool mask = o.name.rfind("window", 0) == 0 || o.name.rfind("block", 0) == 0 ||
                       o.name == "dilation" || o.name == "sinks" || o.name == "global";
@@ -161,6 +162,11 @@ int cmd_plan(int argc, char** argv) {
              : opt->has("ranks")     ? opt->integer_int("ranks")
                                      : 1;
   in.ranks_per_node = opt->integer_int("ranks-per-node");
+  if (opt->text("hierarchy") != "flat")
+    throw UsageError(
+        fmt::format("option '--hierarchy': plan models the flat ring only (not {} "
+                    "yet)",
+                    opt->text("hierarchy")));
   in.threads = opt->threads();
   in.moe = plan_moe_config(*opt, cfg.hq * cfg.head_dim);
   const KvOptions kv = parse_kv_options(*opt, cfg.dtype);
