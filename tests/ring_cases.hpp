@@ -47,6 +47,22 @@ inline Tensor slice_tokens(const Tensor& g, const Layout& l, int rank) {
   return t;
 }
 
+// Rank r's share of a global problem: its slices of q, k, v and the RingProblem
+// over them (the global problem's fields, the layouts; pointers into the slices,
+// which a move keeps valid).
+struct RankShare {
+  Tensor q, k, v;
+  RingProblem rp;
+};
+inline RankShare rank_share(const Problem& g, const Layout& ql, const Layout& kl, int r) {
+  RankShare s;
+  s.q = slice_tokens(g.q, ql, r), s.k = slice_tokens(g.k, kl, r), s.v = slice_tokens(g.v, kl, r);
+  s.rp = RingProblem(g.args);
+  s.rp.q_layout = &ql, s.rp.kv_layout = &kl;
+  s.rp.q = s.q.data.data(), s.rp.k = s.k.data.data(), s.rp.v = s.v.data.data();
+  return s;
+}
+
 // Every sparse pattern on every layout (the masks stay owned by `patterns`).
 inline std::vector<RingCase> sparse_ring_cases(const std::vector<NamedMask>& patterns, int64_t n,
                                                uint64_t seed0) {

@@ -224,12 +224,9 @@ TEST(KvQuant, RingWithAQuantizedWireEqualsTheReferenceOfWhatTravelled) {
           std::vector<int64_t> sent(at(ranks), 0), full(at(ranks), 0);
           run_local(ranks, [&](Communicator& comm) {
             const int r = comm.rank();
-            const Tensor q = test::slice_tokens(p.q, ql, r), k = test::slice_tokens(p.k, kvl, r),
-                         v = test::slice_tokens(p.v, kvl, r);
-            RingProblem rp(p.args);
+            test::RankShare share = test::rank_share(p, ql, kvl, r);
+            RingProblem& rp = share.rp;
             rp.mask = mask;
-            rp.q_layout = &ql, rp.kv_layout = &kvl;
-            rp.q = q.data.data(), rp.k = k.data.data(), rp.v = v.data.data();
             rp.kv_wire = f;
             const int64_t nq = ql.tokens(r);
             std::vector<float> o(at(b * nq * hq * d)), lse(at(b * hq * nq));
@@ -276,17 +273,15 @@ TEST(KvQuant, RingWithStoredCodesEqualsTheReferenceOnDequantizedKV) {
       const RingSchedule sch = make_ring_schedule(ql, kvl, mask);
       run_local(ranks, [&](Communicator& comm) {
         const int r = comm.rank();
-        const Tensor q = test::slice_tokens(p.q, ql, r), k = test::slice_tokens(p.k, kvl, r),
-                     v = test::slice_tokens(p.v, kvl, r);
+        test::RankShare share = test::rank_share(p, ql, kvl, r);
+        RingProblem& rp = share.rp;
         const int64_t rows = b * kvl.tokens(r) * hkv;
         std::vector<uint8_t> codes(at(2 * rows * f.row_bytes(d)) + 1);
-        quantize_rows(k.as<float>(), rows, QuantRows::in_buffer(f, rows, d, codes.data()));
-        quantize_rows(v.as<float>(), rows,
+        quantize_rows(share.k.as<float>(), rows, QuantRows::in_buffer(f, rows, d, codes.data()));
+        quantize_rows(share.v.as<float>(), rows,
                       QuantRows::in_buffer(f, rows, d, codes.data() + rows * f.row_bytes(d)));
-        RingProblem rp(p.args);
         rp.mask = mask;
-        rp.q_layout = &ql, rp.kv_layout = &kvl;
-        rp.q = q.data.data(), rp.k = nullptr, rp.v = nullptr;
+        rp.k = nullptr, rp.v = nullptr;
         rp.kv_wire = f, rp.kv_stored = codes.data();
         const int64_t nq = ql.tokens(r);
         std::vector<float> o(at(b * nq * hq * d)), lse(at(b * hq * nq));
@@ -333,12 +328,9 @@ TEST(KvQuant, RingWithKiviKeysEqualsTheReferenceOfWhatEachRankSaw) {
             for (int64_t i = 0; i < c.count; ++i) shared[at(position_of(kvl, x, c.local + i))] = 1;
         run_local(ranks, [&](Communicator& comm) {
           const int r = comm.rank();
-          const Tensor q = test::slice_tokens(p.q, ql, r), k = test::slice_tokens(p.k, kvl, r),
-                       v = test::slice_tokens(p.v, kvl, r);
-          RingProblem rp(p.args);
+          test::RankShare share = test::rank_share(p, ql, kvl, r);
+          RingProblem& rp = share.rp;
           rp.mask = mask;
-          rp.q_layout = &ql, rp.kv_layout = &kvl;
-          rp.q = q.data.data(), rp.k = k.data.data(), rp.v = v.data.data();
           rp.kv_wire = f;
           std::vector<uint8_t> codes(kv_block_bytes(rp, r) + 1);
           if (store) {

@@ -364,11 +364,8 @@ void run_ring_stage(int ranks, LayoutKind layout, const StageCase& c, uint64_t s
     const int r = comm.rank();
     const Layout ql(layout, c.nq, ranks), kl(layout, c.nk, ranks);
     const RingSchedule sch = make_ring_schedule(ql, kl, g.args.mask);
-    const Tensor q = test::slice_tokens(g.q, ql, r), k = test::slice_tokens(g.k, kl, r),
-                 v = test::slice_tokens(g.v, kl, r);
-    RingProblem rp(g.args);
-    rp.q_layout = &ql, rp.kv_layout = &kl;
-    rp.q = q.data.data(), rp.k = k.data.data(), rp.v = v.data.data();
+    const test::RankShare share = test::rank_share(g, ql, kl, r);
+    const RingProblem& rp = share.rp;
     const int64_t nl = ql.tokens(r);
     std::vector<float> o(at(c.b * nl * c.hq * c.d)), lse(at(c.b * c.hq * nl));
     KernelOptions kopt;
