@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -493,6 +494,51 @@ TEST_F(Npy, StaleTemporariesOfDeadProcessesAreRemoved) {
   EXPECT_TRUE(std::filesystem::exists(live));
   EXPECT_TRUE(std::filesystem::exists(other));
   EXPECT_TRUE(std::filesystem::exists(out));
+}
+
+// A zombie (a killed rank its parent has not reaped) will never write again, and a
+// process that started after the temporary was last written is not its writer (the
+// pid was reused): both temporaries are stale; a live writer's is kept.
+TEST_F(Npy, TemporariesOfZombiesAndReusedPidsAreStale) {
+  const pid_t zombie = ::fork();
+  if (zombie == 0) ::_exit(0);
+  ASSERT_GT(zombie, 0);
+  int pipefd[2];
+  ASSERT_EQ(::pipe(pipefd), 0);
+  const pid_t sleeper = ::fork();  // lives until the pipe closes
+  if (sleeper == 0) {
+    ::close(pipefd[1]);
+    char c;
+    while (::read(pipefd[0], &c, 1) > 0) {
+    }
+    ::_exit(0);
+  }
+  ASSERT_GT(sleeper, 0);
+  ::close(pipefd[0]);
+  // Wait until the first child is a zombie (it exited; not reaped yet).
+  for (int i = 0; i < 500; ++i) {
+    std::ifstream st(fmt::format("/proc/{}/stat", zombie));
+    std::string pid, comm, state;
+    st >> pid >> comm >> state;
+    if (state == "Z") break;
+    ::usleep(10000);
+  }
+  const std::string out = file("o.npy");
+  const std::string of_zombie = fmt::format("{}.tmp.{}.1", out, zombie);
+  const std::string reused = fmt::format("{}.tmp.{}.2", out, sleeper);
+  const std::string live = fmt::format("{}.tmp.{}.3", out, sleeper);
+  for (const std::string& f : {of_zombie, reused, live}) std::ofstream(f) << "x";
+  // `reused` was last written an hour before its pid's process started.
+  const auto hour_ago = std::filesystem::file_time_type::clock::now() - std::chrono::hours(1);
+  std::filesystem::last_write_time(reused, hour_ago);
+  save_npy(out, Tensor(DType::f32, {2}, "t"));
+  EXPECT_FALSE(std::filesystem::exists(of_zombie));
+  EXPECT_FALSE(std::filesystem::exists(reused));
+  EXPECT_TRUE(std::filesystem::exists(live));
+  ::close(pipefd[1]);
+  int status = 0;
+  EXPECT_EQ(::waitpid(sleeper, &status, 0), sleeper);
+  EXPECT_EQ(::waitpid(zombie, &status, 0), zombie);
 }
 
 TEST_F(Npy, SameFileComparesFilesNotStrings) {

@@ -12,7 +12,9 @@ namespace ringattn {
 // temporary over `path`; the destructor removes an uncommitted temporary. A
 // process killed outright (SIGKILL) leaves its temporary behind: the next
 // AtomicFile for the same path removes every `<path>.tmp.<pid>.<n>` whose
-// process no longer runs on this machine (remove_stale_temporaries).
+// process no longer runs on this machine (remove_stale_temporaries): gone, a
+// zombie (killed, not yet reaped by its parent: it never writes again), or a
+// later process that reuses the pid (started after the temporary's last write).
 class AtomicFile {
  public:
   explicit AtomicFile(std::string path);

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cerrno>
 #include <charconv>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -23,6 +24,44 @@ namespace {
 
 // Makes each temporary name of this process unique (with the pid).
 std::atomic<unsigned long> g_temp_counter{0};
+
+// Whether process `pid` can still be writing a temporary modified at `mtime`
+// (seconds since the epoch): it exists, is not a zombie (a killed rank whose
+// parent has not reaped it yet: it will never write again), and started no
+// later than the file was last written (else the pid was reused). Where /proc
+// says nothing, an existing process counts as the writer.
+bool may_be_writer(long pid, double mtime) {
+  if (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) return false;
+  std::FILE* f = std::fopen(fmt::format("/proc/{}/stat", pid).c_str(), "r");
+  if (f == nullptr) return true;
+  char buf[1024] = {};
+  const std::size_t n = std::fread(buf, 1, sizeof(buf) - 1, f);
+  std::fclose(f);
+  // "pid (comm) state ... field 22 starttime": comm may hold spaces and ')'.
+  const char* close = std::strrchr(buf, ')');
+  if (n == 0 || close == nullptr) return true;
+  char state = 0;
+  unsigned long long start = 0;
+  // After ") ": state (3), then fields 4..21, then starttime (22).
+  if (std::sscanf(close + 1,
+                  " %c %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s "
+                  "%*s %*s %*s %llu",
+                  &state, &start) != 2)
+    return true;
+  if (state == 'Z' || state == 'X') return false;
+  // The boot time (btime, /proc/stat) turns starttime (clock ticks since boot) into epoch seconds.
+  std::FILE* s = std::fopen("/proc/stat", "r");
+  if (s == nullptr) return true;
+  unsigned long long btime = 0;
+  char line[256];
+  while (std::fgets(line, sizeof(line), s) != nullptr)
+    if (std::sscanf(line, "btime %llu", &btime) == 1) break;
+  std::fclose(s);
+  const long tick = ::sysconf(_SC_CLK_TCK);
+  if (btime == 0 || tick <= 0) return true;
+  const double started = double(btime) + double(start) / double(tick);
+  return started <= mtime + 2.0;  // whole-second btime: a margin of two seconds
+}
 
 }  // namespace
 
@@ -58,7 +97,10 @@ int remove_stale_temporaries(const std::string& path) {
     long pid = 0;
     const auto res = std::from_chars(rest.data(), rest.data() + dot, pid);
     if (res.ec != std::errc() || pid <= 0 || pid == static_cast<long>(::getpid())) continue;
-    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // still running
+    struct stat st {};
+    if (::stat(it->path().c_str(), &st) != 0) continue;
+    const double mtime = double(st.st_mtim.tv_sec) + 1e-9 * double(st.st_mtim.tv_nsec);
+    if (may_be_writer(pid, mtime)) continue;  // still running
     if (::unlink(it->path().c_str()) == 0) ++removed;
   }
   return removed;
