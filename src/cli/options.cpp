@@ -11,10 +11,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <set>
 #include <sstream>
 #include <stdexcept>
+#include <string>
 
 namespace ringattn::cli {
 namespace po = boost::program_options;
@@ -217,8 +219,28 @@ void collect(const CommandSpec& spec, const po::parsed_options& parsed, bool fro
 // `spec` includes the common options; `desc` is its description; `source` names the file.
 void read_config(const CommandSpec& spec, const po::options_description& desc, std::istream& in,
                  const std::string& source, std::map<std::string, std::string>* values) {
+  // Option names are letters, digits, '-', '_' and '.' (sections): anything else is
+  // refused here, before Boost, whose error text substitutes '%...%' tokens of the name
+  // and loops forever on some of them.
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  {
+    std::istringstream lines(text);
+    std::string line;
+    for (int n = 1; std::getline(lines, line); ++n) {
+      const std::size_t eq = line.find('=');
+      const std::string key = trim(line.substr(0, eq == std::string::npos ? line.size() : eq));
+      if (eq == std::string::npos || key.empty() || key[0] == '#' || key[0] == '[') continue;
+      for (char c : key)
+        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.')
+          throw UsageError(
+              fmt::format("{}: line {}: '{}' is not an option name (expected `name = "
+                          "value`, names of letters, digits and '-')",
+                          source, n, key.size() > 40 ? key.substr(0, 40) + "..." : key));
+    }
+  }
+  std::istringstream body(text);
   try {
-    const po::parsed_options parsed = po::parse_config_file(in, desc, true);
+    const po::parsed_options parsed = po::parse_config_file(body, desc, true);
     collect(spec, parsed, true, source, values);
   } catch (const po::invalid_config_file_syntax& e) {
     throw UsageError(fmt::format("{}: {} (expected `name = value`)", source, e.what()));
