@@ -149,6 +149,23 @@ TEST_F(Cli, UnknownOptionSuggestsTheClosest) {
   EXPECT_NE(missing.err.find("missing.ini"), std::string::npos) << missing.err;
 }
 
+// Found by fuzz_config: lines holding Boost's '%token%' placeholders made its error text
+// loop forever; the file is parsed by ringattn, and each bad line is named.
+TEST_F(Cli, ConfigLinesWithPlaceholdersAreUsageErrors) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"seq-len = 64\n%invalid_line%\n", "line 2: '%invalid_line%' is not an option"},
+      {"[%canonical_option%]\nx = 1\n", "line 1: '[%canonical_option%]': config files take no"},
+      {"%option% = 1\n", "line 1: '%option% = 1' is not an option"},
+      {"  = 1\n", "line 1: '= 1' is not an option"},
+      {"seq-len = 64 # a comment\ncasual = %value%\n", "unknown option 'casual'"}};
+  for (const auto& [text, message] : cases) {
+    std::ofstream(path("p.ini")) << text;
+    const Result r = run({"demo", "--config", path("p.ini")});
+    EXPECT_EQ(r.rc, 2) << text;
+    EXPECT_NE(r.err.find("p.ini: " + message), std::string::npos) << text << r.err;
+  }
+}
+
 // Found by fuzz_config: the largest int64 as a global position overflowed its range's end.
 TEST_F(Cli, GlobalPositionAtTheInt64LimitIsAUsageError) {
   std::ofstream(path("g.ini")) << "seq-len = 64\nglobal = 9223372036854775807\n";
