@@ -1,5 +1,6 @@
 // Two-level communication (ringattn/two_level.hpp): the nested layout, the
-// sub-communicators, and the a2a-ring scheme against the float64 reference for
+// sub-communicators, the double-ring schedule (every block once, skips at both
+// levels), and the double-ring, flat and a2a-ring schemes against the float64 reference for
 // P in {2, 4, 6, 8} and w in {1, 2, 4}, every layout, GQA/MQA with K/V heads
 // split or replicated, N < P, cross lengths, batch 2; per-level bytes equal to
 // the analytic counts; a failing rank ends the job inside a sub-communicator.
@@ -106,6 +107,7 @@ struct Case {
   int64_t b, nq, nk, hq, hkv, d;
   LayoutKind kind;
   int mask;  // 0 full, 1 causal, 2 window + sinks
+  CommScheme scheme = CommScheme::a2a_ring;
 };
 
 Mask mask_of(const Case& c) {
@@ -116,23 +118,27 @@ Mask mask_of(const Case& c) {
 }
 
 std::string name_of(const Case& c) {
-  return "P=" + std::to_string(c.ranks) + " w=" + std::to_string(c.w) +
-         " N=" + std::to_string(c.nq) + "/" + std::to_string(c.nk) + " H=" + std::to_string(c.hq) +
-         "/" + std::to_string(c.hkv) + " " + layout_name(c.kind) + " mask " +
-         std::to_string(c.mask);
+  return std::string(comm_scheme_name(c.scheme)) + " P=" + std::to_string(c.ranks) +
+         " w=" + std::to_string(c.w) + " N=" + std::to_string(c.nq) + "/" + std::to_string(c.nk) +
+         " H=" + std::to_string(c.hq) + "/" + std::to_string(c.hkv) + " " + layout_name(c.kind) +
+         " mask " + std::to_string(c.mask);
 }
 
-// Runs a case; every rank's rows against the reference; returns each rank's
-// traffic and the bytes its node-level ring sent.
+// Runs a case (flat and double-ring on the plain layout over P ranks through
+// ring_attention, a2a-ring on the nested one); every rank's rows against the
+// reference; returns each rank's traffic (LevelCounter) and the bytes its ring sent.
 void run_case(const Case& c, std::vector<LevelTraffic>* traffic = nullptr,
               std::vector<int64_t>* ring_bytes = nullptr) {
+  SCOPED_TRACE(name_of(c));
   test::Problem g = test::make_problem(c.b, c.nq, c.nk, c.hq, c.hkv, c.d, DType::f32,
                                        uint64_t(c.ranks * 100 + c.w * 10 + c.mask));
   g.args.mask = mask_of(c);
   const ReferenceResult ref = reference_attention(g.args);
   const int nodes = c.ranks / c.w;
-  const Layout ql = Layout::nested(c.kind, c.nq, nodes, c.w),
-               kl = Layout::nested(c.kind, c.nk, nodes, c.w);
+  const bool a2a = c.scheme == CommScheme::a2a_ring;
+  const Layout ql = a2a ? Layout::nested(c.kind, c.nq, nodes, c.w) : Layout(c.kind, c.nq, c.ranks),
+               kl = a2a ? Layout::nested(c.kind, c.nk, nodes, c.w) : Layout(c.kind, c.nk, c.ranks);
+  const RingSchedule sch = make_ring_schedule(ql, kl, g.args.mask, scheme_options(c.scheme, c.w));
   std::vector<LevelTraffic> t(at(c.ranks));
   std::vector<int64_t> rb(at(c.ranks));
   run_local(c.ranks, [&](Communicator& comm) {
@@ -145,7 +151,8 @@ void run_case(const Case& c, std::vector<LevelTraffic>* traffic = nullptr,
     KernelOptions kopt;
     kopt.threads = 1;
     const RingMetrics m =
-        a2a_ring_attention(counter, c.w, rp, o.data(), lse.data(), kopt, &t[at(r)]);
+        a2a ? a2a_ring_attention(counter, c.w, rp, o.data(), lse.data(), kopt, &t[at(r)])
+            : ring_attention(counter, sch, rp, o.data(), lse.data(), kopt);
     rb[at(r)] = m.bytes_sent;
     const test::GlobalRows gr = test::to_global(ql, r, c.b, c.nq, c.hq, c.d, o.data(), lse.data());
     if (gr.rows.empty()) return;
@@ -206,6 +213,107 @@ TEST(TwoLevel, PerLevelBytesEqualTheAnalyticCounts) {
   }
 }
 
+TEST(TwoLevel, DoubleRingAndFlatEqualTheFloat64Reference) {
+  int n = 0;
+  for (CommScheme scheme : {CommScheme::double_ring, CommScheme::flat})
+    for (int ranks : {2, 4, 6, 8})
+      for (int w : {1, 2, 4}) {
+        if (ranks % w != 0) continue;
+        for (LayoutKind kind : {LayoutKind::contiguous, LayoutKind::zigzag, LayoutKind::striped})
+          for (int mask : {0, 1, 2}) {
+            if (scheme == CommScheme::flat && (mask != 1 || kind != LayoutKind::zigzag)) continue;
+            if ((ranks + w + int(kind) + mask) % 2 != 0 && !(w == ranks || w == 1)) continue;
+            if (test::kSanitized && ranks == 8 && mask != 1) continue;
+            const int64_t hkv = (n % 3 == 0) ? 4 : (n % 3 == 1) ? 2 : 1;
+            ++n;
+            Case c{ranks, w, 1 + (n % 2), 157, 157, 4, hkv, 32, kind, mask, scheme};
+            run_case(c);
+          }
+      }
+  EXPECT_GT(n, 40);
+  // N < P (empty ranks), odd P / w, cross lengths.
+  run_case({8, 2, 1, 5, 5, 4, 2, 32, LayoutKind::zigzag, 1, CommScheme::double_ring});
+  run_case({6, 2, 1, 151, 151, 4, 4, 32, LayoutKind::zigzag, 2, CommScheme::double_ring});
+  run_case({4, 2, 2, 90, 130, 4, 1, 32, LayoutKind::contiguous, 1, CommScheme::double_ring});
+}
+
+// The double ring's order of blocks: every rank meets every block exactly once; inside a
+// round only neighbours of a node talk, across rounds only the same local rank of the
+// next node, posted at the round's first step; a window skips whole rounds and the tail
+// of a round, and the schedule still delivers every block some rank needs.
+TEST(TwoLevel, DoubleRingScheduleVisitsEveryBlockOnceAndSkipsAtBothLevels) {
+  for (int ranks : {2, 4, 6, 8})
+    for (int w : {1, 2, ranks}) {
+      if (ranks % w != 0) continue;
+      const Layout l(LayoutKind::contiguous, 64 * ranks, ranks);
+      ScheduleOptions opt;
+      opt.per_node = w;
+      const RingSchedule sch = make_ring_schedule(l, l, Mask::none(), opt);
+      ASSERT_EQ(sch.steps, ranks);
+      for (int r = 0; r < ranks; ++r) {
+        std::vector<int> seen;
+        for (int s = 0; s < sch.steps; ++s) {
+          const RingStep& st = sch.step(r, s);
+          seen.push_back(st.source);
+          if (s == 0) continue;
+          // What arrives is what the sender held when the transfer was posted.
+          EXPECT_EQ(sch.step(st.recv_from, st.post).source, st.source) << r << " " << s;
+          EXPECT_EQ(sch.step(st.send_to, s).recv_from, r);
+          const bool inner = s % w != 0;
+          EXPECT_EQ(st.post, inner ? s - 1 : s - w);
+          EXPECT_EQ(st.recv_from / w == r / w, inner)
+              << "P=" << ranks << " w=" << w << " r=" << r << " s=" << s;
+        }
+        std::sort(seen.begin(), seen.end());
+        for (int i = 0; i < ranks; ++i) EXPECT_EQ(seen[at(i)], i);
+      }
+    }
+  // A causal window of less than a block, 4 nodes of 2: rank r needs blocks r and r - 1,
+  // held at (round 0, j 0) and, for odd r, (round 0, j 1), for even r (its left
+  // neighbour is on the previous node) (round 1, j 1); (round 1, j 0) has no work but
+  // relays the blocks across nodes, and rounds 2 and 3 are dropped.
+  const Layout l(LayoutKind::contiguous, 8 * 64, 8);
+  Mask m = Mask::causal(0);
+  m.lo = -40;
+  ScheduleOptions opt;
+  opt.per_node = 2;
+  const RingSchedule sch = make_ring_schedule(l, l, m, opt);
+  EXPECT_EQ(sch.steps, 4);
+  EXPECT_EQ(sch.shift, (std::vector<int>{0, 1, 2, 3}));
+  for (int r = 0; r < 8; ++r) EXPECT_TRUE(sch.step(r, 2).work.empty()) << r;
+  int64_t pairs = 0;
+  for (int r = 0; r < 8; ++r) pairs += sch.rank_pairs(r);
+  EXPECT_EQ(pairs, visible_pairs(m, Positions{0, 1}, 512, Positions{0, 1}, 512));
+}
+
+// Dense, even blocks of T = 2 B (N / P) Hkv D 4 bytes: the double ring sends per rank
+// (P / w - 1) blocks across nodes and P / w (w - 1) inside; the flat ring P - 1 blocks,
+// across nodes from the last rank of each node only.
+TEST(TwoLevel, DoubleRingAndFlatPerLevelBytesEqualTheAnalyticCounts) {
+  for (const CommScheme scheme : {CommScheme::double_ring, CommScheme::flat})
+    for (const int w : {1, 2, 4}) {
+      const Case c{8, w, 1, 160, 160, 4, 2, 32, LayoutKind::contiguous, 0, scheme};
+      std::vector<LevelTraffic> t;
+      std::vector<int64_t> ring_bytes;
+      run_case(c, &t, &ring_bytes);
+      const int nodes = c.ranks / w;
+      const int64_t block = 2 * c.b * (c.nq / c.ranks) * c.hkv * c.d * 4;
+      for (int r = 0; r < c.ranks; ++r) {
+        int64_t inter = 0, intra = 0;
+        if (scheme == CommScheme::double_ring) {
+          inter = nodes - 1, intra = int64_t(nodes) * (w - 1);
+        } else {
+          (r % w == w - 1 ? inter : intra) = c.ranks - 1;
+        }
+        EXPECT_EQ(t[at(r)].inter_bytes, inter * block) << name_of(c) << " rank " << r;
+        EXPECT_EQ(t[at(r)].intra_bytes, intra * block) << name_of(c) << " rank " << r;
+        EXPECT_EQ(t[at(r)].inter_messages, 2 * inter) << name_of(c) << " rank " << r;
+        EXPECT_EQ(t[at(r)].intra_messages, 2 * intra) << name_of(c) << " rank " << r;
+        EXPECT_EQ(ring_bytes[at(r)], (inter + intra) * block) << name_of(c) << " rank " << r;
+      }
+    }
+}
+
 TEST(TwoLevel, HeadSharesAndBadSplitsAreFieldErrors) {
   const HeadShare s = a2a_heads(8, 2, 2, 1);
   EXPECT_EQ(s.q0, 4);
@@ -229,6 +337,16 @@ TEST(TwoLevel, HeadSharesAndBadSplitsAreFieldErrors) {
   EXPECT_EQ(field(CommScheme::a2a_ring, 4, 2, 12, 3), "ranks_per_node");  // 6 heads, groups of 4
   EXPECT_EQ(field(CommScheme::a2a_ring, 4, 2, 8, 2), "");
   EXPECT_THROW(parse_comm_scheme("double", "hierarchy"), FieldError);
+  EXPECT_EQ(parse_comm_scheme("double-ring", "hierarchy"), CommScheme::double_ring);
+  ScheduleOptions opt;
+  opt.per_node = 4;
+  const Layout l(LayoutKind::contiguous, 60, 6);
+  try {
+    make_ring_schedule(l, l, Mask::none(), opt);
+    ADD_FAILURE() << "4 ranks per node of 6 accepted";
+  } catch (const FieldError& e) {
+    EXPECT_EQ(e.field(), "ranks_per_node");
+  }
 }
 
 TEST(TwoLevel, AFailingRankEndsTheJobInsideASubCommunicator) {

@@ -15,16 +15,18 @@
 //
 // Step 0 computes on the caller's own K/V; later steps on two receive buffers
 // that alternate (double buffering), so the next transfer is in flight during
-// the current compute. K and V travel as two messages (tags 2s, 2s + 1). Sends
-// and receives are all non-blocking and posted before any wait: deadlock-free
-// for any P, including P = 1. Only the Hkv heads travel: GQA/MQA shrink the
-// traffic by Hq / Hkv. The schedule picks the transfer (ring: neighbours pass
-// blocks on; direct: owners send a block only to ranks that need it).
+// the current compute; the double ring (schedule.hpp) posts a round's transfer
+// across nodes at its first step and holds two more buffers while it flies. K and V travel as two
+// messages (tags 2s, 2s + 1). Sends and receives are all non-blocking and posted before any wait:
+// deadlock-free for any P, including P = 1. Only the Hkv heads travel: GQA/MQA shrink the traffic
+// by Hq / Hkv. The schedule picks the transfer (ring: neighbours pass blocks on; direct: owners
+// send a block only to ranks that need it).
 //
 // All compute goes through a RingEngine (CPU, or CUDA on device buffers): this
 // is the only copy of the loop.
 //
-// Memory per rank: local Q, K, V, O, LSE plus min(2, steps - 1) K/V blocks of
+// Memory per rank: local Q, K, V, O, LSE plus min(2, steps - 1) K/V blocks (a
+// double ring: up to 4) of
 // the largest rank's size, one segment's partial state, and the shared rows
 // (at most one rank's share, else they ride the ring): O(N / P).
 #pragma once
@@ -86,8 +88,9 @@ struct RingMetrics {
   int computed_steps = 0;    // steps with compute
   int64_t pairs = 0;         // visible (query, key) pairs computed per (batch, head)
   KernelStats tiles;
-  std::vector<double> step_s;   // wall time of each step
-  std::size_t block_bytes = 0;  // bytes of the largest K/V block in flight
+  std::vector<double> step_s;       // wall time of each step
+  std::vector<double> step_wait_s;  // of which waiting, at its end, for the next step's block
+  std::size_t block_bytes = 0;      // bytes of the largest K/V block in flight
 };
 
 // Bytes of the K/V block `rank` holds in p.kv_wire's format (K's part then V's;

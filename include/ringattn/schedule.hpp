@@ -35,13 +35,27 @@ struct SegmentWork {
 //   direct  at step s rank r receives the block of rank r - shift[s] straight
 //           from its owner, only if it has work with it; steps with no work
 //           anywhere are dropped. Chosen when it sends fewer bytes than the ring.
-enum class Transfer : uint8_t { ring, direct };
+//   double_ring  (ScheduleOptions::per_node = w, ranks r = n w + i in nodes of
+//           w) rounds R = 0 .. P/w - 1 of w inner steps j: at (R, j) rank
+//           (n, i) holds the block of rank ((n - R) mod P/w, (i - j) mod w).
+//           Inside a round the blocks pass to (n, i + 1) as in the ring; at the
+//           start of round R each rank also sends the block it holds to
+//           (n + 1, i), which arrives for round R + 1: each transfer across
+//           nodes is in flight during the w steps of a round. Inner steps after
+//           the last one with work anywhere in their round are dropped, and so
+//           are the rounds after the last one with work (a round's first step
+//           stays while a later round needs the blocks it passes on).
+enum class Transfer : uint8_t { ring, direct, double_ring };
+const char* transfer_name(Transfer t);  // "ring", "direct", "double-ring"
 
 struct RingStep {
   int source = 0;      // rank whose K/V block is held (computed on) at this step
   int recv_from = -1;  // the held block arrived from this rank before the step (-1: none)
   int send_to = -1;    // this rank sends a block to this rank for the step (-1: none):
-                       // ring: the block it held at the previous step; direct: its own
+                       // ring: the block it held at step `post`; direct: its own
+  int post = -1;       // the step at which this step's transfers are posted (step - 1,
+                       // or the round's first step for a double ring's transfer across
+                       // nodes); -1 at step 0
   std::vector<SegmentWork> work;  // empty: nothing to compute at this step
   int64_t pairs = 0;
 };
@@ -72,7 +86,9 @@ struct RingSchedule {
   int ranks = 1;
   int steps = 1;  // steps run; a rank takes part in the transfers its steps name
   Transfer transfer = Transfer::ring;
+  int per_node = 0;        // double_ring: ranks per node w (0 otherwise)
   std::vector<int> shift;  // [step]: the held block is from rank r - shift[step]
+                           // (double_ring: R w + j; RingStep::source says which block)
   Mask ring_mask;          // the mask the rotating part runs (shared parts skipped)
   SharedPart shared;
   std::vector<std::vector<RingStep>> per_rank;  // [rank][step]
@@ -95,6 +111,9 @@ struct ScheduleOptions {
   bool share = true;
   // Allow the direct transfer when it sends fewer bytes.
   bool direct = true;
+  // > 0: the double ring over nodes of per_node ranks (must divide P; 1 or P
+  // give the plain ring's order of blocks).
+  int per_node = 0;
 };
 
 // Throws Error if the layouts have different rank counts.

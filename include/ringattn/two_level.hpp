@@ -3,6 +3,12 @@
 //
 // Schemes (--hierarchy):
 //   flat      the ring over all P ranks, as without nodes.
+//   double-ring  the ring over all P ranks in rounds (schedule.hpp,
+//             Transfer::double_ring): inside a node the blocks pass between its
+//             w ranks for w steps, while each rank's block of the round's first
+//             step crosses to the same local rank of the next node, so every
+//             transfer across nodes is in flight during a whole round (w steps
+//             of compute), and a rank holds up to 4 K/V blocks instead of 2.
 //   a2a-ring  inside each node an all-to-all trades tokens for heads: local rank
 //             i gets every token of its node for query heads [i Hq / w, (i + 1)
 //             Hq / w) and the K/V heads they use; then the ring runs across the
@@ -30,12 +36,17 @@
 #include "ringattn/comm.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/ring.hpp"
+#include "ringattn/schedule.hpp"
 
 namespace ringattn {
 
-enum class CommScheme : uint8_t { flat, a2a_ring };
-const char* comm_scheme_name(CommScheme s);                                    // "flat", "a2a-ring"
+enum class CommScheme : uint8_t { flat, double_ring, a2a_ring };
+const char* comm_scheme_name(CommScheme s);  // "flat", "double-ring", "a2a-ring"
 CommScheme parse_comm_scheme(const std::string& s, const std::string& field);  // FieldError
+
+// The schedule options of a scheme over nodes of per_node ranks (double-ring:
+// ScheduleOptions::per_node; the others: the defaults).
+ScheduleOptions scheme_options(CommScheme s, int per_node);
 
 // Throws FieldError("ranks_per_node") unless w >= 1 divides P, and for a2a-ring
 // the heads split over w as described above.

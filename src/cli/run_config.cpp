@@ -50,8 +50,10 @@ CommandSpec run_spec() {
       OptionSpec::choice("layout", kLayoutAuto, {kLayoutAuto, "contiguous", "zigzag", "striped"},
                          "how tokens are split over ranks (auto: zigzag when causal, else "
                          "contiguous)"),
-      OptionSpec::choice("hierarchy", "flat", {"flat", "a2a-ring"},
-                         "communication over nodes: flat (one ring over all ranks), or a2a-ring "
+      OptionSpec::choice("hierarchy", "flat", {"flat", "double-ring", "a2a-ring"},
+                         "communication over nodes: flat (one ring over all ranks), double-ring "
+                         "(blocks circulate inside each node while each round's blocks cross to "
+                         "the next node, in flight for the round's w steps), or a2a-ring "
                          "(inside a node an all-to-all trades tokens for heads, the ring runs "
                          "across nodes, then back)"),
       OptionSpec::integer("ranks-per-node", "0",

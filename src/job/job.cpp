@@ -117,7 +117,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   const RingSchedule schedule =
       a2a ? make_ring_schedule(Layout(spec.layout, spec.nq, np / w),
                                Layout(spec.layout, spec.nk, np / w), ring_mask)
-          : make_ring_schedule(ql, kvl, ring_mask);
+          : make_ring_schedule(ql, kvl, ring_mask, scheme_options(spec.scheme, w));
   if (spec.moe.on()) validate_moe(spec.moe, np);
   const job::MoeOutputPaths moe_paths{spec.moe_out_path, spec.moe_routing_path, spec.moe_gates_path,
                                       spec.batched_output()
@@ -221,7 +221,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
                    : isa_name(spec.isa == Isa::automatic ? best_isa() : spec.isa);
   report.flops = spec.flops();
   report.sched_imbalance = schedule.imbalance();
-  report.transfer = schedule.transfer == Transfer::direct ? "direct" : "ring";
+  report.transfer = transfer_name(schedule.transfer);
   report.shared_keys = schedule.shared.key_tokens;
   report.shared_queries = schedule.shared.query_tokens;
   if (moe) report.moe = best_moe;

@@ -83,6 +83,8 @@ void JobSpec::validate() const {
   if (ranks_per_node < 0)
     throw FieldError("ranks_per_node",
                      fmt::format("expected >= 0 (0: from the launcher), got {}", ranks_per_node));
+  if (scheme == CommScheme::double_ring && device != Device::cpu)
+    throw FieldError("hierarchy", "double-ring runs on the cpu device (not tested on the GPU yet)");
   if (scheme == CommScheme::a2a_ring) {
     const auto refuse = [](const char* what) {
       throw FieldError("hierarchy", fmt::format("a2a-ring does not run with {} yet", what));

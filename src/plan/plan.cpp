@@ -109,7 +109,7 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
   const RingSchedule sch = make_ring_schedule(ql, kvl, exact.mask);
   p.steps = sch.steps;
   p.imbalance = sch.imbalance();
-  p.transfer = sch.transfer == Transfer::direct ? "direct" : "ring";
+  p.transfer = transfer_name(sch.transfer);
   const double esz = double(dtype_size(in.dtype));
   const double flops_per_pair = 4.0 * double(in.batch * in.hq * in.head_dim);
   const double b = double(in.batch), hq = double(in.hq), hkv = double(in.hkv),

@@ -91,11 +91,38 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
     own_codes = own_wire->as<char>();
   }
 
-  // Receive buffers: step s >= 1 computes on buffer (s - 1) % 2, step 0 on the
-  // caller's own K and V (no copy). Two steps need one buffer, more need two.
-  const int nbuf = std::min(2, sch.steps - 1);
-  std::unique_ptr<EngineBuffer> blocks[2];
-  for (int i = 0; i < nbuf; ++i) blocks[i] = eng.alloc(max_block, "K/V block");
+  // Receive buffers, allocated as needed: step 0 computes on the caller's own K
+  // and V (no copy), a later step on the buffer its block was received into. A
+  // buffer is free once its step has passed and its sends have completed: the
+  // ring (and direct) needs two (double buffering), the double ring four (the
+  // round's first block stays while it crosses nodes, and the next round's
+  // first block arrives into its own buffer).
+  struct Buffer {
+    std::unique_ptr<EngineBuffer> mem;
+    int step = -1;  // the step whose block it holds (or receives)
+    int sends = 0;  // sends from it still in flight
+  };
+  std::vector<Buffer> buffers;
+  std::vector<int> buffer_of(static_cast<std::size_t>(sch.steps), -1);  // [step]
+  const auto take_buffer = [&](int now) {
+    for (std::size_t i = 0; i < buffers.size(); ++i)
+      if (buffers[i].step < now && buffers[i].sends == 0) return static_cast<int>(i);
+    buffers.push_back({eng.alloc(max_block, "K/V block"), -1, 0});
+    return static_cast<int>(buffers.size() - 1);
+  };
+  // The transfers in flight, waited for before the step they deliver.
+  struct InFlight {
+    int deliver = 0;
+    int from_buffer = -1;  // the buffer the send reads (-1: the own block)
+    Request recv_k, recv_v, send_k, send_v;
+  };
+  std::vector<InFlight> in_flight;
+  // [step]: the later steps whose transfers this rank posts at that step.
+  std::vector<std::vector<int>> posts(static_cast<std::size_t>(sch.steps));
+  for (int t = 1; t < sch.steps; ++t) {
+    const RingStep& st = sch.step(r, t);
+    if (st.recv_from >= 0 || st.send_to >= 0) posts[static_cast<std::size_t>(st.post)].push_back(t);
+  }
   // One batch-1 partial state: the largest query segment or global query chunk.
   int64_t max_rows = shared ? shared->max_rows() : 0;
   for (const Segment& s : p.q_layout->segments(r)) max_rows = std::max(max_rows, s.count);
@@ -107,23 +134,30 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
     const RingStep& st = sch.step(r, s);
     const BlockBytes held_bytes = block_bytes(p, st.source);  // K, then V
     const bool held_quantized = p.kv_wire.on() && (s > 0 || p.kv_stored != nullptr);
+    const int held_buffer = buffer_of[static_cast<std::size_t>(s)];
     const char* held_k = s == 0 && p.kv_stored != nullptr ? own_codes
                          : s == 0                         ? static_cast<const char*>(p.k)
-                         : st.recv_from >= 0              ? blocks[(s - 1) % 2]->as<char>()
-                                                          : nullptr;
+                         : held_buffer >= 0
+                             ? buffers[static_cast<std::size_t>(held_buffer)].mem->as<char>()
+                             : nullptr;
     const char* held_v =
         s == 0 && p.kv_stored == nullptr ? static_cast<const char*>(p.v) : held_k + held_bytes.k;
 
-    // Transfers of the next step: K and V as two messages, tags 2(s+1), 2(s+1)+1.
-    Request send_k, send_v, recv_k, recv_v;
-    if (s + 1 < sch.steps) {
-      const RingStep& nx = sch.step(r, s + 1);
+    // Transfers posted at this step (the next step's, and a double ring's next
+    // round's): K and V as two messages, tags 2t and 2t + 1 for the step t they deliver.
+    for (const int t : posts[static_cast<std::size_t>(s)]) {
+      const RingStep& nx = sch.step(r, t);
+      InFlight f;
+      f.deliver = t;
       if (nx.recv_from >= 0) {
-        eng.sync();  // the buffer received into was read by the previous step
+        eng.sync();  // a buffer received into may have been read by an earlier step
+        const int b = take_buffer(s);
+        buffers[static_cast<std::size_t>(b)].step = t;
+        buffer_of[static_cast<std::size_t>(t)] = b;
         const BlockBytes in = block_bytes(p, nx.source);
-        char* into = blocks[s % 2]->as<char>();
-        recv_k = comm.irecv(into, in.k, nx.recv_from, 2 * (s + 1));
-        recv_v = comm.irecv(into + in.k, in.v, nx.recv_from, 2 * (s + 1) + 1);
+        char* into = buffers[static_cast<std::size_t>(b)].mem->as<char>();
+        f.recv_k = comm.irecv(into, in.k, nx.recv_from, 2 * t);
+        f.recv_v = comm.irecv(into + in.k, in.v, nx.recv_from, 2 * t + 1);
       }
       if (nx.send_to >= 0) {
         // ring: pass on the held block; direct: send the own block.
@@ -136,11 +170,18 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
         const char* k = own ? own_k : held_k;
         const char* v = own ? own_v : held_v;
         const BlockBytes out = own ? own_bytes : held_bytes;
+        static const char kNoRows = 0;  // an empty block (a rank with no tokens) sends 0 bytes
+        if (k == nullptr && out.total() == 0) k = v = &kNoRows;
         if (k == nullptr) throw Error("ring: schedule sends a block this rank does not hold");
-        send_k = comm.isend(k, out.k, nx.send_to, 2 * (s + 1));
-        send_v = comm.isend(v, out.v, nx.send_to, 2 * (s + 1) + 1);
+        f.send_k = comm.isend(k, out.k, nx.send_to, 2 * t);
+        f.send_v = comm.isend(v, out.v, nx.send_to, 2 * t + 1);
+        if (!own && held_buffer >= 0) {
+          f.from_buffer = held_buffer;
+          ++buffers[static_cast<std::size_t>(held_buffer)].sends;
+        }
         m.bytes_sent += static_cast<int64_t>(out.total());
       }
+      in_flight.push_back(std::move(f));
     }
 
     const Clock::time_point t0 = Clock::now();
@@ -175,12 +216,22 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
     m.pairs += st.pairs;
     m.computed_steps += !st.work.empty();
 
+    // Wait for what the next step holds (and the sends posted with it).
     const Clock::time_point t_wait = Clock::now();
-    recv_k.wait();
-    recv_v.wait();
-    send_k.wait();
-    send_v.wait();
-    m.wait_s += since(t_wait);
+    for (InFlight& f : in_flight) {
+      if (f.deliver != s + 1) continue;
+      f.recv_k.wait();
+      f.recv_v.wait();
+      f.send_k.wait();
+      f.send_v.wait();
+      if (f.from_buffer >= 0) --buffers[static_cast<std::size_t>(f.from_buffer)].sends;
+    }
+    in_flight.erase(std::remove_if(in_flight.begin(), in_flight.end(),
+                                   [&](const InFlight& f) { return f.deliver == s + 1; }),
+                    in_flight.end());
+    const double waited = since(t_wait);
+    m.wait_s += waited;
+    m.step_wait_s.push_back(waited);
     m.step_s.push_back(since(t_step));
   }
   if (shared) {

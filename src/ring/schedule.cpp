@@ -21,13 +21,25 @@ int RingSchedule::computed_steps(int rank) const {
   return n;
 }
 
+const char* transfer_name(Transfer t) {
+  switch (t) {
+    case Transfer::ring:
+      return "ring";
+    case Transfer::direct:
+      return "direct";
+    case Transfer::double_ring:
+      return "double-ring";
+  }
+  return "?";
+}
+
 int64_t RingSchedule::tokens_sent(const Layout& kv, int rank) const {
   int64_t n = 0;
   for (int s = 1; s < steps; ++s) {
     const RingStep& st = step(rank, s);
     if (st.send_to < 0) continue;
-    // ring: the block held at the previous step; direct: the rank's own.
-    n += kv.tokens(transfer == Transfer::ring ? step(rank, s - 1).source : rank);
+    // ring: the block held when the transfer is posted; direct: the rank's own.
+    n += kv.tokens(transfer == Transfer::direct ? rank : step(rank, st.post).source);
   }
   return n;
 }
@@ -143,6 +155,60 @@ RingStep step_work(const Layout& q, const Layout& kv, const Mask& mask, int r, i
   return st;
 }
 
+// The double ring (schedule.hpp) over nodes of w ranks.
+void double_ring(const Layout& q, const Layout& kv, int w, RingSchedule* sch) {
+  const int p = sch->ranks, nodes = p / w;
+  const auto source = [&](int r, int round, int j) {
+    return mod(r / w - round, nodes) * w + mod(r % w - j, w);
+  };
+  // by[r][round w + j]: the work of rank r at (round, j); needed: any rank has work.
+  std::vector<std::vector<RingStep>> by(static_cast<std::size_t>(p));
+  std::vector<bool> needed(static_cast<std::size_t>(p), false);
+  for (int r = 0; r < p; ++r)
+    for (int round = 0; round < nodes; ++round)
+      for (int j = 0; j < w; ++j) {
+        by[static_cast<std::size_t>(r)].push_back(
+            step_work(q, kv, sch->ring_mask, r, source(r, round, j)));
+        if (!by[static_cast<std::size_t>(r)].back().work.empty())
+          needed[static_cast<std::size_t>(round * w + j)] = true;
+      }
+  int last_round = 0;
+  std::vector<int> last_inner(static_cast<std::size_t>(nodes), 0);
+  for (int round = 0; round < nodes; ++round)
+    for (int j = 0; j < w; ++j)
+      if (needed[static_cast<std::size_t>(round * w + j)]) {
+        last_round = round;
+        last_inner[static_cast<std::size_t>(round)] = j;
+      }
+  sch->transfer = Transfer::double_ring;
+  sch->per_node = w;
+  sch->per_rank.assign(static_cast<std::size_t>(p), {});
+  int round_start = 0;  // step index of the current round's first step
+  for (int round = 0; round <= last_round; ++round) {
+    const int first = static_cast<int>(sch->shift.size());
+    for (int j = 0; j <= last_inner[static_cast<std::size_t>(round)]; ++j) {
+      const int step = static_cast<int>(sch->shift.size());
+      sch->shift.push_back(round * w + j);
+      for (int r = 0; r < p; ++r) {
+        RingStep st = by[static_cast<std::size_t>(r)][static_cast<std::size_t>(round * w + j)];
+        const int n = r / w, i = r % w;
+        if (j > 0) {  // inside the node
+          st.recv_from = n * w + mod(i - 1, w);
+          st.send_to = n * w + mod(i + 1, w);
+          st.post = step - 1;
+        } else if (round > 0) {  // across nodes, posted at the previous round's start
+          st.recv_from = mod(n - 1, nodes) * w + i;
+          st.send_to = mod(n + 1, nodes) * w + i;
+          st.post = round_start;
+        }
+        sch->per_rank[static_cast<std::size_t>(r)].push_back(std::move(st));
+      }
+    }
+    round_start = first;
+  }
+  sch->steps = static_cast<int>(sch->shift.size());
+}
+
 }  // namespace
 
 RingSchedule make_ring_schedule(const Layout& q, const Layout& kv, const Mask& mask,
@@ -155,6 +221,13 @@ RingSchedule make_ring_schedule(const Layout& q, const Layout& kv, const Mask& m
   const int p = sch.ranks;
   sch.shared = shared_part(q, kv, mask, opt);
   sch.ring_mask = ring_mask_of(mask, sch.shared);
+  if (opt.per_node > 0) {
+    if (p % opt.per_node != 0)
+      throw FieldError("ranks_per_node", fmt::format("{} ranks per node do not divide the {} ranks",
+                                                     opt.per_node, p));
+    double_ring(q, kv, opt.per_node, &sch);
+    return sch;
+  }
 
   // Work of every rank with every block: by[r][shift].
   std::vector<std::vector<RingStep>> by(static_cast<std::size_t>(p));
@@ -193,6 +266,7 @@ RingSchedule make_ring_schedule(const Layout& q, const Layout& kv, const Mask& m
     for (int i = 0; i < sch.steps; ++i) {
       const int s = sch.shift[static_cast<std::size_t>(i)];
       RingStep st = by[static_cast<std::size_t>(r)][static_cast<std::size_t>(s)];
+      if (i > 0) st.post = i - 1;
       if (i > 0 && sch.transfer == Transfer::ring) {
         st.recv_from = mod(r - 1, p);
         st.send_to = mod(r + 1, p);

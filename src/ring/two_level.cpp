@@ -29,13 +29,28 @@ std::size_t at(int64_t i) {
 }  // namespace
 
 const char* comm_scheme_name(CommScheme s) {
-  return s == CommScheme::a2a_ring ? "a2a-ring" : "flat";
+  switch (s) {
+    case CommScheme::flat:
+      return "flat";
+    case CommScheme::double_ring:
+      return "double-ring";
+    case CommScheme::a2a_ring:
+      return "a2a-ring";
+  }
+  return "?";
 }
 
 CommScheme parse_comm_scheme(const std::string& s, const std::string& field) {
   if (s == "flat") return CommScheme::flat;
+  if (s == "double-ring") return CommScheme::double_ring;
   if (s == "a2a-ring") return CommScheme::a2a_ring;
-  throw FieldError(field, fmt::format("expected flat or a2a-ring, got '{}'", s));
+  throw FieldError(field, fmt::format("expected flat, double-ring or a2a-ring, got '{}'", s));
+}
+
+ScheduleOptions scheme_options(CommScheme s, int per_node) {
+  ScheduleOptions opt;
+  if (s == CommScheme::double_ring) opt.per_node = per_node;
+  return opt;
 }
 
 void check_two_level(CommScheme s, int ranks, int per_node, int64_t hq, int64_t hkv) {
