@@ -6,7 +6,7 @@
 #     block means, requests and blocks go through MPI's collectives);
 #   * a quantized --kv-wire passes its check (the reference of what travelled) under MPI;
 #   * K/V selection passes its check under MPI and keeps the same keys as in-process;
-#   * a2a-ring over simulated nodes passes verify and the check under MPI, and a failing
+#   * a2a-ring and double-ring over simulated nodes pass verify and the check under MPI, and a failing
 #     rank ends it without leftovers;
 #   * the MoE stage after attention passes its float64 check under MPI, and its routing
 #     output equals the in-process run's byte for byte; `ringattn moe` alone likewise,
@@ -125,33 +125,36 @@ for np in 2 3; do
   fi
 done
 
-# Two levels: a2a-ring over simulated nodes of 2 ranks (sub-communicators on MPI's messages),
-# its per-level figures, and a failing rank ending the job from inside the scheme.
-dir="$scratch/np4-a2a"
-rm -rf "$dir" && mkdir -p "$dir"
-command=run
-launch 4 "$dir" "${common[@]}" --causal --hierarchy a2a-ring --ranks-per-node 2 --verify \
-  --check-rows 16 --out "$dir/o.npy"
-if [[ $rc -eq 0 ]] && grep -q "vs float64 on 16 sampled query rows x 4 heads: ok" "$dir/stdout" &&
-  grep -q "vs the single-rank kernel: ok" "$dir/stdout" &&
-  grep -q "^  levels *a2a-ring, 2 nodes x 2 ranks" "$dir/stdout" && [[ -s $dir/o.npy ]]; then
-  pass "-n 4 --hierarchy a2a-ring ($(grep '^  levels' "$dir/stdout" | sed 's/^ *//; s/  */ /g'))"
-else
-  fail "-n 4 --hierarchy a2a-ring: exit $rc"
-  cat "$dir/stdout" "$dir/stderr"
-fi
-dir="$scratch/np4-a2a-fail"
-rm -rf "$dir" && mkdir -p "$dir"
-launch 4 "$dir" "${common[@]}" --causal --hierarchy a2a-ring --ranks-per-node 2 --repeats 3 \
-  --fail-rank 1 --out "$dir/o.npy"
-left=$(leftovers "$dir")
-if [[ $rc -ne 0 ]] && ((elapsed_ms < FAIL_LIMIT_S * 1000)) && grep -q "rank 1" "$dir/stderr" &&
-  [[ -z $left ]]; then
-  pass "-n 4 a2a-ring --fail-rank 1: exit $rc after ${elapsed_ms} ms, nothing left behind"
-else
-  fail "-n 4 a2a-ring --fail-rank 1: exit $rc after ${elapsed_ms} ms, left: '${left}'"
-  cat "$dir/stdout" "$dir/stderr"
-fi
+# Two levels: a2a-ring (sub-communicators on MPI's messages) and the double ring over
+# simulated nodes of 2 ranks, their per-level figures, and a failing rank ending the job
+# from inside the scheme.
+for scheme in a2a-ring double-ring; do
+  dir="$scratch/np4-$scheme"
+  rm -rf "$dir" && mkdir -p "$dir"
+  command=run
+  launch 4 "$dir" "${common[@]}" --causal --hierarchy "$scheme" --ranks-per-node 2 --verify \
+    --check-rows 16 --out "$dir/o.npy"
+  if [[ $rc -eq 0 ]] && grep -q "vs float64 on 16 sampled query rows x 4 heads: ok" "$dir/stdout" &&
+    grep -q "vs the single-rank kernel: ok" "$dir/stdout" &&
+    grep -q "^  levels *$scheme, 2 nodes x 2 ranks" "$dir/stdout" && [[ -s $dir/o.npy ]]; then
+    pass "-n 4 --hierarchy $scheme ($(grep '^  levels' "$dir/stdout" | sed 's/^ *//; s/  */ /g'))"
+  else
+    fail "-n 4 --hierarchy $scheme: exit $rc"
+    cat "$dir/stdout" "$dir/stderr"
+  fi
+  dir="$scratch/np4-$scheme-fail"
+  rm -rf "$dir" && mkdir -p "$dir"
+  launch 4 "$dir" "${common[@]}" --causal --hierarchy "$scheme" --ranks-per-node 2 --repeats 3 \
+    --fail-rank 1 --out "$dir/o.npy"
+  left=$(leftovers "$dir")
+  if [[ $rc -ne 0 ]] && ((elapsed_ms < FAIL_LIMIT_S * 1000)) && grep -q "rank 1" "$dir/stderr" &&
+    [[ -z $left ]]; then
+    pass "-n 4 $scheme --fail-rank 1: exit $rc after ${elapsed_ms} ms, nothing left behind"
+  else
+    fail "-n 4 $scheme --fail-rank 1: exit $rc after ${elapsed_ms} ms, left: '${left}'"
+    cat "$dir/stdout" "$dir/stderr"
+  fi
+done
 
 # K/V selection: the importance's all-reduce through MPI; the kept set equals the in-process run's.
 sel=(--causal --sinks 4 --kv-keep 0.1 --kv-keep-recent 16 --check-rows 16)

@@ -1,5 +1,5 @@
-// `ringattn run --hierarchy a2a-ring --ranks-per-node w` end to end (verify and
-// the float64 check pass; the per-level figures add up to the bytes sent), the
+// `ringattn run --hierarchy a2a-ring|double-ring --ranks-per-node w` end to end
+// (verify and the float64 check pass; the per-level figures are reported), the
 // flat ring's per-level figures, and the options' errors naming the option.
 #include <gtest/gtest.h>
 
@@ -37,6 +37,31 @@ TEST_F(TwoLevelCli, A2aRingPassesVerifyAndTheCheckOnEveryLayout) {
           << r.out;
       EXPECT_NE(r.out.find(std::string("levels              a2a-ring, ") +
                            (std::string(w) == "2" ? "4 nodes x 2" : "2 nodes x 4") + " ranks"),
+                std::string::npos)
+          << r.out;
+    }
+}
+
+TEST_F(TwoLevelCli, DoubleRingPassesVerifyAndTheCheckWithMasksAndLayouts) {
+  for (const char* layout : {"contiguous", "zigzag", "striped"})
+    for (const char* w : {"2", "4"}) {
+      SCOPED_TRACE(std::string(layout) + " w=" + w);
+      const CliResult r = run_binary(
+          small({"--hierarchy", "double-ring", "--ranks-per-node", w, "--layout", layout,
+                 "--causal", "--sinks", "2", "--window-left", "300", "--verify", "--check-rows",
+                 "16", "--metrics", path(std::string("m") + layout + w + ".jsonl")}));
+      ASSERT_EQ(r.rc, 0) << r.out << r.err;
+      EXPECT_NE(r.out.find("vs the single-rank kernel: ok"), std::string::npos) << r.out;
+      EXPECT_NE(r.out.find("vs float64 on 16 sampled query rows x 8 heads: ok"), std::string::npos)
+          << r.out;
+      EXPECT_NE(r.out.find(std::string("levels              double-ring, ") +
+                           (std::string(w) == "2" ? "4 nodes x 2" : "2 nodes x 4") + " ranks"),
+                std::string::npos)
+          << r.out;
+      EXPECT_NE(r.out.find("level waits         waiting for K/V blocks: inside nodes "),
+                std::string::npos)
+          << r.out;
+      EXPECT_NE(r.out.find(std::string("run (double ring: rounds of ") + w + " steps inside nodes"),
                 std::string::npos)
           << r.out;
     }

@@ -157,9 +157,13 @@ struct RankStats {
   int64_t summaries = 0;                 // blocks summarised (levels) or routed over (routing)
   int64_t fetched_tokens = 0;            // routing: key tokens received from other ranks
   // By level (ringattn/two_level.hpp): bytes and messages sent inside the rank's
-  // node and across nodes, and the a2a-ring's all-to-all time.
+  // node and across nodes, and the a2a-ring's all-to-all time; the time the
+  // rank waited for rotating K/V blocks, by the level of the step's transfers
+  // (a step whose receive or send crosses nodes counts across; a2a-ring: its
+  // ring runs across nodes, its all-to-alls inside them: a2a_s).
   int64_t intra_bytes = 0, inter_bytes = 0, intra_messages = 0, inter_messages = 0;
   double a2a_s = 0;
+  double intra_wait_s = 0, inter_wait_s = 0;
   // The MoE stage (after the pass; not included in the figures above).
   MoeRankStats moe;
 };

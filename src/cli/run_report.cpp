@@ -121,6 +121,12 @@ void print_report(const RunReport& r) {
       line("ring steps", fmt::format("{} of {} run (direct: each block sent by its owner only to "
                                      "the ranks that need it; a full ring rotates {} times)",
                                      s0.steps, r.ranks, r.ranks - 1));
+    else if (r.transfer == "double-ring")
+      line("ring steps",
+           fmt::format("{} of {} run (double ring: rounds of {} steps inside nodes, each round's "
+                       "blocks crossing to the next node while it runs; a full ring has {} "
+                       "rotations)",
+                       s0.steps, r.ranks, r.ranks_per_node, r.ranks - 1));
     else
       line("ring steps", fmt::format("{} of {} run ({} rotations; a full ring has {})", s0.steps,
                                      r.ranks, std::max<int64_t>(s0.steps - 1, 0), r.ranks - 1));
@@ -199,10 +205,11 @@ void print_report(const RunReport& r) {
     }
     if (r.ranks_per_node < r.ranks || r.scheme != CommScheme::flat) {
       int64_t ib = 0, xb = 0, im = 0, xm = 0;
-      double a2a = 0;
+      double a2a = 0, iw = 0, xw = 0;
       for (const RankStats& s : r.stats) {
         ib += s.intra_bytes, xb += s.inter_bytes, im += s.intra_messages, xm += s.inter_messages;
         a2a = std::max(a2a, s.a2a_s);
+        iw = std::max(iw, s.intra_wait_s), xw = std::max(xw, s.inter_wait_s);
       }
       line("levels",
            fmt::format("{}, {} node{} x {} ranks: inside nodes {} in {} messages, across nodes "
@@ -213,6 +220,9 @@ void print_report(const RunReport& r) {
                        r.scheme == CommScheme::a2a_ring
                            ? fmt::format("; all-to-alls {:.3f} ms (slowest rank)", a2a * kMs)
                            : std::string()));
+      line("level waits", fmt::format("waiting for K/V blocks: inside nodes {:.3f} ms, across "
+                                      "nodes {:.3f} ms (the slowest rank of each)",
+                                      iw * kMs, xw * kMs));
     }
     line("bytes sent",
          fmt::format("{} in all vs {} for a full ring ({:.1f}%)", format_bytes(double(sent)),
@@ -298,7 +308,9 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
         .integer("inter_bytes", s.inter_bytes)
         .integer("intra_messages", s.intra_messages)
         .integer("inter_messages", s.inter_messages)
-        .number("a2a_ms", s.a2a_s * kMs);
+        .number("a2a_ms", s.a2a_s * kMs)
+        .number("intra_wait_ms", s.intra_wait_s * kMs)
+        .number("inter_wait_ms", s.inter_wait_s * kMs);
     if (r.moe) add_moe_rank_keys(row, s.moe);
     file.write(row);
   }

@@ -211,6 +211,18 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   mine.intra_bytes = best_traffic.intra_bytes, mine.inter_bytes = best_traffic.inter_bytes;
   mine.intra_messages = best_traffic.intra_messages;
   mine.inter_messages = best_traffic.inter_messages, mine.a2a_s = best_traffic.a2a_s;
+  for (std::size_t s = 0; s < best.step_wait_s.size(); ++s) {
+    const double waited = best.step_wait_s[s];
+    if (a2a) {
+      mine.inter_wait_s += waited;
+      continue;
+    }
+    if (s + 1 >= static_cast<std::size_t>(schedule.steps)) break;
+    const RingStep& next = schedule.step(rank, static_cast<int>(s + 1));
+    const auto across = [&](int other) { return other >= 0 && other / w != rank / w; };
+    (across(next.recv_from) || across(next.send_to) ? mine.inter_wait_s : mine.intra_wait_s) +=
+        waited;
+  }
 
   JobReport report;
   report.ranks = np, report.rank = rank;
