@@ -4,6 +4,7 @@
 // input is one clear line with exit status 2.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -169,7 +170,19 @@ INSTANTIATE_TEST_SUITE_P(
                                  "--kv-group", "32", "--kv-asymmetric", "--threads", "1"},
         // Stored, with 40x more keys than queries: the peak is the load (float K/V beside codes).
         std::vector<std::string>{"--ranks-local", "2", "--seq-len", "200", "--kv-seq-len", "8000",
-                                 "--kv-store", "int8", "--threads", "1"}));
+                                 "--kv-store", "int8", "--threads", "1"},
+        // Nodes of 2 (per-level bytes and messages): the flat ring with sinks, the double
+        // ring (up to 4 receive buffers), the a2a-ring (all-to-alls inside the nodes).
+        std::vector<std::string>{"--ranks-local", "4", "--seq-len", "1000", "--causal", "--sinks",
+                                 "4", "--ranks-per-node", "2", "--threads", "1"},
+        std::vector<std::string>{"--ranks-local", "4", "--seq-len", "1000", "--ranks-per-node", "2",
+                                 "--hierarchy", "double-ring", "--threads", "1"},
+        std::vector<std::string>{"--ranks-local", "4", "--seq-len", "1000", "--causal",
+                                 "--window-left", "300", "--ranks-per-node", "2", "--hierarchy",
+                                 "double-ring", "--threads", "1"},
+        std::vector<std::string>{"--ranks-local", "4", "--seq-len", "1000", "--causal",
+                                 "--ranks-per-node", "2", "--hierarchy", "a2a-ring", "--threads",
+                                 "1"}));
 
 TEST_P(PlanVsRun, MemoryStepsAndBytesMatch) {
   const std::string hw = write_profile("cpu.ini", kCpuProfile);
@@ -198,7 +211,81 @@ TEST_P(PlanVsRun, MemoryStepsAndBytesMatch) {
     const std::string& mr = measured[static_cast<std::size_t>(rank)];
     EXPECT_EQ(json_number(pr, "pairs"), json_number(mr, "pairs")) << rank;
     EXPECT_EQ(json_number(pr, "memory_bytes"), json_number(mr, "peak_bytes")) << rank;
+    for (const char* k : {"intra_bytes", "inter_bytes", "intra_messages", "inter_messages"})
+      EXPECT_EQ(json_number(pr, k), json_number(mr, k)) << k << " rank " << rank;
   }
+  EXPECT_EQ(json_field(planned[0], "comm_scheme"), json_field(sum, "comm_scheme"));
+  EXPECT_EQ(json_number(planned[0], "ranks_per_node"), json_number(sum, "ranks_per_node"));
+}
+
+// Over nodes: the levels line, the three schemes compared and the fastest named;
+// --hierarchy auto plans the fastest; --inter-node swaps the link between nodes.
+TEST_F(PlanCli, ComparesSchemesOverNodes) {
+  const std::vector<std::string> problem = {
+      "--hardware", "h100-sxm", "--ranks",    "32", "--ranks-per-node", "8", "--seq-len", "262144",
+      "--heads",    "32",       "--kv-heads", "8",  "--causal"};
+  std::vector<std::string> args = problem;
+  const Result text = plan(args);
+  ASSERT_EQ(text.rc, 0) << text.err;
+  for (const char* s : {"levels", "inside nodes", "across nodes", "intra-node link",
+                        "inter-node link", "schemes", "double-ring", "a2a-ring", "fastest"})
+    EXPECT_NE(text.out.find(s), std::string::npos) << s << "\n" << text.out;
+  args.push_back("--json");
+  const Result flat = plan(args);
+  ASSERT_EQ(flat.rc, 0) << flat.err;
+  const std::string s = lines_of(flat.out).front();
+  EXPECT_EQ(json_field(s, "comm_scheme"), "flat");
+  const std::string best = json_field(s, "best_scheme");
+  double fastest = 1e300;
+  for (const char* k : {"flat", "double_ring", "a2a_ring"}) {
+    EXPECT_EQ(json_field(s, std::string("scheme_") + k + "_ok"), "true") << k;
+    EXPECT_GT(json_number(s, std::string("scheme_") + k + "_inter_bytes_per_node"), 0) << k;
+    fastest = std::min(fastest, json_number(s, std::string("scheme_") + k + "_time_ms"));
+  }
+  std::string key = best;
+  std::replace(key.begin(), key.end(), '-', '_');
+  EXPECT_EQ(json_number(s, "scheme_" + key + "_time_ms"), fastest);
+  EXPECT_EQ(json_number(s, "scheme_flat_time_ms"), json_number(s, "time_ms"));
+  EXPECT_GT(json_number(s, "inter_bytes"), 0);
+  EXPECT_GT(json_number(s, "intra_messages"), 0);
+  // auto: the fastest, planned.
+  args.insert(args.end(), {"--hierarchy", "auto"});
+  const Result chosen = plan(args);
+  ASSERT_EQ(chosen.rc, 0) << chosen.err;
+  const std::string c = lines_of(chosen.out).front();
+  EXPECT_EQ(json_field(c, "comm_scheme"), best);
+  EXPECT_EQ(json_field(c, "comm_scheme_auto"), "true");
+  EXPECT_EQ(json_number(c, "time_ms"), fastest);
+  // A slower link between nodes: every scheme slower, its name in the output.
+  args.insert(args.end(), {"--inter-node", "eth400"});
+  const Result eth = plan(args);
+  ASSERT_EQ(eth.rc, 0) << eth.err;
+  const std::string e = lines_of(eth.out).front();
+  EXPECT_NE(json_field(e, "inter_link").find("400G Ethernet"), std::string::npos) << e;
+  EXPECT_GE(json_number(e, "scheme_flat_time_ms"), json_number(s, "scheme_flat_time_ms"));
+  args.back() = "12.5";
+  const Result custom = plan(args);
+  ASSERT_EQ(custom.rc, 0) << custom.err;
+  EXPECT_NE(json_field(lines_of(custom.out).front(), "inter_link").find("12.50 GB/s"),
+            std::string::npos);
+}
+
+TEST_F(PlanCli, BadSchemeOptions) {
+  const std::vector<std::string> base = {"--hardware", "h100-sxm", "--ranks", "16",
+                                         "--seq-len",  "65536",    "--heads", "8",
+                                         "--kv-heads", "8"};
+  std::vector<std::string> a = base;
+  a.insert(a.end(), {"--inter-node", "fast"});
+  expect_usage_error(plan(a), "--inter-node");
+  a = base;
+  a.insert(a.end(), {"--hierarchy", "triple-ring"});
+  expect_usage_error(plan(a), "--hierarchy");
+  a = base;  // 6 ranks per node do not divide 16 ranks
+  a.insert(a.end(), {"--hierarchy", "double-ring", "--ranks-per-node", "6"});
+  expect_usage_error(plan(a), "--ranks-per-node");
+  a = base;
+  a.insert(a.end(), {"--hierarchy", "a2a-ring", "--kv-wire", "int8"});
+  expect_usage_error(plan(a), "--hierarchy");
 }
 
 TEST_F(PlanCli, KvWireAndStoreFormats) {

@@ -80,6 +80,19 @@ HardwareProfile load_hardware_profile(const std::string& path);
 std::string resolve_hardware_profile(const std::string& value,
                                      const std::vector<std::string>& dirs);
 
+// Inter-node link presets for `plan --inter-node`, written from datasheets and
+// derated to what NCCL point-to-point reaches in published benchmarks -- not
+// measured here (replace with `ringattn calibrate` or nccl-tests figures):
+//   ndr     InfiniBand NDR 400 Gb/s: 50 GB/s per direction on the datasheet,
+//           ~46 GB/s reached; latency a few us (5 us); overlap 1.
+//   eth400  400G Ethernet (RoCE v2): 50 GB/s line rate, ~44 GB/s reached;
+//           higher latency (9 us, datasheet-class switches 8-10 us); overlap 1.
+// Or a number: that bandwidth in GB/s, keeping `base`'s latency and overlap
+// (the ndr preset's when `base` is absent). Throws Error on anything else.
+LinkSpec inter_node_link(const std::string& value, const LinkSpec& base);
+// "ndr", "eth400": the preset's one-line description ("" otherwise).
+std::string inter_node_preset_text(const std::string& value);
+
 // The profile as .ini text (what calibrate writes); parse(write(p)) == p.
 std::string hardware_profile_text(const HardwareProfile& p, const std::string& header_comment);
 

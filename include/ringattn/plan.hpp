@@ -49,6 +49,29 @@
 // b = 2 B Hkv w / BW, L = 2 latency. For MHA, bf16, f = 1 and no latency
 // this is RingAttention's c >= R / BW.
 //
+// Transfers posted earlier (RingStep::post < s, the double ring's transfer
+// across nodes, posted at its round's first step): it starts at start(sender,
+// post), the sender's step s ends no earlier than its completion (ring.cpp waits
+// for the sends delivering s + 1 at the end of s), nor the receiver's; the bytes
+// are the block the sender held at `post`. With post = s this is the above.
+// Receive buffers: ring.cpp's pool simulated per rank (<= 2 ring/direct, <= 4
+// double ring; a rank that receives nothing allocates none).
+//
+// Schemes over nodes of w ranks (PlanInput::scheme, two_level.hpp):
+//   flat         the schedule over Layout(kind, N, P); each transfer on the link
+//                between its two ranks (intra- or inter-node).
+//   double-ring  the schedule of scheme_options(double_ring, w), same model.
+//   a2a-ring     all-to-all 1 inside each node (Q of the peer's heads, K and V
+//                of its K/V heads for the own tokens: (w - 1) latencies + max(sent,
+//                received) / bandwidth on the intra-node link), then the ring of
+//                P / w ranks across nodes on Layout(kind, N, P / w) with Hq / w
+//                query heads (and their K/V heads) over the inter-node link,
+//                then all-to-all 2 (O and LSE, float32). Memory adds the node's
+//                tokens for the rank's heads and the all-to-alls' staging.
+// Per level (RankPlan::intra_*, inter_*): LevelCounter's exact counts of the
+// attention pass. With more than one node, Plan::schemes compares all three
+// (compare_schemes) and Plan::best names the fastest that can run.
+//
 // Stages after the ring (StagePlan, MoePlan below) start when every rank has
 // finished what came before (their first step is a collective); their time,
 // FLOPs and memory add to each rank's.
@@ -67,6 +90,7 @@
 #include "ringattn/mask.hpp"
 #include "ringattn/moe.hpp"
 #include "ringattn/quant.hpp"
+#include "ringattn/two_level.hpp"
 
 namespace ringattn {
 
@@ -110,6 +134,9 @@ struct PlanInput : AttentionProblem {
   // codes in memory (JobSpec::kv_store; needs kv_wire on).
   QuantFormat kv_wire;
   bool kv_store = false;
+  // Communication over nodes of ranks_per_node ranks (two_level.hpp; the plan's
+  // ranks per node is w). best_scheme() picks the fastest.
+  CommScheme scheme = CommScheme::flat;
 };
 
 // The hierarchical stage (ringattn/hierarchy_stage.hpp), after the ring:
@@ -214,8 +241,8 @@ struct MoePlan {
 
 struct MemoryBreakdown {                       // bytes, one rank
   double q = 0, k = 0, v = 0, o = 0, lse = 0;  // k, v: the codes with kv_store
-  double recv_buffers = 0;                     // min(2, steps - 1) K/V blocks (in the wire format)
-  int recv_count = 0;
+  double recv_buffers = 0;                     // recv_count K/V blocks (in the wire format)
+  int recv_count = 0;  // the ring's buffer pool (ring.cpp): <= 2 (ring, direct), <= 4 (double ring)
   double wire_copy = 0;  // kv_wire without kv_store, steps > 1: the own block quantized once
   double partial = 0;    // one query segment's (or global query chunk's) partial O and LSE
   double shared = 0;     // sinks / global keys and global queries gathered from every rank
@@ -223,12 +250,16 @@ struct MemoryBreakdown {                       // bytes, one rank
   double stage = 0;      // the hierarchical stage (StagePlan::memory)
   double moe = 0;        // the MoE stage (MoeRankPlan::memory)
   double select = 0;     // K/V selection (SelectPlan): importance, kept flags, INT4 rest
+  // a2a-ring: the node's tokens for this rank's heads (Q, K, V in the storage
+  // dtype, O and LSE float32) held through the ring, and how far the all-to-alls'
+  // staging (send and receive buffers) raises the peak above the ring's.
+  double node_share = 0, a2a_staging = 0;
   // kv_store: while K/V are quantized as they load, Q, K and V in the storage
   // dtype and the codes, before O exists (0 otherwise).
   double loading = 0;
   double total() const {
     return q + k + v + o + lse + recv_buffers + wire_copy + partial + shared + workspace + stage +
-           moe + select;
+           moe + select + node_share + a2a_staging;
   }
   double peak() const { return std::max(total(), loading); }  // what run's peak_bytes measures
 };
@@ -262,6 +293,16 @@ struct RankPlan {
   int computed_steps = 0;
   MemoryBreakdown mem;
   double compute_s = 0, merge_s = 0, transfer_s = 0, wait_s = 0, total_s = 0;
+  // Per level (LevelCounter's counts in run: every point-to-point message this
+  // rank sends with at least one byte, by the destination's node): K and V of a
+  // block are two messages; an all-gather(v) or all-to-all(v) is one message per
+  // other rank. Covers the attention pass: the ring, the shared rows' all-gathers
+  // and their states' all-to-all, a2a-ring's two node all-to-alls (the stages
+  // after it -- hierarchy, K/V selection, MoE -- are not counted).
+  int64_t intra_bytes = 0, inter_bytes = 0, intra_messages = 0, inter_messages = 0;
+  // Seconds this rank spends transferring on each level (the sum of its
+  // transfers' link times; a2a-ring: intra_s is its two all-to-alls).
+  double intra_s = 0, inter_s = 0;
 };
 
 struct StepPlan {
@@ -270,6 +311,18 @@ struct StepPlan {
   double compute_s = 0;   // max over ranks of compute + merge
   double transfer_s = 0;  // max over ranks
   bool hidden = true;     // every rank's transfer fits behind its compute (and the link overlaps)
+};
+
+// One scheme's figures in the comparison (Plan::schemes).
+struct SchemeEstimate {
+  CommScheme scheme = CommScheme::flat;
+  bool ok = false;         // false: cannot run; `why` says why
+  std::string why;         // the FieldError's text
+  double predicted_s = 0;  // Plan::predicted_s
+  double inter_bytes = 0;  // max over nodes of the bytes its ranks send to other nodes
+  double intra_bytes = 0;  // max over nodes of the bytes its ranks send inside it
+  double memory = 0;       // Plan::max_rank_memory
+  bool fits = true;
 };
 
 struct Plan {
@@ -305,6 +358,14 @@ struct Plan {
   double max_rank_memory = 0;        // max over ranks of MemoryBreakdown::peak()
   double memory_available = 0;       // per rank: device memory (cpu: node memory / ranks per node)
   bool fits = true;
+  // Levels: the links inside and across nodes (present = false: not used), and
+  // the a2a-ring's all-to-alls (slowest node; 0 for the ring schemes).
+  LinkSpec intra_link, inter_link;
+  double a2a_s = 0;
+  // With more than one node: every scheme's estimate (flat, double-ring,
+  // a2a-ring), and the fastest that can run.
+  std::vector<SchemeEstimate> schemes;
+  CommScheme best = CommScheme::flat;
 };
 
 // Throws FieldError naming the field (ranks, ranks_per_node, hardware, a
@@ -312,6 +373,13 @@ struct Plan {
 // input cannot be planned (P too large, a link the ring needs is missing, E < P,
 // a group that does not divide D, kv_store without a format or with a hierarchy).
 Plan make_plan(const PlanInput& in, const HardwareProfile& hw);
+
+// Every scheme's estimate for `in` (its scheme ignored), in the order flat,
+// double-ring, a2a-ring; a scheme that cannot run has ok = false and why.
+std::vector<SchemeEstimate> compare_schemes(const PlanInput& in, const HardwareProfile& hw);
+// The fastest scheme that can run (flat on one node, or when no other can).
+// Throws what make_plan throws for the flat scheme.
+CommScheme best_scheme(const PlanInput& in, const HardwareProfile& hw);
 
 // The stage's figures for P ranks of the layouts (in.hier on), at `rate`
 // FLOP/s per rank over `link`.

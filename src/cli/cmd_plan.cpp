@@ -73,6 +73,19 @@ CommandSpec plan_spec() {
                           "ranks on each node (0: the profile's devices per node); the ring "
                           "crosses nodes over the inter-node link")
           .non_negative(),
+      OptionSpec::choice(
+          "hierarchy", "flat", {"flat", "double-ring", "a2a-ring", "auto"},
+          "communication over nodes, as run's --hierarchy: flat, double-ring or a2a-ring; auto: "
+          "the scheme the plan predicts fastest (with one node: flat). With more than one node "
+          "the plan compares all three"),
+      OptionSpec::text("inter-node", "",
+                       "the link between nodes instead of the profile's [link.inter-node]: ndr "
+                       "(InfiniBand NDR 400 Gb/s: datasheet 50 GB/s derated to 46 GB/s, 5 us), "
+                       "eth400 (400G Ethernet RoCE: 50 GB/s derated to 44 GB/s, 9 us), or a "
+                       "bandwidth in GB/s (the profile's latency); presets are datasheet values "
+                       "derated, not measured",
+                       "ndr|eth400|GB/s")
+          .shown_default("the profile's [link.inter-node]"),
       OptionSpec::flag("json", "false",
                        "print JSON lines (a summary, then one record per rank and per step) "
                        "instead of the table"),
@@ -86,7 +99,8 @@ CommandSpec plan_spec() {
                        [&](const OptionSpec& x) { return x.name == name; });
   };
   for (OptionSpec& o : run_spec().options) {
-    if (o.name == "ranks-per-node") continue;  // plan's own (the profile's devices per node)
+    // plan's own: the profile's devices per node; auto
+    if (o.name == "ranks-per-node" || o.name == "hierarchy") continue;
     if (o.name == "ranks-local") o.help = "in-process ranks P (threads of one process, as run)";
     const bool mask = o.name.rfind("window", 0) == 0 || o.name.rfind("block", 0) == 0 ||
                       o.name == "dilation" || o.name == "sinks" || o.name == "global";
@@ -153,7 +167,17 @@ int cmd_plan(int argc, char** argv) {
         "option '--ranks-local': give --ranks P (MPI/NCCL ranks) or --ranks-local P (in-process), "
         "not both");
   const RunConfig cfg = make_problem_config(*opt);
-  const HardwareProfile hw = load_profile(opt->text("hardware"));
+  HardwareProfile hw = load_profile(opt->text("hardware"));
+  std::string inter_label = "profile";
+  if (const std::string v = opt->text("inter-node"); !v.empty()) {
+    try {
+      hw.inter = inter_node_link(v, hw.inter);
+    } catch (const Error& e) {
+      throw UsageError(fmt::format("option '--inter-node': {}", e.what()));
+    }
+    const std::string preset = inter_node_preset_text(v);
+    inter_label = preset.empty() ? fmt::format("--inter-node {} GB/s", v) : preset;
+  }
 
   PlanInput in(cfg);  // the problem
   in.layout = cfg.layout;
@@ -162,11 +186,8 @@ int cmd_plan(int argc, char** argv) {
              : opt->has("ranks")     ? opt->integer_int("ranks")
                                      : 1;
   in.ranks_per_node = opt->integer_int("ranks-per-node");
-  if (opt->text("hierarchy") != "flat")
-    throw UsageError(
-        fmt::format("option '--hierarchy': plan models the flat ring only (not {} "
-                    "yet)",
-                    opt->text("hierarchy")));
+  const bool auto_scheme = opt->text("hierarchy") == "auto";
+  if (!auto_scheme) in.scheme = parse_comm_scheme(opt->text("hierarchy"), "hierarchy");
   in.threads = opt->threads();
   in.moe = plan_moe_config(*opt, cfg.hq * cfg.head_dim);
   const KvOptions kv = parse_kv_options(*opt, cfg.dtype);
@@ -174,6 +195,7 @@ int cmd_plan(int argc, char** argv) {
   in.select = kv.select;
   Plan plan;
   try {
+    if (auto_scheme) in.scheme = best_scheme(in, hw);
     plan = make_plan(in, hw);
   } catch (const FieldError& e) {
     if (e.field() == "ranks" && opt->has("ranks-local"))
@@ -192,6 +214,8 @@ int cmd_plan(int argc, char** argv) {
   report.causal = cfg.causal;
   report.mask = mask_label(cfg.masks);
   report.command_line = opt->command_line();
+  report.inter_link = inter_label;
+  report.auto_scheme = auto_scheme;
   const std::vector<JsonObject> records = plan_records(report);
   if (opt->flag("json")) {
     for (const JsonObject& j : records) fmt::print("{}\n", j.str());

@@ -104,6 +104,64 @@ std::string moe_text(const Plan& p) {
       format_bytes(m.max_memory()));
 }
 
+std::string link_text(const LinkSpec& l, const std::string& name) {
+  return fmt::format("{} link, {:.2f} GB/s, {:.1f} us", name, l.bandwidth_bps / kGiga,
+                     l.latency_s * kMicro);
+}
+
+// Which link each level uses: "intra-node link, 370.00 GB/s, 8.0 us".
+std::string level_link(const PlanReport& r, bool inter) {
+  const Plan& p = *r.plan;
+  const LinkSpec& l = inter ? p.inter_link : p.intra_link;
+  if (!l.present) return "no link";
+  if (p.in.links == PlanLinks::in_process) return link_text(l, "in-process");
+  return inter ? link_text(l, "inter-node") + (r.inter_link == "profile" ? "" : "; " + r.inter_link)
+               : link_text(l, "intra-node");
+}
+
+struct LevelTotals {
+  int64_t intra_bytes = 0, inter_bytes = 0, intra_messages = 0, inter_messages = 0;
+  double intra_s = 0, inter_s = 0;  // slowest rank
+};
+LevelTotals level_totals(const Plan& p) {
+  LevelTotals t;
+  for (const RankPlan& k : p.per_rank) {
+    t.intra_bytes += k.intra_bytes, t.inter_bytes += k.inter_bytes;
+    t.intra_messages += k.intra_messages, t.inter_messages += k.inter_messages;
+    t.intra_s = std::max(t.intra_s, k.intra_s), t.inter_s = std::max(t.inter_s, k.inter_s);
+  }
+  return t;
+}
+
+// "double_ring" for JSON keys.
+std::string scheme_key(CommScheme s) {
+  std::string k = comm_scheme_name(s);
+  std::replace(k.begin(), k.end(), '-', '_');
+  return k;
+}
+
+void print_schemes(const Plan& p) {
+  const Table t({{"scheme", 11, true},
+                 {"time_ms", 10},
+                 {"inter/node", 12},
+                 {"intra/node", 12},
+                 {"memory", 10},
+                 {"note", 4, true}});
+  fmt::print("{}", t.header());
+  for (const SchemeEstimate& e : p.schemes) {
+    const std::string note = !e.ok                ? "cannot run: " + e.why
+                             : e.scheme == p.best ? "fastest"
+                             : !e.fits            ? "does not fit"
+                                                  : "";
+    const std::string mark = e.scheme == p.in.scheme ? " (planned)" : "";
+    fmt::print(
+        "{}",
+        t.row({comm_scheme_name(e.scheme), e.ok ? cell_fixed(e.predicted_s * kMs, 2) : "-",
+               e.ok ? format_bytes(e.inter_bytes) : "-", e.ok ? format_bytes(e.intra_bytes) : "-",
+               e.ok ? format_bytes(e.memory) : "-", note + mark}));
+  }
+}
+
 }  // namespace
 
 void print_plan(const PlanReport& r) {
@@ -169,7 +227,7 @@ void print_plan(const PlanReport& r) {
   line("memory (rank " + std::to_string(big.rank) + ")",
        fmt::format(
            "{} = q {} + k {} + v {}{} + O {} + LSE {} + {} receive buffer{} {}{} + "
-           "partial state {}{} + kernel workspace {}{}{}{}{}",
+           "partial state {}{} + kernel workspace {}{}{}{}{}{}",
            format_bytes(m.total()), format_bytes(m.q), format_bytes(m.k), format_bytes(m.v),
            p.in.kv_store ? " (codes)" : "", format_bytes(m.o), format_bytes(m.lse), m.recv_count,
            m.recv_count == 1 ? "" : "s", format_bytes(m.recv_buffers),
@@ -180,6 +238,9 @@ void print_plan(const PlanReport& r) {
            m.stage > 0 ? " + hierarchy " + format_bytes(m.stage) : std::string(),
            m.moe > 0 ? " + moe " + format_bytes(m.moe) : std::string(),
            m.select > 0 ? " + kv selection " + format_bytes(m.select) : std::string(),
+           m.node_share > 0 ? fmt::format(" + a2a-ring node share {} + all-to-all staging {}",
+                                          format_bytes(m.node_share), format_bytes(m.a2a_staging))
+                            : std::string(),
            m.loading > m.total()
                ? fmt::format("; {} while loading (q, k and v in {} beside their codes)",
                              format_bytes(m.loading), dtype_name(p.in.dtype))
@@ -215,6 +276,26 @@ void print_plan(const PlanReport& r) {
                                max_step(p, &StepPlan::compute_s) * kMs,
                                max_step(p, &StepPlan::transfer_s) * kMs));
   line("transfer hidden", hiding_text(p));
+  if (p.in.ranks > 1) {
+    const LevelTotals t = level_totals(p);
+    line("levels",
+         fmt::format("{}{}, {} node{} x {} ranks: inside nodes {} in {} messages ({}), {:.3f} ms; "
+                     "across nodes {} in {} messages ({}), {:.3f} ms (all ranks' bytes; time: "
+                     "transfers of the busiest rank{})",
+                     comm_scheme_name(p.in.scheme), r.auto_scheme ? " (auto)" : "", p.nodes,
+                     p.nodes == 1 ? "" : "s", p.ranks_per_node, format_bytes(double(t.intra_bytes)),
+                     t.intra_messages, level_link(r, false), t.intra_s * kMs,
+                     format_bytes(double(t.inter_bytes)), t.inter_messages, level_link(r, true),
+                     t.inter_s * kMs,
+                     p.in.scheme == CommScheme::a2a_ring
+                         ? fmt::format("; all-to-alls {:.3f} ms", p.a2a_s * kMs)
+                         : std::string()));
+  }
+  if (!p.schemes.empty()) {
+    line("schemes", fmt::format("over {} nodes of {} ranks, bytes per node; fastest: {}", p.nodes,
+                                p.ranks_per_node, comm_scheme_name(p.best)));
+    print_schemes(p);
+  }
   if (p.stage.on) {
     const StagePlan& st = p.stage;
     const auto mx = [](const std::vector<double>& v) {
@@ -277,6 +358,8 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
       .text("backend", backend_name(p))
       .integer("nodes", p.nodes)
       .integer("ranks_per_node", p.ranks_per_node)
+      .text("comm_scheme", comm_scheme_name(p.in.scheme))
+      .boolean("comm_scheme_auto", r.auto_scheme)
       .integer("threads", p.threads)
       .text("hardware", r.hw->name)
       .text("link", p.link_name)
@@ -360,6 +443,28 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
       .integer("kv_cache_values", kv_cache_values(p.in.nk, p.in.hkv, p.in.head_dim) * p.in.batch)
       .number("kv_cache_bytes", p.kv_cache_bytes)
       .text("reproduce", r.command_line);
+  const LevelTotals lt = level_totals(p);
+  s.integer("intra_bytes", lt.intra_bytes)
+      .integer("inter_bytes", lt.inter_bytes)
+      .integer("intra_messages", lt.intra_messages)
+      .integer("inter_messages", lt.inter_messages)
+      .number("intra_ms", lt.intra_s * kMs)
+      .number("inter_ms", lt.inter_s * kMs)
+      .number("a2a_ms", p.a2a_s * kMs)
+      .text("intra_link", level_link(r, false))
+      .text("inter_link", level_link(r, true));
+  if (!p.schemes.empty()) {
+    s.text("best_scheme", comm_scheme_name(p.best));
+    for (const SchemeEstimate& e : p.schemes) {
+      const std::string k = "scheme_" + scheme_key(e.scheme) + "_";
+      s.boolean(k + "ok", e.ok)
+          .number(k + "time_ms", e.predicted_s * kMs)
+          .number(k + "inter_bytes_per_node", e.inter_bytes)
+          .number(k + "intra_bytes_per_node", e.intra_bytes)
+          .number(k + "memory_bytes", e.memory)
+          .text(k + "why", e.why);
+    }
+  }
   out.push_back(s);
   for (const RankPlan& k : p.per_rank)
     out.push_back(JsonObject()
@@ -377,7 +482,13 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
                       .number("merge_ms", k.merge_s * kMs)
                       .number("transfer_ms", k.transfer_s * kMs)
                       .number("wait_ms", k.wait_s * kMs)
-                      .number("memory_bytes", k.mem.peak()));
+                      .number("memory_bytes", k.mem.peak())
+                      .integer("intra_bytes", k.intra_bytes)
+                      .integer("inter_bytes", k.inter_bytes)
+                      .integer("intra_messages", k.intra_messages)
+                      .integer("inter_messages", k.inter_messages)
+                      .number("intra_ms", k.intra_s * kMs)
+                      .number("inter_ms", k.inter_s * kMs));
   for (const StepPlan& st : p.per_step)
     out.push_back(JsonObject()
                       .text("command", "plan")

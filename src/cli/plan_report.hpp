@@ -23,6 +23,8 @@ struct PlanReport {
   bool causal = false;
   std::string mask;  // mask_label(): "causal", "full" or the sparse description
   std::string command_line;
+  std::string inter_link = "profile";  // where the inter-node link comes from (--inter-node)
+  bool auto_scheme = false;            // --hierarchy auto chose plan->in.scheme
 };
 
 void print_plan(const PlanReport& r);

@@ -311,6 +311,43 @@ std::string resolve_hardware_profile(const std::string& value,
       known.empty() ? std::string("none found") : fmt::format("{}", fmt::join(known, ", "))));
 }
 
+namespace {
+// Datasheet figures, derated (hardware.hpp): not measured here.
+constexpr double kNdrGBs = 46, kNdrLatencyUs = 5;        // InfiniBand NDR 400 Gb/s (50 GB/s)
+constexpr double kEth400GBs = 44, kEth400LatencyUs = 9;  // 400G Ethernet, RoCE v2 (50 GB/s)
+constexpr double kGB = 1e9, kUs = 1e-6;
+
+LinkSpec preset_link(double gb_s, double latency_us) {
+  LinkSpec l;
+  l.present = true;
+  l.bandwidth_bps = gb_s * kGB;
+  l.latency_s = latency_us * kUs;
+  l.overlap = 1;
+  return l;
+}
+}  // namespace
+
+LinkSpec inter_node_link(const std::string& value, const LinkSpec& base) {
+  if (value == "ndr") return preset_link(kNdrGBs, kNdrLatencyUs);
+  if (value == "eth400") return preset_link(kEth400GBs, kEth400LatencyUs);
+  double gb_s = 0;
+  const auto r = std::from_chars(value.data(), value.data() + value.size(), gb_s);
+  if (value.empty() || r.ec != std::errc() || r.ptr != value.data() + value.size() ||
+      !std::isfinite(gb_s) || !(gb_s > 0))
+    throw Error(fmt::format("expected ndr, eth400 or a bandwidth in GB/s (> 0), got '{}'", value));
+  LinkSpec l = base.present ? base : preset_link(kNdrGBs, kNdrLatencyUs);
+  l.bandwidth_bps = gb_s * kGB;
+  return l;
+}
+
+std::string inter_node_preset_text(const std::string& value) {
+  if (value == "ndr")
+    return "InfiniBand NDR 400 Gb/s preset (datasheet 50 GB/s, derated to 46 GB/s; 5 us)";
+  if (value == "eth400")
+    return "400G Ethernet RoCE preset (datasheet 50 GB/s, derated to 44 GB/s; 9 us)";
+  return "";
+}
+
 std::string hardware_profile_text(const HardwareProfile& p, const std::string& header_comment) {
   std::string out;
   std::istringstream hc(header_comment);

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <functional>
 
+#include "plan/plan_internal.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/hierarchy_stage.hpp"
 #include "ringattn/kernel.hpp"
@@ -16,7 +17,6 @@ namespace ringattn {
 namespace {
 
 constexpr int kMessagesPerStep = 2;   // K and V travel as two messages (ring.hpp)
-constexpr int kMaxRecvBuffers = 2;    // double buffering (ring.hpp)
 constexpr double kFloatBytes = 4.0;   // O, LSE, partial states and packed K/V are float32
 constexpr double kMergeAccesses = 3;  // merge_row reads O_a and O_b, writes O_a
 
@@ -27,6 +27,44 @@ const LinkSpec& require_link(const HardwareProfile& hw, const LinkSpec& l, const
                      fmt::format("profile '{}' ({}) has no [link.{}] section, needed {}", hw.name,
                                  hw.source, section, why));
   return l;
+}
+
+// The receive buffers rank r's ring loop allocates (ring.cpp's pool): at step s
+// the transfers posted then each take a buffer whose step has passed and whose
+// sends have completed (or a new one); a send from a held buffer keeps it busy
+// until the end of the step before the one the send delivers.
+int recv_buffers_needed(const RingSchedule& sch, int r) {
+  struct Slot {
+    int step = -1, sends = 0;
+  };
+  std::vector<Slot> pool;
+  std::vector<int> buffer_of(static_cast<std::size_t>(sch.steps), -1);
+  std::vector<std::vector<int>> posts(static_cast<std::size_t>(sch.steps));
+  std::vector<std::vector<int>> release(static_cast<std::size_t>(sch.steps) + 1);  // [deliver]
+  for (int t = 1; t < sch.steps; ++t) {
+    const RingStep& st = sch.step(r, t);
+    if (st.recv_from >= 0 || st.send_to >= 0) posts[static_cast<std::size_t>(st.post)].push_back(t);
+  }
+  for (int s = 0; s < sch.steps; ++s) {
+    const int held = buffer_of[static_cast<std::size_t>(s)];
+    for (const int t : posts[static_cast<std::size_t>(s)]) {
+      const RingStep& nx = sch.step(r, t);
+      if (nx.recv_from >= 0) {
+        std::size_t b = 0;
+        while (b < pool.size() && !(pool[b].step < s && pool[b].sends == 0)) ++b;
+        if (b == pool.size()) pool.push_back({});
+        pool[b].step = t;
+        buffer_of[static_cast<std::size_t>(t)] = static_cast<int>(b);
+      }
+      if (nx.send_to >= 0 && sch.transfer != Transfer::direct && held >= 0) {
+        ++pool[static_cast<std::size_t>(held)].sends;
+        release[static_cast<std::size_t>(t)].push_back(held);
+      }
+    }
+    for (const int b : release[static_cast<std::size_t>(s) + 1])
+      --pool[static_cast<std::size_t>(b)].sends;
+  }
+  return static_cast<int>(pool.size());
 }
 
 }  // namespace
@@ -40,7 +78,9 @@ int64_t min_hiding_tokens(double a, double b, double latency_total) {
   return n;
 }
 
-Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
+namespace detail {
+
+Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine* machine) {
   if (in.ranks < 1 || in.ranks > kMaxPlanRanks)
     throw FieldError("ranks", fmt::format("expected 1 to {} ranks (the planner evaluates the full "
                                           "P x P schedule), got {}",
@@ -62,13 +102,20 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
   const int np = in.ranks;
   const bool local = in.links == PlanLinks::in_process;
   const bool cpu = hw.kind == DeviceKind::cpu;
-  p.ranks_per_node = local                   ? np
-                     : in.ranks_per_node > 0 ? std::min(in.ranks_per_node, np)
-                                             : std::min(np, hw.devices_per_node);
-  p.nodes = (np + p.ranks_per_node - 1) / p.ranks_per_node;
+  // Nodes of w ranks (the schemes' levels); in-process ranks share one machine
+  // whatever w, as run's LevelCounter counts levels by w.
+  const int w = in.ranks_per_node > 0 ? std::min(in.ranks_per_node, np)
+                : local               ? np
+                                      : std::min(np, hw.devices_per_node);
+  const int machine_rpn = machine != nullptr ? machine->ranks_per_node : local ? np : w;
+  p.ranks_per_node = w;
+  p.nodes = (np + w - 1) / w;
+  if (in.scheme != CommScheme::flat) check_two_level(in.scheme, np, w, in.hq, in.hkv);
   // Threads per rank as `run` picks them: in-process ranks share the cores, an
   // MPI rank gets the OpenMP default (all cores); a GPU rank is one device.
-  if (!cpu) {
+  if (machine != nullptr) {
+    p.threads = machine->threads;
+  } else if (!cpu) {
     p.threads = 1;
   } else if (in.threads > 0) {
     p.threads = in.threads;
@@ -76,7 +123,11 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
     p.threads = local ? std::max(1, hw.devices_per_node / np) : hw.devices_per_node;
   }
   p.oversubscription =
-      std::max(1.0, double(p.ranks_per_node) * p.threads / double(hw.devices_per_node));
+      machine != nullptr
+          ? machine->oversubscription
+          : std::max(1.0, double(machine_rpn) * p.threads / double(hw.devices_per_node));
+  if (in.scheme == CommScheme::a2a_ring)
+    return plan_a2a_ring(in, hw, {p.threads, p.oversubscription, machine_rpn}, w);
   const double thread_factor = p.threads * (p.threads > 1 ? hw.parallel_eff : 1.0);
   p.rate = hw.kernel_rate(in.dtype, in.head_dim) * thread_factor / p.oversubscription;
   const double merge_bw = hw.memory_bw_bps * (cpu ? p.threads : 1) / p.oversubscription;
@@ -94,6 +145,11 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
                      : require_link(hw, hw.intra, "intra-node", "for ranks sharing a node");
       p.link_name = multi ? "inter-node" : "intra-node";
     }
+    const bool multi = p.nodes > 1;
+    if (w > 1) p.intra_link = local ? hw.in_process : p.link;
+    if (multi) p.inter_link = local ? hw.in_process : p.link;
+    if (!local && multi && w > 1)
+      p.intra_link = require_link(hw, hw.intra, "intra-node", "for ranks sharing a node");
   }
   const auto link_of = [&](int from, int to) -> const LinkSpec& {
     if (local) return hw.in_process;
@@ -106,7 +162,7 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
   // With a hierarchy the ring runs its exact part; the stage follows (StagePlan).
   PlanInput exact = in;
   exact.mask = hierarchy_ring_mask(in), exact.hier = {};
-  const RingSchedule sch = make_ring_schedule(ql, kvl, exact.mask);
+  const RingSchedule sch = make_ring_schedule(ql, kvl, exact.mask, scheme_options(in.scheme, w));
   p.steps = sch.steps;
   p.imbalance = sch.imbalance();
   p.transfer = transfer_name(sch.transfer);
@@ -177,7 +233,7 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
     if (in.kv_store) m.k = k_part(r);
     m.o = b * nq * hq * d * kFloatBytes;
     m.lse = b * hq * nq * kFloatBytes;
-    m.recv_count = std::min(kMaxRecvBuffers, p.steps - 1);
+    m.recv_count = recv_buffers_needed(sch, r);
     m.recv_buffers = m.recv_count * p.block_bytes;
     m.wire_copy = in.kv_wire.on() && !in.kv_store && p.steps > 1 ? block_bytes(r) : 0.0;
     // The own K and V in the storage dtype and their codes, while they are quantized.
@@ -222,12 +278,12 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
       p.total_flops += mr.ffn_flops + mr.router_flops;
       p.max_rank_memory = std::max(p.max_rank_memory, rp.mem.peak());
     }
-  p.memory_available = cpu ? hw.memory_bytes / p.ranks_per_node
-                           : hw.memory_bytes / std::max(1.0, p.oversubscription);
+  p.memory_available =
+      cpu ? hw.memory_bytes / machine_rpn : hw.memory_bytes / std::max(1.0, p.oversubscription);
   p.fits = p.max_rank_memory <= p.memory_available;
 
   // The shared rows' all-gather, before the ring: every rank receives the others' rows.
-  std::vector<double> start(static_cast<std::size_t>(np), 0.0), end(start), xfer(start);
+  std::vector<double> start(static_cast<std::size_t>(np), 0.0), end(start);
   double sent_total = 0, shared_s = 0, shared_total = 0;
   if (sh.on() && np > 1) {
     double gathered = 0;
@@ -241,48 +297,90 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
     sent_total += shared_total;
   }
 
-  // The ring, step by step (see the header). The transfers into step s + 1 are
-  // in flight during step s: rank r sends to step(r, s+1).send_to (ring: the
-  // block it holds; direct: its own) and receives from step(r, s+1).recv_from.
-  // One pass from `start`, its compute scaled by `work` and each rank's block
-  // of pass_block(rank) bytes; `record`: the exact pass, whose figures the
-  // plan reports. Returns the bytes sent; `end` gets each rank's end time.
+  // The ring, step by step (see the header). A transfer delivering step t is
+  // posted at step `post` of the sender (RingStep::post: t - 1, or a double
+  // ring's round's first step): it starts when the sender starts that step and
+  // takes x; the sender waits for it at the end of step t - 1 (ring.cpp waits
+  // there for the sends that deliver t), and the receiver cannot end step t - 1
+  // before it arrives. The bytes are the block the sender held at `post` (direct:
+  // its own). One pass from `start`, its compute scaled by `work` and each
+  // rank's block of pass_block(rank) bytes; `record`: the exact pass, whose
+  // figures the plan reports. Returns the bytes sent; `end` gets each rank's end time.
   p.per_step.resize(static_cast<std::size_t>(p.steps));
   double transfer_pairs = 0, transfer_area = 0;
   int64_t rotations = 0;
+  // posts[r][s]: the steps whose transfers rank r posts at step s.
+  std::vector<std::vector<std::vector<int>>> posts(static_cast<std::size_t>(np));
+  for (int r = 0; r < np; ++r) {
+    auto& pr = posts[static_cast<std::size_t>(r)];
+    pr.resize(static_cast<std::size_t>(p.steps));
+    for (int t = 1; t < p.steps; ++t) {
+      const RingStep& st = sch.step(r, t);
+      if (st.send_to >= 0) pr[static_cast<std::size_t>(st.post)].push_back(t);
+    }
+  }
+  struct Flight {
+    int from = 0, to = 0, post = 0;
+    double t0 = 0, x = 0;
+  };
+  const auto same_node = [&](int x, int y) { return x / w == y / w; };
   const auto run_pass = [&](double work, const std::function<double(int)>& pass_block,
                             bool record) {
     double sent = 0;
+    std::vector<std::vector<Flight>> due(static_cast<std::size_t>(p.steps) + 1);  // [deliver]
+    std::vector<double> serial(static_cast<std::size_t>(np)), arrive(serial), posted(serial);
     for (int s = 0; s < p.steps; ++s) {
       StepPlan scratch;
       StepPlan& st = record ? p.per_step[static_cast<std::size_t>(s)] : scratch;
       st.step = s;
       const bool sends = s + 1 < p.steps;
+      std::fill(serial.begin(), serial.end(), 0.0);
+      std::fill(posted.begin(), posted.end(), 0.0);
       for (int r = 0; r < np; ++r) {
         const RingStep& rs = sch.step(r, s);
         const auto ri = static_cast<std::size_t>(r);
-        xfer[ri] = 0.0;
         if (!sends) continue;
         if (record) {
           ++rotations;
           transfer_pairs += double(rs.pairs);
           transfer_area += double(ql.tokens(r)) * double(kvl.tokens(rs.source));
         }
-        const RingStep& nx = sch.step(r, s + 1);
-        if (nx.send_to < 0) continue;
-        const double bytes = pass_block(sch.transfer == Transfer::ring ? rs.source : r);
-        xfer[ri] = link_of(r, nx.send_to).seconds(bytes, kMessagesPerStep);
-        st.bytes = std::max(st.bytes, bytes);
-        sent += bytes;
+        for (const int t : posts[ri][static_cast<std::size_t>(s)]) {
+          const RingStep& nx = sch.step(r, t);
+          const double bytes = pass_block(sch.transfer == Transfer::direct ? r : rs.source);
+          const LinkSpec& l = link_of(r, nx.send_to);
+          const double x = l.seconds(bytes, kMessagesPerStep);
+          due[static_cast<std::size_t>(t)].push_back({r, nx.send_to, s, start[ri], x});
+          serial[ri] += (1.0 - l.overlap) * x * (cpu ? p.oversubscription : 1.0);
+          posted[ri] += bytes;
+          sent += bytes;
+          st.transfer_s = std::max(st.transfer_s, x);
+          if (record) {
+            RankPlan& rp = p.per_rank[ri];
+            rp.transfer_s += x;
+            (same_node(r, nx.send_to) ? rp.intra_s : rp.inter_s) += x;
+          }
+        }
+        st.bytes = std::max(st.bytes, posted[ri]);
       }
+      // What must have arrived (and been sent) before step s + 1.
+      std::fill(arrive.begin(), arrive.end(), 0.0);
+      if (sends)
+        for (const Flight& f : due[static_cast<std::size_t>(s) + 1]) {
+          const double at = f.t0 + f.x;
+          arrive[static_cast<std::size_t>(f.from)] =
+              std::max(arrive[static_cast<std::size_t>(f.from)], at);
+          arrive[static_cast<std::size_t>(f.to)] =
+              std::max(arrive[static_cast<std::size_t>(f.to)], at);
+        }
       for (int r = 0; r < np; ++r) {
         const RingStep& rs = sch.step(r, s);
         const auto ri = static_cast<std::size_t>(r);
         RankPlan scratch_rank;
         RankPlan& rp = record ? p.per_rank[ri] : scratch_rank;
         double merged_rows = 0;
-        for (const SegmentWork& w : rs.work)
-          merged_rows += double(ql.segments(r)[static_cast<std::size_t>(w.q_seg)].count);
+        for (const SegmentWork& sw : rs.work)
+          merged_rows += double(ql.segments(r)[static_cast<std::size_t>(sw.q_seg)].count);
         double pairs = double(rs.pairs);
         if (s == 0) pairs += double(p.per_rank[ri].pairs - p.per_rank[ri].ring_pairs);  // shared
         const double c = work * flops_per_pair * pairs / p.rate;
@@ -290,26 +388,20 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
             merged_rows * b * hq * (kMergeAccesses * d + kMergeAccesses) * kFloatBytes / merge_bw;
         double e = start[ri] + c + m;
         if (sends) {
-          const RingStep& nx = sch.step(r, s + 1);
-          double serial = 0;
-          if (nx.send_to >= 0) {
-            const LinkSpec& l = link_of(r, nx.send_to);
-            serial = (1.0 - l.overlap) * xfer[ri] * (cpu ? p.oversubscription : 1.0);
-            st.hidden = st.hidden && l.overlap >= 1.0 && xfer[ri] <= c + m;
-            st.transfer_s = std::max(st.transfer_s, xfer[ri]);
-            rp.transfer_s += xfer[ri];
-          }
-          e = std::max(e + serial, start[ri] + xfer[ri]);
-          if (nx.recv_from >= 0) {
-            const auto src = static_cast<std::size_t>(nx.recv_from);
-            e = std::max(e, start[src] + xfer[src]);
-          }
-          rp.wait_s += e - (start[ri] + c + m + serial);
+          e = std::max(e + serial[ri], arrive[ri]);
+          rp.wait_s += e - (start[ri] + c + m + serial[ri]);
         }
         rp.compute_s += c;
         rp.merge_s += m;
         st.compute_s = std::max(st.compute_s, c + m);
         end[ri] = e;
+        // Hidden: each send completing now fits behind the compute since it was posted.
+        if (sends)
+          for (const Flight& f : due[static_cast<std::size_t>(s) + 1]) {
+            if (f.from != r) continue;
+            const double window = f.post == s ? c + m : start[ri] + c + m - f.t0;
+            st.hidden = st.hidden && link_of(r, f.to).overlap >= 1.0 && f.x <= window;
+          }
       }
       start = end;
       if (record) p.all_hidden = p.all_hidden && st.hidden;
@@ -317,6 +409,40 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
     return sent;
   };
   sent_total += run_pass(1.0, block_bytes, true);
+  // Per level (RankPlan), as LevelCounter counts run's messages: the ring's K and
+  // V, the shared rows' all-gathers and the global query states' all-to-all.
+  const auto count = [&](int from, int to, double bytes) {
+    if (from == to || !(bytes > 0)) return;
+    RankPlan& rp = p.per_rank[static_cast<std::size_t>(from)];
+    const int64_t n = std::llround(bytes);
+    if (same_node(from, to))
+      rp.intra_bytes += n, ++rp.intra_messages;
+    else
+      rp.inter_bytes += n, ++rp.inter_messages;
+  };
+  for (int r = 0; r < np; ++r)
+    for (int t = 1; t < p.steps; ++t) {
+      const RingStep& st = sch.step(r, t);
+      if (st.send_to < 0) continue;
+      const int src = sch.transfer == Transfer::direct ? r : sch.step(r, st.post).source;
+      count(r, st.send_to, k_part(src));
+      count(r, st.send_to, block_bytes(src) - k_part(src));
+    }
+  if (sh.on() && np > 1)
+    for (int r = 0; r < np; ++r) {
+      const auto ri = static_cast<std::size_t>(r);
+      const double kv_rows = double(2 * in.batch * chunk_tokens(sh.key_chunks[ri]) * in.hkv);
+      const double q_rows = double(in.batch * chunk_tokens(sh.query_chunks[ri]) * in.hq);
+      for (int x = 0; x < np; ++x) {
+        count(r, x, kv_rows * d * esz);
+        count(r, x, q_rows * d * esz);
+        count(r, x,
+              double(in.batch * chunk_tokens(sh.query_chunks[static_cast<std::size_t>(x)])) * hq *
+                  (d + 1) * kFloatBytes);
+      }
+      RankPlan& rp = p.per_rank[ri];
+      (p.nodes > 1 ? rp.inter_s : rp.intra_s) += shared_s;
+    }
   if (in.select.on()) {  // the K/V selection's passes on the same schedule (SelectPlan)
     SelectPlan& sp = p.select;
     sp.on = true;
@@ -401,5 +527,7 @@ Plan make_plan(const PlanInput& in, const HardwareProfile& hw) {
   p.kv_cache_bytes = double(kv_cache_values(in.nk, in.hkv, in.head_dim)) * b * esz;
   return p;
 }
+
+}  // namespace detail
 
 }  // namespace ringattn
