@@ -81,6 +81,39 @@ TEST_F(TwoLevelCli, TheFlatRingReportsItsTrafficByLevel) {
   EXPECT_EQ(r.out.substr(m0, across - m0), "28");
 }
 
+// auto runs the scheme `plan --hierarchy auto` names for the same job and profile.
+TEST_F(TwoLevelCli, AutoRunsThePlansChoice) {
+  for (const char* w : {"2", "4"}) {
+    SCOPED_TRACE(std::string("w=") + w);
+    const std::vector<std::string> job = {
+        "--seq-len", "4096",     "--heads",          "8", "--kv-heads", "2", "--head-dim",
+        "64",        "--causal", "--ranks-per-node", w};
+    std::vector<std::string> plan = {"plan", "--hardware",  "h100-sxm", "--ranks",
+                                     "8",    "--hierarchy", "auto",     "--json"};
+    plan.insert(plan.end(), job.begin(), job.end());
+    const CliResult p = run_binary(plan);
+    ASSERT_EQ(p.rc, 0) << p.err;
+    const std::string key = "\"best_scheme\": \"";
+    const std::size_t at = p.out.find(key);
+    ASSERT_NE(at, std::string::npos) << p.out;
+    const std::size_t from = at + key.size();
+    const std::string best = p.out.substr(from, p.out.find('"', from) - from);
+    std::vector<std::string> run = {"run",      "--ranks-local", "8",    "--threads",
+                                    "1",        "--hierarchy",   "auto", "--hardware",
+                                    "h100-sxm", "--check-rows",  "8"};
+    run.insert(run.end(), job.begin(), job.end());
+    const CliResult r = run_binary(run);
+    ASSERT_EQ(r.rc, 0) << r.out << r.err;
+    EXPECT_NE(r.out.find("comm scheme         " + best + " chosen by auto on h100-sxm: flat "),
+              std::string::npos)
+        << best << "\n"
+        << r.out;
+    EXPECT_NE(r.out.find("levels              " + best + ", "), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("vs float64 on 8 sampled query rows x 8 heads: ok"), std::string::npos)
+        << r.out;
+  }
+}
+
 TEST_F(TwoLevelCli, BadOptionsNameTheOption) {
   const std::string o = path("o.npy");
   struct Case {
@@ -95,6 +128,9 @@ TEST_F(TwoLevelCli, BadOptionsNameTheOption) {
         "32"},
        "--hierarchy"},
       {{"--hierarchy", "a2a-ring", "--ranks-per-node", "2", "--kv-keep", "0.5"}, "--hierarchy"},
+      {{"--hierarchy", "auto"}, "--hardware"},     // auto plans on a profile
+      {{"--hardware", "h100-sxm"}, "--hardware"},  // read by auto only
+      {{"--hierarchy", "auto", "--hardware", "no-such-profile"}, "--hardware"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.names);

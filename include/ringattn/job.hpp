@@ -35,6 +35,7 @@
 
 #include "ringattn/attention.hpp"
 #include "ringattn/comm.hpp"
+#include "ringattn/hardware.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/kv_select.hpp"
 #include "ringattn/layout.hpp"
@@ -93,6 +94,10 @@ struct JobSpec : AttentionProblem {  // the global problem (mask built, in globa
   // node (0: from the launcher: MPI's shared-memory node, or every in-process rank).
   CommScheme scheme = CommScheme::flat;
   int ranks_per_node = 0;
+  // auto: the job runs best_scheme() (ringattn/plan.hpp) for its ranks in nodes
+  // of w on this profile, planned as MPI/NCCL ranks (needs `hardware`).
+  bool scheme_auto = false;
+  std::optional<HardwareProfile> hardware;
 
   // The MoE stage after attention (ringattn/moe_job.hpp; off unless moe.on()):
   // X = the attention output with heads concatenated, [B Nq, Hq D] in global
@@ -202,8 +207,9 @@ struct JobReport {
   std::optional<MoeCheck> moe_check;            // with verify or check_rows
   std::optional<SelectSummary> select;          // the K/V selection stage (spec.select.on())
   int ranks_per_node = 1;                       // the topology the run used
-  CommScheme scheme = CommScheme::flat;
-  std::vector<std::string> outputs;  // files written (rank 0)
+  CommScheme scheme = CommScheme::flat;         // the scheme run (auto: the plan's choice)
+  std::string scheme_auto;                      // auto: "on PROFILE: flat X s, ..."; "" otherwise
+  std::vector<std::string> outputs;             // files written (rank 0)
   // A check over its tolerance (nothing written): the check's field ("verify"
   // or "check_rows") and what it found; both "" when every check passed.
   std::string failure_field, failure;

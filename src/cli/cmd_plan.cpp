@@ -100,7 +100,7 @@ CommandSpec plan_spec() {
   };
   for (OptionSpec& o : run_spec().options) {
     // plan's own: the profile's devices per node; auto
-    if (o.name == "ranks-per-node" || o.name == "hierarchy") continue;
+    if (o.name == "ranks-per-node" || o.name == "hierarchy" || o.name == "hardware") continue;
     if (o.name == "ranks-local") o.help = "in-process ranks P (threads of one process, as run)";
     const bool mask = o.name.rfind("window", 0) == 0 || o.name.rfind("block", 0) == 0 ||
                       o.name == "dilation" || o.name == "sinks" || o.name == "global";
@@ -121,23 +121,6 @@ CommandSpec plan_spec() {
       "and " RINGATTN_HARDWARE_DIR
       ".\nThe model and its units are in docs/PERFORMANCE.md; ring.hpp describes the memory.";
   return s;
-}
-
-std::vector<std::string> hardware_dirs() {
-  std::vector<std::string> dirs;
-  if (const char* env = std::getenv("RINGATTN_HARDWARE_DIR"); env != nullptr && *env != '\0')
-    dirs.emplace_back(env);
-  dirs.emplace_back("configs/hardware");
-  dirs.emplace_back(RINGATTN_HARDWARE_DIR);
-  return dirs;
-}
-
-HardwareProfile load_profile(const std::string& value) {
-  try {
-    return load_hardware_profile(resolve_hardware_profile(value, hardware_dirs()));
-  } catch (const Error& e) {
-    throw UsageError(fmt::format("option '--hardware': {}", e.what()));
-  }
 }
 
 // The MoE options; with --moe-weights and no --moe-ffn, d_ff is w1.npy's (as run reads it).
@@ -167,7 +150,7 @@ int cmd_plan(int argc, char** argv) {
         "option '--ranks-local': give --ranks P (MPI/NCCL ranks) or --ranks-local P (in-process), "
         "not both");
   const RunConfig cfg = make_problem_config(*opt);
-  HardwareProfile hw = load_profile(opt->text("hardware"));
+  HardwareProfile hw = load_hardware_option(opt->text("hardware"));
   std::string inter_label = "profile";
   if (const std::string v = opt->text("inter-node"); !v.empty()) {
     try {

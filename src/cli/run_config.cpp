@@ -50,12 +50,19 @@ CommandSpec run_spec() {
       OptionSpec::choice("layout", kLayoutAuto, {kLayoutAuto, "contiguous", "zigzag", "striped"},
                          "how tokens are split over ranks (auto: zigzag when causal, else "
                          "contiguous)"),
-      OptionSpec::choice("hierarchy", "flat", {"flat", "double-ring", "a2a-ring"},
+      OptionSpec::choice("hierarchy", "flat", {"flat", "double-ring", "a2a-ring", "auto"},
                          "communication over nodes: flat (one ring over all ranks), double-ring "
                          "(blocks circulate inside each node while each round's blocks cross to "
-                         "the next node, in flight for the round's w steps), or a2a-ring "
+                         "the next node, in flight for the round's w steps), a2a-ring "
                          "(inside a node an all-to-all trades tokens for heads, the ring runs "
-                         "across nodes, then back)"),
+                         "across nodes, then back), or auto (the one `ringattn plan` predicts "
+                         "fastest for these ranks and nodes on --hardware's profile)"),
+      OptionSpec::text("hardware", "",
+                       "the hardware profile --hierarchy auto plans on (as plan's --hardware: a "
+                       "name in configs/hardware or an .ini path; the ranks planned as MPI/NCCL "
+                       "ranks on nodes of --ranks-per-node)",
+                       "NAME|FILE")
+          .as_input(),
       OptionSpec::integer("ranks-per-node", "0",
                           "ranks per node for --hierarchy and the per-level figures (0: MPI's "
                           "shared-memory node, or all in-process ranks)")
@@ -156,6 +163,23 @@ RunConfig make_problem_config(const ParsedOptions& opt) {
   return c;
 }
 
+#ifndef RINGATTN_HARDWARE_DIR
+#define RINGATTN_HARDWARE_DIR "configs/hardware"
+#endif
+
+HardwareProfile load_hardware_option(const std::string& value) {
+  std::vector<std::string> dirs;
+  if (const char* env = std::getenv("RINGATTN_HARDWARE_DIR"); env != nullptr && *env != '\0')
+    dirs.emplace_back(env);
+  dirs.emplace_back("configs/hardware");
+  dirs.emplace_back(RINGATTN_HARDWARE_DIR);
+  try {
+    return load_hardware_profile(resolve_hardware_profile(value, dirs));
+  } catch (const Error& e) {
+    throw UsageError(fmt::format("option '--hardware': {}", e.what()));
+  }
+}
+
 RunConfig make_run_config(const ParsedOptions& opt) {
   RunConfig c = make_problem_config(opt);
   if (!c.from_files) c.seed = static_cast<uint64_t>(opt.integer("seed"));
@@ -174,7 +198,15 @@ RunConfig make_run_config(const ParsedOptions& opt) {
   const KvOptions kv = parse_kv_options(opt, c.dtype);
   c.kv_wire = kv.wire, c.kv_store = kv.store;
   c.select = kv.select;
-  c.scheme = parse_comm_scheme(opt.text("hierarchy"), "hierarchy");
+  c.scheme_auto = opt.text("hierarchy") == "auto";
+  if (!c.scheme_auto) c.scheme = parse_comm_scheme(opt.text("hierarchy"), "hierarchy");
+  if (c.scheme_auto && !opt.has("hardware"))
+    throw UsageError(
+        "option '--hierarchy': auto picks the scheme the plan predicts fastest on a hardware "
+        "profile: give --hardware NAME|FILE (e.g. h100-sxm)");
+  if (!c.scheme_auto && opt.has("hardware"))
+    throw UsageError("option '--hardware': only --hierarchy auto reads a profile in run");
+  if (c.scheme_auto) c.hardware = load_hardware_option(opt.text("hardware"));
   c.ranks_per_node = opt.integer_int("ranks-per-node");
   c.keep_path = opt.has("kv-keep-out") ? opt.text("kv-keep-out") : std::string();
   const MoeOptions moe = parse_moe_options(opt, c.hq * c.head_dim);

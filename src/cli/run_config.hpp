@@ -6,6 +6,7 @@
 
 #include "cli/mask_options.hpp"
 #include "cli/options.hpp"
+#include "ringattn/hardware.hpp"
 #include "ringattn/job.hpp"
 
 namespace ringattn::cli {
@@ -19,6 +20,11 @@ struct RunConfig : JobSpec {
   std::string metrics_path;  // --metrics
   std::string command_line;  // `ringattn run ...` with every effective option
 };
+
+// A hardware profile named by --hardware: a name in $RINGATTN_HARDWARE_DIR,
+// ./configs/hardware or the shipped profiles, or an .ini path. Throws UsageError
+// naming the option.
+HardwareProfile load_hardware_option(const std::string& value);
 
 // The `run` command's options (without the common ones).
 CommandSpec run_spec();

@@ -224,6 +224,9 @@ void print_report(const RunReport& r) {
                                       "nodes {:.3f} ms (the slowest rank of each)",
                                       iw * kMs, xw * kMs));
     }
+    if (!r.scheme_auto.empty())
+      line("comm scheme",
+           fmt::format("{} chosen by {} (predicted)", comm_scheme_name(r.scheme), r.scheme_auto));
     line("bytes sent",
          fmt::format("{} in all vs {} for a full ring ({:.1f}%)", format_bytes(double(sent)),
                      format_bytes(double(full_sent)),
@@ -336,6 +339,7 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
       .integer("shared_queries", r.shared_queries)
       .text("hierarchy", c.hier.describe())
       .text("comm_scheme", comm_scheme_name(r.scheme))
+      .text("comm_scheme_auto", r.scheme_auto)
       .integer("ranks_per_node", r.ranks_per_node)
       .text("kv_wire", c.kv_wire.on() ? c.kv_wire.describe() : std::string(dtype_name(c.dtype)))
       .boolean("kv_store", c.kv_store)

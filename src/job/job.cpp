@@ -2,6 +2,7 @@
 #include "ringattn/job.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -22,6 +23,7 @@
 #include "ringattn/hierarchy_stage.hpp"
 #include "ringattn/kv_select_stage.hpp"
 #include "ringattn/memory.hpp"
+#include "ringattn/plan.hpp"
 #include "ringattn/ring.hpp"
 #include "ringattn/tempfiles.hpp"
 
@@ -31,6 +33,28 @@ namespace {
 constexpr const char* kInjectedFailure = "injected failure (fail_rank)";
 // Tokens whose MoE output --verify checks against the float64 reference (routing: all).
 constexpr int64_t kMoeVerifyRows = 64;
+
+// --hierarchy auto: the scheme make_plan predicts fastest for np ranks in nodes
+// of w on spec.hardware (planned as MPI/NCCL ranks), and each scheme's figures
+// for the report. Every rank computes the same choice.
+CommScheme auto_scheme(const JobSpec& spec, int np, int w, std::string* text) {
+  PlanInput in(static_cast<const AttentionProblem&>(spec));
+  in.layout = spec.layout;
+  in.ranks = np, in.ranks_per_node = w;
+  in.links = PlanLinks::network;
+  in.threads = spec.threads;
+  in.moe = spec.moe;
+  in.kv_wire = spec.kv_wire, in.kv_store = spec.kv_store;
+  in.select = spec.select;
+  const CommScheme best = best_scheme(in, *spec.hardware);
+  std::vector<std::string> parts;
+  for (const SchemeEstimate& e : compare_schemes(in, *spec.hardware))
+    parts.push_back(
+        e.ok ? fmt::format("{} {:.3f} ms", comm_scheme_name(e.scheme), e.predicted_s * 1e3)
+             : fmt::format("{} cannot run", comm_scheme_name(e.scheme)));
+  *text = fmt::format("auto on {}: {}", spec.hardware->name, fmt::join(parts, ", "));
+  return best;
+}
 
 // One warning line when some rank holds no query or no key/value tokens.
 void warn_empty_ranks(const JobSpec& spec, const Layout& ql, const Layout& kvl) {
@@ -105,8 +129,10 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   const int w = spec.ranks_per_node > 0   ? spec.ranks_per_node
                 : comm.backend() == "mpi" ? mpi_local_size()
                                           : np;
-  check_two_level(spec.scheme, np, w, spec.hq, spec.hkv);
-  const bool a2a = spec.scheme == CommScheme::a2a_ring;
+  std::string auto_text;
+  const CommScheme scheme = spec.scheme_auto ? auto_scheme(spec, np, w, &auto_text) : spec.scheme;
+  check_two_level(scheme, np, w, spec.hq, spec.hkv);
+  const bool a2a = scheme == CommScheme::a2a_ring;
   const Layout ql =
       a2a ? Layout::nested(spec.layout, spec.nq, np / w, w) : Layout(spec.layout, spec.nq, np);
   const Layout kvl =
@@ -117,7 +143,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   const RingSchedule schedule =
       a2a ? make_ring_schedule(Layout(spec.layout, spec.nq, np / w),
                                Layout(spec.layout, spec.nk, np / w), ring_mask)
-          : make_ring_schedule(ql, kvl, ring_mask, scheme_options(spec.scheme, w));
+          : make_ring_schedule(ql, kvl, ring_mask, scheme_options(scheme, w));
   if (spec.moe.on()) validate_moe(spec.moe, np);
   const job::MoeOutputPaths moe_paths{spec.moe_out_path, spec.moe_routing_path, spec.moe_gates_path,
                                       spec.batched_output()
@@ -226,7 +252,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
 
   JobReport report;
   report.ranks = np, report.rank = rank;
-  report.ranks_per_node = w, report.scheme = spec.scheme;
+  report.ranks_per_node = w, report.scheme = scheme, report.scheme_auto = auto_text;
   report.backend = comm.backend();
   report.isa = spec.device == Device::cuda
                    ? device.name()

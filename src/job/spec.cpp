@@ -83,6 +83,10 @@ void JobSpec::validate() const {
   if (ranks_per_node < 0)
     throw FieldError("ranks_per_node",
                      fmt::format("expected >= 0 (0: from the launcher), got {}", ranks_per_node));
+  if (scheme_auto && !hardware)
+    throw FieldError("hardware", "--hierarchy auto needs a hardware profile to plan on");
+  if (scheme_auto && device != Device::cpu)
+    throw FieldError("hierarchy", "auto runs on the cpu device (double-ring and a2a-ring do)");
   if (scheme == CommScheme::double_ring && device != Device::cpu)
     throw FieldError("hierarchy", "double-ring runs on the cpu device (not tested on the GPU yet)");
   if (scheme == CommScheme::a2a_ring) {
@@ -142,7 +146,9 @@ std::string JobSpec::config_text() const {
                              !moe_gates_path.empty())
                : std::string("off"),
       kv_wire.describe(), kv_store, select.describe(), select.group,
-      select.asymmetric ? " asym" : "", !keep_path.empty(), comm_scheme_name(scheme),
+      select.asymmetric ? " asym" : "", !keep_path.empty(),
+      scheme_auto ? std::string("auto on ") + (hardware ? hardware->name : "?")
+                  : std::string(comm_scheme_name(scheme)),
       ranks_per_node);
 }
 
