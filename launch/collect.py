@@ -31,6 +31,9 @@ COLUMNS = [
     "rank_total_ms", "rank_compute_ms", "rank_merge_ms", "rank_wait_ms",
     "pred_rank_total_ms", "pred_rank_compute_ms", "pred_rank_merge_ms", "pred_rank_wait_ms",
     "load", "reproduce",
+    "comm_scheme", "ranks_per_node",
+    "measured_intra_bytes", "predicted_intra_bytes",
+    "measured_inter_bytes", "predicted_inter_bytes",
 ]
 
 
@@ -84,6 +87,11 @@ def row(mode, load, run_path, plan_path):
         "pred_rank_merge_ms": joined(prank, "merge_ms"),
         "pred_rank_wait_ms": joined(prank, "wait_ms"),
         "load": load, "reproduce": m["reproduce"],
+        "comm_scheme": m.get("comm_scheme", "flat"), "ranks_per_node": m.get("ranks_per_node", ""),
+        "measured_intra_bytes": sum(r.get("intra_bytes", 0) for r in ranks),
+        "predicted_intra_bytes": p.get("intra_bytes", ""),
+        "measured_inter_bytes": sum(r.get("inter_bytes", 0) for r in ranks),
+        "predicted_inter_bytes": p.get("inter_bytes", ""),
     }
 
 
@@ -97,6 +105,12 @@ def main(argv):
     if not pairs or len(pairs) % 2:
         raise SystemExit(__doc__.split("\n\n")[1])
     new = not os.path.exists(out) or os.path.getsize(out) == 0
+    if not new:
+        with open(out, newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != COLUMNS:
+            raise SystemExit(f"collect.py: {out} has other columns (written by another version); "
+                             "collect into a new file")
     with open(out, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         if new:

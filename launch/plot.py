@@ -60,6 +60,8 @@ def series(rows):
         size = f"N={int(r['n'])}" if r["mode"] == "strong" else (
             f"{int(r['tokens_per_rank'])}/rank" if r["mode"] == "weak" else "N~sqrt(P)")
         key = f"{r['mode']} {r['backend']} {size} {problem}"
+        if r.get("comm_scheme", "flat") not in ("", "flat"):
+            key += f" {r['comm_scheme']} w={r.get('ranks_per_node', '')}"
         groups.setdefault(key, []).append(r)
     for v in groups.values():
         v.sort(key=lambda r: r["ranks"])

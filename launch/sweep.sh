@@ -6,6 +6,9 @@
 #   launch/sweep.sh --mode strong --ranks "1 2 4 8" --seq-len 16384 -- --heads 4
 #   launch/sweep.sh --mode weak --tokens-per-rank 4096 --backend mpi --ranks "1 2 4" -- --threads 1
 #   launch/sweep.sh --mode weak-sqrt --seq-len 8192 --ranks "1 4" -- --causal
+#   launch/sweep.sh --ranks "4 8" --out schemes.csv -- --causal --hierarchy double-ring --ranks-per-node 2
+#     (one sweep per --hierarchy into one CSV: its comm_scheme column and the per-level bytes,
+#     measured and predicted, compare the schemes; plot.py draws one series per scheme)
 #
 # Modes:
 #   strong      fixed N (--seq-len) for every P

@@ -23,6 +23,25 @@ head -1 "$csv" | grep -q "measured_ms,predicted_ms,error_pct" || fail "CSV heade
 # weak-sqrt: N = 128 sqrt(P) rounded up to 2P -> 256 at P = 4
 grep -q "^weak-sqrt,local,4,256," "$csv" || fail "weak-sqrt row for P=4: $(cat "$csv")"
 
+# Schemes over simulated nodes: the CSV carries the scheme and, per level, the bytes run
+# counted and plan predicted (equal: the plan's counts are exact).
+scsv=$work/schemes.csv
+for scheme in flat double-ring a2a-ring; do
+  "$src/launch/sweep.sh" --bin "$bin" --mode strong --ranks "4" --seq-len 256 \
+    --hardware cpu-2core --out "$scsv" -- --heads 2 --head-dim 32 --causal --threads 1 \
+    --hierarchy "$scheme" --ranks-per-node 2 >>"$work/sweep.log"
+done
+/usr/bin/python3 - "$scsv" <<'PY' || fail "scheme CSV: $(cat "$scsv")"
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+assert [r["comm_scheme"] for r in rows] == ["flat", "double-ring", "a2a-ring"], rows
+for r in rows:
+    assert r["ranks_per_node"] == "2", r
+    for level in ("intra", "inter"):
+        m, p = float(r[f"measured_{level}_bytes"]), float(r[f"predicted_{level}_bytes"])
+        assert m == p and m > 0, (r["comm_scheme"], level, m, p)
+PY
+
 # Bad input: one clear line, exit 2.
 if "$src/launch/sweep.sh" --bin "$bin" --mode sideways >/dev/null 2>"$work/err"; then
   fail "--mode sideways accepted"
