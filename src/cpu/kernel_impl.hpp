@@ -173,34 +173,6 @@ struct Impl {
     *m = m_new;
   }
 
-  // For a row of a partial tile: the outer range [*j0, *j1) of visible keys,
-  // with the invisible keys inside it set to -inf in s.
-  static void mask_row(const Mask& mask, int64_t qp, Positions kpos, int kvalid, float* s, int* j0,
-                       int* j1) {
-    constexpr int kMaxRanges = 4 + 2 * kMaxGlobalRanges + kMaxRandomBlocks;
-    int64_t b[kMaxRanges], e[kMaxRanges];
-    bool elementwise = false;
-    const int n = mask.key_ranges(qp, kpos, kvalid, b, e, kMaxRanges, &elementwise);
-    if (n == 0) {
-      *j0 = *j1 = 0;
-      return;
-    }
-    int64_t lo = b[0], hi = e[0];
-    for (int i = 1; i < n; ++i) lo = std::min(lo, b[i]), hi = std::max(hi, e[i]);
-    *j0 = static_cast<int>(lo);
-    *j1 = static_cast<int>(hi);
-    if (elementwise) {
-      for (int64_t j = lo; j < hi; ++j)
-        if (!mask.allows(qp, kpos.at(j))) s[j] = -INFINITY;
-    } else if (n > 1) {  // mask the gaps between the ranges
-      for (int64_t j = lo; j < hi; ++j) {
-        bool in = false;
-        for (int i = 0; i < n && !in; ++i) in = j >= b[i] && j < e[i];
-        if (!in) s[j] = -INFINITY;
-      }
-    }
-  }
-
   // Hides the keys of a row that are not kept (keep[j] == 0) and narrows the
   // visible range [*j0, *j1) to the first and last key still visible (empty if none).
   static void keep_row(const uint8_t* keep, float* s, int* j0, int* j1) {

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <limits>
 
+#include "cpu/visibility.hpp"
 #include "ringattn/dtype.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/mask.hpp"
