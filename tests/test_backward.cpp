@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "ringattn/backward.hpp"
@@ -291,6 +292,31 @@ TEST(Backward, ResultIndependentOfThreadCount) {
   EXPECT_EQ(one.dq, three.dq);
   EXPECT_EQ(one.dk, three.dk);
   EXPECT_EQ(one.dv, three.dv);
+}
+
+TEST(Backward, AddsToGradients) {
+  // GradWrite::add adds each gradient to what the outputs hold: dq + the kernel's
+  // dq, and the same for dk and dv (a ring sums a rank's terms this way); equal
+  // up to one rounding (the add may fuse with the scale's product).
+  test::Problem p = make_problem(2, 150, 170, 4, 2, 32, DType::f32, 24);
+  p.args.mask = Mask::causal(20);
+  const test::Output fwd = test::run_kernel(p.args);
+  const std::vector<float> g = random_grad(p.args, 25);
+  const Grads set = run_backward(p.args, fwd, g);
+  Grads add;
+  add.dq = random_grad(p.args, 26);
+  const Tensor k0 = random_tensor(DType::f32, {2, 170, 2, 32}, 27);
+  add.dk.assign(k0.as<float>(), k0.as<float>() + k0.numel());
+  add.dv = add.dk;
+  std::reverse(add.dv.begin(), add.dv.end());
+  const Grads before = add;
+  attention_backward(p.args, fwd.o.data(), fwd.lse.data(), g.data(), add.dq.data(), add.dk.data(),
+                     add.dv.data(), {}, GradWrite::add);
+  for (auto [got, was, term] :
+       {std::tuple{&add.dq, &before.dq, &set.dq}, std::tuple{&add.dk, &before.dk, &set.dk},
+        std::tuple{&add.dv, &before.dv, &set.dv}})
+    for (std::size_t i = 0; i < got->size(); ++i)
+      ASSERT_NEAR((*got)[i], (*was)[i] + (*term)[i], 1e-6f * (1.0f + std::fabs((*was)[i]))) << i;
 }
 
 TEST(Backward, EmptyBlocks) {

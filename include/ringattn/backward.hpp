@@ -6,7 +6,8 @@
 // Shapes (row-major, "bshd"):
 //   q [B, Nq, Hq, D], k and v [B, Nk, Hkv, D] in the storage dtype (args)
 //   o, dO [B, Nq, Hq, D] float32;  lse [B, Hq, Nq] float32, natural log
-//   dq [B, Nq, Hq, D], dk and dv [B, Nk, Hkv, D] float32 (written, not added to)
+//   dq [B, Nq, Hq, D], dk and dv [B, Nk, Hkv, D] float32 (written, or added to
+//   with GradWrite::add: a ring sums a rank's terms over the key blocks it holds)
 //
 // For each batch b and query head h (K/V head h / (Hq / Hkv)), with s the
 // softmax scale and "visible" the mask's pairs:
@@ -39,8 +40,9 @@ namespace ringattn {
 // (the dQ pass visits them again). opt.threads as for the forward; opt.isa is
 // not used (plain loops). Throws FieldError for bad arguments, a hierarchy
 // ("hier"), kept keys ("keep") or quantized K/V ("kq"): not supported yet.
+enum class GradWrite { set, add };
 KernelStats attention_backward(const AttentionArgs& args, const float* o, const float* lse,
                                const float* dO, float* dq, float* dk, float* dv,
-                               const KernelOptions& opt = {});
+                               const KernelOptions& opt = {}, GradWrite write = GradWrite::set);
 
 }  // namespace ringattn

@@ -161,7 +161,8 @@ void check_call(const AttentionArgs& a, const float* o, const float* lse, const 
 
 KernelStats attention_backward(const AttentionArgs& a, const float* o, const float* lse,
                                const float* dO, float* dq, float* dk, float* dv,
-                               const KernelOptions& opt) {
+                               const KernelOptions& opt, GradWrite write) {
+  const bool add = write == GradWrite::add;
   check_call(a, o, lse, dO, dq, dk, dv);
   const int d = static_cast<int>(a.head_dim);
   const int64_t group = a.group();
@@ -237,8 +238,8 @@ KernelStats attention_backward(const AttentionArgs& a, const float* o, const flo
         float* dkj = dk + ((b * a.nk + key0 + j) * a.hkv + hk) * d;
         float* dvj = dv + ((b * a.nk + key0 + j) * a.hkv + hk) * d;
         for (int c = 0; c < d; ++c) {
-          dkj[c] = scale * acc1[j * d + c];
-          dvj[c] = acc2[j * d + c];
+          dkj[c] = scale * acc1[j * d + c] + (add ? dkj[c] : 0.0f);
+          dvj[c] = acc2[j * d + c] + (add ? dvj[c] : 0.0f);
         }
       }
     }
@@ -284,7 +285,7 @@ KernelStats attention_backward(const AttentionArgs& a, const float* o, const flo
       }
       for (int r = 0; r < t.rows; ++r) {
         float* out = dq + ((b * a.nq + i0 + r) * a.hq + h) * d;
-        for (int c = 0; c < d; ++c) out[c] = scale * dqb[r * d + c];
+        for (int c = 0; c < d; ++c) out[c] = scale * dqb[r * d + c] + (add ? out[c] : 0.0f);
       }
     }
   }
