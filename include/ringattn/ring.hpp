@@ -91,6 +91,8 @@ struct RingMetrics {
   std::vector<double> step_s;       // wall time of each step
   std::vector<double> step_wait_s;  // of which waiting, at its end, for the next step's block
   std::size_t block_bytes = 0;      // bytes of the largest K/V block in flight
+  int64_t grad_bytes = 0;           // backward: of bytes_sent, the dK/dV accumulators (float32)
+  int grad_messages = 0;            // backward: accumulators sent
 };
 
 // Bytes of the K/V block `rank` holds in p.kv_wire's format (K's part then V's;
@@ -107,5 +109,36 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& engine, const RingSch
 // The same on the CPU engine (host memory).
 RingMetrics ring_attention(Communicator& comm, const RingSchedule& schedule, const RingProblem& p,
                            float* o, float* lse, const KernelOptions& kopt = {});
+
+// The backward pass over the ring (ring_backward.cpp). Each rank keeps its Q,
+// the forward's final O and LSE and dO (o, dO [B, nq_local, Hq, D], lse [B, Hq,
+// nq_local], float32) and gets dq [B, nq_local, Hq, D] and the gradients of its
+// own K/V block, dk and dv [B, nk_local, Hkv, D] (float32, overwritten).
+//
+// K/V blocks move exactly as in the forward (the same loop and schedule); the
+// gradient of a block travels one step behind it: the ranks that compute on
+// the block (in step order) form a chain, and each, after its compute, adds
+// the accumulator it received from the previous one to its own term and sends
+// the sum to the next, the last to the block's owner, which adds it to the
+// term of its own queries. So dK/dV move between the same neighbours as the
+// blocks (ring, direct, double ring), ranks with no work on a block neither
+// relay nor wait for its accumulator, and the accumulator is sent only after
+// the compute that adds to it: each message is in flight during the next
+// step's compute instead of delaying the block it would travel with. Messages
+// per rank: one per step with work on another rank's block, of 2 B n Hkv D
+// float32 (n: that block's tokens; RingMetrics::grad_bytes).
+//
+// The schedule must have no shared part (ScheduleOptions::share = false: sinks
+// and global tokens ride the ring as ordinary keys); quantized K/V, kept keys
+// and hierarchies are refused (FieldError). Every rank calls it with the same
+// schedule and shapes.
+RingMetrics ring_attention_backward(Communicator& comm, RingEngine& engine,
+                                    const RingSchedule& schedule, const RingProblem& p,
+                                    const float* o, const float* lse, const float* dO, float* dq,
+                                    float* dk, float* dv);
+RingMetrics ring_attention_backward(Communicator& comm, const RingSchedule& schedule,
+                                    const RingProblem& p, const float* o, const float* lse,
+                                    const float* dO, float* dq, float* dk, float* dv,
+                                    const KernelOptions& kopt = {});
 
 }  // namespace ringattn

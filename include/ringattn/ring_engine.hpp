@@ -64,6 +64,12 @@ class RingEngine {
     return static_cast<std::size_t>(nq * hq * (head_dim + 1)) * sizeof(float);
   }
 
+  // The backward of a batch-1 problem (ringattn/backward.hpp), added to dq, dk
+  // and dv (float32): o, dO and dq are the a.nq query rows, lse [Hq, a.nq].
+  // Engines without a backward throw (the default).
+  virtual KernelStats attend_backward(const AttentionArgs& a, const float* o, const float* lse,
+                                      const float* dO, float* dq, float* dk, float* dv);
+
   // Empty state (O = 0, LSE = -inf).
   virtual void clear(const StateView& s) = 0;
 

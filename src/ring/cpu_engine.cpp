@@ -5,6 +5,7 @@
 
 #include <cstring>
 
+#include "ringattn/backward.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/memory.hpp"
 #include "ringattn/ring_engine.hpp"
@@ -22,6 +23,11 @@ KernelStats RingEngine::attend_merge(const AttentionArgs& a, const StateView& ac
   const KernelStats st = attend(a, po, pl);
   merge_rows(acc, batch_index, row0, StateView{po, pl, 1, a.nq, a.hq, a.head_dim});
   return st;
+}
+
+KernelStats RingEngine::attend_backward(const AttentionArgs&, const float*, const float*,
+                                        const float*, float*, float*, float*) {
+  throw Error(fmt::format("the {} engine has no attention backward (the cpu engine has)", name()));
 }
 
 namespace {
@@ -47,6 +53,11 @@ class CpuEngine final : public RingEngine {
 
   KernelStats attend(const AttentionArgs& a, float* o, float* lse) override {
     return attention_forward(a, o, lse, opt_);
+  }
+
+  KernelStats attend_backward(const AttentionArgs& a, const float* o, const float* lse,
+                              const float* dO, float* dq, float* dk, float* dv) override {
+    return attention_backward(a, o, lse, dO, dq, dk, dv, opt_, GradWrite::add);
   }
 
   void merge_rows(const StateView& acc, int64_t batch_index, int64_t row0,

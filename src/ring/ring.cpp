@@ -7,6 +7,7 @@
 #include <optional>
 #include <vector>
 
+#include "ring/ring_loop.hpp"
 #include "ring/ring_shared.hpp"
 #include "ringattn/error.hpp"
 
@@ -52,31 +53,19 @@ void quantize_kv_block(const RingProblem& p, int rank, void* out) {
   quantize_values(p.v, p.dtype, block_rows(p, rank), q.v);
 }
 
-RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedule& sch,
-                           const RingProblem& p, float* o, float* lse) {
+namespace detail {
+
+void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, const RingProblem& p,
+              RingVisitor& pass, RingMetrics& m) {
   check_problem(comm, sch, p);
-  const Clock::time_point t_start = Clock::now();
   const int r = comm.rank(), np = comm.size();
   const int64_t nq = p.q_layout->tokens(r), d = p.head_dim;
   const std::size_t esz = dtype_size(p.dtype);
 
-  RingMetrics m;
   m.steps = sch.steps;
   std::size_t max_block = 0;
   for (int s = 0; s < np; ++s) max_block = std::max(max_block, block_bytes(p, s).total());
   m.block_bytes = max_block;
-
-  // Running state, starting empty.
-  const StateView acc{o, lse, p.batch, nq, p.hq, d};
-  eng.clear(acc);
-
-  // Sinks, global keys and global queries: gathered once, outside the rotation.
-  std::unique_ptr<detail::SharedRows> shared;
-  if (sch.shared.on()) {
-    const Clock::time_point t0 = Clock::now();
-    shared = std::make_unique<detail::SharedRows>(comm, eng, sch, p, &m.shared_bytes);
-    m.wait_s += since(t0);
-  }
 
   // The own block in the wire format, quantized once: what this rank sends.
   std::unique_ptr<EngineBuffer> own_wire;
@@ -123,14 +112,11 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
     const RingStep& st = sch.step(r, t);
     if (st.recv_from >= 0 || st.send_to >= 0) posts[static_cast<std::size_t>(st.post)].push_back(t);
   }
-  // One batch-1 partial state: the largest query segment or global query chunk.
-  int64_t max_rows = shared ? shared->max_rows() : 0;
-  for (const Segment& s : p.q_layout->segments(r)) max_rows = std::max(max_rows, s.count);
-  auto work = eng.alloc(std::max<std::size_t>(RingEngine::partial_bytes(max_rows, p.hq, d), 1),
-                        "partial state");
 
   for (int s = 0; s < sch.steps; ++s) {
     const Clock::time_point t_step = Clock::now();
+    const double visitor_wait0 = pass.waited_s;
+    pass.begin_step(s);
     const RingStep& st = sch.step(r, s);
     const BlockBytes held_bytes = block_bytes(p, st.source);  // K, then V
     const bool held_quantized = p.kv_wire.on() && (s > 0 || p.kv_stored != nullptr);
@@ -185,6 +171,7 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
     }
 
     const Clock::time_point t0 = Clock::now();
+    const double visitor_wait1 = pass.waited_s;
     const int64_t nk_src = p.kv_layout->tokens(st.source);
     std::optional<QuantBlock> held_q;  // a received or stored block: codes and scales
     if (held_quantized && !st.work.empty()) held_q.emplace(p, st.source, const_cast<char*>(held_k));
@@ -208,11 +195,11 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
           a.k = held_k + k_off;
           a.v = held_v + k_off;
         }
-        m.tiles += eng.attend_merge(a, acc, b, qs.local_offset, *work);
+        m.tiles += pass.compute(s, st, a, b, qs.local_offset, ks.local_offset);
       }
     }
-    if (s == 0 && shared) m.tiles += shared->compute(acc, *work);
-    m.compute_s += since(t0);
+    pass.end_compute(s);
+    m.compute_s += since(t0) - (pass.waited_s - visitor_wait1);
     m.pairs += st.pairs;
     m.computed_steps += !st.work.empty();
 
@@ -229,18 +216,78 @@ RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedu
     in_flight.erase(std::remove_if(in_flight.begin(), in_flight.end(),
                                    [&](const InFlight& f) { return f.deliver == s + 1; }),
                     in_flight.end());
-    const double waited = since(t_wait);
+    const double waited_kv = since(t_wait);
+    pass.end_step(s);
+    const double waited = waited_kv + (pass.waited_s - visitor_wait0);
     m.wait_s += waited;
     m.step_wait_s.push_back(waited);
     m.step_s.push_back(since(t_step));
   }
-  if (shared) {
-    const Clock::time_point t0 = Clock::now();
-    shared->finish(acc, &m.shared_bytes);
-    m.merge_s += since(t0);
-  }
+  const Clock::time_point t_fin = Clock::now();
+  const double visitor_wait = pass.waited_s;
+  pass.finish();
+  m.wait_s += pass.waited_s - visitor_wait;
+  m.merge_s += since(t_fin) - (pass.waited_s - visitor_wait);
   eng.sync();
-  m.bytes_sent += m.shared_bytes;
+  m.bytes_sent += pass.bytes_sent;
+}
+
+}  // namespace detail
+
+namespace {
+
+// The forward: each work item attended and merged into the running state;
+// sinks, global keys and global queries (SharedRows) beside the rotation.
+class ForwardPass final : public detail::RingVisitor {
+ public:
+  ForwardPass(Communicator& comm, RingEngine& eng, const RingSchedule& sch, const RingProblem& p,
+              float* o, float* lse, RingMetrics& m)
+      : eng_(eng), acc_{o, lse, p.batch, p.q_layout->tokens(comm.rank()), p.hq, p.head_dim}, m_(m) {
+    eng.clear(acc_);  // running state, starting empty
+    // Sinks, global keys and global queries: gathered once, outside the rotation.
+    if (sch.shared.on()) {
+      const Clock::time_point t0 = Clock::now();
+      shared_ = std::make_unique<detail::SharedRows>(comm, eng, sch, p, &m.shared_bytes);
+      m.wait_s += since(t0);
+    }
+    // One batch-1 partial state: the largest query segment or global query chunk.
+    int64_t max_rows = shared_ ? shared_->max_rows() : 0;
+    for (const Segment& s : p.q_layout->segments(comm.rank()))
+      max_rows = std::max(max_rows, s.count);
+    work_ =
+        eng.alloc(std::max<std::size_t>(RingEngine::partial_bytes(max_rows, p.hq, p.head_dim), 1),
+                  "partial state");
+  }
+
+  KernelStats compute(int, const RingStep&, const AttentionArgs& a, int64_t b, int64_t q_row0,
+                      int64_t) override {
+    return eng_.attend_merge(a, acc_, b, q_row0, *work_);
+  }
+  void end_compute(int s) override {
+    if (s == 0 && shared_) m_.tiles += shared_->compute(acc_, *work_);
+  }
+  void finish() override {
+    if (shared_) shared_->finish(acc_, &m_.shared_bytes);
+    bytes_sent = m_.shared_bytes;
+  }
+
+ private:
+  RingEngine& eng_;
+  StateView acc_;
+  RingMetrics& m_;
+  std::unique_ptr<detail::SharedRows> shared_;
+  std::unique_ptr<EngineBuffer> work_;
+};
+
+}  // namespace
+
+RingMetrics ring_attention(Communicator& comm, RingEngine& eng, const RingSchedule& sch,
+                           const RingProblem& p, float* o, float* lse) {
+  check_problem(comm, sch, p);
+  const Clock::time_point t_start = Clock::now();
+  RingMetrics m;
+  ForwardPass fwd(comm, eng, sch, p, o, lse, m);
+  detail::run_ring(comm, eng, sch, p, fwd, m);
   m.total_s = since(t_start);
   return m;
 }
