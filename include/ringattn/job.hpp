@@ -107,6 +107,17 @@ struct JobSpec : AttentionProblem {  // the global problem (mask built, in globa
   std::string moe_weights;
   std::string moe_out_path, moe_routing_path, moe_gates_path;
 
+  // The backward pass after each forward pass (ring_attention_backward, cpu
+  // device): dO [B, Nq, Hq, D] read from do_file (path set: the run's dtype or
+  // float32, shaped like q) or generated from `seed` (SynthStream::d_o,
+  // float32); dQ [B, Nq, Hq, D] and dK, dV [B, Nk, Hkv, D] written as global
+  // .npy in token order (without the batch axis when q is a 3-d file), in the
+  // run's dtype or float32 (grad_f32). verify and check_rows cover them.
+  bool backward = false;
+  InputFile do_file;
+  std::string dq_path, dk_path, dv_path;
+  bool grad_f32 = false;
+
   // Execution and checks.
   int repeats = 1, warmup = 0;
   bool verify = false;     // single-rank kernel on the whole problem on rank 0 (O(N) there)
@@ -128,6 +139,10 @@ struct JobSpec : AttentionProblem {  // the global problem (mask built, in globa
   // Throws FieldError on what cannot run (problem fields, repeats, fail_rank, device).
   void validate() const;
   bool batched_output() const { return !from_files || q.ndim == kNdimBatch; }
+  // dO from a file: reads its header, checks it against q's shape and the
+  // run's dtype (or float32); errors name do_file and the file.
+  void use_grad_output_file(const std::string& path);
+  void check_backward_supported() const;  // part of validate()
   // Whether rank 0 collects every rank's rows after the ring (outputs or checks).
   bool gathers() const {
     return !out_path.empty() || !lse_path.empty() || !route_path.empty() || !keep_path.empty() ||
@@ -171,6 +186,22 @@ struct RankStats {
   double intra_wait_s = 0, inter_wait_s = 0;
   // The MoE stage (after the pass; not included in the figures above).
   MoeRankStats moe;
+  // The backward pass (spec.backward; after the forward, not included above):
+  // its best pass's wall time, compute and waits, bytes sent (K/V blocks and
+  // dK/dV accumulators) and accumulators sent, and pairs.
+  double bwd_total_s = 0, bwd_compute_s = 0, bwd_wait_s = 0;
+  int64_t bwd_bytes = 0, bwd_grad_bytes = 0, bwd_grad_messages = 0, bwd_steps = 0;
+};
+
+// The gradients' checks (verify: the single-rank kernel backward; check_rows:
+// the float64 reference on sampled query rows for dQ and sampled keys for dK,
+// dV): relative Frobenius errors over what was compared.
+struct GradCheck {
+  double dq = 0, dk = 0, dv = 0;
+  int64_t q_rows = 0, k_rows = 0;  // rows compared per (batch, head)
+  double tol = 0;
+  bool ok = false;
+  double t1_s = 0;  // verify: the single-rank backward's time
 };
 
 // The K/V selection stage of a run (rank 0's view; the kept set is global).
@@ -193,23 +224,25 @@ struct CheckResult {
 
 struct JobReport {
   int ranks = 1, rank = 0;
-  std::string backend;                          // the communicator's: "local", "mpi"
-  std::string isa;                              // the kernel's ISA, or the device ("cuda:0")
-  double flops = 0;                             // of the global problem
-  double sched_imbalance = 1;                   // RingSchedule::imbalance()
-  std::string transfer;                         // "ring" or "direct"
-  int64_t shared_keys = 0, shared_queries = 0;  // tokens taken out of the rotation
-  std::vector<RankStats> stats;                 // per rank, in rank order
-  std::size_t rank0_output_peak = 0;            // rank 0's peak while writing/checking
-  std::optional<CheckResult> verify;            // spec.verify
-  std::optional<CheckResult> sampled;           // spec.check_rows > 0
-  std::optional<MoeMetrics> moe;                // the MoE stage's best pass (spec.moe.on())
-  std::optional<MoeCheck> moe_check;            // with verify or check_rows
-  std::optional<SelectSummary> select;          // the K/V selection stage (spec.select.on())
-  int ranks_per_node = 1;                       // the topology the run used
-  CommScheme scheme = CommScheme::flat;         // the scheme run (auto: the plan's choice)
-  std::string scheme_auto;                      // auto: "on PROFILE: flat X s, ..."; "" otherwise
-  std::vector<std::string> outputs;             // files written (rank 0)
+  std::string backend;                                 // the communicator's: "local", "mpi"
+  std::string isa;                                     // the kernel's ISA, or the device ("cuda:0")
+  double flops = 0;                                    // of the global problem
+  double sched_imbalance = 1;                          // RingSchedule::imbalance()
+  std::string transfer;                                // "ring" or "direct"
+  int64_t shared_keys = 0, shared_queries = 0;         // tokens taken out of the rotation
+  std::vector<RankStats> stats;                        // per rank, in rank order
+  std::size_t rank0_output_peak = 0;                   // rank 0's peak while writing/checking
+  std::optional<CheckResult> verify;                   // spec.verify
+  std::optional<CheckResult> sampled;                  // spec.check_rows > 0
+  std::optional<MoeMetrics> moe;                       // the MoE stage's best pass (spec.moe.on())
+  std::optional<MoeCheck> moe_check;                   // with verify or check_rows
+  std::optional<SelectSummary> select;                 // the K/V selection stage (spec.select.on())
+  std::optional<GradCheck> grad_verify, grad_sampled;  // spec.backward with verify / check_rows
+  double bwd_flops = 0;                                // the backward's FLOPs (2.5x the forward's)
+  int ranks_per_node = 1;                              // the topology the run used
+  CommScheme scheme = CommScheme::flat;                // the scheme run (auto: the plan's choice)
+  std::string scheme_auto;           // auto: "on PROFILE: flat X s, ..."; "" otherwise
+  std::vector<std::string> outputs;  // files written (rank 0)
   // A check over its tolerance (nothing written): the check's field ("verify"
   // or "check_rows") and what it found; both "" when every check passed.
   std::string failure_field, failure;

@@ -18,7 +18,7 @@
 namespace ringattn {
 
 // One stream per generated tensor of a problem.
-enum class SynthStream : uint64_t { q = 0, k = 1, v = 2 };
+enum class SynthStream : uint64_t { q = 0, k = 1, v = 2, d_o = 3 };  // d_o: the backward's dO
 
 // splitmix64's output function (Steele, Lea, Flood 2014): a bijective 64-bit mix.
 inline uint64_t splitmix64(uint64_t x) {

@@ -109,6 +109,27 @@ CommandSpec run_spec() {
                        "K/V selection: write the kept set, uint8 [B, Hsel, Nk] (1 = kept; Hsel "
                        "= Hkv, or Hq with --kv-keep-per head) (.npy)")
           .as_output(),
+      OptionSpec::flag("backward", "false",
+                       "after each forward pass, run the backward pass around the ring (dQ, "
+                       "dK, dV; the cpu device): K/V blocks move as in the forward, dK/dV "
+                       "accumulators follow them one step behind; sinks and global tokens ride "
+                       "the ring"),
+      OptionSpec::text("do", "",
+                       "backward: dO, shaped like q, in the run's dtype or float32 (.npy); "
+                       "default: generated from --seed",
+                       "FILE")
+          .as_input(),
+      OptionSpec::text("dq-out", "",
+                       "backward: write dQ, shaped like q, in the original token "
+                       "order (.npy; --grad-dtype)")
+          .as_output(),
+      OptionSpec::text("dk-out", "", "backward: write dK, shaped like k (.npy; --grad-dtype)")
+          .as_output(),
+      OptionSpec::text("dv-out", "", "backward: write dV, shaped like v (.npy; --grad-dtype)")
+          .as_output(),
+      OptionSpec::choice("grad-dtype", "storage", {"storage", "float32"},
+                         "backward: the gradients' file dtype: the run's (storage) or float32 "
+                         "(they are computed in float32 either way)"),
       OptionSpec::integer("fail-rank", "-1",
                           "testing: this rank fails right after its first ring pass, to check "
                           "that the whole job ends (-1: none)"),
@@ -214,6 +235,21 @@ RunConfig make_run_config(const ParsedOptions& opt) {
   c.moe_out_path = opt.has("moe-out") ? opt.text("moe-out") : std::string();
   c.moe_routing_path = opt.has("moe-routing-out") ? opt.text("moe-routing-out") : std::string();
   c.moe_gates_path = opt.has("moe-gates-out") ? opt.text("moe-gates-out") : std::string();
+  c.backward = opt.flag("backward");
+  c.dq_path = opt.has("dq-out") ? opt.text("dq-out") : std::string();
+  c.dk_path = opt.has("dk-out") ? opt.text("dk-out") : std::string();
+  c.dv_path = opt.has("dv-out") ? opt.text("dv-out") : std::string();
+  c.grad_f32 = opt.text("grad-dtype") == "float32";
+  if (!c.backward && opt.given("grad-dtype"))
+    throw UsageError("option '--grad-dtype': needs --backward");
+  if (opt.has("do")) {
+    if (!c.backward) throw UsageError("option '--do': needs --backward");
+    try {
+      c.use_grad_output_file(opt.text("do"));
+    } catch (const FieldError& e) {
+      throw UsageError(fmt::format("option '--do': {}", e.what()));
+    }
+  }
   c.metrics_path = opt.metrics_path();
   c.command_line = opt.command_line();
   c.describe_error = [](const std::exception& e) {

@@ -251,6 +251,28 @@ void print_report(const RunReport& r) {
          fmt::format("{} vs float64 on {} sampled query rows x {} heads: {}",
                      error_text(v.err, v.tol), r.sampled->rows, c.hq, v.ok ? "ok" : "FAIL"));
   }
+  if (c.backward) {
+    double slow = 0;
+    int64_t sent = 0, grad = 0, messages = 0;
+    for (const RankStats& s : r.stats) {
+      slow = std::max(slow, s.bwd_total_s);
+      sent += s.bwd_bytes, grad += s.bwd_grad_bytes, messages += s.bwd_grad_messages;
+    }
+    line("backward",
+         fmt::format("{:.3f} ms (slowest rank), {:.1f} GFLOP/s (FLOPs 2.5x the forward's), {} "
+                     "steps; sent {} in all, of which dK/dV accumulators {} in {} messages; not "
+                     "in the times above",
+                     slow * kMs, slow > 0 ? r.bwd_flops / slow / kGiga : 0.0,
+                     r.stats.empty() ? 0 : r.stats[0].bwd_steps, format_bytes(double(sent)),
+                     format_bytes(double(grad)), messages));
+    if (r.grad_verify) {
+      const GradCheck& g = *r.grad_verify;
+      line("grad error",
+           fmt::format("dQ {:.2e}, dK {:.2e}, dV {:.2e} rel. Frobenius vs the single-rank kernel's "
+                       "backward (tolerance {:.0e}; it took {:.3f} ms): {}",
+                       g.dq, g.dk, g.dv, g.tol, g.t1_s * kMs, g.ok ? "ok" : "FAIL"));
+    }
+  }
   if (r.moe) {
     const MoeMetrics& m = *r.moe;
     MoeRankStats slow;  // the slowest rank's parts
@@ -360,6 +382,26 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
     if (k.keep_diff >= 0) sum.integer("keep_diff", k.keep_diff);
   }
   if (r.moe_check) add_moe_check_keys(sum, *r.moe_check);
+  sum.boolean("backward", c.backward);
+  if (c.backward) {
+    double slow = 0;
+    int64_t sent = 0, grad = 0, messages = 0;
+    for (const RankStats& s : r.stats) {
+      slow = std::max(slow, s.bwd_total_s);
+      sent += s.bwd_bytes, grad += s.bwd_grad_bytes, messages += s.bwd_grad_messages;
+    }
+    sum.number("bwd_ms", slow * kMs)
+        .number("bwd_gflops", slow > 0 ? r.bwd_flops / slow / kGiga : 0.0)
+        .integer("bwd_bytes", sent)
+        .integer("bwd_grad_bytes", grad)
+        .integer("bwd_grad_messages", messages);
+    if (r.grad_verify)
+      sum.number("grad_dq_rel_err", r.grad_verify->dq)
+          .number("grad_dk_rel_err", r.grad_verify->dk)
+          .number("grad_dv_rel_err", r.grad_verify->dv)
+          .number("bwd_t1_ms", r.grad_verify->t1_s * kMs)
+          .boolean("grad_pass", r.grad_verify->ok);
+  }
   if (r.sampled) {
     sum.integer("check_rows", r.sampled->rows)
         .number("ref_o_rel_err", r.sampled->err.o_rel_fro)

@@ -85,6 +85,22 @@ void JobSpec::use_input_files(const std::string& q_path, const std::string& k_pa
   configure_from_files(this);
 }
 
+void JobSpec::use_grad_output_file(const std::string& path) {
+  const FileDims g = file_dims(path);
+  const std::vector<int64_t> want = batched_output() ? std::vector<int64_t>{batch, nq, hq, head_dim}
+                                                     : std::vector<int64_t>{nq, hq, head_dim};
+  if (g.shape != want)
+    throw FieldError("do_file",
+                     fmt::format("{}: shape {} differs from the queries' {}; dO is "
+                                 "shaped like q",
+                                 path, ringattn::shape_str(g.shape), ringattn::shape_str(want)));
+  if (g.dtype != dtype && g.dtype != DType::f32)
+    throw FieldError("do_file", fmt::format("{}: dtype {}; expected the run's {} or float32", path,
+                                            dtype_name(g.dtype), dtype_name(dtype)));
+  do_file.path = path;
+  do_file.ndim = g.ndim;
+}
+
 }  // namespace ringattn
 
 namespace ringattn::job {
@@ -100,18 +116,18 @@ std::vector<int64_t> global_tokens(const Layout& l, int rank) {
 }
 
 Tensor generate(const JobSpec& cfg, SynthStream stream, const Layout& l, int rank, int64_t heads,
-                const char* what) {
+                const char* what, DType dtype) {
   const int64_t n = l.length(), local = l.tokens(rank), row = heads * cfg.head_dim;
-  Tensor t(cfg.dtype, {cfg.batch, local, heads, cfg.head_dim}, what);
+  Tensor t(dtype, {cfg.batch, local, heads, cfg.head_dim}, what);
   const std::vector<int64_t> global = global_tokens(l, rank);
   const uint64_t key = synth_key(cfg.seed, stream);
-  const std::size_t row_bytes = static_cast<std::size_t>(row) * dtype_size(cfg.dtype);
+  const std::size_t row_bytes = static_cast<std::size_t>(row) * dtype_size(dtype);
   char* dst = t.as<char>();
   const int64_t rows = cfg.batch * local;
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t b = i / local, tok = global[static_cast<std::size_t>(i % local)];
-    synth_fill(dst + static_cast<std::size_t>(i) * row_bytes, cfg.dtype, key,
+    synth_fill(dst + static_cast<std::size_t>(i) * row_bytes, dtype, key,
                static_cast<uint64_t>((b * n + tok) * row), row);
   }
   return t;
@@ -138,10 +154,11 @@ void check_finite_rows(const Tensor& t, const InputFile& f, const std::vector<in
   }
 }
 
-Tensor read_rows(const JobSpec& cfg, const InputFile& f, const Layout& l, int rank, int64_t heads) {
+Tensor read_rows(const JobSpec& cfg, const InputFile& f, const Layout& l, int rank, int64_t heads,
+                 DType dtype) {
   const int64_t local = l.tokens(rank), row = heads * cfg.head_dim;
-  Tensor t(cfg.dtype, {cfg.batch, local, heads, cfg.head_dim}, f.path.c_str());
-  const std::size_t row_bytes = static_cast<std::size_t>(row) * dtype_size(cfg.dtype);
+  Tensor t(dtype, {cfg.batch, local, heads, cfg.head_dim}, f.path.c_str());
+  const std::size_t row_bytes = static_cast<std::size_t>(row) * dtype_size(dtype);
   char* dst = t.as<char>();
   for (const Segment& s : l.segments(rank)) {
     const int64_t per_window = std::max<int64_t>(1, kReadWindowRows / s.stride);
@@ -149,7 +166,7 @@ Tensor read_rows(const JobSpec& cfg, const InputFile& f, const Layout& l, int ra
       const int64_t m = std::min(per_window, s.count - i0);
       const int64_t first = s.start + i0 * s.stride, rows = (m - 1) * s.stride + 1;
       const Tensor w = read_npy_slice(f.path, f.axis(), first, rows);  // [B, rows, H, D]
-      if (w.dtype != cfg.dtype || w.numel() != cfg.batch * rows * row)
+      if (w.dtype != dtype || w.numel() != cfg.batch * rows * row)
         throw Error(fmt::format("{}: the file changed while it was read (now {} {})", f.path,
                                 dtype_name(w.dtype), shape_str(w.shape)));
       const char* src = w.as<char>();
@@ -169,15 +186,30 @@ Tensor read_rows(const JobSpec& cfg, const InputFile& f, const Layout& l, int ra
 RankInputs load_rank_inputs(const JobSpec& cfg, const Layout& ql, const Layout& kvl, int rank) {
   RankInputs in;
   if (cfg.from_files) {
-    in.q = read_rows(cfg, cfg.q, ql, rank, cfg.hq);
-    in.k = read_rows(cfg, cfg.k, kvl, rank, cfg.hkv);
-    in.v = read_rows(cfg, cfg.v, kvl, rank, cfg.hkv);
+    in.q = read_rows(cfg, cfg.q, ql, rank, cfg.hq, cfg.dtype);
+    in.k = read_rows(cfg, cfg.k, kvl, rank, cfg.hkv, cfg.dtype);
+    in.v = read_rows(cfg, cfg.v, kvl, rank, cfg.hkv, cfg.dtype);
   } else {
-    in.q = generate(cfg, SynthStream::q, ql, rank, cfg.hq, "generated q");
-    in.k = generate(cfg, SynthStream::k, kvl, rank, cfg.hkv, "generated k");
-    in.v = generate(cfg, SynthStream::v, kvl, rank, cfg.hkv, "generated v");
+    in.q = generate(cfg, SynthStream::q, ql, rank, cfg.hq, "generated q", cfg.dtype);
+    in.k = generate(cfg, SynthStream::k, kvl, rank, cfg.hkv, "generated k", cfg.dtype);
+    in.v = generate(cfg, SynthStream::v, kvl, rank, cfg.hkv, "generated v", cfg.dtype);
   }
   return in;
+}
+
+Tensor load_rank_grad_output(const JobSpec& cfg, const Layout& ql, int rank) {
+  if (cfg.do_file.path.empty())
+    return generate(cfg, SynthStream::d_o, ql, rank, cfg.hq, "generated dO", DType::f32);
+  const DType file_dtype = read_npy_header(cfg.do_file.path).dtype;
+  Tensor t = read_rows(cfg, cfg.do_file, ql, rank, cfg.hq, file_dtype);
+  if (file_dtype == DType::f32) return t;
+  Tensor f(DType::f32, t.shape, "dO (float32)");
+  for (int64_t i = 0; i < t.numel(); ++i) f.as<float>()[i] = t.get(i);
+  return f;
+}
+
+Tensor load_full_grad_output(const JobSpec& cfg) {
+  return load_rank_grad_output(cfg, Layout(LayoutKind::contiguous, cfg.nq, 1), 0);
 }
 
 RankInputs load_full_inputs(const JobSpec& cfg) {

@@ -30,4 +30,9 @@ RankInputs load_rank_inputs(const JobSpec& cfg, const Layout& q_layout, const La
 // The whole problem in token order (for --verify on rank 0): O(N) memory.
 RankInputs load_full_inputs(const JobSpec& cfg);
 
+// This rank's dO [B, n_q, Hq, D] float32 (JobSpec::backward): read from
+// cfg.do_file (converted from its dtype) or generated; and the whole of it.
+Tensor load_rank_grad_output(const JobSpec& cfg, const Layout& q_layout, int rank);
+Tensor load_full_grad_output(const JobSpec& cfg);
+
 }  // namespace ringattn::job

@@ -12,6 +12,7 @@
 #include <optional>
 #include <vector>
 
+#include "job/backward_parts.hpp"
 #include "job/inputs.hpp"
 #include "job/moe_parts.hpp"
 #include "job/outputs.hpp"
@@ -102,6 +103,12 @@ RankStats rank_stats(const RingMetrics& m, const StageMetrics& st, int rank, int
   return s;
 }
 
+void add_backward_stats(RankStats* s, const RingMetrics& m) {
+  s->bwd_total_s = m.total_s, s->bwd_compute_s = m.compute_s, s->bwd_wait_s = m.wait_s;
+  s->bwd_bytes = m.bytes_sent, s->bwd_grad_bytes = m.grad_bytes;
+  s->bwd_grad_messages = m.grad_messages, s->bwd_steps = m.steps;
+}
+
 CheckResult check_result(const JobSpec& spec, const ErrorStats& err, int64_t rows) {
   CheckResult v;
   v.rows = rows;
@@ -152,6 +159,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   if (rank == 0) {
     warn_empty_ranks(spec, ql, kvl);
     job::RunOutputs::check_writable(spec);  // before any compute: an unwritable path fails fast
+    job::GradOutputs::check_writable(spec);
     job::MoeCollector::check_writable(moe_paths);
   }
 
@@ -189,6 +197,26 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
     moe.emplace(comm, moe_setup, job::moe_row_index(ql, rank, spec.batch));
   }
   const int blas_threads = comm.backend() == "local" ? 0 : threads;  // per process: MPI only
+
+  // The backward pass: dO, dQ, and dK, dV of this rank's keys (one buffer: dK then
+  // dV, gathered together); sinks and global tokens ride its ring.
+  Tensor d_o;
+  Buffer dq, dkv;
+  std::optional<RingSchedule> bwd_schedule;
+  const int64_t kv_local = spec.batch * kvl.tokens(rank) * spec.hkv * spec.head_dim;
+  if (spec.backward) {
+    d_o = job::load_rank_grad_output(spec, ql, rank);
+    dq = Buffer(
+        std::max<std::size_t>(
+            static_cast<std::size_t>(spec.batch * nq * spec.hq * spec.head_dim) * sizeof(float), 1),
+        "local dQ");
+    dkv = Buffer(std::max<std::size_t>(static_cast<std::size_t>(2 * kv_local) * sizeof(float), 1),
+                 "local dK, dV");
+    ScheduleOptions bo = scheme_options(scheme, w);
+    bo.share = false;
+    bwd_schedule = make_ring_schedule(ql, kvl, ring_mask, bo);
+  }
+  RingMetrics best_bwd;
   MoeMetrics best_moe, last_moe;
 
   // Every point-to-point message of the passes, counted by level.
@@ -214,9 +242,14 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
                                      lse.as<float>(), kopt, &keep))
             : hierarchy_stage(counter, p, o.as<float>(), lse.as<float>(), kopt, route.data());
     if (moe) last_moe = moe->pass(o.as<float>(), blas_threads);
+    RingMetrics bm;
+    if (spec.backward)
+      bm = ring_attention_backward(counter, *bwd_schedule, ring_p, o.as<float>(), lse.as<float>(),
+                                   d_o.as<float>(), dq.as<float>(), dkv.as<float>(),
+                                   dkv.as<float>() + kv_local, kopt);
     if (pass == 0 && rank == spec.fail_rank) throw Error(kInjectedFailure);
     if (pass < spec.warmup) continue;
-    const double slowest = comm.allreduce_one(m.total_s + st.total_s, ReduceOp::max);
+    const double slowest = comm.allreduce_one(m.total_s + st.total_s + bm.total_s, ReduceOp::max);
     if (slowest < best_slowest) {
       best_slowest = slowest;
       best = std::move(m);
@@ -224,6 +257,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
       best_select = sel;
       best_traffic = traffic;
       best_moe = last_moe;
+      best_bwd = std::move(bm);
     }
   }
   device.finish(o.as<float>(), lse.as<float>());
@@ -231,9 +265,20 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   const int64_t bad =
       nonfinite_rows(o.as<float>(), lse.as<float>(), spec.batch, nq, spec.hq, spec.head_dim);
   if (bad > 0) throw Error(nonfinite_message(bad, spec.batch * spec.hq * nq));
+  if (spec.backward) {
+    const auto finite = [](const float* x, int64_t n) {
+      for (int64_t i = 0; i < n; ++i)
+        if (!std::isfinite(x[i])) return false;
+      return true;
+    };
+    if (!finite(dq.as<float>(), spec.batch * nq * spec.hq * spec.head_dim) ||
+        !finite(dkv.as<float>(), 2 * kv_local))
+      throw Error("the backward pass gave a non-finite gradient; no output written");
+  }
   RankStats mine = rank_stats(best, best_stage, rank, nq, kvl.tokens(rank), threads,
                               memory_peak_thread(), full_ring_bytes(spec, kvl, rank));
   if (moe) mine.moe = moe_rank_stats(best_moe, rank, moe->rows(), threads);
+  if (spec.backward) add_backward_stats(&mine, best_bwd);
   mine.intra_bytes = best_traffic.intra_bytes, mine.inter_bytes = best_traffic.inter_bytes;
   mine.intra_messages = best_traffic.intra_messages;
   mine.inter_messages = best_traffic.inter_messages, mine.a2a_s = best_traffic.a2a_s;
@@ -258,6 +303,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
                    ? device.name()
                    : isa_name(spec.isa == Isa::automatic ? best_isa() : spec.isa);
   report.flops = spec.flops();
+  if (spec.backward) report.bwd_flops = 2.5 * spec.flops();
   report.sched_imbalance = schedule.imbalance();
   report.transfer = transfer_name(schedule.transfer);
   report.shared_keys = schedule.shared.key_tokens;
@@ -294,6 +340,12 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
     sampled.emplace(spec, spec.check_rows, job::WireView{&ql, &kvl, &schedule.shared},
                     keep.empty() ? nullptr : keep.data());
   if (outputs && !keep.empty()) outputs->write_keep(keep.data());
+  std::optional<job::GradOutputs> grad_outputs;
+  std::optional<job::GradVerify> grad_verify;
+  if (rank == 0 && spec.backward) {
+    grad_outputs.emplace(spec);
+    if (spec.verify) grad_verify.emplace(spec, kopt);
+  }
   if (spec.gathers())
     job::gather_rows(comm, ql, spec.batch, spec.hq, spec.head_dim, o.as<float>(), lse.as<float>(),
                      [&](int src, const float* ro, const float* rl) {
@@ -313,6 +365,28 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
         [&](int src, const void* rows) {
           if (outputs) outputs->write_route(ql, src, static_cast<const int32_t*>(rows));
         });
+  if (spec.backward) {
+    const auto q_bytes = [&](int r) {
+      return static_cast<std::size_t>(spec.batch * ql.tokens(r) * spec.hq * spec.head_dim) *
+             sizeof(float);
+    };
+    job::gather_bytes(comm, q_bytes, dq.data(), [&](int src, const void* rows) {
+      const auto* g = static_cast<const float*>(rows);
+      if (grad_outputs) grad_outputs->write_q_rows(ql, src, g);
+      if (grad_verify) grad_verify->compare_q(ql, src, g);
+    });
+    const auto kv_elems = [&](int r) {
+      return spec.batch * kvl.tokens(r) * spec.hkv * spec.head_dim;
+    };
+    job::gather_bytes(
+        comm, [&](int r) { return static_cast<std::size_t>(2 * kv_elems(r)) * sizeof(float); },
+        dkv.data(),
+        [&](int src, const void* rows) {
+          const auto* g = static_cast<const float*>(rows);
+          if (grad_outputs) grad_outputs->write_kv_rows(kvl, src, g, g + kv_elems(src));
+          if (grad_verify) grad_verify->compare_kv(kvl, src, g, g + kv_elems(src));
+        });
+  }
   // The MoE stage's rows (and with a check its inputs, the ring's output) to rank 0.
   const int64_t moe_check_rows =
       spec.check_rows > 0 ? spec.check_rows : (spec.verify ? kMoeVerifyRows : 0);
@@ -346,6 +420,17 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
           dtype_name(spec.dtype), error_text(report.sampled->err, report.sampled->tol));
     }
   }
+  if (grad_verify) {
+    report.grad_verify = grad_verify->result();
+    if (!report.grad_verify->ok && report.failure.empty()) {
+      report.failure_field = "verify";
+      report.failure = fmt::format(
+          "the ring's gradients differ from the single-rank kernel's beyond the tolerance {:.0e} "
+          "(dQ {:.2e}, dK {:.2e}, dV {:.2e} relative Frobenius); no output written",
+          report.grad_verify->tol, report.grad_verify->dq, report.grad_verify->dk,
+          report.grad_verify->dv);
+    }
+  }
   if (moe_rows && moe_check_rows > 0) {
     report.moe_check = moe_rows->check(last_moe, moe->last_bias());
     if (!report.moe_check->ok && report.failure.empty()) {
@@ -355,10 +440,12 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   }
   if (!report.failure.empty()) return report;  // the outputs' temporaries are removed
   outputs->commit();
+  if (grad_outputs) grad_outputs->commit();
   if (moe_rows) moe_rows->commit();
   mark_job_completed();  // a signal from here on ends a job whose outputs are complete
-  for (const std::string* path : {&spec.out_path, &spec.lse_path, &spec.route_path, &spec.keep_path,
-                                  &spec.moe_out_path, &spec.moe_routing_path, &spec.moe_gates_path})
+  for (const std::string* path :
+       {&spec.out_path, &spec.lse_path, &spec.route_path, &spec.keep_path, &spec.moe_out_path,
+        &spec.moe_routing_path, &spec.moe_gates_path, &spec.dq_path, &spec.dk_path, &spec.dv_path})
     if (!path->empty()) report.outputs.push_back(*path);
   return report;
 }

@@ -81,28 +81,31 @@ void RunOutputs::write_route(const Layout& ql, int rank, const int32_t* route) {
                             route + (b * n + s.local_offset) * row);
 }
 
-void RunOutputs::write_rank(const Layout& ql, int rank, const float* o, const float* lse) {
-  const int64_t n = ql.tokens(rank), row = cfg_.hq * cfg_.head_dim;
-  if (o_) {
-    const DType dt = o_->dtype();
-    const std::size_t esz = dtype_size(dt), row_bytes = static_cast<std::size_t>(row) * esz;
-    int64_t max_seg = 0;
-    for (const Segment& s : ql.segments(rank)) max_seg = std::max(max_seg, s.count);
-    Buffer stage(dt == DType::f32 ? 0 : static_cast<std::size_t>(max_seg) * row_bytes,
-                 "output rows");
-    for (int64_t b = 0; b < cfg_.batch; ++b)
-      for (const Segment& s : ql.segments(rank)) {
-        const float* src = o + (b * n + s.local_offset) * row;
-        const void* data = src;
-        if (dt != DType::f32) {
-          for (int64_t i = 0; i < s.count * row; ++i)
-            store_from_f32(stage.data(), dt, static_cast<std::size_t>(i), src[i]);
-          data = stage.data();
-        }
-        o_->write_strided(static_cast<std::size_t>(b * cfg_.nq + s.start) * row_bytes,
-                          static_cast<std::size_t>(s.stride) * row_bytes, row_bytes, s.count, data);
+void write_token_rows(NpyOutFile& file, const Layout& l, int rank, int64_t batch, int64_t n_global,
+                      int64_t row, const float* rows) {
+  const int64_t n = l.tokens(rank);
+  const DType dt = file.dtype();
+  const std::size_t esz = dtype_size(dt), row_bytes = static_cast<std::size_t>(row) * esz;
+  int64_t max_seg = 0;
+  for (const Segment& s : l.segments(rank)) max_seg = std::max(max_seg, s.count);
+  Buffer stage(dt == DType::f32 ? 0 : static_cast<std::size_t>(max_seg) * row_bytes, "output rows");
+  for (int64_t b = 0; b < batch; ++b)
+    for (const Segment& s : l.segments(rank)) {
+      const float* src = rows + (b * n + s.local_offset) * row;
+      const void* data = src;
+      if (dt != DType::f32) {
+        for (int64_t i = 0; i < s.count * row; ++i)
+          store_from_f32(stage.data(), dt, static_cast<std::size_t>(i), src[i]);
+        data = stage.data();
       }
-  }
+      file.write_strided(static_cast<std::size_t>(b * n_global + s.start) * row_bytes,
+                         static_cast<std::size_t>(s.stride) * row_bytes, row_bytes, s.count, data);
+    }
+}
+
+void RunOutputs::write_rank(const Layout& ql, int rank, const float* o, const float* lse) {
+  const int64_t n = ql.tokens(rank);
+  if (o_) write_token_rows(*o_, ql, rank, cfg_.batch, cfg_.nq, cfg_.hq * cfg_.head_dim, o);
   if (lse_) {
     for (int64_t b = 0; b < cfg_.batch; ++b)
       for (int64_t h = 0; h < cfg_.hq; ++h)

@@ -44,6 +44,11 @@ class RunOutputs {
   std::optional<NpyOutFile> o_, lse_, route_, keep_;
 };
 
+// Rank `rank`'s float32 rows [batch, l.tokens(rank), row] written at their
+// global token positions of a [batch, n_global, row] file (rounded to its dtype).
+void write_token_rows(NpyOutFile& file, const Layout& l, int rank, int64_t batch, int64_t n_global,
+                      int64_t row, const float* rows);
+
 // Called on rank 0 once per rank, in rank order, with that rank's rows.
 using RowSink = std::function<void(int rank, const float* o, const float* lse)>;
 

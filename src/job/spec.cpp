@@ -105,7 +105,45 @@ void JobSpec::validate() const {
          {std::pair{"moe_out", &moe_out_path}, std::pair{"moe_routing_out", &moe_routing_path},
           std::pair{"moe_gates_out", &moe_gates_path}})
       if (!path->empty()) throw FieldError(field, "needs the MoE stage (moe_experts > 0)");
+  check_backward_supported();
   check_device(device, *this);
+}
+
+void JobSpec::check_backward_supported() const {
+  if (!backward) {
+    for (const auto& [field, path] :
+         {std::pair{"dq_out", &dq_path}, std::pair{"dk_out", &dk_path},
+          std::pair{"dv_out", &dv_path}, std::pair{"do_file", &do_file.path}})
+      if (!path->empty()) throw FieldError(field, "needs the backward pass (backward)");
+    return;
+  }
+  const auto refuse = [](const char* what) {
+    throw FieldError("backward", fmt::format("the backward pass does not run with {} yet", what));
+  };
+  if (device != Device::cpu) refuse("the cuda device");
+  if (kv_wire.on()) refuse("quantized K/V (--kv-wire, --kv-store)");
+  if (select.on()) refuse("K/V selection (--kv-keep)");
+  if (hier.on()) refuse("the hierarchical stages");
+  if (moe.on()) refuse("the MoE stage");
+  if (scheme == CommScheme::a2a_ring || scheme_auto) refuse("--hierarchy a2a-ring or auto");
+  const std::vector<std::pair<const char*, const std::string*>> outs = {{"out", &out_path},
+                                                                        {"lse_out", &lse_path},
+                                                                        {"dq_out", &dq_path},
+                                                                        {"dk_out", &dk_path},
+                                                                        {"dv_out", &dv_path}};
+  for (std::size_t i = 0; i < outs.size(); ++i) {
+    for (std::size_t j = 0; j < i; ++j)
+      if (!outs[i].second->empty() && !outs[j].second->empty() &&
+          same_file(*outs[i].second, *outs[j].second))
+        throw FieldError(outs[i].first,
+                         fmt::format("'{}' is also the {} output; give each output its own file",
+                                     *outs[i].second, outs[j].first));
+    for (const InputFile* in : {&q, &k, &v, &do_file})
+      if (!outs[i].second->empty() && !in->path.empty() && same_file(*outs[i].second, in->path))
+        throw FieldError(outs[i].first, fmt::format("'{}' is the input file '{}', which would be "
+                                                    "overwritten",
+                                                    *outs[i].second, in->path));
+  }
 }
 
 namespace job {
@@ -136,7 +174,7 @@ std::string JobSpec::config_text() const {
   return fmt::format(
       "shape:{};mask:{};layout:{};scale:{};source:{};repeats:{};warmup:{};verify:{};"
       "check-rows:{};fail-rank:{};out:{};lse-out:{};device:{};hier:{};route-out:{};moe:{};"
-      "kv-wire:{};kv-store:{};kv-select:{} g{}{};keep-out:{};comm:{} w{}",
+      "kv-wire:{};kv-store:{};kv-select:{} g{}{};keep-out:{};comm:{} w{};backward:{}",
       shape_text(), mask_fields(mask), layout_name(layout), scale, source, repeats, warmup, verify,
       check_rows > 0, fail_rank, !out_path.empty(), !lse_path.empty(), device_name(device),
       hier.describe(), !route_path.empty(),
@@ -149,7 +187,10 @@ std::string JobSpec::config_text() const {
       select.asymmetric ? " asym" : "", !keep_path.empty(),
       scheme_auto ? std::string("auto on ") + (hardware ? hardware->name : "?")
                   : std::string(comm_scheme_name(scheme)),
-      ranks_per_node);
+      ranks_per_node,
+      backward ? fmt::format("on dO '{}' outputs {}{}{} f32 {}", do_file.path, !dq_path.empty(),
+                             !dk_path.empty(), !dv_path.empty(), grad_f32)
+               : std::string("off"));
 }
 
 }  // namespace ringattn

@@ -1,0 +1,62 @@
+// The backward pass in a job (JobSpec::backward): rank 0's gradient files and
+// the gradients' checks. Gradients stream to rank 0 one rank at a time like O
+// (job/outputs.hpp): dQ rows in the query layout, dK and dV rows in the key layout.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include "ringattn/job.hpp"
+#include "ringattn/kernel.hpp"
+#include "ringattn/layout.hpp"
+#include "ringattn/memory.hpp"
+#include "ringattn/npy_out.hpp"
+
+namespace ringattn::job {
+
+// dQ [B, Nq, Hq, D] and dK, dV [B, Nk, Hkv, D] files in the run's dtype or
+// float32 (JobSpec::grad_f32), rows placed by global position.
+class GradOutputs {
+ public:
+  explicit GradOutputs(const JobSpec& cfg);
+  static void check_writable(const JobSpec& cfg);
+  void write_q_rows(const Layout& ql, int rank, const float* dq);
+  void write_kv_rows(const Layout& kvl, int rank, const float* dk, const float* dv);
+  void commit();
+
+ private:
+  const JobSpec& cfg_;
+  std::optional<NpyOutFile> dq_, dk_, dv_;
+};
+
+// Sums of squared differences and of squared references of one gradient.
+struct GradError {
+  double diff2 = 0, ref2 = 0;
+  void add(double x, double ref) {
+    diff2 += (x - ref) * (x - ref);
+    ref2 += ref * ref;
+  }
+  double rel() const;  // sqrt(diff2 / ref2) (absolute when ref2 is 0)
+};
+
+// verify: rank 0 runs the single-rank kernel forward and backward on the whole
+// problem (O(N) memory there) and compares every rank's rows with them.
+class GradVerify {
+ public:
+  GradVerify(const JobSpec& cfg, const KernelOptions& kopt);
+  void compare_q(const Layout& ql, int rank, const float* dq);
+  void compare_kv(const Layout& kvl, int rank, const float* dk, const float* dv);
+  GradCheck result() const;
+
+ private:
+  const JobSpec& cfg_;
+  Buffer dq_, dk_, dv_;  // the single-rank gradients
+  double seconds_ = 0;
+  GradError eq_, ek_, ev_;
+};
+
+// The gradients' relative Frobenius tolerance: float32 accumulation whatever
+// the storage dtype, as the kernel's O (ringattn/reference.hpp's tolerance).
+double grad_tolerance(const JobSpec& cfg);
+
+}  // namespace ringattn::job
