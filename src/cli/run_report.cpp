@@ -272,6 +272,14 @@ void print_report(const RunReport& r) {
                        "backward (tolerance {:.0e}; it took {:.3f} ms): {}",
                        g.dq, g.dk, g.dv, g.tol, g.t1_s * kMs, g.ok ? "ok" : "FAIL"));
     }
+    if (r.grad_sampled) {
+      const GradCheck& g = *r.grad_sampled;
+      line("grad check",
+           fmt::format("dQ {:.2e} on {} sampled query rows, dK {:.2e}, dV {:.2e} on {} sampled "
+                       "keys (x batch x heads), rel. Frobenius vs float64 (tolerance {:.0e}; dK, "
+                       "dV with the run's LSE and Delta): {}",
+                       g.dq, g.q_rows, g.dk, g.dv, g.k_rows, g.tol, g.ok ? "ok" : "FAIL"));
+    }
   }
   if (r.moe) {
     const MoeMetrics& m = *r.moe;
@@ -401,6 +409,11 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
           .number("grad_dv_rel_err", r.grad_verify->dv)
           .number("bwd_t1_ms", r.grad_verify->t1_s * kMs)
           .boolean("grad_pass", r.grad_verify->ok);
+    if (r.grad_sampled)
+      sum.number("ref_dq_rel_err", r.grad_sampled->dq)
+          .number("ref_dk_rel_err", r.grad_sampled->dk)
+          .number("ref_dv_rel_err", r.grad_sampled->dv)
+          .boolean("ref_grad_pass", r.grad_sampled->ok);
   }
   if (r.sampled) {
     sum.integer("check_rows", r.sampled->rows)

@@ -5,6 +5,7 @@
 
 #include "job/inputs.hpp"
 #include "job/outputs.hpp"
+#include "job/sample_check.hpp"
 #include "ringattn/backward.hpp"
 #include "ringattn/reference.hpp"
 
@@ -104,6 +105,184 @@ GradCheck GradVerify::result() const {
   c.tol = grad_tolerance(cfg_);
   c.ok = c.dq <= c.tol && c.dk <= c.tol && c.dv <= c.tol;
   c.t1_s = seconds_;
+  return c;
+}
+
+namespace {
+
+constexpr int64_t kWindow = 1024;  // tokens loaded at a time
+constexpr int kMaxRanges = 4 + 2 * kMaxGlobalRanges + kMaxRandomBlocks;
+
+double scale_of(const JobSpec& cfg) {
+  return cfg.scale > 0 ? double(cfg.scale) : 1.0 / std::sqrt(double(cfg.head_dim));
+}
+
+double dot(const double* a, const double* b, int64_t d) {
+  double s = 0;
+  for (int64_t e = 0; e < d; ++e) s += a[e] * b[e];
+  return s;
+}
+
+}  // namespace
+
+GradSampled::GradSampled(const JobSpec& cfg, int64_t rows)
+    : cfg_(cfg), q_rows_(sample_rows(cfg.nq, rows)), k_rows_(sample_rows(cfg.nk, rows)) {
+  const int64_t hq = cfg.hq, d = cfg.head_dim, group = cfg.hq / cfg.hkv;
+  const int64_t nr = static_cast<int64_t>(q_rows_.size());
+  const double scale = scale_of(cfg);
+  ref_dq_.assign(static_cast<std::size_t>(cfg.batch * nr * hq * d), 0.0);
+  lse_.assign(static_cast<std::size_t>(cfg.batch * hq * cfg.nq), 0.0f);
+  delta_ = lse_;
+  std::vector<double> o(static_cast<std::size_t>(hq * d)), m(static_cast<std::size_t>(hq)),
+      l(static_cast<std::size_t>(hq)), lse(static_cast<std::size_t>(hq)),
+      delta(static_cast<std::size_t>(hq));
+  for (int64_t b = 0; b < cfg.batch; ++b)
+    for (int64_t ri = 0; ri < nr; ++ri) {
+      const int64_t t = q_rows_[static_cast<std::size_t>(ri)];
+      const std::vector<double> q = load_global_rows(cfg, SynthStream::q, b, t, 1);
+      const std::vector<double> g = load_global_rows(cfg, SynthStream::d_o, b, t, 1);
+      int64_t rb[kMaxRanges], re[kMaxRanges];
+      bool elementwise = false;
+      const int n =
+          cfg.mask.key_ranges(t, Positions{0, 1}, cfg.nk, rb, re, kMaxRanges, &elementwise);
+      int64_t lo = cfg.nk, hi = 0;
+      for (int i = 0; i < n; ++i) lo = std::min(lo, rb[i]), hi = std::max(hi, re[i]);
+      // Two passes over the visible keys: the forward (online softmax), then dQ.
+      std::fill(o.begin(), o.end(), 0.0);
+      std::fill(m.begin(), m.end(), -INFINITY);
+      std::fill(l.begin(), l.end(), 0.0);
+      double* dq = ref_dq_.data() + (b * nr + ri) * hq * d;
+      for (int pass = 0; pass < 2; ++pass) {
+        if (pass == 1)
+          for (int64_t h = 0; h < hq; ++h) {
+            const auto hs = static_cast<std::size_t>(h);
+            const double lh = l[hs];
+            if (lh > 0)
+              for (int64_t e = 0; e < d; ++e) o[hs * d + e] /= lh;
+            lse[hs] = lh > 0 ? m[hs] + std::log(lh) : -INFINITY;
+            delta[hs] = dot(g.data() + h * d, o.data() + h * d, d);
+          }
+        for (int64_t w0 = lo; w0 < hi; w0 += kWindow) {
+          const int64_t wn = std::min(kWindow, hi - w0);
+          const std::vector<double> k = load_global_rows(cfg, SynthStream::k, b, w0, wn);
+          const std::vector<double> v = load_global_rows(cfg, SynthStream::v, b, w0, wn);
+          for (int64_t j = w0; j < w0 + wn; ++j) {
+            if (!cfg.mask.allows(t, j)) continue;
+            for (int64_t h = 0; h < hq; ++h) {
+              const auto hs = static_cast<std::size_t>(h);
+              const double* kr = k.data() + ((j - w0) * cfg.hkv + h / group) * d;
+              const double* vr = v.data() + ((j - w0) * cfg.hkv + h / group) * d;
+              const double sc = scale * dot(q.data() + h * d, kr, d);
+              if (pass == 0) {
+                const double mnew = std::max(m[hs], sc);
+                const double alpha = std::exp(m[hs] - mnew), p = std::exp(sc - mnew);
+                for (int64_t e = 0; e < d; ++e) o[hs * d + e] = o[hs * d + e] * alpha + p * vr[e];
+                l[hs] = l[hs] * alpha + p;
+                m[hs] = mnew;
+              } else {
+                const double p = std::exp(sc - lse[hs]);
+                const double ds = p * (dot(g.data() + h * d, vr, d) - delta[hs]);
+                for (int64_t e = 0; e < d; ++e) dq[h * d + e] += scale * ds * kr[e];
+              }
+            }
+          }
+        }
+      }
+    }
+}
+
+void GradSampled::take_rows(const Layout& ql, int rank, const float* lse, const float* delta) {
+  const int64_t n = ql.tokens(rank), hq = cfg_.hq;
+  for (int64_t b = 0; b < cfg_.batch; ++b)
+    for (int64_t h = 0; h < hq; ++h)
+      for (const Segment& s : ql.segments(rank))
+        for (int64_t i = 0; i < s.count; ++i) {
+          const auto to = static_cast<std::size_t>((b * hq + h) * cfg_.nq + s.start + i * s.stride);
+          const int64_t from = (b * hq + h) * n + s.local_offset + i;
+          lse_[to] = lse[from];
+          delta_[to] = delta[from];
+        }
+}
+
+void GradSampled::compare_q(const Layout& ql, int rank, const float* dq) {
+  const int64_t n = ql.tokens(rank), row = cfg_.hq * cfg_.head_dim;
+  const int64_t nr = static_cast<int64_t>(q_rows_.size());
+  for (int64_t ri = 0; ri < nr; ++ri) {
+    const int64_t li = ql.local_index(rank, q_rows_[static_cast<std::size_t>(ri)]);
+    if (li < 0) continue;
+    for (int64_t b = 0; b < cfg_.batch; ++b)
+      for (int64_t e = 0; e < row; ++e)
+        eq_.add(double(dq[(b * n + li) * row + e]),
+                ref_dq_[static_cast<std::size_t>((b * nr + ri) * row + e)]);
+  }
+}
+
+void GradSampled::reference_keys() {
+  const int64_t hq = cfg_.hq, hkv = cfg_.hkv, d = cfg_.head_dim, group = hq / hkv;
+  const int64_t nk = static_cast<int64_t>(k_rows_.size()), kr = hkv * d, qr = hq * d;
+  const double scale = scale_of(cfg_);
+  ref_dk_.assign(static_cast<std::size_t>(cfg_.batch * nk * kr), 0.0);
+  ref_dv_ = ref_dk_;
+  for (int64_t b = 0; b < cfg_.batch; ++b) {
+    std::vector<std::vector<double>> k, v;  // the sampled keys' rows
+    for (const int64_t j : k_rows_) {
+      k.push_back(load_global_rows(cfg_, SynthStream::k, b, j, 1));
+      v.push_back(load_global_rows(cfg_, SynthStream::v, b, j, 1));
+    }
+    for (int64_t w0 = 0; w0 < cfg_.nq; w0 += kWindow) {
+      const int64_t wn = std::min(kWindow, cfg_.nq - w0);
+      const std::vector<double> q = load_global_rows(cfg_, SynthStream::q, b, w0, wn);
+      const std::vector<double> g = load_global_rows(cfg_, SynthStream::d_o, b, w0, wn);
+      for (int64_t ki = 0; ki < nk; ++ki) {
+        const int64_t j = k_rows_[static_cast<std::size_t>(ki)];
+        double* dk = ref_dk_.data() + (b * nk + ki) * kr;
+        double* dv = ref_dv_.data() + (b * nk + ki) * kr;
+        for (int64_t i = w0; i < w0 + wn; ++i) {
+          if (!cfg_.mask.allows(i, j)) continue;
+          for (int64_t h = 0; h < hq; ++h) {
+            const auto at = static_cast<std::size_t>((b * hq + h) * cfg_.nq + i);
+            if (lse_[at] == -INFINITY) continue;
+            const int64_t hk = h / group;
+            const double* qi = q.data() + (i - w0) * qr + h * d;
+            const double* gi = g.data() + (i - w0) * qr + h * d;
+            const double* kj = k[static_cast<std::size_t>(ki)].data() + hk * d;
+            const double* vj = v[static_cast<std::size_t>(ki)].data() + hk * d;
+            const double p = std::exp(scale * dot(qi, kj, d) - double(lse_[at]));
+            const double ds = p * (dot(gi, vj, d) - double(delta_[at]));
+            for (int64_t e = 0; e < d; ++e) {
+              dk[hk * d + e] += scale * ds * qi[e];
+              dv[hk * d + e] += p * gi[e];
+            }
+          }
+        }
+      }
+    }
+  }
+  keys_done_ = true;
+}
+
+void GradSampled::compare_kv(const Layout& kvl, int rank, const float* dk, const float* dv) {
+  if (!keys_done_) reference_keys();
+  const int64_t n = kvl.tokens(rank), row = cfg_.hkv * cfg_.head_dim;
+  const int64_t nk = static_cast<int64_t>(k_rows_.size());
+  for (int64_t ki = 0; ki < nk; ++ki) {
+    const int64_t li = kvl.local_index(rank, k_rows_[static_cast<std::size_t>(ki)]);
+    if (li < 0) continue;
+    for (int64_t b = 0; b < cfg_.batch; ++b)
+      for (int64_t e = 0; e < row; ++e) {
+        const auto at = static_cast<std::size_t>((b * nk + ki) * row + e);
+        ek_.add(double(dk[(b * n + li) * row + e]), ref_dk_[at]);
+        ev_.add(double(dv[(b * n + li) * row + e]), ref_dv_[at]);
+      }
+  }
+}
+
+GradCheck GradSampled::result() const {
+  GradCheck c;
+  c.dq = eq_.rel(), c.dk = ek_.rel(), c.dv = ev_.rel();
+  c.q_rows = static_cast<int64_t>(q_rows_.size()), c.k_rows = static_cast<int64_t>(k_rows_.size());
+  c.tol = grad_tolerance(cfg_);
+  c.ok = c.dq <= c.tol && c.dk <= c.tol && c.dv <= c.tol;
   return c;
 }
 

@@ -55,6 +55,36 @@ class GradVerify {
   GradError eq_, ek_, ev_;
 };
 
+// check_rows: the float64 reference of dQ on sampled query rows and of dK, dV
+// on sampled keys (per batch and head), on rank 0, streaming the inputs in
+// windows (O(window) memory besides O(N Hq) of LSE and Delta).
+//   dQ rows: independent of the run: each row's forward (LSE, O, Delta =
+//     dO . O) and then dQ, in float64 from the stored inputs.
+//   dK, dV rows: sum over every query that sees the key, with that query's
+//     LSE and Delta taken from the run (its float32 O and LSE, which the
+//     forward's own check covers: recomputing every query's LSE in float64
+//     would cost the whole attention).
+class GradSampled {
+ public:
+  GradSampled(const JobSpec& cfg, int64_t rows);
+  // Every rank's LSE [B, Hq, n] and Delta [B, Hq, n] rows (ql's local order).
+  void take_rows(const Layout& ql, int rank, const float* lse, const float* delta);
+  void compare_q(const Layout& ql, int rank, const float* dq);
+  // After every take_rows: the keys' reference, then each rank's dK, dV.
+  void compare_kv(const Layout& kvl, int rank, const float* dk, const float* dv);
+  GradCheck result() const;
+
+ private:
+  void reference_keys();
+  const JobSpec& cfg_;
+  std::vector<int64_t> q_rows_, k_rows_;  // sampled global positions
+  std::vector<double> ref_dq_;            // [B, q_rows, Hq, D]
+  std::vector<double> ref_dk_, ref_dv_;   // [B, k_rows, Hkv, D]
+  std::vector<float> lse_, delta_;        // [B, Hq, Nq] from the run
+  bool keys_done_ = false;
+  GradError eq_, ek_, ev_;
+};
+
 // The gradients' relative Frobenius tolerance: float32 accumulation whatever
 // the storage dtype, as the kernel's O (ringattn/reference.hpp's tolerance).
 double grad_tolerance(const JobSpec& cfg);

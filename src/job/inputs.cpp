@@ -208,6 +208,30 @@ Tensor load_rank_grad_output(const JobSpec& cfg, const Layout& ql, int rank) {
   return f;
 }
 
+std::vector<double> load_global_rows(const JobSpec& cfg, SynthStream which, int64_t b,
+                                     int64_t first, int64_t n) {
+  const bool queries = which == SynthStream::q || which == SynthStream::d_o;
+  const int64_t row = (queries ? cfg.hq : cfg.hkv) * cfg.head_dim;
+  std::vector<double> out(static_cast<std::size_t>(n * row));
+  const InputFile* f = which == SynthStream::q   ? &cfg.q
+                       : which == SynthStream::k ? &cfg.k
+                       : which == SynthStream::v ? &cfg.v
+                                                 : &cfg.do_file;
+  const bool from_file = which == SynthStream::d_o ? !cfg.do_file.path.empty() : cfg.from_files;
+  if (from_file) {
+    const Tensor w = read_npy_slice(f->path, f->axis(), first, n);
+    const int64_t off = f->ndim == kNdimBatch ? b * n * row : 0;
+    for (int64_t e = 0; e < n * row; ++e) out[static_cast<std::size_t>(e)] = w.get(off + e);
+  } else {
+    const DType dt = which == SynthStream::d_o ? DType::f32 : cfg.dtype;
+    Tensor t(dt, {n * row}, "generated rows");
+    synth_fill(t.data.data(), dt, synth_key(cfg.seed, which),
+               static_cast<uint64_t>((b * (queries ? cfg.nq : cfg.nk) + first) * row), n * row);
+    for (int64_t e = 0; e < n * row; ++e) out[static_cast<std::size_t>(e)] = t.get(e);
+  }
+  return out;
+}
+
 Tensor load_full_grad_output(const JobSpec& cfg) {
   return load_rank_grad_output(cfg, Layout(LayoutKind::contiguous, cfg.nq, 1), 0);
 }

@@ -12,6 +12,7 @@
 
 #include "ringattn/job.hpp"
 #include "ringattn/layout.hpp"
+#include "ringattn/synth.hpp"
 #include "ringattn/tensor.hpp"
 
 namespace ringattn::job {
@@ -34,5 +35,10 @@ RankInputs load_full_inputs(const JobSpec& cfg);
 // cfg.do_file (converted from its dtype) or generated; and the whole of it.
 Tensor load_rank_grad_output(const JobSpec& cfg, const Layout& q_layout, int rank);
 Tensor load_full_grad_output(const JobSpec& cfg);
+
+// Tokens [first, first + n) of batch entry b of the global q, k, v or dO
+// (which), as stored, in double: [n, H, D].
+std::vector<double> load_global_rows(const JobSpec& cfg, SynthStream which, int64_t b,
+                                     int64_t first, int64_t n);
 
 }  // namespace ringattn::job

@@ -15,6 +15,8 @@ namespace {
 constexpr int64_t kWindowRows = 4096;  // key rows read or generated at a time
 constexpr int kMaxRanges = 4 + 2 * kMaxGlobalRanges + kMaxRandomBlocks;
 
+}  // namespace
+
 // The first and last rows plus an even spread between: mask edges sit there.
 std::vector<int64_t> sample_rows(int64_t n, int64_t k) {
   std::vector<int64_t> r;
@@ -26,6 +28,8 @@ std::vector<int64_t> sample_rows(int64_t n, int64_t k) {
   r.erase(std::unique(r.begin(), r.end()), r.end());
   return r;
 }
+
+namespace {
 
 // The rank whose layout holds position t.
 int rank_of(const Layout& l, int64_t t) {

@@ -24,6 +24,10 @@ struct WireView {
   const SharedPart* shared = nullptr;
 };
 
+// k positions of [0, n): the first and the last and an even spread between
+// (mask edges sit there); all of them when k >= n.
+std::vector<int64_t> sample_rows(int64_t n, int64_t k);
+
 class SampledReferenceCheck {
  public:
   // keep: the K/V selection's kept set [B, Hsel, Nk] (cfg.select.on()): the
