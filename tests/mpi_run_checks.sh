@@ -11,6 +11,9 @@
 #   * the MoE stage after attention passes its float64 check under MPI, and its routing
 #     output equals the in-process run's byte for byte; `ringattn moe` alone likewise,
 #     and its failing rank ends the job without leftovers;
+#   * the backward pass (--backward, double ring included) passes verify and the sampled
+#     check under MPI, and its dK equals the in-process run's byte for byte; a rank
+#     failing after the backward ends it without leftovers;
 #   * a run whose rank 1 fails (--fail-rank 1) ends the whole job with a non-zero exit
 #     within FAIL_LIMIT_S seconds, names "rank 1" on stderr, and leaves neither the
 #     output nor a temporary file behind (the SIGTERM handler removes rank 0's).
@@ -220,6 +223,47 @@ for np in 2 3; do
     cat "$dir/stderr"
   fi
 done
+
+# Backward: the accumulators travel over MPI; the sums follow the same chains, so the
+# gradients must equal the in-process run's exactly (one kernel thread per rank in both).
+command=run
+for np in 2 3; do
+  dir="$scratch/np$np-backward"
+  rm -rf "$dir" && mkdir -p "$dir"
+  launch "$np" "$dir" "${common[@]}" --causal --sinks 2 --backward --verify --check-rows 8 \
+    --dk-out "$dir/dk.npy"
+  "$bin" run --ranks-local "$np" "${common[@]}" --causal --sinks 2 --backward \
+    --dk-out "$dir/dk_local.npy" >"$dir/stdout_local" 2>&1
+  if [[ $rc -eq 0 ]] && grep -q "^  grad error .*: ok" "$dir/stdout" &&
+    grep -q "^  grad check .*: ok" "$dir/stdout" && cmp -s "$dir/dk.npy" "$dir/dk_local.npy"; then
+    pass "-n $np --backward ($(grep '^  backward' "$dir/stdout" | sed 's/^ *//; s/  */ /g'))"
+  else
+    fail "-n $np --backward: exit $rc"
+    cat "$dir/stdout" "$dir/stderr"
+  fi
+done
+dir="$scratch/np4-backward-double-ring"
+rm -rf "$dir" && mkdir -p "$dir"
+launch 4 "$dir" "${common[@]}" --causal --backward --verify --hierarchy double-ring \
+  --ranks-per-node 2
+if [[ $rc -eq 0 ]] && grep -q "^  grad error .*: ok" "$dir/stdout"; then
+  pass "-n 4 --backward --hierarchy double-ring"
+else
+  fail "-n 4 --backward --hierarchy double-ring: exit $rc"
+  cat "$dir/stdout" "$dir/stderr"
+fi
+dir="$scratch/np3-backward-fail"
+rm -rf "$dir" && mkdir -p "$dir"
+launch 3 "$dir" "${common[@]}" --causal --backward --repeats 3 --fail-rank 1 \
+  --dq-out "$dir/dq.npy" --out "$dir/o.npy"
+left=$(leftovers "$dir")
+if [[ $rc -ne 0 ]] && ((elapsed_ms < FAIL_LIMIT_S * 1000)) && grep -q "rank 1" "$dir/stderr" &&
+  [[ -z $left ]]; then
+  pass "-n 3 --backward --fail-rank 1: exit $rc after ${elapsed_ms} ms, nothing left behind"
+else
+  fail "-n 3 --backward --fail-rank 1: exit $rc after ${elapsed_ms} ms, left: '${left}'"
+  cat "$dir/stderr"
+fi
 
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]
