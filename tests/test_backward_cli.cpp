@@ -158,5 +158,48 @@ TEST_F(BackwardCli, OptionErrorsNameTheirOption) {
   expect_failure({"--seq-len", "64", "--grad-dtype", "float32"}, "--grad-dtype");
 }
 
+TEST_F(BackwardCli, AttendWritesGradientsInTheStorageDtype) {
+  // bfloat16 files; dO generated from --seed is run's: the same gradients as run
+  // on the same files and seed.
+  const int64_t n = 200;
+  for (const char* name : {"q", "k", "v"})
+    save_npy(path(std::string(name) + ".npy"),
+             test::random_tensor(DType::bf16, {1, n, name[0] == 'q' ? 4 : 2, 32},
+                                 static_cast<uint64_t>(name[0])));
+  const Result a = run_binary({"attend", "--q", path("q.npy"), "--k", path("k.npy"), "--v",
+                               path("v.npy"), "--out", path("o.npy"), "--causal", "--backward",
+                               "--seed", "9", "--verify", "--dk-out", path("dk_attend.npy")});
+  ASSERT_EQ(a.rc, 0) << a.out << a.err;
+  EXPECT_NE(a.out.find("gradients verified vs float64: dQ"), std::string::npos) << a.out;
+  const Tensor dk = read_npy(path("dk_attend.npy"));
+  EXPECT_EQ(dk.dtype, DType::bf16);
+  const Result r = run({"--q", path("q.npy"), "--k", path("k.npy"), "--v", path("v.npy"),
+                        "--ranks-local", "2", "--causal", "--backward", "--seed", "9", "--dk-out",
+                        path("dk_run.npy"), "--threads", "1"});
+  ASSERT_EQ(r.rc, 0) << r.out << r.err;
+  const std::vector<float> x = floats(dk), y = floats(read_npy(path("dk_run.npy")));
+  ASSERT_EQ(x.size(), y.size());
+  int64_t far = 0;  // rounded to bfloat16 from float32 sums in different orders
+  for (std::size_t i = 0; i < x.size(); ++i)
+    far += std::fabs(x[i] - y[i]) > 1e-2f * (std::fabs(y[i]) + 1e-3f);
+  EXPECT_EQ(far, 0);
+}
+
+TEST_F(BackwardCli, AttendOptionErrors) {
+  write_files({1, 64, 2, 32}, {1, 64, 1, 32}, {1, 64, 1, 32});
+  const std::vector<std::string> files = {"attend",      "--q",         path("q.npy"),
+                                          "--k",         path("k.npy"), "--v",
+                                          path("v.npy"), "--out",       path("o.npy")};
+  const auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a = files;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return run_binary(a);
+  };
+  expect_clean_failure(with({"--dq-out", path("dq.npy")}), "--dq-out", {path("o.npy")});
+  expect_clean_failure(with({"--backward", "--do", path("k.npy")}), "k.npy", {path("o.npy")});
+  expect_clean_failure(with({"--backward", "--dq-out", path("o.npy")}), "--dq-out",
+                       {path("dq.npy")});
+}
+
 }  // namespace
 }  // namespace ringattn

@@ -3,12 +3,16 @@
 //   q [B, Nq, Hq, D] or [Nq, Hq, D]   (3-d means B = 1; O is then 3-d too)
 //   k, v [B, Nk, Hkv, D] or [Nk, Hkv, D], same dtype as q
 //   O  in the input dtype, shaped like q;  LSE float32 [B, Hq, Nq] ([Hq, Nq] for 3-d q)
+//   --backward: dO from --do (shaped like q, the input dtype or float32) or
+//   generated from --seed; dQ, dK, dV shaped like q, k, v (--grad-dtype)
 // Every input is validated before any compute, each problem reported in one
 // line naming the file. Outputs go through AtomicFile: opened before the
 // compute (an unwritable path fails fast), committed only once everything
 // succeeded, so a failed run leaves no output file behind.
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cmath>
 #include <optional>
 #include <string>
 #include <vector>
@@ -19,10 +23,13 @@
 #include "cli/metrics.hpp"
 #include "cli/options.hpp"
 #include "cli/problem_options.hpp"
+#include "ringattn/backward.hpp"
+#include "ringattn/backward_reference.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/hierarchy_stage.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/npy.hpp"
+#include "ringattn/synth.hpp"
 
 namespace ringattn::cli {
 namespace {
@@ -57,7 +64,24 @@ CommandSpec attend_spec() {
                          "kernel instruction set (auto: the best this CPU supports)"),
       OptionSpec::flag("verify", "false",
                        "also run the float64 reference and print the error; fail (writing "
-                       "nothing) if it exceeds the tolerance"),
+                       "nothing) if it exceeds the tolerance (with --backward: the gradients' "
+                       "too, for Nq Nk <= 2^26)"),
+      OptionSpec::flag("backward", "false",
+                       "also run the backward pass (FlashAttention-2): dQ, dK, dV from the "
+                       "forward's O and LSE and dO"),
+      OptionSpec::text("do", "",
+                       "backward: dO, shaped like q, in the input dtype or float32 (.npy); "
+                       "default: generated from --seed",
+                       "FILE")
+          .as_input(),
+      OptionSpec::integer("seed", "0",
+                          "backward: the seed dO is generated from without --do (the values "
+                          "run --seed generates for the same shape)"),
+      OptionSpec::text("dq-out", "", "backward: write dQ, shaped like q (.npy)").as_output(),
+      OptionSpec::text("dk-out", "", "backward: write dK, shaped like k (.npy)").as_output(),
+      OptionSpec::text("dv-out", "", "backward: write dV, shaped like v (.npy)").as_output(),
+      OptionSpec::choice("grad-dtype", "storage", {"storage", "float32"},
+                         "backward: the gradients' file dtype: the input's (storage) or float32"),
   };
   insert_options(&s.options, "lse-out", problem_option_specs(kAttendProblem));
   for (OptionSpec& o : mask_option_specs()) s.options.push_back(std::move(o));
@@ -149,6 +173,42 @@ void open_output(std::optional<AtomicFile>* file, const std::string& path, const
   }
 }
 
+// The float64 gradient reference holds two Nq x Nk matrices of one head.
+constexpr int64_t kMaxGradReferencePairs = int64_t{1} << 26;
+
+// dO for --backward: from --do (checked against q's shape; its dtype or
+// float32) or generated like run's (SynthStream::d_o, float32).
+Tensor grad_output(const ParsedOptions& opt, const Tensor& q) {
+  if (!opt.has("do")) {
+    Tensor g(DType::f32, q.shape, "generated dO");
+    synth_fill(g.data.data(), DType::f32,
+               synth_key(static_cast<uint64_t>(opt.integer("seed")), SynthStream::d_o), 0,
+               g.numel());
+    return g;
+  }
+  const std::string& path = opt.text("do");
+  const Tensor t = read_npy(path);
+  if (t.shape != q.shape)
+    throw Error(fmt::format("{}: shape {} differs from the queries' {}; dO is shaped like q", path,
+                            shape_str(t.shape), shape_str(q.shape)));
+  if (t.dtype != q.dtype && t.dtype != DType::f32)
+    throw Error(fmt::format("{}: dtype {}; expected the inputs' {} or float32", path,
+                            dtype_name(t.dtype), dtype_name(q.dtype)));
+  check_finite(t, path);
+  Tensor g(DType::f32, q.shape, "dO");
+  for (int64_t i = 0; i < t.numel(); ++i) g.as<float>()[i] = t.get(i);
+  return g;
+}
+
+double rel_fro(const float* x, const std::vector<double>& ref) {
+  double e2 = 0, r2 = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    e2 += (double(x[i]) - ref[i]) * (double(x[i]) - ref[i]);
+    r2 += ref[i] * ref[i];
+  }
+  return r2 > 0 ? std::sqrt(e2 / r2) : std::sqrt(e2);
+}
+
 }  // namespace
 
 int cmd_attend(int argc, char** argv) {
@@ -165,10 +225,28 @@ int cmd_attend(int argc, char** argv) {
   kopt.threads = opt->threads();
   MetricsFile metrics(opt->metrics_path());
 
+  const bool backward = opt->flag("backward");
+  for (const char* name : {"do", "dq-out", "dk-out", "dv-out", "seed", "grad-dtype"})
+    if (!backward && opt->given(name))
+      throw UsageError(fmt::format("option '--{}': needs --backward", name));
+
   // Fail fast on unwritable outputs; the temporaries vanish unless committed.
-  std::optional<AtomicFile> out_file, lse_file;
+  std::optional<AtomicFile> out_file, lse_file, grad_files[3];
   open_output(&out_file, out_path, "out");
   if (!lse_path.empty()) open_output(&lse_file, lse_path, "lse-out");
+  const char* grad_options[3] = {"dq-out", "dk-out", "dv-out"};
+  for (int i = 0; i < 3; ++i)
+    if (opt->has(grad_options[i])) {
+      for (const char* other : {"out", "lse-out", "q", "k", "v", "do"})
+        if (opt->has(other) && opt->text(other) == opt->text(grad_options[i]))
+          throw UsageError(fmt::format("option '--{}': '{}' is also the --{} file", grad_options[i],
+                                       opt->text(grad_options[i]), other));
+      for (int j = 0; j < i; ++j)
+        if (opt->has(grad_options[j]) && opt->text(grad_options[j]) == opt->text(grad_options[i]))
+          throw UsageError(fmt::format("option '--{}': '{}' is also the --{} file", grad_options[i],
+                                       opt->text(grad_options[i]), grad_options[j]));
+      open_output(&grad_files[i], opt->text(grad_options[i]), grad_options[i]);
+    }
 
   const Inputs in = read_inputs(opt->text("q"), opt->text("k"), opt->text("v"));
   ProblemShape shape = parse_problem_options(*opt, kAttendProblem);
@@ -199,7 +277,53 @@ int cmd_attend(int argc, char** argv) {
       .number("time_ms", seconds * 1e3)
       .number("gflops", gflops);
 
+  // The backward pass on the forward's float32 O and LSE.
+  std::optional<Tensor> grads[3];
+  double bwd_seconds = 0;
+  std::optional<Tensor> d_o;
+  if (backward) {
+    if (args.hier.on())
+      throw UsageError(
+          "option '--backward': the backward pass does not run with the "
+          "hierarchical stages yet");
+    d_o.emplace(grad_output(*opt, in.q));
+    grads[0].emplace(DType::f32, in.q.shape, "dQ");
+    grads[1].emplace(DType::f32, in.k.shape, "dK");
+    grads[2].emplace(DType::f32, in.v.shape, "dV");
+    const Stopwatch bwd_watch;
+    attention_backward(args, o32.as<float>(), lse.as<float>(), d_o->as<float>(),
+                       grads[0]->as<float>(), grads[1]->as<float>(), grads[2]->as<float>(), kopt);
+    bwd_seconds = bwd_watch.seconds();
+    for (const auto& g : grads)
+      for (int64_t i = 0; i < g->numel(); ++i)
+        if (!std::isfinite(g->as<float>()[i]))
+          throw Error("the backward pass gave a non-finite gradient; no output written");
+    row.number("bwd_ms", bwd_seconds * 1e3)
+        .number("bwd_gflops", 2.5 * hierarchical_flops(args, stage) / bwd_seconds / 1e9);
+  }
+
   std::string verdict;
+  if (opt->flag("verify") && backward) {
+    if (p.nq * p.nk > kMaxGradReferencePairs)
+      throw UsageError(fmt::format(
+          "option '--verify': the float64 gradient reference holds Nq x Nk matrices; Nq Nk = {} "
+          "is over 2^26 (use ringattn run --backward --check-rows for sampled rows)",
+          p.nq * p.nk));
+    const BackwardReference ref = reference_attention_backward(args, d_o->as<float>());
+    const double e[3] = {rel_fro(grads[0]->as<float>(), ref.dq),
+                         rel_fro(grads[1]->as<float>(), ref.dk),
+                         rel_fro(grads[2]->as<float>(), ref.dv)};
+    const double tol = tolerance_for(p.dtype).o_rel_fro;
+    row.number("dq_rel_err", e[0]).number("dk_rel_err", e[1]).number("dv_rel_err", e[2]);
+    const std::string text = fmt::format(
+        "dQ {:.2e}, dK {:.2e}, dV {:.2e} rel. Frobenius (tolerance {:.0e})", e[0], e[1], e[2], tol);
+    if (e[0] > tol || e[1] > tol || e[2] > tol)
+      throw Error(
+          fmt::format("option '--verify': the gradients' error exceeds the tolerance: {}; "
+                      "no output written",
+                      text));
+    verdict += "; gradients verified vs float64: " + text;
+  }
   if (opt->flag("verify")) {
     // The reference reads the stored inputs; compare the float32 kernel output.
     const ErrorStats err = ReferenceCheck(args, {}).compare(o32.as<float>(), lse.as<float>());
@@ -211,7 +335,7 @@ int cmd_attend(int argc, char** argv) {
           fmt::format("option '--verify': the error exceeds the {} tolerance: {}; no "
                       "output written",
                       dtype_name(p.dtype), details));
-    verdict = "; verified vs float64: " + details;
+    verdict = "; verified vs float64: " + details + verdict;
   }
 
   if (p.dtype == DType::f32) {
@@ -220,14 +344,35 @@ int cmd_attend(int argc, char** argv) {
     write_npy(*out_file, to_storage(o32.as<float>(), p.dtype, in.q.shape));
   }
   if (lse_file) write_npy(*lse_file, lse);
+  const bool grad_f32 = backward && opt->text("grad-dtype") == "float32";
+  for (int i = 0; i < 3; ++i)
+    if (grad_files[i]) {
+      if (grad_f32 || p.dtype == DType::f32)
+        write_npy(*grad_files[i], *grads[i]);
+      else
+        write_npy(*grad_files[i], to_storage(grads[i]->as<float>(), p.dtype, grads[i]->shape));
+    }
   out_file->commit();
   if (lse_file) lse_file->commit();
+  for (auto& f : grad_files)
+    if (f) f->commit();
   metrics.write(row);
 
   fmt::print("attend: q {} k/v {} {} {} -> {}: {:.3f} ms, {:.1f} GFLOP/s ({}, {} threads){}\n",
              shape_str(in.q.shape), shape_str(in.k.shape), dtype_name(p.dtype), shape.mask_str(),
              out_path, seconds * 1e3, gflops, effective_isa_name(kopt.isa),
              effective_threads(kopt.threads), verdict);
+  if (backward)
+    fmt::print("attend: backward {:.3f} ms, {:.1f} GFLOP/s (FLOPs 2.5x the forward's){}\n",
+               bwd_seconds * 1e3,
+               2.5 * hierarchical_flops(args, stage) / std::max(bwd_seconds, 1e-12) / 1e9, [&] {
+                 std::string w;
+                 for (int i = 0; i < 3; ++i)
+                   if (opt->has(grad_options[i]))
+                     w += fmt::format("{}{}", w.empty() ? " -> " : ", ",
+                                      opt->text(grad_options[i]));
+                 return w;
+               }());
   return kExitOk;
 }
 

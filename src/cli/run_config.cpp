@@ -40,7 +40,8 @@ CommandSpec run_spec() {
   s.options = {
       backend_option_spec(),
       ranks_local_option_spec(),
-      OptionSpec::integer("seed", "0", "seed of the generated inputs").non_negative(),
+      OptionSpec::integer("seed", "0", "seed of the generated inputs (and of --backward's dO)")
+          .non_negative(),
       OptionSpec::text("q", "",
                        "read queries from this global .npy, [B, N, Hq, D] or [N, Hq, D], "
                        "instead of generating them (with --k and --v)")
@@ -163,7 +164,8 @@ RunConfig make_problem_config(const ParsedOptions& opt) {
     std::string ignored;  // sizes and dtype come from the files: say so if they were given
     for (const char* name :
          {"batch", "seq-len", "kv-seq-len", "heads", "kv-heads", "head-dim", "dtype", "seed"})
-      if (opt.given(name)) ignored += fmt::format("{}--{}", ignored.empty() ? "" : ", ", name);
+      if (opt.given(name) && !(name == std::string("seed") && opt.flag("backward")))
+        ignored += fmt::format("{}--{}", ignored.empty() ? "" : ", ", name);
     if (!ignored.empty())
       fmt::print(stderr,
                  "ringattn: warning: {} ignored: the sizes and dtype come from the --q/--k/--v "
@@ -203,7 +205,8 @@ HardwareProfile load_hardware_option(const std::string& value) {
 
 RunConfig make_run_config(const ParsedOptions& opt) {
   RunConfig c = make_problem_config(opt);
-  if (!c.from_files) c.seed = static_cast<uint64_t>(opt.integer("seed"));
+  // With files the seed generates only the backward's dO (without --do).
+  if (!c.from_files || opt.flag("backward")) c.seed = static_cast<uint64_t>(opt.integer("seed"));
   c.scale = opt.has("scale") ? static_cast<float>(opt.number("scale")) : 0.0f;
   c.isa = resolve_isa(opt.text("isa"));
   c.device = opt.text("device") == "cuda" ? Device::cuda : Device::cpu;

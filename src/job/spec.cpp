@@ -188,8 +188,8 @@ std::string JobSpec::config_text() const {
       scheme_auto ? std::string("auto on ") + (hardware ? hardware->name : "?")
                   : std::string(comm_scheme_name(scheme)),
       ranks_per_node,
-      backward ? fmt::format("on dO '{}' outputs {}{}{} f32 {}", do_file.path, !dq_path.empty(),
-                             !dk_path.empty(), !dv_path.empty(), grad_f32)
+      backward ? fmt::format("on dO '{}' seed {} outputs {}{}{} f32 {}", do_file.path, seed,
+                             !dq_path.empty(), !dk_path.empty(), !dv_path.empty(), grad_f32)
                : std::string("off"));
 }
 
