@@ -137,6 +137,7 @@ struct PlanInput : AttentionProblem {
   // Communication over nodes of ranks_per_node ranks (two_level.hpp; the plan's
   // ranks per node is w). best_scheme() picks the fastest.
   CommScheme scheme = CommScheme::flat;
+  bool backward = false;  // the backward pass after the forward (BackwardPlan)
 };
 
 // The hierarchical stage (ringattn/hierarchy_stage.hpp), after the ring:
@@ -284,6 +285,36 @@ struct SelectPlan {
   double allreduce_bytes = 0;  // B Hsel Nk x 8
 };
 
+// The backward pass (in.backward; ring_attention_backward, ringattn/ring.hpp)
+// after the forward, on the forward's schedule without shared rows (sinks and
+// global tokens ride the ring as ordinary keys). Per rank:
+//   compute   2.5 x the forward's FLOPs of its pairs (5 of the backward's 7 tile
+//             GEMMs are new) at the forward kernel's rate x kBackwardRateRatio
+//   bytes     the K/V blocks its schedule sends (as the forward's), and one
+//             accumulator per step with work on another rank's block: dK and dV
+//             of that block, 2 B n Hkv D float32 (what run's bwd_bytes counts)
+//   time      each step max(its compute, its sends: K/V plus the accumulator of
+//             the step before over the slowest link) summed over the steps,
+//             slowest rank: the accumulators fly during the next step's compute
+//   memory    beyond the forward: dO and dQ (B nq Hq D float32 each), the own
+//             dK, dV (2 B nk Hkv D float32), and two accumulators of the largest
+//             block (one being filled, one received)
+struct BackwardPlan {
+  bool on = false;
+  int steps = 0;
+  std::string transfer;                // of its schedule
+  double rate = 0;                     // FLOP/s of one rank's backward
+  std::vector<double> seconds;         // [rank]
+  std::vector<double> sent;            // [rank] bytes: K/V blocks and accumulators
+  std::vector<double> grad_sent;       // [rank] of which accumulators
+  std::vector<int64_t> grad_messages;  // [rank]
+  std::vector<double> memory;          // [rank] bytes beyond the forward's
+  double predicted_s = 0;              // slowest rank
+};
+// The backward kernel's FLOP rate over the forward's (bench-kernel --backward,
+// FLOPs counted as 2.5x the forward's): the measured ratio the plan assumes.
+inline constexpr double kBackwardRateRatio = 0.7;
+
 struct RankPlan {
   int rank = 0;
   int64_t q_tokens = 0, kv_tokens = 0;
@@ -342,8 +373,9 @@ struct Plan {
   std::vector<RankPlan> per_rank;
   std::vector<StepPlan> per_step;
   StagePlan stage;
-  MoePlan moe;        // in.moe on
-  SelectPlan select;  // in.select on
+  MoePlan moe;            // in.moe on
+  SelectPlan select;      // in.select on
+  BackwardPlan backward;  // in.backward on (not in predicted_s: run reports it apart)
   double predicted_s = 0;
   // Hiding.
   bool all_hidden = true;         // every transfer step hidden

@@ -369,8 +369,8 @@ int cmd_attend(int argc, char** argv) {
                  std::string w;
                  for (int i = 0; i < 3; ++i)
                    if (opt->has(grad_options[i]))
-                     w += fmt::format("{}{}", w.empty() ? " -> " : ", ",
-                                      opt->text(grad_options[i]));
+                     w +=
+                         fmt::format("{}{}", w.empty() ? " -> " : ", ", opt->text(grad_options[i]));
                  return w;
                }());
   return kExitOk;

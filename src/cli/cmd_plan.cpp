@@ -176,6 +176,7 @@ int cmd_plan(int argc, char** argv) {
   const KvOptions kv = parse_kv_options(*opt, cfg.dtype);
   in.kv_wire = kv.wire, in.kv_store = kv.store;
   in.select = kv.select;
+  in.backward = opt->flag("backward");
   Plan plan;
   try {
     if (auto_scheme) in.scheme = best_scheme(in, hw);

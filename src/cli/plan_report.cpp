@@ -322,6 +322,21 @@ void print_plan(const PlanReport& r) {
                      p.in.select.rest == KeepRest::int4 ? ", the INT4 codes and state" : ""));
   }
   if (p.moe.on) line("moe", moe_text(p));
+  if (p.backward.on) {
+    const BackwardPlan& bw = p.backward;
+    double sent = 0, grad = 0;
+    int64_t messages = 0;
+    for (std::size_t i = 0; i < bw.sent.size(); ++i)
+      sent += bw.sent[i], grad += bw.grad_sent[i], messages += bw.grad_messages[i];
+    line("backward",
+         fmt::format("{:.3f} ms (slowest rank) at {} per rank ({:.2f} x the forward kernel's), "
+                     "{} steps ({}); sent {} in all, of which dK/dV accumulators {} in {} "
+                     "messages; {} more memory per rank (dO, dQ, dK, dV, two accumulators); not "
+                     "in the predicted time below",
+                     bw.predicted_s * kMs, rate_text(bw.rate), kBackwardRateRatio, bw.steps,
+                     bw.transfer, format_bytes(sent), format_bytes(grad), messages,
+                     format_bytes(*std::max_element(bw.memory.begin(), bw.memory.end()))));
+  }
   line("predicted time", fmt::format("{:.3f} ms (slowest rank {}), {}", p.predicted_s * kMs,
                                      slowest(p).rank, rate_text(p.total_flops / p.predicted_s)));
   line("naive attention",
@@ -383,6 +398,7 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
       .number("select_final_ms", p.select.final_s * kMs)
       .number("select_sent", p.select.sent)
       .number("mem_select", big.mem.select)
+      .boolean("backward", p.backward.on)
       .number("step_compute_ms", max_step(p, &StepPlan::compute_s) * kMs)
       .number("step_transfer_ms", max_step(p, &StepPlan::transfer_s) * kMs)
       .boolean("hidden", p.all_hidden)
@@ -443,6 +459,20 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
       .integer("kv_cache_values", kv_cache_values(p.in.nk, p.in.hkv, p.in.head_dim) * p.in.batch)
       .number("kv_cache_bytes", p.kv_cache_bytes)
       .text("reproduce", r.command_line);
+  if (p.backward.on) {
+    const BackwardPlan& bw = p.backward;
+    double sent = 0, grad = 0;
+    int64_t messages = 0;
+    for (std::size_t i = 0; i < bw.sent.size(); ++i)
+      sent += bw.sent[i], grad += bw.grad_sent[i], messages += bw.grad_messages[i];
+    s.number("bwd_ms", bw.predicted_s * kMs)
+        .number("bwd_gflops_per_rank", bw.rate / kGiga)
+        .integer("bwd_steps", bw.steps)
+        .number("bwd_bytes", sent)
+        .number("bwd_grad_bytes", grad)
+        .integer("bwd_grad_messages", messages)
+        .number("bwd_memory_bytes", *std::max_element(bw.memory.begin(), bw.memory.end()));
+  }
   const LevelTotals lt = level_totals(p);
   s.integer("intra_bytes", lt.intra_bytes)
       .integer("inter_bytes", lt.inter_bytes)

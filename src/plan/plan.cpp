@@ -97,6 +97,17 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
     throw FieldError("kv_store",
                      "hierarchical stages read the exact K/V rows; they do not take K/V stored "
                      "quantized yet");
+  if (in.backward) {
+    const auto refuse = [](const char* what) {
+      throw FieldError("backward", fmt::format("the backward pass does not run with {} yet", what));
+    };
+    if (in.kv_wire.on()) refuse("quantized K/V (--kv-wire, --kv-store)");
+    if (in.select.on()) refuse("K/V selection (--kv-keep)");
+    if (in.hier.on()) refuse("the hierarchical stages");
+    if (in.moe.on()) refuse("the MoE stage");
+    if (in.scheme == CommScheme::a2a_ring) refuse("--hierarchy a2a-ring");
+    if (hw.kind != DeviceKind::cpu) refuse("a GPU profile (the backward runs on the cpu device)");
+  }
   Plan p;
   p.in = in;
   const int np = in.ranks;
@@ -520,6 +531,8 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
     p.min_tokens_hidden =
         p.link.overlap < 1.0 ? -1 : min_hiding_tokens(a, bb, kMessagesPerStep * p.link.latency_s);
   }
+
+  if (in.backward) p.backward = plan_backward(exact, ql, kvl, w, p.rate, link_of);
 
   p.naive_scores_per_head = score_matrix_bytes(in.nq, in.nk);
   p.naive_scores_total = p.naive_scores_per_head * b * hq;

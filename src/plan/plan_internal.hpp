@@ -1,7 +1,10 @@
 // Pieces shared by the planner's files (plan.cpp, plan_schemes.cpp): not installed.
 #pragma once
 
+#include <functional>
+
 #include "ringattn/hardware.hpp"
+#include "ringattn/layout.hpp"
 #include "ringattn/plan.hpp"
 
 namespace ringattn::detail {
@@ -22,5 +25,11 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
 // intra-node link around plan_one of the ring across nodes.
 Plan plan_a2a_ring(const PlanInput& in, const HardwareProfile& hw, const PlanMachine& machine,
                    int w);
+
+// The backward pass (BackwardPlan) of `in` on its layouts, ranks in nodes of
+// w, each rank's forward kernel rate `rate`; link_of(from, to): the link a
+// message between two ranks takes.
+BackwardPlan plan_backward(const PlanInput& in, const Layout& ql, const Layout& kvl, int w,
+                           double rate, const std::function<const LinkSpec&(int, int)>& link_of);
 
 }  // namespace ringattn::detail
