@@ -226,9 +226,14 @@ int cmd_attend(int argc, char** argv) {
   MetricsFile metrics(opt->metrics_path());
 
   const bool backward = opt->flag("backward");
-  for (const char* name : {"do", "dq-out", "dk-out", "dv-out", "seed", "grad-dtype"})
-    if (!backward && opt->given(name))
+  // The backward's options at their defaults need no --backward.
+  for (const char* name : {"do", "dq-out", "dk-out", "dv-out"})
+    if (!backward && opt->has(name))
       throw UsageError(fmt::format("option '--{}': needs --backward", name));
+  if (!backward && opt->integer("seed") != 0)
+    throw UsageError("option '--seed': generates the backward's dO; needs --backward");
+  if (!backward && opt->text("grad-dtype") != "storage")
+    throw UsageError("option '--grad-dtype': needs --backward");
 
   // Fail fast on unwritable outputs; the temporaries vanish unless committed.
   std::optional<AtomicFile> out_file, lse_file, grad_files[3];
