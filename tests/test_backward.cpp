@@ -120,13 +120,14 @@ struct Grads {
 };
 
 Grads run_backward(const AttentionArgs& a, const test::Output& fwd, const std::vector<float>& g,
-                   int threads = 0) {
+                   int threads = 0, Isa isa = Isa::automatic) {
   Grads r;
   r.dq.assign(static_cast<std::size_t>(a.q_elems()), NAN);  // every element must be written
   r.dk.assign(static_cast<std::size_t>(a.kv_elems()), NAN);
   r.dv.assign(static_cast<std::size_t>(a.kv_elems()), NAN);
   KernelOptions opt;
   opt.threads = threads;
+  opt.isa = isa;
   r.stats = attention_backward(a, fwd.o.data(), fwd.lse.data(), g.data(), r.dq.data(), r.dk.data(),
                                r.dv.data(), opt);
   return r;
@@ -150,10 +151,11 @@ constexpr double kTolF32 = 1e-5;
 // the float32 one: a looser one would only hide a conversion bug.
 constexpr double kTol16 = kTolF32;
 
-void expect_gradients(const AttentionArgs& a, const std::string& what, uint64_t seed = 7) {
+void expect_gradients(const AttentionArgs& a, const std::string& what, uint64_t seed = 7,
+                      Isa isa = Isa::automatic) {
   const test::Output fwd = test::run_kernel(a);
   const std::vector<float> g = random_grad(a, seed);
-  const Grads k = run_backward(a, fwd, g);
+  const Grads k = run_backward(a, fwd, g, 0, isa);
   const BackwardReference ref = reference_attention_backward(a, g.data());
   const double tol = a.dtype == DType::f32 ? kTolF32 : kTol16;
   const double eq = rel_fro(k.dq, ref.dq), ek = rel_fro(k.dk, ref.dk), ev = rel_fro(k.dv, ref.dv);
@@ -255,6 +257,45 @@ TEST(Backward, HalfPrecisionStorage) {
       expect_gradients(p.args, nm.name);
     }
   }
+}
+
+TEST(Backward, EveryIsaOfThisCpu) {
+  // Each instantiation of the tile code (backward_impl.hpp) this CPU can run,
+  // against the float64 reference: head layouts, empty rows, sparse masks, 16-bit.
+  const std::vector<Shape> all = shapes();
+  const std::vector<test::NamedMask> masks = test::sparse_patterns(300);
+  for (Isa isa : {Isa::avx512, Isa::avx2, Isa::generic}) {
+    if (!isa_supported(isa)) {
+      std::printf("[  skip    ] %s: not supported by this CPU\n", isa_name(isa).c_str());
+      continue;
+    }
+    uint64_t seed = 400;
+    for (const Shape& s : {all[1], all[2], all[5], all[6], all[8]}) {
+      for (DType dt : {DType::f32, DType::bf16}) {
+        const test::Problem p = make_problem(s.batch, s.nq, s.nk, s.hq, s.hkv, s.d, dt, seed += 3);
+        expect_gradients(args_of(p, s), isa_name(isa) + " " + s.name, 7, isa);
+      }
+    }
+    for (const test::NamedMask& nm : {masks[2], masks[4], masks[6]}) {
+      test::Problem p = make_problem(1, 300, 300, 4, 2, 32, DType::f32, seed += 3);
+      p.args.mask = nm.mask;
+      expect_gradients(p.args, isa_name(isa) + " " + nm.name, 7, isa);
+    }
+  }
+}
+
+TEST(Backward, WorkspaceGrowsLinearly) {
+  // O(N) beyond inputs and outputs: doubling N at most doubles the extra memory
+  // (never Nq x Nk), and at N = 8192, D = 128 it stays below one head's 4 N D
+  // bytes times 10.
+  AttentionArgs a;
+  a.batch = 1, a.hq = 8, a.hkv = 8, a.head_dim = 128, a.mask = Mask::causal(0);
+  a.nq = a.nk = 4096;
+  const double b1 = backward_workspace_bytes(a);
+  a.nq = a.nk = 8192;
+  const double b2 = backward_workspace_bytes(a);
+  EXPECT_LE(b2, 2.0 * b1);
+  EXPECT_LE(b2, 10.0 * 4 * 8192 * 128);
 }
 
 TEST(Backward, LongerCausalSequence) {

@@ -446,6 +446,32 @@ TEST_F(Cli, BenchKernelPrintsTableAndMetrics) {
   EXPECT_EQ(rows, 4);  // 2 head dims x {full, causal}
 }
 
+TEST_F(Cli, BenchKernelBackwardColumnsAndKeys) {
+  const Result r = run(
+      {"bench-kernel", "--backward", "--seq-len",    "300",  "--heads",      "4",
+       "--kv-heads",   "2",          "--head-dim",   "64",   "--repeats",    "1",
+       "--warmup",     "0",          "--causal",     "both", "--sgemm-size", "128",
+       "--threads",    "2",          "--check-rows", "8",    "--metrics",    path("bwd.jsonl")});
+  ASSERT_EQ(r.rc, 0) << r.out << r.err;
+  for (const char* col : {"bwd(ms)", "bwdGF/s", "bwd/fwd", "bwd mem", "dQ err"})
+    EXPECT_NE(r.out.find(col), std::string::npos) << col << " in " << r.out;
+  std::istringstream lines(slurp(path("bwd.jsonl")));
+  std::string line;
+  int rows = 0;
+  while (std::getline(lines, line)) {
+    ++rows;
+    for (const char* key : {"\"backward_ms\"", "\"backward_gflops\"", "\"backward_ratio\"",
+                            "\"backward_peak_bytes\"", "\"backward_dq_rel_err\""})
+      EXPECT_NE(line.find(key), std::string::npos) << key << " in " << line;
+    EXPECT_NE(line.find("\"backward_pass\": true"), std::string::npos) << line;
+    // dQ of the sampled rows against the float64 backward reference: float32-sized.
+    const std::size_t at = line.find("\"backward_dq_rel_err\": ");
+    ASSERT_NE(at, std::string::npos);
+    EXPECT_LE(std::strtod(line.c_str() + at + 23, nullptr), 1e-5) << line;
+  }
+  EXPECT_EQ(rows, 2);  // full, causal
+}
+
 TEST_F(Cli, BenchKernelRejectsBadListValues) {
   const Result r = run({"bench-kernel", "--seq-len", "256,x"});
   EXPECT_EQ(r.rc, 2);

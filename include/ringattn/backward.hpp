@@ -35,14 +35,21 @@ namespace ringattn {
 // tile classified by Mask::classify: empty tiles skipped, full tiles with no
 // element mask, partial tiles masked per element by the forward's own
 // visibility routine), float32 arithmetic for every storage dtype, never an
-// Nq x Nk buffer. Returns the tile counters of the dK/dV pass, which visits
-// the same (query block, key tile) pairs as attention_forward on the same args
-// (the dQ pass visits them again). opt.threads as for the forward; opt.isa is
-// not used (plain loops). Throws FieldError for bad arguments, a hierarchy
-// ("hier"), kept keys ("keep") or quantized K/V ("kq"): not supported yet.
+// Nq x Nk buffer. Returns the tile counters, which count the same (query
+// block, key tile) pairs as attention_forward on the same args (each visited
+// once). opt.threads and opt.isa as for the forward (an ISA this CPU lacks:
+// FieldError("isa")); the result does not depend on the thread count. Throws
+// FieldError for bad arguments, a hierarchy ("hier"), kept keys ("keep") or
+// quantized K/V ("kq"): not supported yet.
 enum class GradWrite { set, add };
 KernelStats attention_backward(const AttentionArgs& args, const float* o, const float* lse,
                                const float* dO, float* dq, float* dk, float* dv,
                                const KernelOptions& opt = {}, GradWrite write = GradWrite::set);
+
+// Bytes attention_backward allocates beyond its inputs and outputs for these
+// args and options (packed K/V of one head, packed Q/dO/dQ of one query group
+// with Delta and the base-2 LSE, dK/dV parts, per-thread tiles): O(N) for a
+// fixed head dim, never Nq x Nk.
+double backward_workspace_bytes(const AttentionArgs& args, const KernelOptions& opt = {});
 
 }  // namespace ringattn

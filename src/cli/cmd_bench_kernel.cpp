@@ -11,6 +11,15 @@
 //              and outputs
 //   O err      relative Frobenius error of O, LSE err max |dLSE|, both on
 //              --check-rows sampled query rows per head vs the float64 reference
+// With --backward, also attention_backward on the forward's own O and LSE
+// with a random dO (standard normal):
+//   bwd(ms)    best of --repeats, like time
+//   bwdGF/s    2.5 x the forward's visible-pair FLOPs / bwd time (the
+//              FlashAttention convention: 5 GEMM-sized products to the forward's 2)
+//   bwd/fwd    bwdGF/s over GFLOP/s of the same row (the same run)
+//   bwd mem    peak Buffer bytes during the backward beyond its inputs and outputs
+//   dQ err     relative Frobenius error of dQ on the sampled rows vs the float64
+//              backward reference (each row its own one-query problem over every key)
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -27,10 +36,14 @@
 #include "cli/options.hpp"
 #include "cli/problem_options.hpp"
 #include "cli/table.hpp"
+#include "ringattn/backward.hpp"
+#include "ringattn/backward_reference.hpp"
 #include "ringattn/baseline.hpp"
+#include "ringattn/error.hpp"
 #include "ringattn/hierarchy_stage.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/memory.hpp"
+#include "ringattn/synth.hpp"
 
 namespace ringattn::cli {
 namespace {
@@ -42,6 +55,11 @@ constexpr double kBaselineAutoMaxScores = double(int64_t{1} << 28);
 // means the sgemm measurement is not the machine's peak.
 constexpr double kImplausiblePctSgemm = 150.0;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+// Backward FLOPs per forward FLOP (FlashAttention's convention: the backward's
+// 5 products of the forward's size, S, dP, dV, dK, dQ, to the forward's 2).
+constexpr double kBackwardFlopsRatio = 2.5;
+// dO's random stream: the seed's q stream shifted past the inputs' seeds.
+constexpr uint64_t kGradSeedOffset = 0x9e3779b9;
 // Every problem option; these four as lists (every combination is one row).
 constexpr ProblemOptionSet kSweep{kAllProblemOptions,
                                   kOptSeqLen | kOptHeadDim | kOptDType | kOptCausal};
@@ -77,6 +95,12 @@ CommandSpec bench_spec() {
       OptionSpec::integer("seed", "0", "random seed of the inputs").non_negative(),
       OptionSpec::integer("sgemm-size", "2048", "n of the n x n x n sgemm measuring the peak rate")
           .positive(),
+      OptionSpec::flag("backward", "false",
+                       "also time attention_backward on the forward's O and LSE with a random "
+                       "dO: bwd(ms), bwdGF/s (FLOPs = 2.5 x the forward's visible-pair FLOPs), "
+                       "bwd/fwd (its rate over the forward's in the same run), bwd mem (peak "
+                       "bytes beyond inputs and outputs), dQ err (relative Frobenius vs the "
+                       "float64 backward reference on the --check-rows rows)"),
   };
   insert_options(&s.options, "", problem_option_specs(kSweep));
   for (OptionSpec& o : mask_option_specs()) s.options.push_back(std::move(o));
@@ -84,14 +108,18 @@ CommandSpec bench_spec() {
   return s;
 }
 
-const Table& bench_table() {
-  static const Table table({
+Table bench_table(bool backward) {
+  std::vector<Table::Column> cols = {
       {"B", 3},           {"Nq", 7},         {"Nk", 7},        {"Hq/Hkv", 6},    {"D", 4},
       {"dtype", 8, true}, {"mask", 6, true}, {"time(ms)", 10}, {"GFLOP/s", 8},   {"%sgemm", 6},
       {"base(ms)", 10},   {"baseGF/s", 8},   {"speedup", 7},   {"work mem", 10}, {"in+out", 10},
-      {"O err", 8},       {"LSE err", 8},    {"base O", 8},    {"base LSE", 8},  {"check", 5, true},
-  });
-  return table;
+      {"O err", 8},       {"LSE err", 8},    {"base O", 8},    {"base LSE", 8},
+  };
+  if (backward)
+    cols.insert(cols.end(),
+                {{"bwd(ms)", 10}, {"bwdGF/s", 8}, {"bwd/fwd", 7}, {"bwd mem", 10}, {"dQ err", 8}});
+  cols.push_back({"check", 5, true});
+  return Table(std::move(cols));
 }
 
 struct Timing {
@@ -122,10 +150,70 @@ struct Settings {
   std::string baseline_mode;
   InputKind inputs = InputKind::normal;
   bool vs_dense = false;
+  bool backward = false;
   int64_t warmup = 0, repeats = 0, check_rows = 0;
   uint64_t seed = 0;
   double sgemm_gflops = 0;
 };
+
+// The backward's figures of one row.
+struct BackwardResult {
+  double time_s = kNaN, gflops = kNaN;
+  std::size_t work_bytes = 0;
+  double dq_rel_err = kNaN;
+  bool ok = true;
+};
+
+// Relative Frobenius error of dq on the sampled query rows against the float64
+// backward reference: each row (every batch entry) is a one-query problem at
+// the row's own position over every key, so the reference costs Nk Hq D per row.
+double dq_error(const AttentionArgs& a, const std::vector<int64_t>& rows, const float* dO,
+                const float* dq) {
+  const std::size_t esz = dtype_size(a.dtype);
+  const int64_t qrow = a.hq * a.head_dim, kvrow = a.nk * a.hkv * a.head_dim;
+  double e2 = 0.0, r2 = 0.0;
+  for (int64_t b = 0; b < a.batch; ++b)
+    for (int64_t i : rows) {
+      AttentionArgs one = a;
+      one.batch = 1, one.nq = 1;
+      one.qpos = a.qpos.from(i);
+      one.q = static_cast<const char*>(a.q) + static_cast<std::size_t>((b * a.nq + i) * qrow) * esz;
+      one.k = static_cast<const char*>(a.k) + static_cast<std::size_t>(b * kvrow) * esz;
+      one.v = static_cast<const char*>(a.v) + static_cast<std::size_t>(b * kvrow) * esz;
+      const int64_t off = (b * a.nq + i) * qrow;
+      const BackwardReference ref = reference_attention_backward(one, dO + off);
+      for (int64_t e = 0; e < qrow; ++e) {
+        const double want = ref.dq[static_cast<std::size_t>(e)];
+        const double diff = double(dq[off + e]) - want;
+        e2 += diff * diff, r2 += want * want;
+      }
+    }
+  return r2 > 0.0 ? std::sqrt(e2 / r2) : std::sqrt(e2);
+}
+
+// attention_backward on the forward's O and LSE with a random dO.
+BackwardResult bench_backward(const AttentionArgs& args, const Outputs& out, double flops,
+                              const std::vector<int64_t>& rows, const Settings& s) {
+  Buffer g(static_cast<std::size_t>(args.q_elems()) * sizeof(float), "random dO");
+  synth_fill(g.data(), DType::f32, synth_key(s.seed + kGradSeedOffset, SynthStream::q), 0,
+             args.q_elems());
+  Buffer dq(static_cast<std::size_t>(args.q_elems()) * sizeof(float), "dQ");
+  Buffer dk(static_cast<std::size_t>(args.kv_elems()) * sizeof(float), "dK");
+  Buffer dv(static_cast<std::size_t>(args.kv_elems()) * sizeof(float), "dV");
+  BackwardResult r;
+  const Timing t = time_calls(s.warmup, s.repeats, [&] {
+    attention_backward(args, out.o.as<float>(), out.lse.as<float>(), g.as<float>(), dq.as<float>(),
+                       dk.as<float>(), dv.as<float>(), s.kopt);
+  });
+  r.time_s = t.best_s;
+  r.gflops = kBackwardFlopsRatio * flops / t.best_s / 1e9;
+  r.work_bytes = t.work_bytes;
+  r.dq_rel_err = dq_error(args, rows, g.as<float>(), dq.as<float>());
+  // The forward's O tolerance: the backward reads the same stored values and
+  // accumulates in float32 (test_backward bounds it by the float32 one).
+  r.ok = r.dq_rel_err <= tolerance_for(args.dtype).o_rel_fro;
+  return r;
+}
 
 struct RowResult {
   bool ok = true;        // kernel error within tolerance
@@ -148,9 +236,13 @@ RowResult bench_one(const ProblemShape& shape, const Settings& s, MetricsFile& m
   exact.mask = hierarchy_ring_mask(args), exact.hier = {};
   const double gflops = flops / kt.best_s / 1e9;
 
-  const ReferenceCheck check(args, sample_rows(p.nq, s.check_rows, s.seed));
+  const std::vector<int64_t> rows = sample_rows(p.nq, s.check_rows, s.seed);
+  const ReferenceCheck check(args, rows);
   const ErrorStats err = check.compare(out.o.as<float>(), out.lse.as<float>());
-  const bool ok = within(err, tolerance_for(p.dtype));
+  const bool fwd_ok = within(err, tolerance_for(p.dtype));
+  const BackwardResult bwd =
+      s.backward ? bench_backward(args, out, flops, rows, s) : BackwardResult{};
+  const bool ok = fwd_ok && bwd.ok;
 
   // The materialised baseline computes plain attention. With a hierarchy the
   // baseline is this kernel on the dense problem (the causal bound only), and
@@ -185,49 +277,62 @@ RowResult bench_one(const ProblemShape& shape, const Settings& s, MetricsFile& m
   const double pct = 100.0 * gflops / s.sgemm_gflops;
   const double speedup = base_s / kt.best_s;
 
-  fmt::print("{}", bench_table().row({
-                       fmt::format("{}", p.batch),
-                       fmt::format("{}", p.nq),
-                       fmt::format("{}", p.nk),
-                       fmt::format("{}/{}", p.hq, p.hkv),
-                       fmt::format("{}", p.head_dim),
-                       std::string(dtype_name(p.dtype)),
-                       shape.masks.sparse() ? (shape.causal() ? "c+sprs" : "sparse")
-                                            : (shape.causal() ? "causal" : "full"),
-                       cell_fixed(kt.best_s * 1e3, 2),
-                       cell_fixed(gflops, 1),
-                       cell_fixed(pct, 1),
-                       cell_fixed(base_s * 1e3, 2),
-                       cell_fixed(base_gflops, 1),
-                       cell_fixed(speedup, 2),
-                       format_bytes(double(kt.work_bytes)),
-                       format_bytes(double(inout)),
-                       cell_sci(err.o_rel_fro),
-                       cell_sci(err.lse_max_abs),
-                       cell_sci(base_err.o_rel_fro),
-                       cell_sci(base_err.lse_max_abs),
-                       ok ? "ok" : "FAIL",
-                   }));
+  std::vector<std::string> cells = {
+      fmt::format("{}", p.batch),
+      fmt::format("{}", p.nq),
+      fmt::format("{}", p.nk),
+      fmt::format("{}/{}", p.hq, p.hkv),
+      fmt::format("{}", p.head_dim),
+      std::string(dtype_name(p.dtype)),
+      shape.masks.sparse() ? (shape.causal() ? "c+sprs" : "sparse")
+                           : (shape.causal() ? "causal" : "full"),
+      cell_fixed(kt.best_s * 1e3, 2),
+      cell_fixed(gflops, 1),
+      cell_fixed(pct, 1),
+      cell_fixed(base_s * 1e3, 2),
+      cell_fixed(base_gflops, 1),
+      cell_fixed(speedup, 2),
+      format_bytes(double(kt.work_bytes)),
+      format_bytes(double(inout)),
+      cell_sci(err.o_rel_fro),
+      cell_sci(err.lse_max_abs),
+      cell_sci(base_err.o_rel_fro),
+      cell_sci(base_err.lse_max_abs),
+  };
+  if (s.backward)
+    cells.insert(cells.end(), {cell_fixed(bwd.time_s * 1e3, 2), cell_fixed(bwd.gflops, 1),
+                               cell_fixed(bwd.gflops / gflops, 2),
+                               format_bytes(double(bwd.work_bytes)), cell_sci(bwd.dq_rel_err)});
+  cells.push_back(ok ? "ok" : "FAIL");
+  fmt::print("{}", bench_table(s.backward).row(cells));
   std::fflush(stdout);
 
-  metrics.write(shape_record("bench-kernel", shape)
-                    .text("isa", s.isa)
-                    .integer("threads", s.threads)
-                    .number("time_ms", kt.best_s * 1e3)
-                    .number("gflops", gflops)
-                    .number("pct_sgemm", pct)
-                    .number("sgemm_gflops", s.sgemm_gflops)
-                    .number("baseline_ms", base_s * 1e3)
-                    .number("baseline_gflops", base_gflops)
-                    .number("speedup", speedup)
-                    .integer("peak_bytes", static_cast<int64_t>(kt.work_bytes))
-                    .integer("inout_bytes", static_cast<int64_t>(inout))
-                    .integer("check_rows", check.rows_checked())
-                    .number("o_rel_err", err.o_rel_fro)
-                    .number("lse_max_err", err.lse_max_abs)
-                    .number("baseline_o_rel_err", base_err.o_rel_fro)
-                    .number("baseline_lse_max_err", base_err.lse_max_abs)
-                    .boolean("pass", ok));
+  JsonObject rec = shape_record("bench-kernel", shape);
+  rec.text("isa", s.isa)
+      .integer("threads", s.threads)
+      .number("time_ms", kt.best_s * 1e3)
+      .number("gflops", gflops)
+      .number("pct_sgemm", pct)
+      .number("sgemm_gflops", s.sgemm_gflops)
+      .number("baseline_ms", base_s * 1e3)
+      .number("baseline_gflops", base_gflops)
+      .number("speedup", speedup)
+      .integer("peak_bytes", static_cast<int64_t>(kt.work_bytes))
+      .integer("inout_bytes", static_cast<int64_t>(inout))
+      .integer("check_rows", check.rows_checked())
+      .number("o_rel_err", err.o_rel_fro)
+      .number("lse_max_err", err.lse_max_abs)
+      .number("baseline_o_rel_err", base_err.o_rel_fro)
+      .number("baseline_lse_max_err", base_err.lse_max_abs)
+      .boolean("pass", ok);
+  if (s.backward)
+    rec.number("backward_ms", bwd.time_s * 1e3)
+        .number("backward_gflops", bwd.gflops)
+        .number("backward_ratio", bwd.gflops / gflops)
+        .integer("backward_peak_bytes", static_cast<int64_t>(bwd.work_bytes))
+        .number("backward_dq_rel_err", bwd.dq_rel_err)
+        .boolean("backward_pass", bwd.ok);
+  metrics.write(rec);
   return {ok, pct};
 }
 
@@ -250,6 +355,10 @@ int cmd_bench_kernel(int argc, char** argv) {
   s.baseline_mode = opt->text("baseline");
   s.inputs = opt->text("inputs") == "drift" ? InputKind::drift : InputKind::normal;
   s.vs_dense = opt->flag("vs-dense");
+  s.backward = opt->flag("backward");
+  if (s.backward && (shapes.front().problem.hier.on() || s.vs_dense))
+    throw FieldError("backward",
+                     "the backward computes plain attention: no hierarchy or --vs-dense");
   s.warmup = opt->integer("warmup");
   s.repeats = opt->integer("repeats");
   s.check_rows = opt->integer("check-rows");
@@ -274,7 +383,7 @@ int cmd_bench_kernel(int argc, char** argv) {
           ? " -- here: this kernel on the dense problem (causal bound only), and "
             "base O / base LSE = the hierarchy's error against dense float64 attention"
           : "");
-  fmt::print("#\n{}", bench_table().header());
+  fmt::print("#\n{}", bench_table(s.backward).header());
   std::fflush(stdout);
 
   int failures = 0;

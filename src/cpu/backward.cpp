@@ -1,35 +1,42 @@
 // The CPU attention backward (FlashAttention-2; the formulas and shapes are in
-// ringattn/backward.hpp). Two passes over the forward's tiles, recomputing P
-// from Q, K and the forward's LSE instead of storing it:
+// ringattn/backward.hpp): one pass over the forward's tiles, recomputing P from
+// Q, K and the forward's LSE instead of storing it. For each (batch b, K/V head hk):
 //
-//   Delta = rowsum(dO * O)                      prepass, [B, Hq, Nq] float32
-//   pass 1, tasks (batch, K/V head, key tile of kBlockK keys):
-//     dK_t = dV_t = 0                           [kBlockK][D] per thread
-//     for each query head h of the group, each block of kBlockQ query rows:
-//       class = mask.classify(block, tile)      empty: skipped
-//       S  = Q K_t^T;  P = exp(scale S - LSE)   partial tiles: masked by cpu::mask_row
-//       dV_t += P^T dO
-//       dP = dO V_t^T;  dS = P * (dP - Delta)
-//       dK_t += dS^T Q
-//     dk = scale dK_t, dv = dV_t                written once: no atomics
-//   pass 2, tasks (batch, query head, block of kBlockQ query rows):
-//     dQ_b = 0                                  [kBlockQ][D] per thread
-//     for each key tile (same classes): P, dS as above;  dQ_b += dS K_t
-//     dq = scale dQ_b
+//   pack K, V of hk once: K panels, V panels (for S = Q K^T, dP = dO V^T), K rows (dQ)
+//   pack Qs = Q scale log2(e) and dO of the group's query heads, lse2 = LSE log2(e),
+//   Delta = rowsum(dO * O) (in double), dQacc = 0          [group][Nq][dp] float32
+//   for each key tile t of kBlockK keys, in order:          (a barrier between phases)
+//     tasks (query head h of the group, block of kBlockQ rows), shared dynamically:
+//       class = mask.classify(block, tile)                  empty: skipped
+//       S = Qs K_t^T;  P = 2^(S - lse2)                     partial: cpu::mask_row
+//       dS = P (dO V_t^T - Delta)
+//       part[task] = (P^T dO, dS^T Qs)                      [kBlockK][dp] each, written
+//       dQacc[h, block] += dS K_t                           this task's rows only
+//     dV_t = sum over tasks in task order of part.dV;  dK_t = ln(2) sum part.dK
+//   dq = scale dQacc
 //
-// dQ takes the second pass (P and dS recomputed: 7 tile GEMMs instead of 5)
-// rather than per-thread dQ copies or atomics: the memory beyond the inputs
-// and outputs stays Delta (O(N)) plus one workspace of O(tile x (tile + D))
-// floats per thread, and the result does not depend on the thread count
-// (every sum runs in a fixed order).
+// Why one pass with per-task parts rather than FlashAttention-2's two passes
+// (dK/dV over key tiles, then dQ over query blocks, recomputing P and dS): five
+// tile GEMMs and one exp per pair instead of seven and two, and still no atomics
+// and no per-thread copies, so every sum runs in a fixed order (key tiles in
+// order for dQ, tasks in order for dK/dV) and the result does not depend on
+// the thread count. The cost is one barrier per key tile and the parts buffer,
+// whose traffic (2 kBlockK dp floats per tile pair) is small beside the tile's
+// 5 kBlockQ kBlockK dp multiply-adds.
 //
-// The tiles are the forward's (cpu::kBlockQ x cpu::kBlockK, per query head),
-// so pass 1's KernelStats count the same tiles as attention_forward. Every
-// product accumulates in float32 whatever the storage dtype (tiles are
-// converted as they are loaded). The loops are plain C++ over contiguous rows
-// (axpy form), left to the compiler to vectorise.
+// Memory beyond the inputs and outputs (backward_workspace_bytes), all O(N) for
+// a fixed head dim and never Nq x Nk: the packed K/V of one head (3 Nk dp), the
+// packed Q, dO and dQ of one group (3 group Nq dp) with lse2 and Delta, the
+// parts (2 group ceil(Nq / kBlockQ) kBlockK dp) and a P/dS tile per thread.
+//
+// The tiles are the forward's (kBlockQ x kBlockK per query head, classified by
+// Mask::classify), so the KernelStats equal attention_forward's on the same
+// args. The arithmetic (backward_impl.hpp) reuses the forward's micro-kernels
+// and vector exp2 of the ISA KernelOptions::isa picks, in float32 whatever the
+// storage dtype (converted as it is packed).
 #include "ringattn/backward.hpp"
 
+#include <fmt/format.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -50,108 +57,69 @@ std::size_t at(int64_t i) {
   return static_cast<std::size_t>(i);
 }
 
-// Rows [i0, i0 + rows) of head h of batch b of a [B, n, heads, d] tensor in
-// dtype dt, as float32 rows [rows][d].
-void load_rows(const void* x, DType dt, int64_t b, int64_t n, int64_t heads, int64_t h, int64_t i0,
-               int rows, int d, float* __restrict out) {
-  for (int r = 0; r < rows; ++r) {
-    const std::size_t src = at(((b * n + i0 + r) * heads + h) * d);
-    for (int c = 0; c < d; ++c) out[r * d + c] = load_as_f32(x, dt, src + c);
+const cpu::BackwardKernels& backward_for(Isa isa) {
+  switch (isa) {
+    case Isa::avx512:
+      return cpu::avx512_backward();
+    case Isa::avx2:
+      return cpu::avx2_backward();
+    case Isa::generic:
+      return cpu::generic_backward();
+    case Isa::automatic:
+      break;
   }
+  return backward_for(best_isa());
 }
 
-// Keys [key0, key0 + kvalid) of K/V head hk of batch b, transposed: xt
-// [d][kBlockK], columns >= kvalid zero.
-void load_cols(const AttentionArgs& a, const void* x, int64_t b, int64_t hk, int64_t key0,
-               int kvalid, float* __restrict xt) {
-  const int d = static_cast<int>(a.head_dim);
-  std::fill(xt, xt + int64_t{d} * kBlockK, 0.0f);
-  for (int j = 0; j < kvalid; ++j) {
-    const std::size_t src = at(((b * a.nk + key0 + j) * a.hkv + hk) * d);
-    for (int c = 0; c < d; ++c) xt[c * kBlockK + j] = load_as_f32(x, a.dtype, src + c);
-  }
-}
+// Sizes and buffer extents of one call (the same for every (batch, K/V head)).
+struct Plan {
+  const cpu::BackwardKernels& K;
+  int d, dp;
+  int64_t group, nqb, nq_pad, ntiles, nk_pad, npanels, tasks;
+  int threads;
+  int64_t kv_floats;      // 3 nk_pad dp: K panels, V panels, K rows
+  int64_t q_floats;       // group nq_pad (3 dp + 2): Qs, dO, dQacc, lse2, Delta
+  int64_t part_floats;    // 2 kBlockK dp per task
+  int64_t thread_floats;  // tile workspace, V-rows scratch of one panel, 2 dp sums
 
-// One (query block, key tile) pair of one head.
-struct TileView {
-  const Mask* mask;
-  TileClass cls;
-  Positions qpos, kpos;  // of the block's first row and the tile's first key
-  int rows, kvalid, d;
-  float scale;
+  Plan(const AttentionArgs& a, const KernelOptions& opt)
+      : K(backward_for(opt.isa)),
+        d(static_cast<int>(a.head_dim)),
+        dp(static_cast<int>(cpu::round_up(d, K.lanes))),
+        group(a.group()),
+        nqb((a.nq + kBlockQ - 1) / kBlockQ),
+        nq_pad(nqb * kBlockQ),
+        ntiles((a.nk + kBlockK - 1) / kBlockK),
+        nk_pad(ntiles * kBlockK),
+        npanels(nk_pad / K.panel),
+        tasks(group * nqb),
+        threads(static_cast<int>(std::max<int64_t>(
+            1, std::min<int64_t>(opt.threads > 0 ? opt.threads : omp_get_max_threads(),
+                                 std::max(tasks, npanels))))),
+        kv_floats(3 * nk_pad * dp),
+        q_floats(group * nq_pad * (3 * int64_t{dp} + 2)),
+        part_floats(2 * int64_t{kBlockK} * dp),
+        thread_floats(K.workspace_floats(dp) + int64_t{K.panel} * dp + 2 * int64_t{dp}) {}
+
+  double bytes() const {
+    return double(sizeof(float)) *
+               double(kv_floats + q_floats + tasks * part_floats + threads * thread_floats) +
+           double(tasks);  // visibility flags
+  }
 };
 
-// p [rows][kBlockK] = exp(scale q kt - lse) on visible pairs, 0 elsewhere (and
-// 0 on every row with lse = -inf). q [rows][d], kt [d][kBlockK].
-void tile_probs(const TileView& t, const float* __restrict q, const float* __restrict kt,
-                const float* lse, float* __restrict p) {
-  for (int r = 0; r < t.rows; ++r) {
-    float* __restrict pr = p + int64_t{r} * kBlockK;
-    std::fill(pr, pr + kBlockK, 0.0f);
-    const float l = lse[r];
-    if (l == -INFINITY) continue;  // sees nothing: P = 0
-    for (int c = 0; c < t.d; ++c) {
-      const float qc = q[r * t.d + c];
-      const float* __restrict kc = kt + int64_t{c} * kBlockK;
-      for (int j = 0; j < kBlockK; ++j) pr[j] += qc * kc[j];
-    }
-    int j0 = 0, j1 = t.kvalid;
-    if (t.cls == TileClass::partial)  // the forward's visibility, pair by pair
-      cpu::mask_row(*t.mask, t.qpos.at(r), t.kpos, t.kvalid, pr, &j0, &j1);
-    for (int j = 0; j < kBlockK; ++j)  // masked scores are -inf: exp gives 0
-      pr[j] = j >= j0 && j < j1 ? std::exp(t.scale * pr[j] - l) : 0.0f;
-  }
+Buffer floats(int64_t n, const char* what) {
+  return Buffer(static_cast<std::size_t>(std::max<int64_t>(n, 1)) * sizeof(float), what);
 }
 
-// ds [rows][kBlockK] = p * (dO vt - delta). g = dO [rows][d], vt [d][kBlockK].
-void tile_dscores(const TileView& t, const float* __restrict g, const float* __restrict vt,
-                  const float* delta, const float* __restrict p, float* __restrict ds) {
-  for (int r = 0; r < t.rows; ++r) {
-    float* __restrict dr = ds + int64_t{r} * kBlockK;
-    const float* __restrict pr = p + int64_t{r} * kBlockK;
-    std::fill(dr, dr + kBlockK, 0.0f);
-    for (int c = 0; c < t.d; ++c) {
-      const float gc = g[r * t.d + c];
-      const float* __restrict vc = vt + int64_t{c} * kBlockK;
-      for (int j = 0; j < kBlockK; ++j) dr[j] += gc * vc[j];
-    }
-    const float dl = delta[r];
-    for (int j = 0; j < kBlockK; ++j) dr[j] = pr[j] * (dr[j] - dl);
-  }
-}
-
-// acc[j][:] += sum_r w[r][j] x[r][:] for the tile's keys j: dV (w = P, x = dO)
-// and dK (w = dS, x = Q).
-void add_wt_x(const TileView& t, const float* __restrict w, const float* __restrict x,
-              float* __restrict acc) {
-  for (int j = 0; j < t.kvalid; ++j) {
-    float* __restrict aj = acc + int64_t{j} * t.d;
-    for (int r = 0; r < t.rows; ++r) {
-      const float wr = w[int64_t{r} * kBlockK + j];
-      if (wr == 0.0f) continue;
-      const float* __restrict xr = x + int64_t{r} * t.d;
-      for (int c = 0; c < t.d; ++c) aj[c] += wr * xr[c];
-    }
-  }
-}
-
-// Per-thread workspace: the largest of the two passes' tiles.
-struct Workspace {
-  int64_t floats;
-  Buffer buf;
-  Workspace(int d, int threads)
-      : floats(4 * int64_t{kBlockK} * d + 3 * int64_t{kBlockQ} * d +
-               2 * int64_t{kBlockQ} * kBlockK),
-        buf(static_cast<std::size_t>(floats * threads) * sizeof(float), "backward workspace") {}
-  float* of(int tid) { return buf.as<float>() + tid * floats; }
-};
-
-void check_call(const AttentionArgs& a, const float* o, const float* lse, const float* dO,
-                const float* dq, const float* dk, const float* dv) {
+void check_call(const AttentionArgs& a, const KernelOptions& opt, const float* o, const float* lse,
+                const float* dO, const float* dq, const float* dk, const float* dv) {
   a.validate_args();
   if (a.hier.on()) throw FieldError("hier", "the backward computes plain attention under its mask");
   if (a.keep.on()) throw FieldError("keep", "the backward does not take kept-key sets yet");
   if (a.quantized()) throw FieldError("kq", "the backward does not take quantized K/V yet");
+  if (opt.isa != Isa::automatic && !isa_supported(opt.isa))
+    throw FieldError("isa", fmt::format("this CPU does not support {}", isa_name(opt.isa)));
   if (a.nq > 0 && (o == nullptr || lse == nullptr || dO == nullptr || dq == nullptr))
     throw FieldError("data", "o, lse, dO or dq is null");
   if (a.nk > 0 && (dk == nullptr || dv == nullptr)) throw FieldError("data", "dk or dv is null");
@@ -159,133 +127,151 @@ void check_call(const AttentionArgs& a, const float* o, const float* lse, const 
 
 }  // namespace
 
+double backward_workspace_bytes(const AttentionArgs& a, const KernelOptions& opt) {
+  return Plan(a, opt).bytes();
+}
+
 KernelStats attention_backward(const AttentionArgs& a, const float* o, const float* lse,
                                const float* dO, float* dq, float* dk, float* dv,
                                const KernelOptions& opt, GradWrite write) {
+  check_call(a, opt, o, lse, dO, dq, dk, dv);
   const bool add = write == GradWrite::add;
-  check_call(a, o, lse, dO, dq, dk, dv);
-  const int d = static_cast<int>(a.head_dim);
-  const int64_t group = a.group();
-  const int64_t nqb = (a.nq + kBlockQ - 1) / kBlockQ, ntiles = (a.nk + kBlockK - 1) / kBlockK;
-  const int64_t tasks1 = a.batch * a.hkv * ntiles, tasks2 = a.batch * a.hq * nqb;
-  const int threads = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(opt.threads > 0 ? opt.threads : omp_get_max_threads(),
-                                             std::max(tasks1, tasks2))));
+  const Plan pl(a, opt);
+  const cpu::BackwardKernels& K = pl.K;
+  const int d = pl.d, dp = pl.dp;
   const float scale = a.softmax_scale();
+  const float scale_log2 = static_cast<float>(double(scale) * cpu::kLog2e);
+  const float ln2 = static_cast<float>(cpu::kLn2);
+  const std::size_t esz = dtype_size(a.dtype);
 
-  // Delta [B, Hq, Nq] (LSE's layout), summed in double.
-  const int64_t nrows = a.batch * a.nq * a.hq;
-  Buffer delta_buf(static_cast<std::size_t>(std::max<int64_t>(nrows, 1)) * sizeof(float), "Delta");
-  float* delta = delta_buf.as<float>();
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t row = 0; row < nrows; ++row) {  // row = (b Nq + i) Hq + h
-    const int64_t h = row % a.hq, i = (row / a.hq) % a.nq, b = row / (a.hq * a.nq);
-    double s = 0.0;
-    for (int c = 0; c < d; ++c) s += double(dO[row * d + c]) * double(o[row * d + c]);
-    delta[(b * a.hq + h) * a.nq + i] = static_cast<float>(s);
-  }
+  Buffer kv_buf = floats(pl.kv_floats, "backward packed K/V");
+  Buffer q_buf = floats(pl.q_floats, "backward packed Q, dO, dQ");
+  Buffer part_buf = floats(pl.tasks * pl.part_floats, "backward dK/dV parts");
+  Buffer thread_buf = floats(pl.threads * pl.thread_floats, "backward workspace");
+  std::vector<uint8_t> visible(at(std::max<int64_t>(pl.tasks, 1)));
+  float* const kt = kv_buf.as<float>();      // K panels [nk_pad][dp]
+  float* const vt = kt + pl.nk_pad * dp;     // V panels
+  float* const krows = vt + pl.nk_pad * dp;  // K rows
+  float* const qs = q_buf.as<float>();       // [group][nq_pad][dp]
+  float* const gs = qs + pl.group * pl.nq_pad * dp;
+  float* const dqacc = gs + pl.group * pl.nq_pad * dp;
+  float* const lse2 = dqacc + pl.group * pl.nq_pad * dp;  // [group][nq_pad]
+  float* const delta = lse2 + pl.group * pl.nq_pad;
+  float* const parts = part_buf.as<float>();  // [tasks][dV, dK][kBlockK][dp]
+  std::vector<KernelStats> stats(at(pl.threads));
 
-  Workspace ws(d, threads);
-  std::vector<KernelStats> stats(static_cast<std::size_t>(threads));
-#pragma omp parallel num_threads(threads)
-  {
-    const int tid = omp_get_thread_num();
-    KernelStats& my = stats[at(tid)];
-    float* const w = ws.of(tid);
-    float* const kt = w;                               // [d][kBlockK]
-    float* const vt = kt + int64_t{d} * kBlockK;       // [d][kBlockK]
-    float* const acc1 = vt + int64_t{d} * kBlockK;     // pass 1: dK [kBlockK][d]; pass 2: K rows
-    float* const acc2 = acc1 + int64_t{kBlockK} * d;   // pass 1: dV [kBlockK][d]
-    float* const qb = acc2 + int64_t{kBlockK} * d;     // [kBlockQ][d]
-    float* const gb = qb + int64_t{kBlockQ} * d;       // dO [kBlockQ][d]
-    float* const dqb = gb + int64_t{kBlockQ} * d;      // pass 2: dQ [kBlockQ][d]
-    float* const p = dqb + int64_t{kBlockQ} * d;       // [kBlockQ][kBlockK]
-    float* const ds = p + int64_t{kBlockQ} * kBlockK;  // [kBlockQ][kBlockK]
+  for (int64_t b = 0; b < a.batch; ++b) {
+    for (int64_t hk = 0; hk < a.hkv; ++hk) {
+#pragma omp parallel num_threads(pl.threads)
+      {
+        const int tid = omp_get_thread_num();
+        KernelStats& my = stats[at(tid)];
+        float* const ws = thread_buf.as<float>() + tid * pl.thread_floats;
+        float* const scratch = ws + K.workspace_floats(dp);  // [panel][dp]
+        float* const sum = scratch + int64_t{K.panel} * dp;  // [2][dp]
 
-    // Pass 1: dK, dV of one key tile of one K/V head.
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < tasks1; ++task) {
-      const int64_t kti = task % ntiles, hk = (task / ntiles) % a.hkv, b = task / (ntiles * a.hkv);
-      const int64_t key0 = kti * kBlockK;
-      TileView t{&a.mask, TileClass::empty,
-                 {},      a.kpos.from(key0),
-                 0,       static_cast<int>(std::min<int64_t>(kBlockK, a.nk - key0)),
-                 d,       scale};
-      load_cols(a, a.k, b, hk, key0, t.kvalid, kt);
-      load_cols(a, a.v, b, hk, key0, t.kvalid, vt);
-      std::fill(acc1, acc1 + int64_t{kBlockK} * d, 0.0f);
-      std::fill(acc2, acc2 + int64_t{kBlockK} * d, 0.0f);
-      for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-        for (int64_t i0 = 0; i0 < a.nq; i0 += kBlockQ) {
-          t.rows = static_cast<int>(std::min<int64_t>(kBlockQ, a.nq - i0));
-          t.qpos = a.qpos.from(i0);
-          t.cls = a.mask.classify(t.qpos.at(0), t.qpos.at(t.rows - 1), t.kpos.at(0),
-                                  t.kpos.at(t.kvalid - 1));
-          ++my.tiles_total;
-          if (t.cls == TileClass::empty) continue;
-          ++my.tiles_computed;
-          if (t.cls == TileClass::partial) ++my.tiles_partial;
-          const float* lse_r = lse + (b * a.hq + h) * a.nq + i0;
-          load_rows(a.q, a.dtype, b, a.nq, a.hq, h, i0, t.rows, d, qb);
-          load_rows(dO, DType::f32, b, a.nq, a.hq, h, i0, t.rows, d, gb);
-          tile_probs(t, qb, kt, lse_r, p);
-          add_wt_x(t, p, gb, acc2);  // dV += P^T dO
-          tile_dscores(t, gb, vt, delta + (b * a.hq + h) * a.nq + i0, p, ds);
-          add_wt_x(t, ds, qb, acc1);  // dK += dS^T Q
+        // K/V of this head, panel by panel: (K, V) gives K panels (and V rows,
+        // dropped); (V, K) gives V panels and K rows.
+#pragma omp for schedule(static)
+        for (int64_t p = 0; p < pl.npanels; ++p) {
+          const int64_t j0 = p * K.panel;
+          // Panels past the last key are all padding (zero): point them at key 0.
+          const std::size_t off = at(((b * a.nk + std::min(j0, a.nk - 1)) * a.hkv + hk) * d) * esz;
+          const char* kb = static_cast<const char*>(a.k) + off;
+          const char* vb = static_cast<const char*>(a.v) + off;
+          const int64_t n = a.nk - j0, stride = a.hkv * d;
+          K.pack_kv(kb, vb, a.dtype, stride, n, d, 0, K.panel, kt + j0 * dp, scratch, dp, K.panel);
+          K.pack_kv(vb, kb, a.dtype, stride, n, d, 0, K.panel, vt + j0 * dp, krows + j0 * dp, dp,
+                    K.panel);
         }
-      }
-      for (int j = 0; j < t.kvalid; ++j) {
-        float* dkj = dk + ((b * a.nk + key0 + j) * a.hkv + hk) * d;
-        float* dvj = dv + ((b * a.nk + key0 + j) * a.hkv + hk) * d;
-        for (int c = 0; c < d; ++c) {
-          dkj[c] = scale * acc1[j * d + c] + (add ? dkj[c] : 0.0f);
-          dvj[c] = acc2[j * d + c] + (add ? dvj[c] : 0.0f);
+        // The group's query rows: Qs, dO, lse2, Delta; dQacc = 0.
+#pragma omp for schedule(static)
+        for (int64_t row = 0; row < pl.group * pl.nq_pad; ++row) {
+          const int64_t h = hk * pl.group + row / pl.nq_pad, i = row % pl.nq_pad;
+          float* q_r = qs + row * dp;
+          float* g_r = gs + row * dp;
+          std::fill(q_r, q_r + dp, 0.0f);
+          std::fill(g_r, g_r + dp, 0.0f);
+          std::fill(dqacc + row * dp, dqacc + (row + 1) * dp, 0.0f);
+          lse2[row] = -INFINITY;
+          delta[row] = 0.0f;
+          if (i >= a.nq) continue;
+          const int64_t src = ((b * a.nq + i) * a.hq + h) * d;
+          double s = 0.0;
+          for (int c = 0; c < d; ++c) {
+            q_r[c] = load_as_f32(a.q, a.dtype, at(src + c)) * scale_log2;
+            g_r[c] = dO[src + c];
+            s += double(dO[src + c]) * double(o[src + c]);
+          }
+          delta[row] = static_cast<float>(s);
+          const float l = lse[(b * a.hq + h) * a.nq + i];
+          lse2[row] = l == -INFINITY ? -INFINITY : static_cast<float>(double(l) * cpu::kLog2e);
         }
-      }
-    }
 
-    // Pass 2: dQ of one block of query rows of one query head.
+        for (int64_t ti = 0; ti < pl.ntiles; ++ti) {
+          const int64_t key0 = ti * kBlockK;
+          const int kvalid = static_cast<int>(std::min<int64_t>(kBlockK, a.nk - key0));
+          const Positions kpos = a.kpos.from(key0);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < tasks2; ++task) {
-      const int64_t qbi = task % nqb, h = (task / nqb) % a.hq, b = task / (nqb * a.hq);
-      const int64_t i0 = qbi * kBlockQ, hk = h / group;
-      TileView t{&a.mask,
-                 TileClass::empty,
-                 a.qpos.from(i0),
-                 {},
-                 static_cast<int>(std::min<int64_t>(kBlockQ, a.nq - i0)),
-                 0,
-                 d,
-                 scale};
-      const float* lse_r = lse + (b * a.hq + h) * a.nq + i0;
-      const float* delta_r = delta + (b * a.hq + h) * a.nq + i0;
-      load_rows(a.q, a.dtype, b, a.nq, a.hq, h, i0, t.rows, d, qb);
-      load_rows(dO, DType::f32, b, a.nq, a.hq, h, i0, t.rows, d, gb);
-      std::fill(dqb, dqb + int64_t{t.rows} * d, 0.0f);
-      for (int64_t key0 = 0; key0 < a.nk; key0 += kBlockK) {
-        t.kvalid = static_cast<int>(std::min<int64_t>(kBlockK, a.nk - key0));
-        t.kpos = a.kpos.from(key0);
-        t.cls = a.mask.classify(t.qpos.at(0), t.qpos.at(t.rows - 1), t.kpos.at(0),
-                                t.kpos.at(t.kvalid - 1));
-        if (t.cls == TileClass::empty) continue;
-        load_cols(a, a.k, b, hk, key0, t.kvalid, kt);
-        load_cols(a, a.v, b, hk, key0, t.kvalid, vt);
-        load_rows(a.k, a.dtype, b, a.nk, a.hkv, hk, key0, t.kvalid, d, acc1);
-        tile_probs(t, qb, kt, lse_r, p);
-        tile_dscores(t, gb, vt, delta_r, p, ds);
-        for (int r = 0; r < t.rows; ++r) {  // dQ += dS K
-          float* __restrict qr = dqb + int64_t{r} * d;
-          for (int j = 0; j < t.kvalid; ++j) {
-            const float sj = ds[int64_t{r} * kBlockK + j];
-            if (sj == 0.0f) continue;
-            const float* __restrict kj = acc1 + int64_t{j} * d;
-            for (int c = 0; c < d; ++c) qr[c] += sj * kj[c];
+          for (int64_t task = 0; task < pl.tasks; ++task) {
+            const int64_t row0 = (task / pl.nqb) * pl.nq_pad + (task % pl.nqb) * kBlockQ;
+            const int64_t i0 = (task % pl.nqb) * kBlockQ;
+            cpu::BackwardTileJob t;
+            t.rows = static_cast<int>(std::min<int64_t>(kBlockQ, a.nq - i0));
+            t.qpos = a.qpos.from(i0);
+            t.cls = a.mask.classify(t.qpos.at(0), t.qpos.at(t.rows - 1), kpos.at(0),
+                                    kpos.at(kvalid - 1));
+            ++my.tiles_total;
+            visible[at(task)] = t.cls != TileClass::empty;
+            if (t.cls == TileClass::empty) continue;
+            ++my.tiles_computed;
+            if (t.cls == TileClass::partial) ++my.tiles_partial;
+            t.qs = qs + row0 * dp;
+            t.g = gs + row0 * dp;
+            t.lse2 = lse2 + row0;
+            t.delta = delta + row0;
+            t.kt = kt + key0 * dp;
+            t.vt = vt + key0 * dp;
+            t.krows = krows + key0 * dp;
+            t.kvalid = kvalid;
+            t.dp = dp;
+            t.mask = a.mask;
+            t.kpos = kpos;
+            t.dv_part = parts + task * pl.part_floats;
+            t.dk_part = t.dv_part + int64_t{kBlockK} * dp;
+            t.dq = dqacc + row0 * dp;
+            K.run_tile(t, ws);
+          }
+          // dV, dK of this tile's keys: the parts summed in task order.
+#pragma omp for schedule(static)
+          for (int j = 0; j < kvalid; ++j) {
+            float* sv = sum;
+            float* sk = sum + dp;
+            std::fill(sum, sum + 2 * dp, 0.0f);
+            for (int64_t task = 0; task < pl.tasks; ++task) {
+              if (!visible[at(task)]) continue;
+              const float* pv = parts + task * pl.part_floats + int64_t{j} * dp;
+              const float* pk = pv + int64_t{kBlockK} * dp;
+              for (int c = 0; c < dp; ++c) sv[c] += pv[c], sk[c] += pk[c];
+            }
+            const int64_t dst = ((b * a.nk + key0 + j) * a.hkv + hk) * d;
+            float* dkj = dk + dst;
+            float* dvj = dv + dst;
+            for (int c = 0; c < d; ++c) {
+              dkj[c] = ln2 * sk[c] + (add ? dkj[c] : 0.0f);
+              dvj[c] = sv[c] + (add ? dvj[c] : 0.0f);
+            }
           }
         }
-      }
-      for (int r = 0; r < t.rows; ++r) {
-        float* out = dq + ((b * a.nq + i0 + r) * a.hq + h) * d;
-        for (int c = 0; c < d; ++c) out[c] = scale * dqb[r * d + c] + (add ? out[c] : 0.0f);
+
+        // dq = scale dQacc.
+#pragma omp for schedule(static)
+        for (int64_t row = 0; row < pl.group * a.nq; ++row) {
+          const int64_t h = hk * pl.group + row / a.nq, i = row % a.nq;
+          const float* src = dqacc + ((row / a.nq) * pl.nq_pad + i) * dp;
+          float* out = dq + ((b * a.nq + i) * a.hq + h) * d;
+          for (int c = 0; c < d; ++c) out[c] = scale * src[c] + (add ? out[c] : 0.0f);
+        }
       }
     }
   }

@@ -56,10 +56,15 @@ struct Avx2 {
 }  // namespace ringattn::cpu
 
 #include "cpu/kernel_impl.hpp"
+// after kernel_impl.hpp: it uses Impl<V>
+#include "cpu/backward_impl.hpp"
 
 namespace ringattn::cpu {
 const IsaKernels& avx2_kernels() {
   return Impl<Avx2>::table(Isa::avx2);
+}
+const BackwardKernels& avx2_backward() {
+  return BwdImpl<Avx2>::table(Isa::avx2);
 }
 }  // namespace ringattn::cpu
 
@@ -68,6 +73,9 @@ const IsaKernels& avx2_kernels() {
 namespace ringattn::cpu {
 const IsaKernels& avx2_kernels() {
   return generic_kernels();
+}
+const BackwardKernels& avx2_backward() {
+  return generic_backward();
 }
 }  // namespace ringattn::cpu
 #endif

@@ -50,10 +50,15 @@ struct Avx512 {
 }  // namespace ringattn::cpu
 
 #include "cpu/kernel_impl.hpp"
+// after kernel_impl.hpp: it uses Impl<V>
+#include "cpu/backward_impl.hpp"
 
 namespace ringattn::cpu {
 const IsaKernels& avx512_kernels() {
   return Impl<Avx512>::table(Isa::avx512);
+}
+const BackwardKernels& avx512_backward() {
+  return BwdImpl<Avx512>::table(Isa::avx512);
 }
 }  // namespace ringattn::cpu
 
@@ -62,6 +67,9 @@ const IsaKernels& avx512_kernels() {
 namespace ringattn::cpu {
 const IsaKernels& avx512_kernels() {
   return generic_kernels();
+}
+const BackwardKernels& avx512_backward() {
+  return generic_backward();
 }
 }  // namespace ringattn::cpu
 #endif

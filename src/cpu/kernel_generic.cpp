@@ -47,9 +47,14 @@ struct Generic {
 }  // namespace ringattn::cpu
 
 #include "cpu/kernel_impl.hpp"
+// after kernel_impl.hpp: it uses Impl<V>
+#include "cpu/backward_impl.hpp"
 
 namespace ringattn::cpu {
 const IsaKernels& generic_kernels() {
   return Impl<Generic>::table(Isa::generic);
+}
+const BackwardKernels& generic_backward() {
+  return BwdImpl<Generic>::table(Isa::generic);
 }
 }  // namespace ringattn::cpu

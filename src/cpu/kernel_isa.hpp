@@ -112,8 +112,50 @@ struct IsaKernels {
   KernelStats (*run_importance)(const ImportanceJob& job, float* workspace);
 };
 
+// ---- backward (backward_impl.hpp; the driver is backward.cpp) -----------------
+
+// One backward tile: a block of up to kBlockQ query rows of one query head
+// against one tile of up to kBlockK keys of its K/V head, everything packed as
+// float32 with dp columns (zero padded):
+//   S  = Qs Kt^T                     base 2: Qs = Q scale log2(e)
+//   P  = 2^(S - lse2)                visible pairs only (partial tiles: mask_row), else 0
+//   dS = P (dO Vt^T - delta)
+//   dv_part = P^T dO,  dk_part = dS^T Qs     [kvalid][dp], written
+//   dq += dS K                                 [rows][dp], accumulated
+struct BackwardTileJob {
+  const float* qs = nullptr;     // [kBlockQ][dp] Q * scale * log2(e), rows >= rows zero
+  const float* g = nullptr;      // [kBlockQ][dp] dO, rows >= rows zero
+  const float* lse2 = nullptr;   // [rows] LSE * log2(e); -inf: the row sees nothing
+  const float* delta = nullptr;  // [rows] rowsum(dO * O)
+  const float* kt = nullptr;     // this tile's K panels, [kBlockK / panel][dp][panel]
+  const float* vt = nullptr;     // this tile's V panels, same layout
+  const float* krows = nullptr;  // this tile's K rows, [kBlockK][dp]
+  int rows = 0, kvalid = 0, dp = 0;
+  TileClass cls = TileClass::full;  // never empty here
+  Mask mask;
+  Positions qpos, kpos;      // of row 0 and key 0
+  float* dv_part = nullptr;  // [kBlockK][dp]
+  float* dk_part = nullptr;  // [kBlockK][dp]
+  float* dq = nullptr;       // [kBlockQ][dp]
+};
+
+// The backward routines of one ISA.
+struct BackwardKernels {
+  Isa isa;
+  int lanes, panel;  // as IsaKernels
+  // IsaKernels::pack_kv: K panels and V rows of keys [j0, j1); called with
+  // (V, K) it gives V panels and K rows.
+  void (*pack_kv)(const void* k, const void* v, DType dtype, int64_t stride, int64_t nk, int d,
+                  int64_t j0, int64_t j1, float* kp, float* vp, int dp, int panel);
+  int64_t (*workspace_floats)(int dp);
+  void (*run_tile)(const BackwardTileJob& job, float* workspace);
+};
+
 const IsaKernels& avx512_kernels();
 const IsaKernels& avx2_kernels();
 const IsaKernels& generic_kernels();
+const BackwardKernels& avx512_backward();
+const BackwardKernels& avx2_backward();
+const BackwardKernels& generic_backward();
 
 }  // namespace ringattn::cpu
