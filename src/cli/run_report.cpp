@@ -269,8 +269,12 @@ void print_report(const RunReport& r) {
       const GradCheck& g = *r.grad_verify;
       line("grad error",
            fmt::format("dQ {:.2e}, dK {:.2e}, dV {:.2e} rel. Frobenius vs the single-rank kernel's "
-                       "backward (tolerance {:.0e}; it took {:.3f} ms): {}",
-                       g.dq, g.dk, g.dv, g.tol, g.t1_s * kMs, g.ok ? "ok" : "FAIL"));
+                       "backward (tolerance {:.0e}): {}",
+                       g.dq, g.dk, g.dv, g.tol, g.ok ? "ok" : "FAIL"));
+      line(
+          "bwd efficiency",
+          fmt::format("{:.1f}% = T1 / (P T_backward), T1 = {:.3f} ms single-rank kernel backward",
+                      slow > 0 ? kPercent * g.t1_s / (double(r.ranks) * slow) : 0.0, g.t1_s * kMs));
     }
     if (r.grad_sampled) {
       const GradCheck& g = *r.grad_sampled;
@@ -408,6 +412,7 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
           .number("grad_dk_rel_err", r.grad_verify->dk)
           .number("grad_dv_rel_err", r.grad_verify->dv)
           .number("bwd_t1_ms", r.grad_verify->t1_s * kMs)
+          .number("bwd_efficiency", slow > 0 ? r.grad_verify->t1_s / (double(r.ranks) * slow) : 0.0)
           .boolean("grad_pass", r.grad_verify->ok);
     if (r.grad_sampled)
       sum.number("ref_dq_rel_err", r.grad_sampled->dq)
