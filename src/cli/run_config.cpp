@@ -243,8 +243,7 @@ RunConfig make_run_config(const ParsedOptions& opt) {
   c.dk_path = opt.has("dk-out") ? opt.text("dk-out") : std::string();
   c.dv_path = opt.has("dv-out") ? opt.text("dv-out") : std::string();
   c.grad_f32 = opt.text("grad-dtype") == "float32";
-  if (!c.backward && c.grad_f32)
-    throw UsageError("option '--grad-dtype': needs --backward");
+  if (!c.backward && c.grad_f32) throw UsageError("option '--grad-dtype': needs --backward");
   if (opt.has("do")) {
     if (!c.backward) throw UsageError("option '--do': needs --backward");
     try {
