@@ -18,6 +18,8 @@
 namespace ringattn {
 namespace {
 
+using test::rel_fro;
+
 using test::make_problem;
 using test::random_tensor;
 
@@ -102,17 +104,6 @@ TEST(BackwardReference, MatchesFiniteDifferences) {
 }
 
 // ---- the kernel against the reference ---------------------------------------
-
-// ||x - ref||_F / ||ref||_F (absolute where ref is 0); NaN if x holds one.
-double rel_fro(const std::vector<float>& x, const std::vector<double>& ref) {
-  double e2 = 0.0, r2 = 0.0;
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    const double diff = double(x[i]) - ref[i];
-    e2 += diff * diff;
-    r2 += ref[i] * ref[i];
-  }
-  return r2 > 0.0 ? std::sqrt(e2 / r2) : std::sqrt(e2);
-}
 
 struct Grads {
   std::vector<float> dq, dk, dv;

@@ -14,21 +14,14 @@
 namespace ringattn {
 namespace {
 
+using test::rel_fro;
+
 using test::Result;
 
 std::vector<float> floats(const Tensor& t) {
   std::vector<float> v(static_cast<std::size_t>(t.numel()));
   for (int64_t i = 0; i < t.numel(); ++i) v[static_cast<std::size_t>(i)] = t.get(i);
   return v;
-}
-
-double rel_fro(const std::vector<float>& x, const std::vector<double>& ref) {
-  double e2 = 0, r2 = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    e2 += (double(x[i]) - ref[i]) * (double(x[i]) - ref[i]);
-    r2 += ref[i] * ref[i];
-  }
-  return std::sqrt(e2 / r2);
 }
 
 class BackwardCli : public test::RunError {};

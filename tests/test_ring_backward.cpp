@@ -17,6 +17,7 @@
 namespace ringattn {
 namespace {
 
+using test::rel_fro;
 using test::RingCase;
 
 // Relative Frobenius error of float32 gradients against float64 ones
@@ -25,16 +26,6 @@ using test::RingCase;
 // to rounding (one key: dS = P (dP - Delta) = 0) and the figure, up to 2.5e-6,
 // is that rounding against a reference of the same size.
 constexpr double kTol = 1e-5;
-
-double rel_fro(const std::vector<float>& x, const std::vector<double>& ref) {
-  double e2 = 0.0, r2 = 0.0;
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    const double diff = double(x[i]) - ref[i];
-    e2 += diff * diff;
-    r2 += ref[i] * ref[i];
-  }
-  return r2 > 0.0 ? std::sqrt(e2 / r2) : std::sqrt(e2);
-}
 
 // Local rows [B, local, row] of rank r placed at their global positions of
 // [B, n, row].

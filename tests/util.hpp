@@ -2,6 +2,7 @@
 // dtype, and running the kernel into freshly allocated float32 outputs.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <random>
@@ -167,6 +168,18 @@ inline IntArray read_npy_i32(const std::string& path) {
   while (std::fread(&x, sizeof(x), 1, f) == 1) a.v.push_back(x);
   std::fclose(f);
   return a;
+}
+
+// ||x - ref||_F / ||ref||_F of float32 results against float64 ones (absolute
+// where ref is 0); NaN if x holds one.
+inline double rel_fro(const std::vector<float>& x, const std::vector<double>& ref) {
+  double e2 = 0.0, r2 = 0.0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double diff = double(x[i]) - ref[i];
+    e2 += diff * diff;
+    r2 += ref[i] * ref[i];
+  }
+  return r2 > 0.0 ? std::sqrt(e2 / r2) : std::sqrt(e2);
 }
 
 }  // namespace ringattn::test

@@ -310,6 +310,10 @@ struct BackwardPlan {
   std::vector<int64_t> grad_messages;  // [rank]
   std::vector<double> memory;          // [rank] bytes beyond the forward's
   double predicted_s = 0;              // slowest rank
+  // Over all ranks.
+  double total_sent() const;
+  double total_grad_sent() const;
+  int64_t total_grad_messages() const;
 };
 // The backward kernel's FLOP rate over the forward's (bench-kernel --backward,
 // FLOPs counted as 2.5x the forward's): the plan assumes 0.95, measured 0.88 to

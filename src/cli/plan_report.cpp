@@ -324,10 +324,8 @@ void print_plan(const PlanReport& r) {
   if (p.moe.on) line("moe", moe_text(p));
   if (p.backward.on) {
     const BackwardPlan& bw = p.backward;
-    double sent = 0, grad = 0;
-    int64_t messages = 0;
-    for (std::size_t i = 0; i < bw.sent.size(); ++i)
-      sent += bw.sent[i], grad += bw.grad_sent[i], messages += bw.grad_messages[i];
+    const double sent = bw.total_sent(), grad = bw.total_grad_sent();
+    const int64_t messages = bw.total_grad_messages();
     line("backward",
          fmt::format("{:.3f} ms (slowest rank) at {} per rank ({:.2f} x the forward kernel's), "
                      "{} steps ({}); sent {} in all, of which dK/dV accumulators {} in {} "
@@ -461,10 +459,8 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
       .text("reproduce", r.command_line);
   if (p.backward.on) {
     const BackwardPlan& bw = p.backward;
-    double sent = 0, grad = 0;
-    int64_t messages = 0;
-    for (std::size_t i = 0; i < bw.sent.size(); ++i)
-      sent += bw.sent[i], grad += bw.grad_sent[i], messages += bw.grad_messages[i];
+    const double sent = bw.total_sent(), grad = bw.total_grad_sent();
+    const int64_t messages = bw.total_grad_messages();
     s.number("bwd_ms", bw.predicted_s * kMs)
         .number("bwd_gflops_per_rank", bw.rate / kGiga)
         .integer("bwd_steps", bw.steps)

@@ -50,6 +50,20 @@ double bytes_per_step(const RunReport& r) {
   return rotations > 0 ? sum / rotations : 0.0;
 }
 
+// The backward pass over the ranks: the slowest rank's time, bytes and accumulators sent.
+struct BackwardTotals {
+  double slowest_s = 0;
+  int64_t sent = 0, grad = 0, messages = 0;
+};
+BackwardTotals backward_totals(const RunReport& r) {
+  BackwardTotals t;
+  for (const RankStats& s : r.stats) {
+    t.slowest_s = std::max(t.slowest_s, s.bwd_total_s);
+    t.sent += s.bwd_bytes, t.grad += s.bwd_grad_bytes, t.messages += s.bwd_grad_messages;
+  }
+  return t;
+}
+
 std::string join(const std::vector<std::string>& v, const char* sep) {
   std::string s;
   for (const std::string& x : v) s += (s.empty() ? "" : sep) + x;
@@ -252,12 +266,9 @@ void print_report(const RunReport& r) {
                      error_text(v.err, v.tol), r.sampled->rows, c.hq, v.ok ? "ok" : "FAIL"));
   }
   if (c.backward) {
-    double slow = 0;
-    int64_t sent = 0, grad = 0, messages = 0;
-    for (const RankStats& s : r.stats) {
-      slow = std::max(slow, s.bwd_total_s);
-      sent += s.bwd_bytes, grad += s.bwd_grad_bytes, messages += s.bwd_grad_messages;
-    }
+    const BackwardTotals bt = backward_totals(r);
+    const double slow = bt.slowest_s;
+    const int64_t sent = bt.sent, grad = bt.grad, messages = bt.messages;
     line("backward",
          fmt::format("{:.3f} ms (slowest rank), {:.1f} GFLOP/s (FLOPs 2.5x the forward's), {} "
                      "steps; sent {} in all, of which dK/dV accumulators {} in {} messages; not "
@@ -396,12 +407,9 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
   if (r.moe_check) add_moe_check_keys(sum, *r.moe_check);
   sum.boolean("backward", c.backward);
   if (c.backward) {
-    double slow = 0;
-    int64_t sent = 0, grad = 0, messages = 0;
-    for (const RankStats& s : r.stats) {
-      slow = std::max(slow, s.bwd_total_s);
-      sent += s.bwd_bytes, grad += s.bwd_grad_bytes, messages += s.bwd_grad_messages;
-    }
+    const BackwardTotals bt = backward_totals(r);
+    const double slow = bt.slowest_s;
+    const int64_t sent = bt.sent, grad = bt.grad, messages = bt.messages;
     sum.number("bwd_ms", slow * kMs)
         .number("bwd_gflops", slow > 0 ? r.bwd_flops / slow / kGiga : 0.0)
         .integer("bwd_bytes", sent)

@@ -6,7 +6,25 @@
 #include "ringattn/schedule.hpp"
 #include "ringattn/two_level.hpp"
 
-namespace ringattn::detail {
+namespace ringattn {
+
+double BackwardPlan::total_sent() const {
+  double x = 0;
+  for (const double v : sent) x += v;
+  return x;
+}
+double BackwardPlan::total_grad_sent() const {
+  double x = 0;
+  for (const double v : grad_sent) x += v;
+  return x;
+}
+int64_t BackwardPlan::total_grad_messages() const {
+  int64_t x = 0;
+  for (const int64_t v : grad_messages) x += v;
+  return x;
+}
+
+namespace detail {
 
 BackwardPlan plan_backward(const PlanInput& in, const Layout& ql, const Layout& kvl, int w,
                            double rate, const std::function<const LinkSpec&(int, int)>& link_of) {
@@ -85,4 +103,5 @@ BackwardPlan plan_backward(const PlanInput& in, const Layout& ql, const Layout& 
   return bp;
 }
 
-}  // namespace ringattn::detail
+}  // namespace detail
+}  // namespace ringattn
