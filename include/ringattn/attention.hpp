@@ -16,8 +16,10 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
+#include "ringattn/documents.hpp"
 #include "ringattn/dtype.hpp"
 #include "ringattn/hierarchy.hpp"
 #include "ringattn/mask.hpp"
@@ -52,6 +54,14 @@ struct AttentionProblem {
   float scale = 0.0f;  // softmax scale; 0 means 1/sqrt(head_dim)
   Mask mask;           // in global positions
   Hierarchy hier;      // summaries or block routing beyond the mask (ringattn/hierarchy.hpp)
+  // Documents (packed sequences, ringattn/documents.hpp): the offsets mask.docs
+  // points into, shared by every copy of the problem (null: one document).
+  std::shared_ptr<const DocOffsets> docs;
+
+  // Checks the offsets against nq and nk (FieldError "documents" or
+  // "kv_documents") and points mask.docs at them; null turns documents off.
+  // Call it after the mask is built (a rebuilt mask has no documents).
+  void set_documents(std::shared_ptr<const DocOffsets> d);
 
   // Checks the fields; throws FieldError("batch" | "nq" | "nk" | "hq" | "hkv" |
   // "head_dim" | "scale" | a hierarchy field, ...). Lengths may be 0 (a rank

@@ -18,6 +18,16 @@
 // The skipped ranges carve parts out of a mask: the ring computes sinks and
 // global tokens outside the rotation and runs the rest with them skipped.
 //
+// Documents (packed variable-length sequences, Documents below) make the mask
+// block-diagonal: a query of document i sees only keys of document i, and the
+// rule above applies inside the document, bottom-right aligned per document:
+// the band and the causal bound see the query at qp + shift_i, where
+// shift_i = (k_end_i - q_end_i) - (Nk - Nq) (0 for self-attention), and the
+// sinks are the first `sinks` keys of the document. Global ranges stay inside
+// their document unless global_across is set; then they see and are seen by
+// every token (under the causal bound in global positions). Skipped ranges are
+// in global positions.
+//
 // An aligned band (align_lo or align_hi > 1) extends the band's ends to
 // multiples of the alignment: band_lo(qp) = align_lo floor((qp + lo) / align_lo)
 // and band_hi(qp) = align_hi ceil((qp + hi + 1) / align_hi) - 1, so aligned
@@ -101,6 +111,37 @@ struct BlockSparse {
   }
 };
 
+// Document boundaries as cumulative offsets (flash-attn's cu_seqlens): document
+// i holds queries [q[i], q[i + 1]) and keys [k[i], k[i + 1]); q[0] = k[0] = 0,
+// q[count] = Nq, k[count] = Nk, non-decreasing (an empty document holds no
+// tokens). The arrays are not owned: whoever builds the Mask keeps them alive
+// (AttentionProblem::set_documents). Host code only (the CUDA kernel refuses them).
+struct Documents {
+  int64_t count = 0;  // 0: off (one document, the plain mask)
+  const int64_t* q = nullptr;
+  const int64_t* k = nullptr;
+  bool global_across = false;  // global ranges cross documents
+
+  RINGATTN_HD bool on() const { return count > 0; }
+  // The document holding query / key position p (the last one starting at or
+  // before p, so empty documents are never returned for a held position).
+  RINGATTN_HD int64_t q_doc(int64_t p) const { return find(q, p); }
+  RINGATTN_HD int64_t k_doc(int64_t p) const { return find(k, p); }
+
+ private:
+  RINGATTN_HD int64_t find(const int64_t* off, int64_t p) const {
+    int64_t a = 0, b = count;  // invariant: off[a] <= p (or a == 0), answer in [a, b)
+    while (b - a > 1) {
+      const int64_t m = a + (b - a) / 2;
+      if (off[m] <= p)
+        a = m;
+      else
+        b = m;
+    }
+    return a;
+  }
+};
+
 struct Mask {
   int64_t lo = -kUnbounded;    // local band: smallest visible kp - qp
   int64_t hi = kUnbounded;     // local band: largest visible kp - qp
@@ -116,6 +157,7 @@ struct Mask {
   PosRange skip_q[kMaxGlobalRanges] = {};
   int n_skip_k = 0;  // keys in these ranges are seen by nothing
   PosRange skip_k[kMaxGlobalRanges + 1] = {};
+  Documents docs;  // block-diagonal over documents (off: one document)
 
   static Mask none() { return {}; }
   // Query at qp sees keys at kp <= qp + diag.
@@ -146,7 +188,7 @@ struct Mask {
   RINGATTN_HD bool has_extras() const { return sinks > 0 || n_global > 0 || blocks.on(); }
   RINGATTN_HD bool is_none() const {
     return lo <= -kUnbounded && hi >= kUnbounded && limit >= kUnbounded && dilation == 1 &&
-           !has_skips();  // an unbounded band stays unbounded whatever its alignment
+           !has_skips() && !docs.on();  // an unbounded band stays unbounded whatever its alignment
   }
   RINGATTN_HD bool has_skips() const { return n_skip_q > 0 || n_skip_k > 0; }
   RINGATTN_HD bool skipped(int64_t qp, int64_t kp) const {
@@ -162,26 +204,132 @@ struct Mask {
     return false;
   }
   RINGATTN_HD bool allows(int64_t qp, int64_t kp) const {
-    const int64_t d = kp - qp;
-    if (d > limit) return false;
-    if (has_skips() && skipped(qp, kp)) return false;
-    if (!aligned()) {
-      if (d >= lo && d <= hi && (dilation == 1 || d % dilation == 0)) return true;
-    } else if (kp >= band_lo(qp) && kp <= band_hi(qp) && (dilation == 1 || d % dilation == 0)) {
-      return true;
-    }
-    if (kp >= 0 && kp < sinks) return true;
-    if (n_global > 0 && (in_global(kp) || in_global(qp))) return true;
-    return blocks.allows(qp, kp);
+    if (!docs.on()) return allows_in(Frame{}, qp, kp);
+    const int64_t i = docs.q_doc(qp);
+    if (kp >= docs.k[i] && kp < docs.k[i + 1] && allows_in(frame(i), qp, kp)) return true;
+    return across_allows(qp, kp);
   }
 
   // Classify the tile of queries at positions [q_first, q_last] and keys at
   // [k_first, k_last] (the extremes of each block). `empty` and `full` are
   // exact (never claimed unless true for every pair); `partial` may be
-  // conservative.
+  // conservative. With documents: each document both ranges touch is
+  // classified in its own frame (beyond kMaxTileDocs of them: partial), a tile
+  // whose queries and keys lie in different documents is empty, and only a
+  // tile inside one document can be full.
   RINGATTN_HD TileClass classify(int64_t q_first, int64_t q_last, int64_t k_first,
                                  int64_t k_last) const {
-    const int64_t dmin = k_first - q_last, dmax = k_last - q_first;
+    if (!docs.on()) return classify_in(Frame{}, q_first, q_last, k_first, k_last);
+    const int64_t iq0 = docs.q_doc(q_first), iq1 = docs.q_doc(q_last);
+    const int64_t ik0 = docs.k_doc(k_first), ik1 = docs.k_doc(k_last);
+    const int64_t i0 = iq0 > ik0 ? iq0 : ik0, i1 = iq1 < ik1 ? iq1 : ik1;
+    bool any = across_any(q_first, q_last, k_first, k_last);
+    if (i1 - i0 >= kMaxTileDocs) return TileClass::partial;
+    for (int64_t i = i0; i <= i1 && !any; ++i) {
+      const int64_t qa = q_first > docs.q[i] ? q_first : docs.q[i];
+      const int64_t qb = q_last < docs.q[i + 1] - 1 ? q_last : docs.q[i + 1] - 1;
+      const int64_t ka = k_first > docs.k[i] ? k_first : docs.k[i];
+      const int64_t kb = k_last < docs.k[i + 1] - 1 ? k_last : docs.k[i + 1] - 1;
+      if (qa > qb || ka > kb) continue;
+      const TileClass c = classify_in(frame(i), qa, qb, ka, kb);
+      if (c == TileClass::full && iq0 == iq1 && ik0 == ik1 && iq0 == ik0) return c;
+      any = c != TileClass::empty;
+    }
+    return any ? TileClass::partial : TileClass::empty;
+  }
+
+  // Bounds on the key positions any query in [q_first, q_last] may see, and on
+  // the query positions that may see a key in [k_first, k_last] (inclusive;
+  // unbounded without documents or with global ranges across them): the
+  // kernels skip whole runs of tiles outside them without classifying each.
+  RINGATTN_HD void key_bounds(int64_t q_first, int64_t q_last, int64_t* lo_pos,
+                              int64_t* hi_pos) const {
+    *lo_pos = -kUnbounded, *hi_pos = kUnbounded;
+    if (!docs.on() || (docs.global_across && n_global > 0)) return;
+    *lo_pos = docs.k[docs.q_doc(q_first)];
+    *hi_pos = docs.k[docs.q_doc(q_last) + 1] - 1;
+  }
+  RINGATTN_HD void query_bounds(int64_t k_first, int64_t k_last, int64_t* lo_pos,
+                                int64_t* hi_pos) const {
+    *lo_pos = -kUnbounded, *hi_pos = kUnbounded;
+    if (!docs.on() || (docs.global_across && n_global > 0)) return;
+    *lo_pos = docs.q[docs.k_doc(k_first)];
+    *hi_pos = docs.q[docs.k_doc(k_last) + 1] - 1;
+  }
+
+  // Visible keys of one query among nk keys at positions kpos, as up to `max`
+  // half-open ranges of local key indices, in no particular order and possibly
+  // overlapping; returns how many. *elementwise is set when the ranges are only
+  // an outer bound and allows() must be checked per key (dilated bands, or
+  // more ranges than `max`, or a skipped key range among the keys).
+  RINGATTN_HD int key_ranges(int64_t qp, Positions kpos, int64_t nk, int64_t* begin, int64_t* end,
+                             int max, bool* elementwise) const {
+    if (!docs.on()) return key_ranges_in(Frame{}, qp, kpos, nk, begin, end, max, elementwise);
+    const int64_t i = docs.q_doc(qp);
+    int n = key_ranges_in(frame(i), qp, kpos, nk, begin, end, max, elementwise);
+    if (docs.global_across && n_global > 0) {  // the global parts, not clipped to the document
+      bool ew = false;
+      Mask g = *this;  // only the global ranges, under the causal bound in global positions
+      g.docs = Documents{};
+      g.lo = kUnbounded, g.hi = -kUnbounded, g.dilation = 1, g.align_lo = g.align_hi = 1;
+      g.sinks = 0;
+      n += g.key_ranges_in(Frame{}, qp, kpos, nk, begin + n, end + n, max - n, &ew);
+      *elementwise = *elementwise || ew;
+    }
+    return n;
+  }
+
+ private:
+  // The coordinates of one document (Frame{}: the whole sequence): the band and
+  // the causal bound see a query at qp + shift, the sinks start at sink0, keys
+  // lie in [k_begin, k_end), and the global ranges count when `globals`.
+  struct Frame {
+    int64_t shift = 0, sink0 = 0;
+    int64_t k_begin = -kUnbounded, k_end = kUnbounded;
+    bool globals = true;
+  };
+  static constexpr int64_t kMaxTileDocs = 16;  // documents classify() looks at in one tile
+
+  RINGATTN_HD Frame frame(int64_t i) const {
+    const int64_t nq = docs.q[docs.count], nk = docs.k[docs.count];
+    return {(docs.k[i + 1] - docs.q[i + 1]) - (nk - nq), docs.k[i], docs.k[i], docs.k[i + 1],
+            !docs.global_across};
+  }
+  RINGATTN_HD bool allows_in(const Frame& f, int64_t qp, int64_t kp) const {
+    const int64_t d = kp - (qp + f.shift);
+    if (d > limit) return false;
+    if (has_skips() && skipped(qp, kp)) return false;
+    if (!aligned()) {
+      if (d >= lo && d <= hi && (dilation == 1 || d % dilation == 0)) return true;
+    } else if (kp >= band_lo(qp + f.shift) && kp <= band_hi(qp + f.shift) &&
+               (dilation == 1 || d % dilation == 0)) {
+      return true;
+    }
+    if (kp >= f.sink0 && kp < f.sink0 + sinks) return true;
+    if (f.globals && n_global > 0 && (in_global(kp) || in_global(qp))) return true;
+    return blocks.allows(qp, kp);
+  }
+  // Global ranges across documents (docs.global_across), under the causal bound
+  // in global positions.
+  RINGATTN_HD bool across_allows(int64_t qp, int64_t kp) const {
+    if (!docs.global_across || n_global == 0 || kp - qp > limit) return false;
+    if (has_skips() && skipped(qp, kp)) return false;
+    return in_global(kp) || in_global(qp);
+  }
+  RINGATTN_HD bool across_any(int64_t q_first, int64_t q_last, int64_t k_first,
+                              int64_t k_last) const {
+    if (!docs.global_across || n_global == 0 || k_first - q_last > limit) return false;
+    for (int i = 0; i < n_global; ++i)
+      if (range_class(global[i], k_first, k_last) != TileClass::empty ||
+          range_class(global[i], q_first, q_last) != TileClass::empty)
+        return true;  // conservative (the tile is partial at best)
+    return false;
+  }
+
+  // classify() inside one frame (without documents: the whole sequence).
+  RINGATTN_HD TileClass classify_in(const Frame& f, int64_t q_first, int64_t q_last,
+                                    int64_t k_first, int64_t k_last) const {
+    const int64_t dmin = k_first - (q_last + f.shift), dmax = k_last - (q_first + f.shift);
     if (dmin > limit) return TileClass::empty;
     // Skipped ranges: a tile inside one is empty, a tile touching one is at best partial.
     bool touches_skip = false;
@@ -205,13 +353,14 @@ struct Mask {
     if (!band_empty()) {
       // The band's ends grow with qp: compare the tile's keys with the ends of
       // its first and last query (for an unaligned band: dmax < lo, dmin > hi, ...).
-      const bool disjoint = k_last < band_lo(q_first) || k_first > band_hi(q_last);
-      const bool inside = k_first >= band_lo(q_last) && k_last <= band_hi(q_first);
+      const int64_t qa = q_first + f.shift, qb = q_last + f.shift;
+      const bool disjoint = k_last < band_lo(qa) || k_first > band_hi(qb);
+      const bool inside = k_first >= band_lo(qb) && k_last <= band_hi(qa);
       add(disjoint ? TileClass::empty
                    : (inside && dilation == 1 ? TileClass::full : TileClass::partial));
     }
-    if (sinks > 0) add(range_class({0, sinks}, k_first, k_last));
-    for (int i = 0; i < n_global; ++i) {
+    if (sinks > 0) add(range_class({f.sink0, f.sink0 + sinks}, k_first, k_last));
+    for (int i = 0; i < (f.globals ? n_global : 0); ++i) {
       add(range_class(global[i], k_first, k_last));
       add(range_class(global[i], q_first, q_last));
     }
@@ -220,28 +369,31 @@ struct Mask {
     return full && limit_full ? TileClass::full : TileClass::partial;
   }
 
-  // Visible keys of one query among nk keys at positions kpos, as up to `max`
-  // half-open ranges of local key indices, in no particular order and possibly
-  // overlapping; returns how many. *elementwise is set when the ranges are only
-  // an outer bound and allows() must be checked per key (dilated bands, or
-  // more ranges than `max`, or a skipped key range among the keys).
-  RINGATTN_HD int key_ranges(int64_t qp, Positions kpos, int64_t nk, int64_t* begin, int64_t* end,
-                             int max, bool* elementwise) const {
+  // key_ranges() inside one frame: the ranges are clipped to the frame's keys.
+  RINGATTN_HD int key_ranges_in(const Frame& f, int64_t qp, Positions kpos, int64_t nk,
+                                int64_t* begin, int64_t* end, int max, bool* elementwise) const {
     *elementwise = false;
     int n = 0;
-    // The causal bound caps every range.
+    if (max <= 0) return 0;
+    // The causal bound and the frame's last key cap every range; its first key floors them.
     int64_t cap = nk;
+    const int64_t qs = qp + f.shift;
     if (limit < kUnbounded)
-      cap = std::min(cap, floor_div(qp + limit - kpos.start, kpos.stride) + 1);
-    if (cap <= 0) return 0;
+      cap = std::min(cap, floor_div(qs + limit - kpos.start, kpos.stride) + 1);
+    if (f.k_end < kUnbounded) cap = std::min(cap, ceil_div(f.k_end - kpos.start, kpos.stride));
+    const int64_t floor_j =
+        f.k_begin <= -kUnbounded
+            ? 0
+            : std::max<int64_t>(0, ceil_div(f.k_begin - kpos.start, kpos.stride));
+    if (cap <= floor_j) return 0;
     for (int i = 0; i < n_skip_q; ++i)
       if (skip_q[i].contains(qp)) return 0;
     for (int i = 0; i < n_skip_k; ++i)  // keys at kpos.at(0) .. kpos.at(cap - 1)
       if (skip_k[i].begin <= kpos.at(cap - 1) && skip_k[i].end > kpos.at(0)) *elementwise = true;
     auto push = [&](int64_t lo_pos, int64_t hi_pos_excl) {  // positions -> indices
       int64_t a = lo_pos <= -kUnbounded
-                      ? 0
-                      : std::max<int64_t>(0, ceil_div(lo_pos - kpos.start, kpos.stride));
+                      ? floor_j
+                      : std::max<int64_t>(floor_j, ceil_div(lo_pos - kpos.start, kpos.stride));
       int64_t b = hi_pos_excl >= kUnbounded
                       ? cap
                       : std::min(cap, ceil_div(hi_pos_excl - kpos.start, kpos.stride));
@@ -251,17 +403,17 @@ struct Mask {
         begin[n - 1] = std::min(begin[n - 1], a), end[n - 1] = std::max(end[n - 1], b),
                   *elementwise = true;
     };
-    if (n_global > 0 && in_global(qp)) {
+    if (f.globals && n_global > 0 && in_global(qp)) {
       push(-kUnbounded, kUnbounded);
       return n;
     }
     if (!band_empty()) {
-      const int64_t bl = band_lo(qp), bh = band_hi(qp);
+      const int64_t bl = band_lo(qs), bh = band_hi(qs);
       push(bl, bh >= kUnbounded ? kUnbounded : bh + 1);
       if (dilation != 1) *elementwise = true;
     }
-    if (sinks > 0) push(0, sinks);
-    for (int i = 0; i < n_global; ++i) push(global[i].begin, global[i].end);
+    if (sinks > 0) push(f.sink0, f.sink0 + sinks);
+    for (int i = 0; i < (f.globals ? n_global : 0); ++i) push(global[i].begin, global[i].end);
     if (blocks.on() && qp >= 0) {
       const int64_t bq = qp / blocks.size, s = blocks.size;
       push(std::max<int64_t>(0, (bq - blocks.window) * s), (bq + blocks.window + 1) * s);
@@ -275,7 +427,6 @@ struct Mask {
     return n;
   }
 
- private:
   RINGATTN_HD static TileClass range_class(PosRange r, int64_t first, int64_t last) {
     if (last < r.begin || first >= r.end) return TileClass::empty;
     if (first >= r.begin && last < r.end) return TileClass::full;

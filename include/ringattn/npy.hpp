@@ -38,6 +38,9 @@ Tensor read_npy(const std::string& path);
 // bytes from disk.
 Tensor read_npy_slice(const std::string& path, int axis, int64_t row0, int64_t rows);
 
+// A 1-d integer array ('<i4' int32 or '<i8' int64), as int64: index files such
+// as document offsets. Other dtypes or shapes: Error naming the file.
+std::vector<int64_t> read_npy_ints(const std::string& path);
 // Throws Error "<what>: non-finite value (nan|inf|-inf) at index [i, j, ...]"
 // for the first non-finite element.
 void check_finite(const Tensor& t, const std::string& what);

@@ -44,9 +44,10 @@ CommandSpec mask_spec() {
       OptionSpec::integer(
           "width", "64", "most cells per side (--block is chosen to fit; a given --block must fit)",
           "cells"),
-      OptionSpec::choice("layout", kLayoutAuto, {kLayoutAuto, "contiguous", "zigzag", "striped"},
-                         "how tokens are split over ranks (auto: zigzag when causal, else "
-                         "contiguous)"),
+      OptionSpec::choice("layout", kLayoutAuto,
+                         {kLayoutAuto, "contiguous", "zigzag", "striped", "balanced"},
+                         "how tokens are split over ranks (auto: balanced with documents, else "
+                         "zigzag when causal, else contiguous)"),
       OptionSpec::integer("ranks", "1", "ranks P whose boundaries are marked").positive(),
       OptionSpec::flag("show", "true", "print the picture as ASCII"),
       OptionSpec::text("svg", "", "also write the picture as an SVG image").as_output(),
@@ -97,8 +98,8 @@ int cmd_mask(int argc, char** argv) {
   p.mask_text = masks.describe();
   p.ranks = static_cast<int>(checked(*opt, "ranks", 1, kMaxRanks));
   const std::string& layout = opt->text("layout");
-  p.layout = layout == kLayoutAuto ? (masks.causal ? LayoutKind::zigzag : LayoutKind::contiguous)
-                                   : parse_layout(layout);
+  p.layout =
+      layout == kLayoutAuto ? auto_layout(p.mask_problem, masks.causal) : parse_layout(layout);
   const std::string svg_path = opt->has("svg") ? opt->text("svg") : std::string();
 
   std::optional<AtomicFile> svg;  // opened first: an unwritable path fails before any output

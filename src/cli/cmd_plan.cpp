@@ -197,7 +197,7 @@ int cmd_plan(int argc, char** argv) {
   report.shape = cfg.shape_text();
   report.causal = cfg.causal;
   report.mask = mask_label(cfg.masks);
-  report.command_line = opt->command_line();
+  report.command_line = opt->command_line(derived_sizes(*opt, cfg));
   report.inter_link = inter_label;
   report.auto_scheme = auto_scheme;
   const std::vector<JsonObject> records = plan_records(report);

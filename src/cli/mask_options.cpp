@@ -6,6 +6,8 @@
 #include <limits>
 
 #include "ringattn/attention.hpp"  // kMaxSeqLen
+#include "ringattn/error.hpp"
+#include "ringattn/npy.hpp"
 
 namespace ringattn::cli {
 namespace {
@@ -43,6 +45,48 @@ std::vector<PosRange> parse_ranges(const std::vector<std::string>& items) {
   return out;
 }
 
+// Offsets from --<prefix>doc-lens or --<prefix>cu-seqlens (empty: neither given).
+std::vector<int64_t> read_offsets(const ParsedOptions& opt, const std::string& prefix,
+                                  std::string* option) {
+  const std::string lens = prefix + "doc-lens", file = prefix + "cu-seqlens";
+  const bool has_lens = opt.has(lens) && !opt.texts(lens).empty();
+  const bool has_file = opt.has(file) && !opt.text(file).empty();
+  if (has_lens && has_file)
+    throw UsageError(
+        fmt::format("options '--{}' and '--{}' both give the documents; expected one", lens, file));
+  if (has_file) {
+    *option = fmt::format("--{} {}", file, opt.text(file));
+    try {
+      return read_npy_ints(opt.text(file));
+    } catch (const Error& e) {
+      throw UsageError(fmt::format("option '--{}': {}", file, e.what()));
+    }
+  }
+  if (!has_lens) return {};
+  *option = "--" + lens;
+  std::vector<int64_t> v;
+  for (const std::string& item : opt.texts(lens)) {
+    std::size_t used = 0;
+    int64_t x = -1;
+    try {
+      x = std::stoll(item, &used);
+    } catch (const std::logic_error&) {
+      used = 0;
+    }
+    if (item.empty() || used != item.size() || x < 0 || x > kMaxSeqLen)
+      throw UsageError(
+          fmt::format("option '--{}': expected document lengths like 1000,5000,37 "
+                      "(integers 0 to {}), got '{}'",
+                      lens, kMaxSeqLen, item));
+    v.push_back(x);
+  }
+  try {
+    return offsets_from_lengths(v, lens);
+  } catch (const FieldError& e) {
+    throw UsageError(fmt::format("option '--{}': {}", lens, e.detail()));
+  }
+}
+
 int64_t at_least(const ParsedOptions& opt, const char* name, int64_t min) {
   const int64_t v = opt.integer(name);
   if (v < min)
@@ -77,6 +121,25 @@ std::vector<OptionSpec> mask_option_specs() {
                           "block-sparse: leading blocks that see and are seen by all"),
       OptionSpec::integer("block-random", "0", "block-sparse: random key blocks per query block"),
       OptionSpec::integer("block-seed", "0", "block-sparse: seed of the random blocks"),
+      OptionSpec::text("doc-lens", "",
+                       "packed documents: their lengths in order, e.g. 1000,5000,37 (the sum "
+                       "is the sequence length; attention stays inside each document)",
+                       "TOKENS")
+          .as_list(),
+      OptionSpec::text("cu-seqlens", "",
+                       "packed documents: cumulative offsets [0, L0, L0+L1, ..., N] in a 1-d "
+                       "int32/int64 .npy (flash-attn's cu_seqlens)",
+                       "FILE"),
+      OptionSpec::text("kv-doc-lens", "",
+                       "cross-attention: the keys' document lengths (document i of the queries "
+                       "sees document i of the keys)",
+                       "TOKENS")
+          .as_list(),
+      OptionSpec::text("kv-cu-seqlens", "", "cross-attention: the keys' cumulative offsets .npy",
+                       "FILE"),
+      OptionSpec::flag("global-across-docs", "false",
+                       "--global tokens see and are seen across documents (default: inside "
+                       "their own)"),
       OptionSpec::integer("regional-block", "0",
                           "hierarchical level 2: keys beyond the window seen through means of "
                           "aligned blocks of this many tokens (needs --window-left; 0: off)",
@@ -132,12 +195,37 @@ MaskOptions parse_mask_options(const ParsedOptions& opt) {
   m.hier.route_topk = at_least(opt, "route-topk", 0);
   if (m.hier.routing() && !opt.given("route-topk"))
     throw UsageError("option '--route-block' needs '--route-topk' (blocks per query)");
+  if (opt.has("doc-lens") || opt.has("cu-seqlens")) {  // commands that take documents
+    DocOffsets d;
+    d.q = read_offsets(opt, "", &m.docs_option);
+    d.k = read_offsets(opt, "kv-", &m.kv_docs_option);
+    d.global_across = opt.flag("global-across-docs");
+    if (d.q.empty() && !d.k.empty())
+      throw UsageError(
+          "option '--kv-doc-lens' / '--kv-cu-seqlens' needs the queries' documents "
+          "('--doc-lens' or '--cu-seqlens')");
+    if (d.global_across && d.q.empty())
+      throw UsageError(
+          "option '--global-across-docs' needs documents ('--doc-lens' or "
+          "'--cu-seqlens')");
+    if (!d.q.empty()) m.docs = std::make_shared<const DocOffsets>(std::move(d));
+  }
   return m;
+}
+
+void MaskOptions::attach_documents(AttentionProblem* p) const {
+  try {
+    p->set_documents(docs);
+  } catch (const FieldError& e) {
+    const std::string& option =
+        e.field() == "kv_documents" && !kv_docs_option.empty() ? kv_docs_option : docs_option;
+    throw UsageError(fmt::format("option '{}': {}", option, e.detail()));
+  }
 }
 
 bool MaskOptions::sparse() const {
   return window_left >= 0 || window_right >= 0 || dilation != 1 || sinks > 0 || !global.empty() ||
-         blocks.on() || hier.on();
+         docs != nullptr || blocks.on() || hier.on();
 }
 
 Mask MaskOptions::build(int64_t nq, int64_t nk) const {
@@ -179,6 +267,7 @@ std::string MaskOptions::describe() const {
     parts.push_back(fmt::format("blocks {} (window {}, global {}, random {} seed {})", blocks.size,
                                 blocks.window, blocks.global, blocks.random, blocks.seed));
   if (hier.on()) parts.push_back(hier.describe());
+  if (docs) parts.push_back(describe_documents(*docs));
   std::string s = causal ? "causal" : (parts.empty() ? "none" : "");
   for (const std::string& p : parts) s += (s.empty() ? "" : " + ") + p;
   return s;

@@ -16,15 +16,24 @@
 //   --global-block s2  level 3: everything older through blocks of s2 (a multiple of s1)
 //   --route-block B --route-topk k   block routing (MoBA) instead of level 2: each
 //                      query attends its own block and its k - 1 best earlier blocks
+// Packed documents (ringattn/documents.hpp): block-diagonal attention, the rest
+// of the mask inside each document:
+//   --doc-lens L0,L1,...   document lengths in order (their sum is --seq-len)
+//   --cu-seqlens FILE      or cumulative offsets [0, L0, L0 + L1, ..., N] in a 1-d
+//                          int32/int64 .npy (flash-attn's cu_seqlens)
+//   --kv-doc-lens, --kv-cu-seqlens   the keys' documents for cross-attention
+//   --global-across-docs   global tokens see and are seen across documents
 // The diagonal is bottom-right aligned (key position = query position + Nk - Nq),
 // as for --causal. The parts combine: visible = causal bound AND (window OR
 // sinks OR global OR blocks); with --block-size and no window, blocks only.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "cli/options.hpp"
+#include "ringattn/attention.hpp"
 #include "ringattn/hierarchy.hpp"
 #include "ringattn/mask.hpp"
 
@@ -34,13 +43,18 @@ struct MaskOptions {
   bool causal = false;
   int64_t window_left = -1, window_right = -1, dilation = 1, sinks = 0;
   std::vector<PosRange> global;
-  BlockSparse blocks;  // key_blocks is filled in by build()
-  Hierarchy hier;      // levels or block routing on top of the mask
+  BlockSparse blocks;                       // key_blocks is filled in by build()
+  Hierarchy hier;                           // levels or block routing on top of the mask
+  std::shared_ptr<const DocOffsets> docs;   // packed documents (null: off)
+  std::string docs_option, kv_docs_option;  // the options that gave them ("--cu-seqlens x.npy")
 
   bool sparse() const;  // anything beyond none/causal
   // The mask for queries of length nq against keys of length nk (with block
   // routing and no window: no band, the routed blocks replace it).
   Mask build(int64_t nq, int64_t nk) const;
+  // Points p's mask (built by build()) at the documents, checking them against
+  // p's lengths; throws UsageError naming the option that gave them.
+  void attach_documents(AttentionProblem* p) const;
   // "causal window 4095/0 + 4 sinks", "full", ...
   std::string describe() const;
 };

@@ -61,10 +61,17 @@ std::string ranges_text(const std::vector<int64_t>& rows) {  // sorted row indic
   return out.empty() ? "none" : out;
 }
 
+// The picture's layout of the queries or the keys (balanced: from its mask).
+Layout picture_layout(const PictureProblem& p, bool keys) {
+  AttentionProblem a;
+  a.nq = p.nq, a.nk = p.nk, a.mask = p.mask;
+  return Layout::of(p.layout, a, p.ranks, keys);
+}
+
 // Rank boundaries (contiguous) at the nearest cell edges; each rank's tokens.
 void mark_ranks(MaskPicture& pic) {
   const PictureProblem& p = pic.problem;
-  const Layout lq(p.layout, p.nq, p.ranks), lk(p.layout, p.nk, p.ranks);
+  const Layout lq = picture_layout(p, false), lk = picture_layout(p, true);
   if (p.layout == LayoutKind::contiguous) {
     auto edges = [&](const Layout& l, int64_t ncells, std::vector<int64_t>& out) {
       for (int r = 1; r < p.ranks; ++r) {
@@ -358,7 +365,7 @@ std::string render_svg(const MaskPicture& pic) {
   }
   s += "</g>\n";
   if (p.ranks > 1) {  // lines at the starts of stride-1 segments, rank labels on the rows
-    const Layout lq(p.layout, p.nq, p.ranks), lk(p.layout, p.nk, p.ranks);
+    const Layout lq = picture_layout(p, false), lk = picture_layout(p, true);
     s += fmt::format("<g stroke=\"{}\" stroke-width=\"1.5\">\n", kColorRank);
     for (int r = 0; r < p.ranks; ++r) {
       for (const Segment& seg : lq.segments(r))

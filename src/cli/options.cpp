@@ -473,11 +473,12 @@ std::vector<bool> ParsedOptions::flags(const std::string& name) const {
   return out;
 }
 
-std::string ParsedOptions::command_line() const {
+std::string ParsedOptions::command_line(const std::map<std::string, std::string>& effective) const {
   std::string line = "ringattn " + spec_.name;
   for (const auto& o : spec_.options) {
     if (o.name == "config" || o.name == "help" || o.name == "metrics" || !has(o.name)) continue;
-    const std::string& v = raw(o.name);
+    const auto e = effective.find(o.name);
+    const std::string& v = e != effective.end() ? e->second : raw(o.name);
     if (o.kind == Kind::flag && !o.list) {
       line += flag(o.name) ? " --" + o.name : " --" + o.name + "=false";
     } else {

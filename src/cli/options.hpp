@@ -147,7 +147,9 @@ class ParsedOptions {
 
   // `ringattn <command> --opt value ...` with every effective value spelled
   // out (not --config, --metrics or --help): reproduces the run on its own.
-  std::string command_line() const;
+  // `effective` replaces the values of options that were derived from others
+  // (--seq-len from the documents).
+  std::string command_line(const std::map<std::string, std::string>& effective = {}) const;
 
  private:
   const OptionSpec& spec_of(const std::string& name, Kind kind) const;

@@ -128,6 +128,11 @@ std::vector<ProblemShape> parse_problem_sweep(const ParsedOptions& opt, ProblemO
           s.problem.head_dim = d;
           s.problem.nq = n;
           s.problem.nk = nk == 0 ? n : nk;
+          if (masks.docs) {  // packed documents: their sums are the lengths unless given
+            if (!opt.given("seq-len")) s.problem.nq = masks.docs->q.back();
+            if (!opt.given("kv-seq-len"))
+              s.problem.nk = masks.docs->cross() ? masks.docs->k.back() : s.problem.nq;
+          }
           s.masks = masks;
           s.masks.causal = causal;
           s.rebuild_mask();
@@ -147,9 +152,18 @@ ProblemShape parse_problem_options(const ParsedOptions& opt, ProblemOptionSet se
   return std::move(all.front());
 }
 
+std::map<std::string, std::string> derived_sizes(const ParsedOptions& opt,
+                                                 const AttentionProblem& p) {
+  std::map<std::string, std::string> out;
+  if (!p.docs) return out;
+  if (!opt.given("seq-len")) out["seq-len"] = std::to_string(p.nq);
+  if (!opt.given("kv-seq-len")) out["kv-seq-len"] = std::to_string(p.nk == p.nq ? 0 : p.nk);
+  return out;
+}
+
 JsonObject& add_shape_keys(JsonObject& r, const AttentionProblem& p, bool causal,
                            const std::string& mask) {
-  return r.integer("b", p.batch)
+  r.integer("b", p.batch)
       .integer("nq", p.nq)
       .integer("nk", p.nk)
       .integer("hq", p.hq)
@@ -158,6 +172,8 @@ JsonObject& add_shape_keys(JsonObject& r, const AttentionProblem& p, bool causal
       .text("dtype", std::string(dtype_name(p.dtype)))
       .boolean("causal", causal)
       .text("mask", mask);
+  if (p.docs) r.integer("docs", p.docs->count());  // packed documents
+  return r;
 }
 
 JsonObject shape_record(const std::string& command, const ProblemShape& shape) {

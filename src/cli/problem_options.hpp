@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -66,6 +67,7 @@ struct ProblemShape {
   void rebuild_mask() {
     problem.mask = masks.build(problem.nq, problem.nk);
     problem.hier = masks.hier;
+    masks.attach_documents(&problem);
   }
   // "causal", "full", or the sparse description ("causal + window 4095/0 + 4 sinks").
   std::string mask_str() const;
@@ -91,6 +93,11 @@ void insert_options(std::vector<OptionSpec>* options, const std::string& after,
 std::vector<ProblemShape> parse_problem_sweep(const ParsedOptions& opt, ProblemOptionSet set = {});
 // The one problem of a command without list options.
 ProblemShape parse_problem_options(const ParsedOptions& opt, ProblemOptionSet set = {});
+
+// The values of --seq-len and --kv-seq-len where the documents gave them (for
+// ParsedOptions::command_line).
+std::map<std::string, std::string> derived_sizes(const ParsedOptions& opt,
+                                                 const AttentionProblem& p);
 
 // The problem's keys of a metrics record, the same in every command's records
 // (docs/METRICS.md): b, nq, nk, hq, hkv, d, dtype, causal, mask.

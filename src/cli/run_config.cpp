@@ -48,9 +48,10 @@ CommandSpec run_spec() {
           .as_input(),
       OptionSpec::text("k", "", "keys, [B, Nk, Hkv, D] or [Nk, Hkv, D] (.npy)").as_input(),
       OptionSpec::text("v", "", "values, the same shape as the keys (.npy)").as_input(),
-      OptionSpec::choice("layout", kLayoutAuto, {kLayoutAuto, "contiguous", "zigzag", "striped"},
-                         "how tokens are split over ranks (auto: zigzag when causal, else "
-                         "contiguous)"),
+      OptionSpec::choice("layout", kLayoutAuto,
+                         {kLayoutAuto, "contiguous", "zigzag", "striped", "balanced"},
+                         "how tokens are split over ranks (auto: balanced with documents, else "
+                         "zigzag when causal, else contiguous)"),
       OptionSpec::choice("hierarchy", "flat", {"flat", "double-ring", "a2a-ring", "auto"},
                          "communication over nodes: flat (one ring over all ranks), double-ring "
                          "(blocks circulate inside each node while each round's blocks cross to "
@@ -179,10 +180,10 @@ RunConfig make_problem_config(const ParsedOptions& opt) {
   c.masks.causal = c.causal;
   c.mask = c.masks.build(c.nq, c.nk);
   c.hier = c.masks.hier;
+  c.masks.attach_documents(&c);
   c.mask_text = c.masks.describe();
   const std::string& layout = opt.text("layout");
-  c.layout = layout == kLayoutAuto ? (c.causal ? LayoutKind::zigzag : LayoutKind::contiguous)
-                                   : parse_layout(layout);
+  c.layout = layout == kLayoutAuto ? auto_layout(c.mask, c.causal) : parse_layout(layout);
   return c;
 }
 
@@ -253,7 +254,7 @@ RunConfig make_run_config(const ParsedOptions& opt) {
     }
   }
   c.metrics_path = opt.metrics_path();
-  c.command_line = opt.command_line();
+  c.command_line = opt.command_line(derived_sizes(opt, c));
   c.describe_error = [](const std::exception& e) {
     const auto* f = dynamic_cast<const FieldError*>(&e);
     return f != nullptr ? option_message(*f) : std::string(e.what());

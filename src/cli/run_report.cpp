@@ -96,6 +96,7 @@ void print_report(const RunReport& r) {
                      {"kv", 7},
                      {"thr", 3},
                      {"steps", 7},
+                     {"pairs", 9},
                      {"total_ms", 9},
                      {"compute_ms", 10},
                      {"wait_ms", 8},
@@ -107,7 +108,8 @@ void print_report(const RunReport& r) {
     fmt::print("{}",
                table.row({fmt::format("{}", s.rank), fmt::format("{}", s.q_tokens),
                           fmt::format("{}", s.kv_tokens), fmt::format("{}", s.threads),
-                          fmt::format("{}/{}", s.computed_steps, s.steps), ms(s.total_s),
+                          fmt::format("{}/{}", s.computed_steps, s.steps),
+                          fmt::format("{:.3g}", double(s.pairs)), ms(s.total_s),
                           ms(s.compute_s), ms(s.wait_s), ms(s.step_mean_s),
                           format_bytes(double(s.bytes_sent)), format_bytes(double(s.peak_bytes))}));
 

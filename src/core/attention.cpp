@@ -37,6 +37,47 @@ void AttentionProblem::validate(HeadDims dims) const {
     throw FieldError("scale",
                      fmt::format("expected a finite number >= 0 (0: 1/sqrt(D)), got {}", scale));
   validate_hierarchy(hier, mask, nq, nk);
+  if (mask.docs.on() || docs) {
+    if (!docs || mask.docs.count != docs->count() || mask.docs.q != docs->q.data() ||
+        mask.docs.k != docs->keys().data())
+      throw FieldError("documents",
+                       "the mask's documents are not the problem's (call "
+                       "set_documents after building the mask)");
+    // (set_documents checked the offsets against the global lengths; copies of
+    // the problem for one rank's block keep them with their local nq, nk.)
+    if (mask.blocks.on())
+      throw FieldError("documents",
+                       "BigBird block sparsity does not combine with documents; "
+                       "expected one of them");
+    if (hier.on())
+      throw FieldError("documents",
+                       "hierarchical levels and block routing do not combine with "
+                       "documents; expected one of them");
+  }
+}
+
+void AttentionProblem::set_documents(std::shared_ptr<const DocOffsets> d) {
+  docs = std::move(d);
+  mask.docs = Documents{};
+  if (!docs) return;
+  check_offsets(docs->q, nq, "documents");
+  if (docs->cross()) {
+    check_offsets(docs->k, nk, "kv_documents");
+    if (docs->k.size() != docs->q.size())
+      throw FieldError("kv_documents",
+                       fmt::format("{} key documents for {} query documents; expected the same "
+                                   "count",
+                                   static_cast<int64_t>(docs->k.size()) - 1, docs->count()));
+  } else if (nk != nq) {
+    throw FieldError("kv_documents",
+                     fmt::format("Nk = {} differs from Nq = {}; expected key documents for "
+                                 "cross-attention",
+                                 nk, nq));
+  }
+  mask.docs.count = docs->count();
+  mask.docs.q = docs->q.data();
+  mask.docs.k = docs->keys().data();
+  mask.docs.global_across = docs->global_across;
 }
 
 void AttentionArgs::validate_args(HeadDims dims) const {

@@ -212,16 +212,22 @@ KernelStats attention_backward(const AttentionArgs& a, const float* o, const flo
           const int64_t key0 = ti * kBlockK;
           const int kvalid = static_cast<int>(std::min<int64_t>(kBlockK, a.nk - key0));
           const Positions kpos = a.kpos.from(key0);
+          // Documents: only the query blocks of this tile's documents can see its keys.
+          int64_t qb0 = 0, qb1 = pl.nqb;
+          cpu::query_block_range(a.mask, kpos.at(0), kpos.at(kvalid - 1), a.qpos, a.nq, kBlockQ,
+                                 &qb0, &qb1);
 #pragma omp for schedule(dynamic, 1)
           for (int64_t task = 0; task < pl.tasks; ++task) {
             const int64_t row0 = (task / pl.nqb) * pl.nq_pad + (task % pl.nqb) * kBlockQ;
             const int64_t i0 = (task % pl.nqb) * kBlockQ;
+            ++my.tiles_total;
+            visible[at(task)] = 0;
+            if (task % pl.nqb < qb0 || task % pl.nqb >= qb1) continue;
             cpu::BackwardTileJob t;
             t.rows = static_cast<int>(std::min<int64_t>(kBlockQ, a.nq - i0));
             t.qpos = a.qpos.from(i0);
             t.cls = a.mask.classify(t.qpos.at(0), t.qpos.at(t.rows - 1), kpos.at(0),
                                     kpos.at(kvalid - 1));
-            ++my.tiles_total;
             visible[at(task)] = t.cls != TileClass::empty;
             if (t.cls == TileClass::empty) continue;
             ++my.tiles_computed;
@@ -248,7 +254,8 @@ KernelStats attention_backward(const AttentionArgs& a, const float* o, const flo
             float* sv = sum;
             float* sk = sum + dp;
             std::fill(sum, sum + 2 * dp, 0.0f);
-            for (int64_t task = 0; task < pl.tasks; ++task) {
+            for (int64_t task = qb0; qb0 < qb1 && task < pl.tasks;  // task order, blocks qb0..qb1
+                 task += (task % pl.nqb == qb1 - 1) ? pl.nqb - qb1 + qb0 + 1 : 1) {
               if (!visible[at(task)]) continue;
               const float* pv = parts + task * pl.part_floats + int64_t{j} * dp;
               const float* pk = pv + int64_t{kBlockK} * dp;

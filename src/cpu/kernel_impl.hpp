@@ -210,7 +210,9 @@ struct Impl {
     const int64_t q_first = job.qpos.at(0), q_last = job.qpos.at(rows - 1);
     const int64_t ntiles = (kv.nk + kBlockK - 1) / kBlockK;
     st.tiles_total = ntiles;
-    for (int64_t t = 0; t < ntiles; ++t) {
+    int64_t t_begin = 0, t_end = ntiles;  // documents: only the tiles of this block's documents
+    key_tile_range(job.mask, q_first, q_last, kv.pos, kv.nk, kBlockK, &t_begin, &t_end);
+    for (int64_t t = t_begin; t < t_end; ++t) {
       const int64_t key0 = t * kBlockK;
       const int kvalid = static_cast<int>(std::min<int64_t>(kBlockK, kv.nk - key0));
       const Positions kpos = kv.pos.from(key0);

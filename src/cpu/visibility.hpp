@@ -15,6 +15,22 @@
 
 namespace ringattn::cpu {
 
+// Blocks of `block` indices among n at pos whose positions may lie in
+// [lo_pos, hi_pos] (inclusive; +-kUnbounded: open): [*b0, *b1).
+inline void index_tile_range(int64_t lo_pos, int64_t hi_pos, Positions pos, int64_t n,
+                             int64_t block, int64_t* b0, int64_t* b1) {
+  const int64_t nb = (n + block - 1) / block;
+  *b0 = 0, *b1 = nb;
+  if (lo_pos > -kUnbounded) {
+    const int64_t j = std::clamp<int64_t>(ceil_div(lo_pos - pos.start, pos.stride), 0, n);
+    *b0 = j / block;
+  }
+  if (hi_pos < kUnbounded) {
+    const int64_t j = std::clamp<int64_t>(floor_div(hi_pos - pos.start, pos.stride) + 1, 0, n);
+    *b1 = std::max(*b0, (j + block - 1) / block);
+  }
+}
+
 // For the row of a query at qp against kvalid keys at kpos: the outer range
 // [*j0, *j1) of visible keys (empty when *j0 == *j1), with the invisible keys
 // inside it set to -inf in s (s[0..kvalid) holds the row's scores; entries
@@ -43,6 +59,23 @@ inline void mask_row(const Mask& mask, int64_t qp, Positions kpos, int kvalid, f
       if (!in) s[j] = -INFINITY;
     }
   }
+}
+
+// The tiles of `block` keys at kpos (nk of them) that may hold a key visible
+// to a query in [q_first, q_last]: [*t0, *t1) (Mask::key_bounds; every tile
+// without documents). Tiles outside are empty and need no classify().
+inline void key_tile_range(const Mask& mask, int64_t q_first, int64_t q_last, Positions kpos,
+                           int64_t nk, int64_t block, int64_t* t0, int64_t* t1) {
+  int64_t lo = 0, hi = 0;
+  mask.key_bounds(q_first, q_last, &lo, &hi);
+  index_tile_range(lo, hi, kpos, nk, block, t0, t1);
+}
+// The same for blocks of query rows that may see a key in [k_first, k_last].
+inline void query_block_range(const Mask& mask, int64_t k_first, int64_t k_last, Positions qpos,
+                              int64_t nq, int64_t block, int64_t* b0, int64_t* b1) {
+  int64_t lo = 0, hi = 0;
+  mask.query_bounds(k_first, k_last, &lo, &hi);
+  index_tile_range(lo, hi, qpos, nq, block, b0, b1);
 }
 
 }  // namespace ringattn::cpu

@@ -247,6 +247,15 @@ DType parse_descr(const PyValue& v, const std::string& path) {
   fail(path, fmt::format("unsupported dtype '{}'; {}", printable(d), kExpectedDtypes));
 }
 
+// Integer descr of an index file: '<i4' or '<i8'; returns the item size.
+std::size_t parse_int_descr(const PyValue& v, const std::string& path) {
+  const std::string d(v.kind == PyValue::kStr ? std::string_view(v.str) : v.src);
+  if (d == "<i4" || d == "=i4") return 4;
+  if (d == "<i8" || d == "=i8") return 8;
+  fail(path, fmt::format("unsupported dtype '{}'; expected int32 ('<i4') or int64 ('<i8')",
+                         printable(d)));
+}
+
 std::vector<int64_t> parse_shape(const PyValue& v, const std::string& path) {
   if (v.kind != PyValue::kTuple || v.src.empty() || v.src[0] != '(')
     fail(path, fmt::format("malformed .npy header: shape {} is not a tuple; expected a tuple of "
@@ -269,7 +278,8 @@ struct OpenNpy {
 };
 
 // Validates the whole header of the open file and that the data it promises is present.
-OpenNpy parse_header(int fd, const std::string& path) {
+// int_item: an integer file (parse_int_descr; *int_item set to its item size).
+OpenNpy parse_header(int fd, const std::string& path, std::size_t* int_item = nullptr) {
   struct stat st {};
   if (::fstat(fd, &st) != 0)
     fail(path, fmt::format("cannot stat: {}; expected a readable .npy file", std::strerror(errno)));
@@ -337,7 +347,10 @@ OpenNpy parse_header(int fd, const std::string& path) {
                            printable(text), kExpectedDict));
 
   OpenNpy out;
-  out.header.dtype = parse_descr(*descr, path);
+  if (int_item != nullptr)
+    *int_item = parse_int_descr(*descr, path);
+  else
+    out.header.dtype = parse_descr(*descr, path);
   if (fortran->kind != PyValue::kBool)
     fail(path, fmt::format("malformed .npy header: fortran_order is {}; expected True or False",
                            printable(fortran->src)));
@@ -350,7 +363,7 @@ OpenNpy parse_header(int fd, const std::string& path) {
 
   // Byte size, guarding against overflow of absurd shapes (an empty array is 0 bytes whatever
   // its other dims).
-  const std::size_t item = dtype_size(out.header.dtype);
+  const std::size_t item = int_item != nullptr ? *int_item : dtype_size(out.header.dtype);
   constexpr auto kMaxBytes = static_cast<std::size_t>(std::numeric_limits<int64_t>::max());
   bool empty = false;
   for (const int64_t d : out.header.shape) empty = empty || d == 0;
@@ -367,7 +380,9 @@ OpenNpy parse_header(int fd, const std::string& path) {
   }
   if (file_size - data_offset < bytes)
     fail(path, fmt::format("truncated: header promises {} bytes of data, file has {} ({} {})",
-                           bytes, file_size - data_offset, dtype_name(out.header.dtype),
+                           bytes, file_size - data_offset,
+                           int_item != nullptr ? (item == 4 ? "int32" : "int64")
+                                               : dtype_name(out.header.dtype),
                            shape_str(out.header.shape)));
   out.data_bytes = bytes;
   return out;
@@ -410,6 +425,25 @@ Tensor read_npy(const std::string& path) {
   Tensor t = uninitialised(f.header.dtype, std::move(f.header.shape), f.data_bytes, path.c_str());
   pread_all(fd.get(), t.data.data(), f.data_bytes, f.header.data_offset, path);
   return t;
+}
+
+std::vector<int64_t> read_npy_ints(const std::string& path) {
+  const Fd fd(open_read(path));
+  std::size_t item = 0;
+  const OpenNpy f = parse_header(fd.get(), path, &item);
+  if (f.header.shape.size() != 1)
+    fail(path, fmt::format("shape {} has {} dimensions; expected a 1-d array",
+                           shape_repr(f.header.shape), f.header.shape.size()));
+  const auto n = static_cast<std::size_t>(f.header.shape[0]);
+  std::vector<int64_t> out(n);
+  if (item == 8) {
+    pread_all(fd.get(), out.data(), f.data_bytes, f.header.data_offset, path);
+  } else {
+    std::vector<int32_t> tmp(n);
+    pread_all(fd.get(), tmp.data(), f.data_bytes, f.header.data_offset, path);
+    std::copy(tmp.begin(), tmp.end(), out.begin());
+  }
+  return out;
 }
 
 Tensor read_npy_slice(const std::string& path, int axis, int64_t row0, int64_t rows) {

@@ -140,16 +140,16 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   const CommScheme scheme = spec.scheme_auto ? auto_scheme(spec, np, w, &auto_text) : spec.scheme;
   check_two_level(scheme, np, w, spec.hq, spec.hkv);
   const bool a2a = scheme == CommScheme::a2a_ring;
-  const Layout ql =
-      a2a ? Layout::nested(spec.layout, spec.nq, np / w, w) : Layout(spec.layout, spec.nq, np);
-  const Layout kvl =
-      a2a ? Layout::nested(spec.layout, spec.nk, np / w, w) : Layout(spec.layout, spec.nk, np);
+  const Layout ql = a2a ? Layout::nested_of(spec.layout, spec, np / w, w, false)
+                        : Layout::of(spec.layout, spec, np, false);
+  const Layout kvl = a2a ? Layout::nested_of(spec.layout, spec, np / w, w, true)
+                         : Layout::of(spec.layout, spec, np, true);
   // With a hierarchy the ring runs its exact part; the stage adds the rest.
   const Mask ring_mask = hierarchy_ring_mask(spec);
   // a2a-ring's ring runs over the nodes (the schedule it reports).
   const RingSchedule schedule =
-      a2a ? make_ring_schedule(Layout(spec.layout, spec.nq, np / w),
-                               Layout(spec.layout, spec.nk, np / w), ring_mask)
+      a2a ? make_ring_schedule(Layout::of(spec.layout, spec, np / w, false),
+                               Layout::of(spec.layout, spec, np / w, true), ring_mask)
           : make_ring_schedule(ql, kvl, ring_mask, scheme_options(scheme, w));
   if (spec.moe.on()) validate_moe(spec.moe, np);
   const job::MoeOutputPaths moe_paths{spec.moe_out_path, spec.moe_routing_path, spec.moe_gates_path,

@@ -31,6 +31,12 @@ std::string mask_fields(const Mask& m) {
   return s;
 }
 
+// The documents, as a count and a hash of their offsets (the same on every rank).
+std::string docs_fields(const AttentionProblem& p) {
+  if (!p.docs) return "none";
+  return fmt::format("{} hash {:016x}", p.docs->count(), documents_hash(*p.docs));
+}
+
 }  // namespace
 
 void JobSpec::validate() const {
@@ -105,6 +111,9 @@ void JobSpec::validate() const {
          {std::pair{"moe_out", &moe_out_path}, std::pair{"moe_routing_out", &moe_routing_path},
           std::pair{"moe_gates_out", &moe_gates_path}})
       if (!path->empty()) throw FieldError(field, "needs the MoE stage (moe_experts > 0)");
+  if (mask.docs.on() && device != Device::cpu)
+    throw FieldError("device", "packed documents run on the cpu device (the GPU kernel has no "
+                               "document mask yet)");
   check_backward_supported();
   check_device(device, *this);
 }
@@ -174,7 +183,7 @@ std::string JobSpec::config_text() const {
   return fmt::format(
       "shape:{};mask:{};layout:{};scale:{};source:{};repeats:{};warmup:{};verify:{};"
       "check-rows:{};fail-rank:{};out:{};lse-out:{};device:{};hier:{};route-out:{};moe:{};"
-      "kv-wire:{};kv-store:{};kv-select:{} g{}{};keep-out:{};comm:{} w{};backward:{}",
+      "kv-wire:{};kv-store:{};kv-select:{} g{}{};keep-out:{};comm:{} w{};backward:{};docs:{}",
       shape_text(), mask_fields(mask), layout_name(layout), scale, source, repeats, warmup, verify,
       check_rows > 0, fail_rank, !out_path.empty(), !lse_path.empty(), device_name(device),
       hier.describe(), !route_path.empty(),
@@ -190,7 +199,8 @@ std::string JobSpec::config_text() const {
       ranks_per_node,
       backward ? fmt::format("on dO '{}' seed {} outputs {}{}{} f32 {}", do_file.path, seed,
                              !dq_path.empty(), !dk_path.empty(), !dv_path.empty(), grad_f32)
-               : std::string("off"));
+               : std::string("off"),
+      docs_fields(*this));
 }
 
 }  // namespace ringattn

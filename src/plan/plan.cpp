@@ -169,7 +169,7 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
                : require_link(hw, hw.inter, "inter-node", "for a ring over several nodes");
   };
 
-  const Layout ql(in.layout, in.nq, np), kvl(in.layout, in.nk, np);
+  const Layout ql = Layout::of(in.layout, in, np, false), kvl = Layout::of(in.layout, in, np, true);
   // With a hierarchy the ring runs its exact part; the stage follows (StagePlan).
   PlanInput exact = in;
   exact.mask = hierarchy_ring_mask(in), exact.hier = {};

@@ -78,8 +78,8 @@ Plan plan_a2a_ring(const PlanInput& in, const HardwareProfile& hw, const PlanMac
   }
   p.inter_link = nodes > 1 ? ring.link : LinkSpec{};
 
-  const Layout ql = Layout::nested(in.layout, in.nq, nodes, w);
-  const Layout kvl = Layout::nested(in.layout, in.nk, nodes, w);
+  const Layout ql = Layout::nested_of(in.layout, in, nodes, w, false);
+  const Layout kvl = Layout::nested_of(in.layout, in, nodes, w, true);
   const double b = double(in.batch), d = double(in.head_dim);
   const double esz = double(dtype_size(in.dtype)), hq = double(in.hq), hkv = double(in.hkv);
   const double nq_h = double(share.nq), nkv_h = double(share.nkv);

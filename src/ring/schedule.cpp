@@ -98,7 +98,9 @@ int64_t total(const std::vector<PosRange>& v) {
 SharedPart shared_part(const Layout& q, const Layout& kv, const Mask& mask,
                        const ScheduleOptions& opt) {
   SharedPart sp;
-  if (!opt.share || q.ranks() < 2 || (mask.sinks <= 0 && mask.n_global == 0)) return sp;
+  // Documents: each has its own sinks, and global tokens stay in theirs (mask.hpp): none shared.
+  if (!opt.share || q.ranks() < 2 || (mask.sinks <= 0 && mask.n_global == 0) || mask.docs.on())
+    return sp;
   if (mask.has_skips()) throw Error("ring schedule: the mask already has skipped ranges");
   std::vector<PosRange> keys, queries;
   if (mask.sinks > 0) keys.push_back({0, mask.sinks});

@@ -212,7 +212,8 @@ RingMetrics a2a_ring_attention(Communicator& comm, int per_node, const RingProbl
     if (j != me) a2a_bytes += static_cast<int64_t>(sc[at(j)]);
 
   // The ring across the nodes, among the ranks of this local index.
-  const Layout nql(p.q_layout->kind(), p.nq, nodes), nkl(p.kv_layout->kind(), p.nk, nodes);
+  const Layout nql = Layout::of(p.q_layout->kind(), p, nodes, false),
+               nkl = Layout::of(p.kv_layout->kind(), p, nodes, true);
   RingProblem sub(static_cast<const AttentionProblem&>(p));
   sub.hq = mine.nq, sub.hkv = mine.nkv;
   sub.scale = p.softmax_scale();
