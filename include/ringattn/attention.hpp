@@ -62,6 +62,7 @@ struct AttentionProblem {
   // "kv_documents") and points mask.docs at them; null turns documents off.
   // Call it after the mask is built (a rebuilt mask has no documents).
   void set_documents(std::shared_ptr<const DocOffsets> d);
+  void check_documents_combine() const;  // no BigBird blocks or hierarchy beside documents
 
   // Checks the fields; throws FieldError("batch" | "nq" | "nk" | "hq" | "hkv" |
   // "head_dim" | "scale" | a hierarchy field, ...). Lengths may be 0 (a rank

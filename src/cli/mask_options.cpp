@@ -195,7 +195,8 @@ MaskOptions parse_mask_options(const ParsedOptions& opt) {
   m.hier.route_topk = at_least(opt, "route-topk", 0);
   if (m.hier.routing() && !opt.given("route-topk"))
     throw UsageError("option '--route-block' needs '--route-topk' (blocks per query)");
-  if (opt.has("doc-lens") || opt.has("cu-seqlens")) {  // commands that take documents
+  if (opt.given("doc-lens") || opt.given("cu-seqlens") || opt.given("kv-doc-lens") ||
+      opt.given("kv-cu-seqlens") || opt.given("global-across-docs")) {
     DocOffsets d;
     d.q = read_offsets(opt, "", &m.docs_option);
     d.k = read_offsets(opt, "kv-", &m.kv_docs_option);

@@ -364,12 +364,9 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
     if (r.moe) add_moe_rank_keys(row, s.moe);
     file.write(row);
   }
-  AttentionProblem problem;
-  problem.batch = c.batch, problem.nq = c.nq, problem.nk = c.nk, problem.hq = c.hq;
-  problem.hkv = c.hkv, problem.head_dim = c.head_dim, problem.dtype = c.dtype;
   JsonObject sum;
   sum.text("command", "run").text("record", "summary");
-  add_shape_keys(sum, problem, c.causal, mask_label(c.masks));
+  add_shape_keys(sum, c, c.causal, mask_label(c.masks));
   sum.text("layout", layout_name(c.layout))
       .integer("ranks", r.ranks)
       .text("backend", r.backend)

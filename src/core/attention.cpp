@@ -45,21 +45,26 @@ void AttentionProblem::validate(HeadDims dims) const {
                        "set_documents after building the mask)");
     // (set_documents checked the offsets against the global lengths; copies of
     // the problem for one rank's block keep them with their local nq, nk.)
-    if (mask.blocks.on())
-      throw FieldError("documents",
-                       "BigBird block sparsity does not combine with documents; "
-                       "expected one of them");
-    if (hier.on())
-      throw FieldError("documents",
-                       "hierarchical levels and block routing do not combine with "
-                       "documents; expected one of them");
+    check_documents_combine();
   }
+}
+
+void AttentionProblem::check_documents_combine() const {
+  if (mask.blocks.on())
+    throw FieldError("documents",
+                     "BigBird block sparsity does not combine with documents; "
+                     "expected one of them");
+  if (hier.on())
+    throw FieldError("documents",
+                     "hierarchical levels and block routing do not combine with "
+                     "documents; expected one of them");
 }
 
 void AttentionProblem::set_documents(std::shared_ptr<const DocOffsets> d) {
   docs = std::move(d);
   mask.docs = Documents{};
   if (!docs) return;
+  check_documents_combine();
   check_offsets(docs->q, nq, "documents");
   if (docs->cross()) {
     check_offsets(docs->k, nk, "kv_documents");
