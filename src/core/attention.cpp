@@ -37,9 +37,11 @@ void AttentionProblem::validate(HeadDims dims) const {
     throw FieldError("scale",
                      fmt::format("expected a finite number >= 0 (0: 1/sqrt(D)), got {}", scale));
   validate_hierarchy(hier, mask, nq, nk);
-  if (mask.docs.on() || docs) {
-    if (!docs || mask.docs.count != docs->count() || mask.docs.q != docs->q.data() ||
-        mask.docs.k != docs->keys().data())
+  // Documents: the mask points at the problem's offsets (or, without them, at
+  // arrays its builder keeps alive: mask.hpp's Documents).
+  if (docs || mask.docs.on()) {
+    if (docs && (mask.docs.count != docs->count() || mask.docs.q != docs->q.data() ||
+                 mask.docs.k != docs->keys().data()))
       throw FieldError("documents",
                        "the mask's documents are not the problem's (call "
                        "set_documents after building the mask)");
