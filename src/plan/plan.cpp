@@ -313,7 +313,10 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
   // ring's round's first step): it starts when the sender starts that step and
   // takes x; the sender waits for it at the end of step t - 1 (ring.cpp waits
   // there for the sends that deliver t), and the receiver cannot end step t - 1
-  // before it arrives. The bytes are the block the sender held at `post` (direct:
+  // before it arrives. A direct transfer's send is posted at the sender's step 0
+  // (ring.cpp): it starts when the receiver posts its receive at step `post`
+  // (or when the sender's pass starts, if later), and the sender waits for it
+  // only after its last step. The bytes are the block the sender held at `post` (direct:
   // its own). One pass from `start`, its compute scaled by `work` and each
   // rank's block of pass_block(rank) bytes; `record`: the exact pass, whose
   // figures the plan reports. Returns the bytes sent; `end` gets each rank's end time.
@@ -322,12 +325,16 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
   int64_t rotations = 0;
   // posts[r][s]: the steps whose transfers rank r posts at step s.
   std::vector<std::vector<std::vector<int>>> posts(static_cast<std::size_t>(np));
+  // Direct: posts[r][s] holds the steps whose blocks rank r receives (posts its
+  // receive for) at step s; the sender is the step's recv_from.
+  const bool direct = sch.transfer == Transfer::direct;
   for (int r = 0; r < np; ++r) {
     auto& pr = posts[static_cast<std::size_t>(r)];
     pr.resize(static_cast<std::size_t>(p.steps));
     for (int t = 1; t < p.steps; ++t) {
       const RingStep& st = sch.step(r, t);
-      if (st.send_to >= 0) pr[static_cast<std::size_t>(st.post)].push_back(t);
+      if (direct ? st.recv_from >= 0 : st.send_to >= 0)
+        pr[static_cast<std::size_t>(st.post)].push_back(t);
     }
   }
   struct Flight {
@@ -340,6 +347,8 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
     double sent = 0;
     std::vector<std::vector<Flight>> due(static_cast<std::size_t>(p.steps) + 1);  // [deliver]
     std::vector<double> serial(static_cast<std::size_t>(np)), arrive(serial), posted(serial);
+    const std::vector<double> pass_start = start;
+    std::vector<double> sends_done(static_cast<std::size_t>(np), 0.0);  // direct: the last arrival
     for (int s = 0; s < p.steps; ++s) {
       StepPlan scratch;
       StepPlan& st = record ? p.per_step[static_cast<std::size_t>(s)] : scratch;
@@ -358,18 +367,23 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
         }
         for (const int t : posts[ri][static_cast<std::size_t>(s)]) {
           const RingStep& nx = sch.step(r, t);
-          const double bytes = pass_block(sch.transfer == Transfer::direct ? r : rs.source);
-          const LinkSpec& l = link_of(r, nx.send_to);
+          // Direct: r receives from the owner; else r sends what it holds.
+          const int from = direct ? nx.recv_from : r, to = direct ? r : nx.send_to;
+          const auto fi = static_cast<std::size_t>(from);
+          const double bytes = pass_block(direct ? from : rs.source);
+          const LinkSpec& l = link_of(from, to);
           const double x = l.seconds(bytes, kMessagesPerStep);
-          due[static_cast<std::size_t>(t)].push_back({r, nx.send_to, s, start[ri], x});
+          const double t0 = direct ? std::max(start[ri], pass_start[fi]) : start[ri];
+          due[static_cast<std::size_t>(t)].push_back({from, to, s, t0, x});
+          if (direct) sends_done[fi] = std::max(sends_done[fi], t0 + x);
           serial[ri] += (1.0 - l.overlap) * x * (cpu ? p.oversubscription : 1.0);
           posted[ri] += bytes;
           sent += bytes;
           st.transfer_s = std::max(st.transfer_s, x);
           if (record) {
-            RankPlan& rp = p.per_rank[ri];
+            RankPlan& rp = p.per_rank[fi];
             rp.transfer_s += x;
-            (same_node(r, nx.send_to) ? rp.intra_s : rp.inter_s) += x;
+            (same_node(from, to) ? rp.intra_s : rp.inter_s) += x;
           }
         }
         st.bytes = std::max(st.bytes, posted[ri]);
@@ -379,8 +393,9 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
       if (sends)
         for (const Flight& f : due[static_cast<std::size_t>(s) + 1]) {
           const double at = f.t0 + f.x;
-          arrive[static_cast<std::size_t>(f.from)] =
-              std::max(arrive[static_cast<std::size_t>(f.from)], at);
+          if (!direct)  // a direct send is waited for after the last step
+            arrive[static_cast<std::size_t>(f.from)] =
+                std::max(arrive[static_cast<std::size_t>(f.from)], at);
           arrive[static_cast<std::size_t>(f.to)] =
               std::max(arrive[static_cast<std::size_t>(f.to)], at);
         }
@@ -409,13 +424,20 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
         // Hidden: each send completing now fits behind the compute since it was posted.
         if (sends)
           for (const Flight& f : due[static_cast<std::size_t>(s) + 1]) {
-            if (f.from != r) continue;
-            const double window = f.post == s ? c + m : start[ri] + c + m - f.t0;
+            if ((direct ? f.to : f.from) != r) continue;
+            const double window = f.post == s && !direct ? c + m : start[ri] + c + m - f.t0;
             st.hidden = st.hidden && link_of(r, f.to).overlap >= 1.0 && f.x <= window;
           }
       }
       start = end;
       if (record) p.all_hidden = p.all_hidden && st.hidden;
+    }
+    for (int r = 0; r < np && direct; ++r) {  // the sends, waited for after the last step
+      const auto ri = static_cast<std::size_t>(r);
+      if (sends_done[ri] > end[ri]) {
+        if (record) p.per_rank[ri].wait_s += sends_done[ri] - end[ri];
+        end[ri] = start[ri] = sends_done[ri];
+      }
     }
     return sent;
   };

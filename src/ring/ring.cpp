@@ -106,12 +106,20 @@ void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, cons
     Request recv_k, recv_v, send_k, send_v;
   };
   std::vector<InFlight> in_flight;
-  // [step]: the later steps whose transfers this rank posts at that step.
+  // [step]: the later steps whose transfers this rank posts at that step. A
+  // direct transfer sends the owner's own block, which it holds from the start:
+  // its sends are all posted at step 0 (and waited for after the last step), so
+  // a receiver never waits for an owner still busy with an earlier step; the
+  // receiver posts its receive at RingStep::post, into one of its buffers.
+  const bool direct = sch.transfer == Transfer::direct;
   std::vector<std::vector<int>> posts(static_cast<std::size_t>(sch.steps));
   for (int t = 1; t < sch.steps; ++t) {
     const RingStep& st = sch.step(r, t);
-    if (st.recv_from >= 0 || st.send_to >= 0) posts[static_cast<std::size_t>(st.post)].push_back(t);
+    if (st.recv_from >= 0 || (st.send_to >= 0 && !direct))
+      posts[static_cast<std::size_t>(st.post)].push_back(t);
+    if (st.send_to >= 0 && direct) posts[0].push_back(-t);  // -t: the send only
   }
+  std::vector<InFlight> direct_sends;  // waited for after the last step
 
   for (int s = 0; s < sch.steps; ++s) {
     const Clock::time_point t_step = Clock::now();
@@ -131,11 +139,13 @@ void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, cons
 
     // Transfers posted at this step (the next step's, and a double ring's next
     // round's): K and V as two messages, tags 2t and 2t + 1 for the step t they deliver.
-    for (const int t : posts[static_cast<std::size_t>(s)]) {
+    for (const int posted : posts[static_cast<std::size_t>(s)]) {
+      const int t = posted < 0 ? -posted : posted;
+      const bool recv = posted > 0, send = !direct || posted < 0;
       const RingStep& nx = sch.step(r, t);
       InFlight f;
       f.deliver = t;
-      if (nx.recv_from >= 0) {
+      if (recv && nx.recv_from >= 0) {
         eng.sync();  // a buffer received into may have been read by an earlier step
         const int b = take_buffer(s);
         buffers[static_cast<std::size_t>(b)].step = t;
@@ -145,7 +155,7 @@ void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, cons
         f.recv_k = comm.irecv(into, in.k, nx.recv_from, 2 * t);
         f.recv_v = comm.irecv(into + in.k, in.v, nx.recv_from, 2 * t + 1);
       }
-      if (nx.send_to >= 0) {
+      if (send && nx.send_to >= 0) {
         // ring: pass on the held block; direct: send the own block.
         // A quantized wire sends the own block's codes (held at step 0 is the exact block).
         const bool own = sch.transfer == Transfer::direct || (s == 0 && own_codes != nullptr);
@@ -167,7 +177,7 @@ void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, cons
         }
         m.bytes_sent += static_cast<int64_t>(out.total());
       }
-      in_flight.push_back(std::move(f));
+      (direct && send ? direct_sends : in_flight).push_back(std::move(f));
     }
 
     const Clock::time_point t0 = Clock::now();
@@ -228,6 +238,11 @@ void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, cons
   pass.finish();
   m.wait_s += pass.waited_s - visitor_wait;
   m.merge_s += since(t_fin) - (pass.waited_s - visitor_wait);
+  // The direct sends (posted at step 0): their receivers post every receive
+  // without waiting for this rank, so these complete.
+  const Clock::time_point t_sends = Clock::now();
+  for (InFlight& f : direct_sends) f.send_k.wait(), f.send_v.wait();
+  m.wait_s += since(t_sends);
   eng.sync();
   m.bytes_sent += pass.bytes_sent;
 }
