@@ -55,7 +55,8 @@ struct RingStep {
                        // ring: the block it held at step `post`; direct: its own
   int post = -1;       // the step at which this step's transfers are posted (step - 1,
                        // or the round's first step for a double ring's transfer across
-                       // nodes); -1 at step 0
+                       // nodes); -1 at step 0. Direct: the receive; the owner posts
+                       // the send of its own block at its step 0 (ring.cpp)
   std::vector<SegmentWork> work;  // empty: nothing to compute at this step
   int64_t pairs = 0;
 };
