@@ -361,11 +361,8 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
   const MoeRankPlan moe_slow = p.moe.on ? p.moe.slowest() : MoeRankPlan{};
   std::vector<JsonObject> out;
   JsonObject s;
-  AttentionProblem problem;
-  problem.batch = p.in.batch, problem.nq = p.in.nq, problem.nk = p.in.nk, problem.hq = p.in.hq;
-  problem.hkv = p.in.hkv, problem.head_dim = p.in.head_dim, problem.dtype = p.in.dtype;
   s.text("command", "plan").text("record", "summary");
-  add_shape_keys(s, problem, r.causal, r.mask);
+  add_shape_keys(s, p.in, r.causal, r.mask);
   s.text("layout", layout_name(p.in.layout))
       .integer("ranks", p.in.ranks)
       .text("backend", backend_name(p))

@@ -315,11 +315,11 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
   // there for the sends that deliver t), and the receiver cannot end step t - 1
   // before it arrives. A direct transfer's send is posted at the sender's step 0
   // (ring.cpp): it starts when the receiver posts its receive at step `post`
-  // (or when the sender's pass starts, if later), and the sender waits for it
-  // only after its last step. The bytes are the block the sender held at `post` (direct:
-  // its own). One pass from `start`, its compute scaled by `work` and each
-  // rank's block of pass_block(rank) bytes; `record`: the exact pass, whose
-  // figures the plan reports. Returns the bytes sent; `end` gets each rank's end time.
+  // (or when the sender's pass starts, if later). A send of the sender's own
+  // block (direct, and the ring's first) is waited for only after its last step. The bytes are the
+  // block the sender held at `post` (direct: its own). One pass from `start`, its compute scaled by
+  // `work` and each rank's block of pass_block(rank) bytes; `record`: the exact pass, whose figures
+  // the plan reports. Returns the bytes sent; `end` gets each rank's end time.
   p.per_step.resize(static_cast<std::size_t>(p.steps));
   double transfer_pairs = 0, transfer_area = 0;
   int64_t rotations = 0;
@@ -340,6 +340,7 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
   struct Flight {
     int from = 0, to = 0, post = 0;
     double t0 = 0, x = 0;
+    bool own = false;  // the sender's own block: it waits for the send after its last step
   };
   const auto same_node = [&](int x, int y) { return x / w == y / w; };
   const auto run_pass = [&](double work, const std::function<double(int)>& pass_block,
@@ -374,8 +375,9 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
           const LinkSpec& l = link_of(from, to);
           const double x = l.seconds(bytes, kMessagesPerStep);
           const double t0 = direct ? std::max(start[ri], pass_start[fi]) : start[ri];
-          due[static_cast<std::size_t>(t)].push_back({from, to, s, t0, x});
-          if (direct) sends_done[fi] = std::max(sends_done[fi], t0 + x);
+          const bool own = direct || rs.source == r;
+          due[static_cast<std::size_t>(t)].push_back({from, to, s, t0, x, own});
+          if (own) sends_done[fi] = std::max(sends_done[fi], t0 + x);
           serial[ri] += (1.0 - l.overlap) * x * (cpu ? p.oversubscription : 1.0);
           posted[ri] += bytes;
           sent += bytes;
@@ -393,7 +395,7 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
       if (sends)
         for (const Flight& f : due[static_cast<std::size_t>(s) + 1]) {
           const double at = f.t0 + f.x;
-          if (!direct)  // a direct send is waited for after the last step
+          if (!f.own)  // an own block's send is waited for after the last step
             arrive[static_cast<std::size_t>(f.from)] =
                 std::max(arrive[static_cast<std::size_t>(f.from)], at);
           arrive[static_cast<std::size_t>(f.to)] =
@@ -432,7 +434,7 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
       start = end;
       if (record) p.all_hidden = p.all_hidden && st.hidden;
     }
-    for (int r = 0; r < np && direct; ++r) {  // the sends, waited for after the last step
+    for (int r = 0; r < np; ++r) {  // the own block's sends, waited for after the last step
       const auto ri = static_cast<std::size_t>(r);
       if (sends_done[ri] > end[ri]) {
         if (record) p.per_rank[ri].wait_s += sends_done[ri] - end[ri];

@@ -108,9 +108,12 @@ void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, cons
   std::vector<InFlight> in_flight;
   // [step]: the later steps whose transfers this rank posts at that step. A
   // direct transfer sends the owner's own block, which it holds from the start:
-  // its sends are all posted at step 0 (and waited for after the last step), so
-  // a receiver never waits for an owner still busy with an earlier step; the
-  // receiver posts its receive at RingStep::post, into one of its buffers.
+  // its sends are all posted at step 0, so a receiver never waits for an owner
+  // still busy with an earlier step; the receiver posts its receive at
+  // RingStep::post, into one of its buffers. Every send of the own block (direct,
+  // and the ring's first) is waited for after the last step: the block is never
+  // overwritten, and an MPI send completes only once the receiver has taken it,
+  // which a receiver busy with a long step does late.
   const bool direct = sch.transfer == Transfer::direct;
   std::vector<std::vector<int>> posts(static_cast<std::size_t>(sch.steps));
   for (int t = 1; t < sch.steps; ++t) {
@@ -119,7 +122,7 @@ void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, cons
       posts[static_cast<std::size_t>(st.post)].push_back(t);
     if (st.send_to >= 0 && direct) posts[0].push_back(-t);  // -t: the send only
   }
-  std::vector<InFlight> direct_sends;  // waited for after the last step
+  std::vector<InFlight> own_sends;  // waited for after the last step
 
   for (int s = 0; s < sch.steps; ++s) {
     const Clock::time_point t_step = Clock::now();
@@ -177,7 +180,12 @@ void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, cons
         }
         m.bytes_sent += static_cast<int64_t>(out.total());
       }
-      (direct && send ? direct_sends : in_flight).push_back(std::move(f));
+      if (send && nx.send_to >= 0 && f.from_buffer < 0) {  // the own block: wait at the end
+        InFlight o;
+        o.send_k = std::move(f.send_k), o.send_v = std::move(f.send_v);
+        own_sends.push_back(std::move(o));
+      }
+      if (!(direct && !recv)) in_flight.push_back(std::move(f));
     }
 
     const Clock::time_point t0 = Clock::now();
@@ -238,10 +246,10 @@ void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, cons
   pass.finish();
   m.wait_s += pass.waited_s - visitor_wait;
   m.merge_s += since(t_fin) - (pass.waited_s - visitor_wait);
-  // The direct sends (posted at step 0): their receivers post every receive
-  // without waiting for this rank, so these complete.
+  // The own block's sends: their receivers post every receive without waiting
+  // for this rank, so these complete.
   const Clock::time_point t_sends = Clock::now();
-  for (InFlight& f : direct_sends) f.send_k.wait(), f.send_v.wait();
+  for (InFlight& f : own_sends) f.send_k.wait(), f.send_v.wait();
   m.wait_s += since(t_sends);
   eng.sync();
   m.bytes_sent += pass.bytes_sent;
