@@ -282,27 +282,36 @@ struct Mask {
  private:
   // The coordinates of one document (Frame{}: the whole sequence): the band and
   // the causal bound see a query at qp + shift, the sinks start at sink0, keys
-  // lie in [k_begin, k_end), and the global ranges count when `globals`.
+  // lie in [k_begin, k_end), and the global ranges count when `globals`. The
+  // dilation counts kr - qr = d + phase (d = kp - (qp + shift)): the distance in
+  // the document's own positions, as for the document alone (and kp - qp
+  // without documents).
   struct Frame {
     int64_t shift = 0, sink0 = 0;
     int64_t k_begin = -kUnbounded, k_end = kUnbounded;
     bool globals = true;
+    int64_t phase = 0;
   };
   static constexpr int64_t kMaxTileDocs = 16;  // documents classify() looks at in one tile
 
   RINGATTN_HD Frame frame(int64_t i) const {
     const int64_t nq = docs.q[docs.count], nk = docs.k[docs.count];
-    return {(docs.k[i + 1] - docs.q[i + 1]) - (nk - nq), docs.k[i], docs.k[i], docs.k[i + 1],
-            !docs.global_across};
+    Frame f;
+    f.shift = (docs.k[i + 1] - docs.q[i + 1]) - (nk - nq);
+    f.sink0 = f.k_begin = docs.k[i];
+    f.k_end = docs.k[i + 1];
+    f.globals = !docs.global_across;
+    f.phase = f.shift - (docs.k[i] - docs.q[i]);
+    return f;
   }
   RINGATTN_HD bool allows_in(const Frame& f, int64_t qp, int64_t kp) const {
     const int64_t d = kp - (qp + f.shift);
     if (d > limit) return false;
     if (has_skips() && skipped(qp, kp)) return false;
     if (!aligned()) {
-      if (d >= lo && d <= hi && (dilation == 1 || d % dilation == 0)) return true;
+      if (d >= lo && d <= hi && (dilation == 1 || (d + f.phase) % dilation == 0)) return true;
     } else if (kp >= band_lo(qp + f.shift) && kp <= band_hi(qp + f.shift) &&
-               (dilation == 1 || d % dilation == 0)) {
+               (dilation == 1 || (d + f.phase) % dilation == 0)) {
       return true;
     }
     if (kp >= f.sink0 && kp < f.sink0 + sinks) return true;

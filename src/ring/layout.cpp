@@ -201,6 +201,10 @@ Layout Layout::of(LayoutKind kind, const AttentionProblem& p, int ranks, bool ke
         c = p.nq > 0 ? c * p.nk / p.nq : 0;
       }
     }
+    // The first cut stays at 0: documents without queries before the first
+    // query still hold keys, which a rank must hold (their dK and dV; global
+    // tokens across documents see them).
+    cuts.front() = 0;
     for (std::size_t i = 1; i < cuts.size(); ++i) cuts[i] = std::max(cuts[i], cuts[i - 1]);
   }
   return from_cuts(n, cuts);
