@@ -5,13 +5,15 @@
 # scheduled imbalance and predicted time for the balanced and zigzag layouts, then runs the
 # balanced layout: measured imbalance and time against the prediction, bytes sent against a
 # full ring, and the error of 64 sampled rows against float64. Takes minutes at 1M tokens.
-# Usage: launch/docs_table.sh [path/to/ringattn] [N] [seed] [P]   (a Markdown table)
+# Usage: [HW=profile.ini] launch/docs_table.sh [path/to/ringattn] [N] [seed] [P]   (Markdown)
+#   HW: the hardware profile the plan uses (default cpu-2core; `ringattn calibrate` writes one)
 #   defaults: build/release/src/ringattn 1048576 2 4
 set -euo pipefail
 bin=${1:-build/release/src/ringattn}
 n=${2:-1048576}
 seed=${3:-2}
 p=${4:-4}
+hw=${HW:-cpu-2core}
 here=$(cd "$(dirname "$0")" && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -34,7 +36,7 @@ for launch in mpi local; do
     name="$p in-process"
   fi
   for layout in zigzag balanced; do
-    "$bin" plan "${plan_ranks[@]}" "${problem[@]}" --layout "$layout" --hardware cpu-2core \
+    "$bin" plan "${plan_ranks[@]}" "${problem[@]}" --layout "$layout" --hardware "$hw" \
       --json --metrics "$tmp/plan-$launch-$layout.jsonl" >/dev/null
   done
   "${run_cmd[@]}" "${problem[@]}" --layout balanced --check-rows 64 \
@@ -59,4 +61,4 @@ print(f"| {name} | balanced | {bal['imbalance_scheduled']:.3f} | {run['imbalance
 PY
 done
 echo
-echo "predicted: ringattn plan --hardware cpu-2core (the shipped profile); measured: ringattn run"
+echo "predicted: ringattn plan --hardware $hw; measured: ringattn run"

@@ -2,7 +2,8 @@
 //
 // Each input is the whole file. It lives in a memfd opened through /proc/self/fd/N, so the
 // reader takes its real path (open, fstat, pread) without touching the disk. Every entry point
-// runs on it: read_npy_header, read_npy (then check_finite), and read_npy_slice along each axis
+// runs on it: read_npy_ints (document offsets), read_npy_header, read_npy (then check_finite),
+// and read_npy_slice along each axis
 // (half the rows, all of them, none) plus out-of-range requests. ringattn::Error is the expected
 // rejection of a bad file; anything else (a crash, a sanitizer report, another exception type,
 // a leak) is a finding. scripts/fuzz.sh runs it on the seed corpus in tests/fuzz/corpus/npy.
@@ -70,6 +71,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   static const MemFile file;
   file.set(data, size);
   const std::string& path = file.path;
+
+  // Index files (document offsets): any bytes are read or rejected with an Error.
+  expect_ok_or_error([&] {
+    const std::vector<int64_t> v = ringattn::read_npy_ints(path);
+    check(v.size() <= size, "read_npy_ints returned more values than the file has bytes");
+  });
 
   ringattn::NpyHeader header;
   try {
