@@ -22,8 +22,10 @@
 // block-diagonal: a query of document i sees only keys of document i, and the
 // rule above applies inside the document, bottom-right aligned per document:
 // the band and the causal bound see the query at qp + shift_i, where
-// shift_i = (k_end_i - q_end_i) - (Nk - Nq) (0 for self-attention), and the
-// sinks are the first `sinks` keys of the document. Global ranges stay inside
+// shift_i = (k_end_i - q_end_i) - (Nk - Nq) (0 for self-attention), the
+// dilation counts the distance in the document's own positions ((kp - k_i) -
+// (qp - q_i): the document alone), and the sinks are the first `sinks` keys of
+// the document. Global ranges stay inside
 // their document unless global_across is set; then they see and are seen by
 // every token (under the causal bound in global positions). Skipped ranges are
 // in global positions.
