@@ -11,6 +11,8 @@
 #   * the MoE stage after attention passes its float64 check under MPI, and its routing
 #     output equals the in-process run's byte for byte; `ringattn moe` alone likewise,
 #     and its failing rank ends the job without leftovers;
+#   * packed documents (--doc-lens, the balanced layout) pass verify and the sampled checks
+#     under MPI, forward and backward, with O and dK equal to the in-process run's;
 #   * the backward pass (--backward, double ring included) passes verify and the sampled
 #     check under MPI, and its dK equals the in-process run's byte for byte; a rank
 #     failing after the backward ends it without leftovers;
@@ -242,6 +244,24 @@ for np in 2 3; do
     cat "$dir/stdout" "$dir/stderr"
   fi
 done
+# Packed documents (the balanced layout, direct transfers posted at step 0): verify and
+# the sampled checks under MPI, and O and dK equal to the in-process run's byte for byte.
+dir="$scratch/np3-documents"
+rm -rf "$dir" && mkdir -p "$dir"
+docs=(--doc-lens 1,700,0,2,1200,97,1000 --causal --sinks 2 --backward)
+launch 3 "$dir" "${common[@]}" "${docs[@]}" --verify --check-rows 16 --out "$dir/o.npy" \
+  --dk-out "$dir/dk.npy"
+"$bin" run --ranks-local 3 "${common[@]}" "${docs[@]}" --out "$dir/o_local.npy" \
+  --dk-out "$dir/dk_local.npy" >"$dir/stdout_local" 2>&1
+if [[ $rc -eq 0 ]] && grep -q "layout balanced" "$dir/stdout" &&
+  grep -q "^  max error .*: ok" "$dir/stdout" && grep -q "^  reference check .*: ok" "$dir/stdout" &&
+  grep -q "^  grad error .*: ok" "$dir/stdout" && cmp -s "$dir/o.npy" "$dir/o_local.npy" &&
+  cmp -s "$dir/dk.npy" "$dir/dk_local.npy"; then
+  pass "-n 3 packed documents (balanced layout)"
+else
+  fail "-n 3 packed documents: exit $rc"
+  cat "$dir/stdout" "$dir/stderr"
+fi
 dir="$scratch/np4-backward-double-ring"
 rm -rf "$dir" && mkdir -p "$dir"
 launch 4 "$dir" "${common[@]}" --causal --backward --verify --hierarchy double-ring \
