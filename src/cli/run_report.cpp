@@ -109,9 +109,9 @@ void print_report(const RunReport& r) {
                table.row({fmt::format("{}", s.rank), fmt::format("{}", s.q_tokens),
                           fmt::format("{}", s.kv_tokens), fmt::format("{}", s.threads),
                           fmt::format("{}/{}", s.computed_steps, s.steps),
-                          fmt::format("{:.3g}", double(s.pairs)), ms(s.total_s),
-                          ms(s.compute_s), ms(s.wait_s), ms(s.step_mean_s),
-                          format_bytes(double(s.bytes_sent)), format_bytes(double(s.peak_bytes))}));
+                          fmt::format("{:.3g}", double(s.pairs)), ms(s.total_s), ms(s.compute_s),
+                          ms(s.wait_s), ms(s.step_mean_s), format_bytes(double(s.bytes_sent)),
+                          format_bytes(double(s.peak_bytes))}));
 
   const auto line = [](const std::string& label, const std::string& value) {
     fmt::print("  {:<{}}{}\n", label, kLabelWidth, value);

@@ -55,8 +55,9 @@ FlashParams make_flash_params(const AttentionArgs& a, const FlashTarget& out) {
     throw Error("cuda kernel: position strides must be >= 1");
   if (a.mask.dilation < 1) throw Error("cuda kernel: mask dilation must be >= 1");
   if (a.mask.docs.on())
-    throw Error("cuda kernel: packed documents are not supported on the GPU yet; expected the cpu "
-                "device");
+    throw Error(
+        "cuda kernel: packed documents are not supported on the GPU yet; expected the cpu "
+        "device");
   if (out.is_state && a.batch != 1)
     throw Error("cuda kernel: a state target takes one batch index at a time (batch must be 1)");
   if (out.mode == FlashOut::merge_f32 && !out.is_state)

@@ -112,8 +112,9 @@ void JobSpec::validate() const {
           std::pair{"moe_gates_out", &moe_gates_path}})
       if (!path->empty()) throw FieldError(field, "needs the MoE stage (moe_experts > 0)");
   if (mask.docs.on() && device != Device::cpu)
-    throw FieldError("device", "packed documents run on the cpu device (the GPU kernel has no "
-                               "document mask yet)");
+    throw FieldError("device",
+                     "packed documents run on the cpu device (the GPU kernel has no "
+                     "document mask yet)");
   check_backward_supported();
   check_device(device, *this);
 }
