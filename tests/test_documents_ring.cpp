@@ -65,17 +65,6 @@ struct DocRingCase {
 constexpr LayoutKind kLayouts[] = {LayoutKind::contiguous, LayoutKind::zigzag, LayoutKind::striped,
                                    LayoutKind::balanced};
 
-// Local rows [B, local, row] of rank r placed at their global positions of [B, n, row].
-void scatter(const Layout& l, int r, int64_t b, int64_t n, int64_t row, const float* local,
-             std::vector<float>& global) {
-  const int64_t nl = l.tokens(r);
-  for (int64_t bi = 0; bi < b; ++bi)
-    for (const Segment& s : l.segments(r))
-      for (int64_t i = 0; i < s.count; ++i)
-        for (int64_t x = 0; x < row; ++x)
-          global[static_cast<std::size_t>((bi * n + s.start + i * s.stride) * row + x)] =
-              local[static_cast<std::size_t>((bi * nl + s.local_offset + i) * row + x)];
-}
 // The same for LSE [B, H, local] into [B, H, n].
 void scatter_lse(const Layout& l, int r, int64_t b, int64_t h, int64_t n, const float* local,
                  std::vector<float>& global) {
@@ -157,7 +146,7 @@ void expect_forward_ok(int p, LayoutKind layout, const Built& s) {
     kopt.threads = 1;
     ring_attention(comm, sch, sh.rp, lo.data(), ll.data(), kopt);
     std::lock_guard<std::mutex> lock(mu);
-    scatter(ql, r, c.b, a.nq, c.hq * c.d, lo.data(), o);
+    test::scatter_rows(ql, r, c.b, a.nq, c.hq * c.d, lo.data(), o);
     scatter_lse(ql, r, c.b, c.hq, a.nq, ll.data(), lse);
   });
 
@@ -286,9 +275,9 @@ void expect_backward_ok(int p, LayoutKind layout, const Built& s) {
     ring_attention_backward(comm, bwd, sh.rp, o.data(), lse.data(), go.as<float>(), lq.data(),
                             lk.data(), lv.data(), kopt);
     std::lock_guard<std::mutex> lock(mu);
-    scatter(ql, r, c.b, a.nq, c.hq * c.d, lq.data(), dq);
-    scatter(kl, r, c.b, a.nk, c.hkv * c.d, lk.data(), dk);
-    scatter(kl, r, c.b, a.nk, c.hkv * c.d, lv.data(), dv);
+    test::scatter_rows(ql, r, c.b, a.nq, c.hq * c.d, lq.data(), dq);
+    test::scatter_rows(kl, r, c.b, a.nk, c.hkv * c.d, lk.data(), dk);
+    test::scatter_rows(kl, r, c.b, a.nk, c.hkv * c.d, lv.data(), dv);
   });
   const double edq = rel_fro(dq, s.ref.dq), edk = rel_fro(dk, s.ref.dk),
                edv = rel_fro(dv, s.ref.dv);

@@ -27,19 +27,6 @@ using test::RingCase;
 // is that rounding against a reference of the same size.
 constexpr double kTol = 1e-5;
 
-// Local rows [B, local, row] of rank r placed at their global positions of
-// [B, n, row].
-void scatter(const Layout& l, int r, int64_t b, int64_t n, int64_t row, const float* local,
-             std::vector<float>& global) {
-  const int64_t nl = l.tokens(r);
-  for (int64_t bi = 0; bi < b; ++bi)
-    for (const Segment& s : l.segments(r))
-      for (int64_t i = 0; i < s.count; ++i)
-        for (int64_t x = 0; x < row; ++x)
-          global[static_cast<std::size_t>((bi * n + s.start + i * s.stride) * row + x)] =
-              local[static_cast<std::size_t>((bi * nl + s.local_offset + i) * row + x)];
-}
-
 struct Result {
   double dq = 0, dk = 0, dv = 0;
   std::vector<RingMetrics> metrics;  // [rank] of the backward
@@ -81,9 +68,9 @@ Result run_case(int p, const RingCase& c, int per_node = 0) {
                                 lk.data(), lv.data(), kopt);
     std::lock_guard<std::mutex> lock(mu);
     res.metrics[static_cast<std::size_t>(r)] = m;
-    scatter(ql, r, c.b, c.nq, c.hq * c.d, lq.data(), dq);
-    scatter(kl, r, c.b, c.nk, c.hkv * c.d, lk.data(), dk);
-    scatter(kl, r, c.b, c.nk, c.hkv * c.d, lv.data(), dv);
+    test::scatter_rows(ql, r, c.b, c.nq, c.hq * c.d, lq.data(), dq);
+    test::scatter_rows(kl, r, c.b, c.nk, c.hkv * c.d, lk.data(), dk);
+    test::scatter_rows(kl, r, c.b, c.nk, c.hkv * c.d, lv.data(), dv);
   });
   const BackwardReference ref = reference_attention_backward(a, dO.as<float>());
   res.dq = rel_fro(dq, ref.dq), res.dk = rel_fro(dk, ref.dk), res.dv = rel_fro(dv, ref.dv);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ringattn/kernel.hpp"
+#include "ringattn/layout.hpp"
 #include "ringattn/tensor.hpp"
 
 namespace ringattn::test {
@@ -180,6 +181,19 @@ inline double rel_fro(const std::vector<float>& x, const std::vector<double>& re
     r2 += ref[i] * ref[i];
   }
   return r2 > 0.0 ? std::sqrt(e2 / r2) : std::sqrt(e2);
+}
+
+// Local rows [B, local, row] of rank r placed at their global positions of
+// [B, n, row] (a ring test gathering each rank's outputs).
+inline void scatter_rows(const Layout& l, int r, int64_t b, int64_t n, int64_t row,
+                         const float* local, std::vector<float>& global) {
+  const int64_t nl = l.tokens(r);
+  for (int64_t bi = 0; bi < b; ++bi)
+    for (const Segment& s : l.segments(r))
+      for (int64_t i = 0; i < s.count; ++i)
+        for (int64_t x = 0; x < row; ++x)
+          global[static_cast<std::size_t>((bi * n + s.start + i * s.stride) * row + x)] =
+              local[static_cast<std::size_t>((bi * nl + s.local_offset + i) * row + x)];
 }
 
 }  // namespace ringattn::test
