@@ -12,6 +12,7 @@
 #include "quant_util.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/quant.hpp"
+#include "ringattn/quant_reference.hpp"  // unpack_codes
 
 namespace ringattn {
 namespace {
