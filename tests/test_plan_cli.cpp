@@ -314,7 +314,11 @@ TEST_F(PlanCli, KvWireAndStoreFormats) {
   EXPECT_EQ(json_number(s, "kv_wire_row_bytes"), 136);
   EXPECT_EQ(json_field(s0, "kv_wire"), "float32");
   EXPECT_EQ(json_number(s0, "kv_wire_row_bytes"), 512);
-  EXPECT_EQ(json_number(s, "bytes_per_step"), json_number(s0, "bytes_per_step") * 136 / 512);
+  // The quantized wire sends whole blocks; the float32 one leaves out rows no
+  // receiver sees (rank 0's back chunk: nobody after it in the ring sees it).
+  const double scaled = json_number(s0, "bytes_per_step") * 136 / 512;
+  EXPECT_GT(json_number(s, "bytes_per_step"), scaled);
+  EXPECT_LT(json_number(s, "bytes_per_step"), scaled * 4 / 3);
   EXPECT_EQ(json_number(s, "mem_k"), json_number(s0, "mem_k"));
   EXPECT_GT(json_number(s, "mem_wire_copy"), 0);
 

@@ -1,4 +1,5 @@
 // Layouts and the ring schedule, without running any attention.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <map>
@@ -194,8 +195,10 @@ TEST(Schedule, BandMaskStopsRotationEarly) {
 
 TEST(Schedule, WindowOnContiguousSendsOnlyToTheRanksThatNeedIt) {
   // 8 ranks of 125 tokens, causal window 200: rank r needs blocks r-1 and r-2
-  // (ceil(199 / 125) = 2 earlier ones): 3 steps. Direct: rank r sends its block
-  // to r+1 and r+2 where they exist; the ring would pass 2 blocks from every rank.
+  // (ceil(199 / 125) = 2 earlier ones): 3 steps. Direct: rank r sends to r+1
+  // and r+2 where they exist, only the rows they see: all 125 to r+1, and to
+  // r+2 (queries from 125 r + 250, keys from 125 r + 51) rows 51..124, 74; the
+  // ring would pass on two blocks from most ranks.
   Mask m = Mask::causal(0);
   m.lo = -199;
   const Layout l(LayoutKind::contiguous, 1000, 8);
@@ -203,13 +206,19 @@ TEST(Schedule, WindowOnContiguousSendsOnlyToTheRanksThatNeedIt) {
   EXPECT_EQ(sch.transfer, Transfer::direct);
   EXPECT_EQ(sch.steps, 3);
   for (int r = 0; r < 8; ++r)
-    EXPECT_EQ(sch.tokens_sent(l, r), 125 * ((r + 1 < 8) + (r + 2 < 8))) << "rank " << r;
+    EXPECT_EQ(sch.tokens_sent(l, r), 125 * (r + 1 < 8) + 74 * (r + 2 < 8)) << "rank " << r;
+  for (int r = 0; r < 8; ++r)  // whole blocks (a quantized wire)
+    EXPECT_EQ(sch.tokens_sent(l, r, false), 125 * ((r + 1 < 8) + (r + 2 < 8))) << "rank " << r;
   ScheduleOptions ring_only;
   ring_only.direct = false;
   const RingSchedule ring = make_ring_schedule(l, l, m, ring_only);
   EXPECT_EQ(ring.transfer, Transfer::ring);
   EXPECT_EQ(ring.steps, 3);
-  for (int r = 0; r < 8; ++r) EXPECT_EQ(ring.tokens_sent(l, r), 2 * 125);
+  // The ring: rank r passes on its own block and then r - 1's, each with the
+  // rows some rank on its way sees: all of it, except rank 7's (nobody's).
+  const auto ring_rows = [](int x) { return x < 7 ? 125 : 0; };
+  for (int r = 0; r < 8; ++r)
+    EXPECT_EQ(ring.tokens_sent(l, r), ring_rows(r) + ring_rows((r + 7) % 8)) << "rank " << r;
 }
 
 TEST(Schedule, ZigzagWindowSkipsTheMiddleSteps) {
@@ -229,8 +238,94 @@ TEST(Schedule, ZigzagWindowSkipsTheMiddleSteps) {
   int64_t sent = 0;
   for (int r = 0; r < p; ++r) sent += sch.tokens_sent(l, r);
   // Rank 0 (c0, c7) needs only rank 1 (c6); rank 3 (c3, c4) needs c2 (rank 2)
-  // and c3 is its own; ranks 1 and 2 need both neighbours: 1 + 1 + 2 + 2 blocks.
+  // and c3 is its own; ranks 1 and 2 need both neighbours: 1 + 1 + 2 + 2 blocks
+  // whole, and of each block only the 255 rows next to the boundary.
+  EXPECT_EQ(sent, 6 * 255);
+  sent = 0;
+  for (int r = 0; r < p; ++r) sent += sch.tokens_sent(l, r, false);
   EXPECT_EQ(sent, 6 * 1024);
+}
+
+TEST(Schedule, TransfersCarryEveryVisibleKeyRowAndNoOther) {
+  // Brute force over every (query, key) pair: each step's work item attends
+  // key rows [k_lo, k_hi) holding every key its queries see; the rows a block
+  // arrives with hold every work item's rows; what a rank passes on it holds.
+  // Bands on contiguous layouts: rows are exactly the first to the last visible
+  // key of each segment (the hull), so a window sends its W boundary rows.
+  struct Case {
+    const char* name;
+    Mask m;
+  };
+  std::vector<Case> cases;
+  cases.push_back({"causal", Mask::causal(0)});
+  Mask w = Mask::causal(0);
+  w.lo = -37;
+  cases.push_back({"causal window 38", w});
+  cases.push_back({"band -20..45", Mask::band(-20, 45)});
+  Mask ws = w;
+  ws.sinks = 3;
+  ws.n_global = 1;
+  ws.global[0] = {150, 154};
+  cases.push_back({"window + sinks + global", ws});
+  for (const Case& c : cases)
+    for (const LayoutKind k : kAll)
+      for (const int p : {2, 3, 5, 8})
+        for (const bool direct : {true, false}) {
+          const int64_t n = 311;
+          const Layout l(k, n, p);
+          ScheduleOptions opt;
+          opt.direct = direct;
+          const RingSchedule sch = make_ring_schedule(l, l, c.m, opt);
+          const std::string where =
+              fmt::format("{} {} P={} {}", c.name, layout_name(k), p, transfer_name(sch.transfer));
+          for (int r = 0; r < p; ++r)
+            for (int t = 0; t < sch.steps; ++t) {
+              const RingStep& st = sch.step(r, t);
+              const auto& qsegs = l.segments(r);
+              const auto& ksegs = l.segments(st.source);
+              const HeldRows held = held_rows(l, st);
+              for (std::size_t j = 0; j < ksegs.size(); ++j) {
+                const Segment& ks = ksegs[j];
+                int64_t first = ks.count, last = -1;  // visible rows of this key segment
+                for (std::size_t i = 0; i < qsegs.size(); ++i) {
+                  const Segment& qs = qsegs[i];
+                  const SegmentWork* item = nullptr;
+                  for (const SegmentWork& x : st.work)
+                    if (x.q_seg == static_cast<int>(i) && x.k_seg == static_cast<int>(j)) item = &x;
+                  for (int64_t a = 0; a < qs.count; ++a)
+                    for (int64_t b = 0; b < ks.count; ++b) {
+                      if (!sch.ring_mask.allows(qs.start + a * qs.stride, ks.start + b * ks.stride))
+                        continue;
+                      ASSERT_NE(item, nullptr) << where << " r=" << r << " t=" << t;
+                      ASSERT_GE(b, item->k_lo) << where;
+                      ASSERT_LT(b, item->k_hi) << where;
+                      first = std::min(first, b), last = std::max(last, b);
+                    }
+                }
+                if (t == 0 || last < 0) continue;
+                ASSERT_TRUE(held.packed) << where;
+                const RowSpan* span = nullptr;
+                for (const RowSpan& x : st.rows)
+                  if (x.seg == static_cast<int>(j)) span = &x;
+                ASSERT_NE(span, nullptr) << where << " r=" << r << " t=" << t;
+                EXPECT_LE(span->lo, first) << where;
+                EXPECT_GT(span->hi, last) << where;
+                if (k == LayoutKind::contiguous && sch.transfer == Transfer::direct &&
+                    c.m.sinks == 0) {
+                  EXPECT_EQ(span->lo, first) << where << " r=" << r << " t=" << t;
+                  EXPECT_EQ(span->hi, last + 1) << where << " r=" << r << " t=" << t;
+                }
+              }
+              // What arrives: from the sender as it holds the block.
+              if (t > 0 && st.recv_from >= 0) {
+                const RingStep& from =
+                    sch.step(st.recv_from, sch.transfer == Transfer::direct ? 0 : st.post);
+                int64_t tokens = 0;
+                for (const TokenRun& run : transfer_runs(l, from, st, 2)) tokens += run.count;
+                EXPECT_EQ(tokens, 2 * st.row_count()) << where;
+              }
+            }
+        }
 }
 
 TEST(Schedule, SinksAndGlobalTokensAreSharedNotRotated) {

@@ -11,7 +11,9 @@
 // visible (query, key) pairs, the compute each rank will do.
 //
 // Sinks and global tokens (see SharedPart) are taken out of the rotation, and
-// the transfer (ring or direct) is the one that sends fewer bytes.
+// the transfer (ring or direct) is the one that sends fewer bytes. A transfer
+// carries only the key rows some query of its receivers can see (RowSpan: a
+// sliding window sends the W rows next to the boundary, not the whole block).
 #pragma once
 
 #include <cstdint>
@@ -27,6 +29,15 @@ struct SegmentWork {
   int k_seg = 0;  // index into the key layout's segments of the source rank
   TileClass cls = TileClass::full;
   int64_t pairs = 0;  // visible (query, key) pairs, per (batch, head)
+  // Rows [k_lo, k_hi) of the key segment: every key of the segment that some
+  // query of the query segment sees lies in them (the kernel attends only these).
+  int64_t k_lo = 0, k_hi = 0;
+};
+
+// Rows [lo, hi) of key segment `seg` of a block (indices into the segment).
+struct RowSpan {
+  int seg = 0;
+  int64_t lo = 0, hi = 0;
 };
 
 // How K/V blocks reach the ranks that need them.
@@ -59,6 +70,14 @@ struct RingStep {
                        // the send of its own block at its step 0 (ring.cpp)
   std::vector<SegmentWork> work;  // empty: nothing to compute at this step
   int64_t pairs = 0;
+  // packed: the held block arrived as only these rows of the source's key
+  // segments (in segment order; per batch entry, K then V, each [rows, Hkv, D]):
+  // the rows some query sees at this step or, in the ring, at a later step the
+  // block is passed on to. Not packed: the source's whole block in its local
+  // order (step 0's own block, the double ring, and any quantized wire).
+  bool packed = false;
+  std::vector<RowSpan> rows;
+  int64_t row_count() const;  // tokens in `rows`
 };
 
 // Tokens of one rank inside a set of position ranges: local indices
@@ -101,7 +120,12 @@ struct RingSchedule {
   int computed_steps(int rank) const;  // steps with work
   // K/V tokens `rank` sends during the rotation (multiply by 2 B Hkv D dtype
   // bytes for bytes); `kv` is the key layout the schedule was made with.
-  int64_t tokens_sent(const Layout& kv, int rank) const;
+  // `packed`: only the rows receivers see (RingStep::rows), as an unquantized
+  // wire sends them; otherwise whole blocks.
+  int64_t tokens_sent(const Layout& kv, int rank, bool packed = true) const;
+  // Tokens of the block that arrives at (rank, step), per batch entry: its rows
+  // when packed, else the source's whole block.
+  int64_t tokens_arriving(const Layout& kv, int rank, int step, bool packed = true) const;
   // max over ranks of rank_pairs / mean: 1.0 is perfectly balanced.
   double imbalance() const;
 };
@@ -116,6 +140,27 @@ struct ScheduleOptions {
   // give the plain ring's order of blocks).
   int per_node = 0;
 };
+
+// Where the key rows of a block held at a step sit: row i of key segment j is
+// token seg_base[j] + i of each batch entry's `tokens` tokens. Packed (the
+// step's rows, when `packed` allows) or the source's whole block in its local order.
+struct HeldRows {
+  bool packed = false;
+  int64_t tokens = 0;
+  std::vector<int64_t> seg_base;  // [key segment of the source]
+};
+HeldRows held_rows(const Layout& kv, const RingStep& st, bool packed = true);
+
+// The runs of tokens a transfer carries: tokens [src, src + count) of the
+// block as the sender holds it (`from`, its batch entries end to end) land at
+// token dst of the block as the receiver holds it (`to`): per batch entry the
+// receiver's rows in order, adjacent runs merged; a whole block is one run.
+// Sender and receiver compute the same runs (one message each, K's then V's).
+struct TokenRun {
+  int64_t src = 0, dst = 0, count = 0;
+};
+std::vector<TokenRun> transfer_runs(const Layout& kv, const RingStep& from, const RingStep& to,
+                                    int64_t batch, bool packed = true);
 
 // Throws Error if the layouts have different rank counts.
 RingSchedule make_ring_schedule(const Layout& q, const Layout& kv, const Mask& mask,

@@ -32,12 +32,14 @@ const LinkSpec& require_link(const HardwareProfile& hw, const LinkSpec& l, const
 // The receive buffers rank r's ring loop allocates (ring.cpp's pool): at step s
 // the transfers posted then each take a buffer whose step has passed and whose
 // sends have completed (or a new one); a send from a held buffer keeps it busy
-// until the end of the step before the one the send delivers.
-int recv_buffers_needed(const RingSchedule& sch, int r) {
+// until the end of the step before the one the send delivers. Returns the
+// buffers allocated once each step's transfers are posted (the pool only grows).
+std::vector<int> recv_buffers_by_step(const RingSchedule& sch, int r) {
   struct Slot {
     int step = -1, sends = 0;
   };
   std::vector<Slot> pool;
+  std::vector<int> by_step;
   std::vector<int> buffer_of(static_cast<std::size_t>(sch.steps), -1);
   std::vector<std::vector<int>> posts(static_cast<std::size_t>(sch.steps));
   std::vector<std::vector<int>> release(static_cast<std::size_t>(sch.steps) + 1);  // [deliver]
@@ -61,10 +63,11 @@ int recv_buffers_needed(const RingSchedule& sch, int r) {
         release[static_cast<std::size_t>(t)].push_back(held);
       }
     }
+    by_step.push_back(static_cast<int>(pool.size()));
     for (const int b : release[static_cast<std::size_t>(s) + 1])
       --pool[static_cast<std::size_t>(b)].sends;
   }
-  return static_cast<int>(pool.size());
+  return by_step;
 }
 
 }  // namespace
@@ -198,9 +201,17 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
     return k_part(rank) + double(in.batch * kvl.tokens(rank) * in.hkv) * wire_row;
   };
   for (int r = 0; r < np; ++r) p.block_bytes = std::max(p.block_bytes, block_bytes(r));
-  int64_t max_kseg = 0;
-  for (int r = 0; r < np; ++r)
-    for (const Segment& s : kvl.segments(r)) max_kseg = std::max(max_kseg, s.count);
+  // An unquantized wire carries only the rows its receivers see (RingStep::rows).
+  const bool packed = !in.kv_wire.on();
+  // The share of its source's block that arrives at (rank, step).
+  const auto arriving_share = [&](int rank, int t) {
+    const int64_t whole = kvl.tokens(sch.step(rank, t).source);
+    return whole == 0 ? 1.0 : double(sch.tokens_arriving(kvl, rank, t, packed)) / double(whole);
+  };
+  // Bytes of the block that arrives at (rank, step).
+  const auto arriving = [&](int rank, int t) {
+    return block_bytes(sch.step(rank, t).source) * arriving_share(rank, t);
+  };
 
   // Sinks and global tokens outside the rotation (ring_shared): gathered once
   // by every rank, attended at step 0. Their pairs are the problem's visible
@@ -244,8 +255,9 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
     if (in.kv_store) m.k = k_part(r);
     m.o = b * nq * hq * d * kFloatBytes;
     m.lse = b * hq * nq * kFloatBytes;
-    m.recv_count = recv_buffers_needed(sch, r);
-    m.recv_buffers = m.recv_count * p.block_bytes;
+    double recv_block = 1.0;  // ring.cpp: the largest block the rank receives, at least 1 byte
+    for (int t = 1; t < p.steps; ++t)
+      if (sch.step(r, t).recv_from >= 0) recv_block = std::max(recv_block, arriving(r, t));
     m.wire_copy = in.kv_wire.on() && !in.kv_store && p.steps > 1 ? block_bytes(r) : 0.0;
     // The own K and V in the storage dtype and their codes, while they are quantized.
     m.loading = in.kv_store ? m.q + 2.0 * b * nk * hkv * d * esz + m.k + m.v : 0.0;
@@ -257,9 +269,24 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
     bool quantized = in.kv_store && in.kv_wire.on();
     for (int s = 1; s < p.steps && in.kv_wire.on() && !quantized; ++s)
       quantized = !sch.step(r, s).work.empty();
-    m.workspace = cpu && rp.pairs > 0 ? kernel_workspace_bytes(max_kseg, in.head_dim, max_rows,
-                                                               in.group(), p.threads, quantized)
-                                      : 0;
+    // The peak comes at the step where the receive buffers allocated so far
+    // (posted at or before it) and its largest kernel call, on the key rows a
+    // work item sees (SegmentWork k_lo..k_hi; step 0 also the shared keys), weigh most.
+    const std::vector<int> pool = recv_buffers_by_step(sch, r);
+    double at_peak = -1;
+    for (int s = 0; s < p.steps; ++s) {
+      int64_t keys = s == 0 && sh.on() ? sh.key_tokens : 0;
+      for (const SegmentWork& sw : sch.step(r, s).work) keys = std::max(keys, sw.k_hi - sw.k_lo);
+      const bool calls = cpu && (!sch.step(r, s).work.empty() || (s == 0 && rp.pairs > 0));
+      const double ws = calls ? kernel_workspace_bytes(keys, in.head_dim, max_rows, in.group(),
+                                                       p.threads, quantized)
+                              : 0.0;
+      const int count = pool[static_cast<std::size_t>(s)];
+      if (count * recv_block + ws > at_peak) {
+        at_peak = count * recv_block + ws;
+        m.recv_count = count, m.recv_buffers = count * recv_block, m.workspace = ws;
+      }
+    }
     p.max_rank_memory = std::max(p.max_rank_memory, m.peak());
     p.total_flops += rp.flops;
     if (sh.on() && np > 1)
@@ -343,8 +370,8 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
     bool own = false;  // the sender's own block: it waits for the send after its last step
   };
   const auto same_node = [&](int x, int y) { return x / w == y / w; };
-  const auto run_pass = [&](double work, const std::function<double(int)>& pass_block,
-                            bool record) {
+  const auto run_pass = [&](double work, const std::function<double(int)>& pass_block, bool record,
+                            bool trim) {
     double sent = 0;
     std::vector<std::vector<Flight>> due(static_cast<std::size_t>(p.steps) + 1);  // [deliver]
     std::vector<double> serial(static_cast<std::size_t>(np)), arrive(serial), posted(serial);
@@ -371,7 +398,8 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
           // Direct: r receives from the owner; else r sends what it holds.
           const int from = direct ? nx.recv_from : r, to = direct ? r : nx.send_to;
           const auto fi = static_cast<std::size_t>(from);
-          const double bytes = pass_block(direct ? from : rs.source);
+          const double bytes =
+              pass_block(direct ? from : rs.source) * (trim ? arriving_share(to, t) : 1.0);
           const LinkSpec& l = link_of(from, to);
           const double x = l.seconds(bytes, kMessagesPerStep);
           const double t0 = direct ? std::max(start[ri], pass_start[fi]) : start[ri];
@@ -443,25 +471,31 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
     }
     return sent;
   };
-  sent_total += run_pass(1.0, block_bytes, true);
+  sent_total += run_pass(1.0, block_bytes, true, packed);
   // Per level (RankPlan), as LevelCounter counts run's messages: the ring's K and
   // V, the shared rows' all-gathers and the global query states' all-to-all.
-  const auto count = [&](int from, int to, double bytes) {
+  const auto count = [&](int from, int to, double bytes, int64_t messages = 1) {
     if (from == to || !(bytes > 0)) return;
     RankPlan& rp = p.per_rank[static_cast<std::size_t>(from)];
     const int64_t n = std::llround(bytes);
     if (same_node(from, to))
-      rp.intra_bytes += n, ++rp.intra_messages;
+      rp.intra_bytes += n, rp.intra_messages += messages;
     else
-      rp.inter_bytes += n, ++rp.inter_messages;
+      rp.inter_bytes += n, rp.inter_messages += messages;
   };
   for (int r = 0; r < np; ++r)
     for (int t = 1; t < p.steps; ++t) {
       const RingStep& st = sch.step(r, t);
       if (st.send_to < 0) continue;
-      const int src = sch.transfer == Transfer::direct ? r : sch.step(r, st.post).source;
-      count(r, st.send_to, k_part(src));
-      count(r, st.send_to, block_bytes(src) - k_part(src));
+      const bool own = sch.transfer == Transfer::direct;
+      const RingStep& held = sch.step(r, own ? 0 : st.post);
+      const RingStep& to = sch.step(st.send_to, t);
+      // ring.cpp's messages: a run of rows each (transfer_runs), K's then V's.
+      const auto runs = static_cast<int64_t>(transfer_runs(kvl, held, to, in.batch, packed).size());
+      const double part = arriving_share(st.send_to, t);
+      count(r, st.send_to, k_part(held.source) * part, packed ? runs : 1);
+      count(r, st.send_to, (block_bytes(held.source) - k_part(held.source)) * part,
+            packed ? runs : 1);
     }
   if (sh.on() && np > 1)
     for (int r = 0; r < np; ++r) {
@@ -485,13 +519,13 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
     sp.passes = rest4 ? 3 : 2;
     const auto slowest_end = [&] { return *std::max_element(end.begin(), end.end()); };
     // Each pass gathers the shared rows again (a collective) before its ring.
-    const auto later_pass = [&](double work, const std::function<double(int)>& row) {
+    const auto later_pass = [&](double work, const std::function<double(int)>& row, bool trim) {
       const double from = slowest_end() + shared_s;
       std::fill(start.begin(), start.end(), from);
-      sp.sent += shared_total + run_pass(work, row, false);
+      sp.sent += shared_total + run_pass(work, row, false, trim);
     };
     const double exact_end = slowest_end();
-    later_pass(0.5, block_bytes);
+    later_pass(0.5, block_bytes, packed);
     const double imp_end = slowest_end();
     sp.importance_s = imp_end - exact_end;
     sp.allreduce_bytes = b * double(in.select.heads(in.hq, in.hkv)) * double(in.nk) * 8.0;
@@ -501,12 +535,13 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
       sp.sent += share * np;
     }
     std::fill(end.begin(), end.end(), imp_end + sp.allreduce_s);
-    later_pass(1.0, block_bytes);
+    later_pass(1.0, block_bytes, packed);
     if (rest4) {
       const double rest_row = double(in.select.rest_format().row_bytes(in.head_dim));
-      later_pass(1.0, [&](int rank) {
-        return 2.0 * double(in.batch * kvl.tokens(rank) * in.hkv) * rest_row;
-      });
+      later_pass(
+          1.0,
+          [&](int rank) { return 2.0 * double(in.batch * kvl.tokens(rank) * in.hkv) * rest_row; },
+          false);
     }
     sp.final_s = slowest_end() - imp_end - sp.allreduce_s;
     const double extra = rest4 ? 2.5 : 1.5;  // x the exact pass: half of it, the final pass(es)

@@ -78,8 +78,11 @@ BackwardPlan plan_backward(const PlanInput& in, const Layout& ql, const Layout& 
       for (int t = s + 1; t < sch.steps; ++t) {
         const RingStep& nx = sch.step(r, t);
         if (nx.post != s || nx.send_to < 0) continue;
+        // Only the rows the receiver holds (RingStep::rows; the backward's wire is unquantized).
+        const int src = sch.transfer == Transfer::direct ? r : sch.step(r, nx.post).source;
+        const double whole = double(kvl.tokens(src));
         const double bytes =
-            block(sch.transfer == Transfer::direct ? r : sch.step(r, nx.post).source);
+            whole > 0 ? block(src) * double(sch.tokens_arriving(kvl, nx.send_to, t)) / whole : 0.0;
         bp.sent[ri] += bytes;
         x += link_of(r, nx.send_to).seconds(bytes, 2);
       }

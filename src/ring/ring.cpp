@@ -63,9 +63,13 @@ void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, cons
   const std::size_t esz = dtype_size(p.dtype);
 
   m.steps = sch.steps;
+  for (int s = 0; s < np; ++s) m.block_bytes = std::max(m.block_bytes, block_bytes(p, s).total());
+  // Receive buffers hold the largest block this rank receives (packed rows or whole).
   std::size_t max_block = 0;
-  for (int s = 0; s < np; ++s) max_block = std::max(max_block, block_bytes(p, s).total());
-  m.block_bytes = max_block;
+  for (int t = 1; t < sch.steps; ++t)
+    if (sch.step(r, t).recv_from >= 0)
+      max_block = std::max(max_block, detail::held_bytes(p, sch.step(r, t)).total());
+  max_block = std::max<std::size_t>(max_block, 1);
 
   // The own block in the wire format, quantized once: what this rank sends.
   std::unique_ptr<EngineBuffer> own_wire;
@@ -103,7 +107,7 @@ void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, cons
   struct InFlight {
     int deliver = 0;
     int from_buffer = -1;  // the buffer the send reads (-1: the own block)
-    Request recv_k, recv_v, send_k, send_v;
+    std::vector<Request> recvs, sends;
   };
   std::vector<InFlight> in_flight;
   // [step]: the later steps whose transfers this rank posts at that step. A
@@ -129,7 +133,8 @@ void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, cons
     const double visitor_wait0 = pass.waited_s;
     pass.begin_step(s);
     const RingStep& st = sch.step(r, s);
-    const BlockBytes held_bytes = block_bytes(p, st.source);  // K, then V
+    const HeldRows held = detail::held_layout(p, st);
+    const BlockBytes held_bytes = detail::held_bytes(p, st);  // K, then V
     const bool held_quantized = p.kv_wire.on() && (s > 0 || p.kv_stored != nullptr);
     const int held_buffer = buffer_of[static_cast<std::size_t>(s)];
     const char* held_k = s == 0 && p.kv_stored != nullptr ? own_codes
@@ -141,7 +146,9 @@ void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, cons
         s == 0 && p.kv_stored == nullptr ? static_cast<const char*>(p.v) : held_k + held_bytes.k;
 
     // Transfers posted at this step (the next step's, and a double ring's next
-    // round's): K and V as two messages, tags 2t and 2t + 1 for the step t they deliver.
+    // round's): the K messages with tag 2t, then the V messages with tag 2t + 1,
+    // for the step t they deliver (detail::transfer_pieces: only the rows the
+    // receiver holds).
     for (const int posted : posts[static_cast<std::size_t>(s)]) {
       const int t = posted < 0 ? -posted : posted;
       const bool recv = posted > 0, send = !direct || posted < 0;
@@ -153,36 +160,41 @@ void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, cons
         const int b = take_buffer(s);
         buffers[static_cast<std::size_t>(b)].step = t;
         buffer_of[static_cast<std::size_t>(t)] = b;
-        const BlockBytes in = block_bytes(p, nx.source);
         char* into = buffers[static_cast<std::size_t>(b)].mem->as<char>();
-        f.recv_k = comm.irecv(into, in.k, nx.recv_from, 2 * t);
-        f.recv_v = comm.irecv(into + in.k, in.v, nx.recv_from, 2 * t + 1);
+        char* into_v = into + detail::held_bytes(p, nx).k;
+        const RingStep& sender = sch.step(nx.recv_from, direct ? 0 : nx.post);
+        for (const detail::Piece& pc : detail::transfer_pieces(p, sender, nx))
+          f.recvs.push_back(
+              comm.irecv((pc.v ? into_v : into) + pc.dst, pc.bytes, nx.recv_from, 2 * t + pc.v));
       }
       if (send && nx.send_to >= 0) {
         // ring: pass on the held block; direct: send the own block.
         // A quantized wire sends the own block's codes (held at step 0 is the exact block).
         const bool own = sch.transfer == Transfer::direct || (s == 0 && own_codes != nullptr);
         const char* own_k = own_codes != nullptr ? own_codes : static_cast<const char*>(p.k);
-        const BlockBytes own_bytes = block_bytes(p, r);
         const char* own_v =
-            own_codes != nullptr ? own_k + own_bytes.k : static_cast<const char*>(p.v);
+            own_codes != nullptr ? own_k + block_bytes(p, r).k : static_cast<const char*>(p.v);
         const char* k = own ? own_k : held_k;
         const char* v = own ? own_v : held_v;
-        const BlockBytes out = own ? own_bytes : held_bytes;
-        static const char kNoRows = 0;  // an empty block (a rank with no tokens) sends 0 bytes
-        if (k == nullptr && out.total() == 0) k = v = &kNoRows;
-        if (k == nullptr) throw Error("ring: schedule sends a block this rank does not hold");
-        f.send_k = comm.isend(k, out.k, nx.send_to, 2 * t);
-        f.send_v = comm.isend(v, out.v, nx.send_to, 2 * t + 1);
+        const RingStep& from = own ? sch.step(r, 0) : st;
+        const std::vector<detail::Piece> pieces =
+            detail::transfer_pieces(p, from, sch.step(nx.send_to, t));
+        if (k == nullptr && !pieces.empty())
+          throw Error("ring: schedule sends a block this rank does not hold");
+        for (const detail::Piece& pc : pieces) {
+          f.sends.push_back(
+              comm.isend((pc.v ? v : k) + pc.src, pc.bytes, nx.send_to, 2 * t + pc.v));
+          m.bytes_sent += static_cast<int64_t>(pc.bytes);
+        }
         if (!own && held_buffer >= 0) {
           f.from_buffer = held_buffer;
           ++buffers[static_cast<std::size_t>(held_buffer)].sends;
         }
-        m.bytes_sent += static_cast<int64_t>(out.total());
       }
       if (send && nx.send_to >= 0 && f.from_buffer < 0) {  // the own block: wait at the end
         InFlight o;
-        o.send_k = std::move(f.send_k), o.send_v = std::move(f.send_v);
+        o.sends = std::move(f.sends);
+        f.sends.clear();
         own_sends.push_back(std::move(o));
       }
       if (!(direct && !recv)) in_flight.push_back(std::move(f));
@@ -190,30 +202,30 @@ void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, cons
 
     const Clock::time_point t0 = Clock::now();
     const double visitor_wait1 = pass.waited_s;
-    const int64_t nk_src = p.kv_layout->tokens(st.source);
     std::optional<QuantBlock> held_q;  // a received or stored block: codes and scales
     if (held_quantized && !st.work.empty()) held_q.emplace(p, st.source, const_cast<char*>(held_k));
     for (const SegmentWork& w : st.work) {
       if (held_k == nullptr) throw Error("ring: schedule computes on a block never received");
       const Segment& qs = p.q_layout->segments(r)[static_cast<std::size_t>(w.q_seg)];
       const Segment& ks = p.kv_layout->segments(st.source)[static_cast<std::size_t>(w.k_seg)];
+      // Only the key rows [k_lo, k_hi) some query of the segment sees.
+      const int64_t k_first = held.seg_base[static_cast<std::size_t>(w.k_seg)] + w.k_lo;
       for (int64_t b = 0; b < p.batch; ++b) {
-        AttentionArgs a = AttentionArgs::block(p, qs.count, ks.count, sch.ring_mask);
-        a.qpos = qs.positions(), a.kpos = ks.positions();
+        AttentionArgs a = AttentionArgs::block(p, qs.count, w.k_hi - w.k_lo, sch.ring_mask);
+        a.qpos = qs.positions(), a.kpos = ks.positions().from(w.k_lo);
         a.keep = p.keep_of(b);
         a.q = static_cast<const char*>(p.q) +
               static_cast<std::size_t>((b * nq + qs.local_offset) * p.hq * d) * esz;
+        const int64_t token = b * held.tokens + k_first;
         if (held_q) {
-          const int64_t row0 = (b * nk_src + ks.local_offset) * p.hkv;
-          a.kq = held_q->k.from(row0);
-          a.vq = held_q->v.from(row0);
+          a.kq = held_q->k.from(token * p.hkv);
+          a.vq = held_q->v.from(token * p.hkv);
         } else {
-          const std::size_t k_off =
-              static_cast<std::size_t>((b * nk_src + ks.local_offset) * p.hkv * d) * esz;
+          const std::size_t k_off = static_cast<std::size_t>(token * p.hkv * d) * esz;
           a.k = held_k + k_off;
           a.v = held_v + k_off;
         }
-        m.tiles += pass.compute(s, st, a, b, qs.local_offset, ks.local_offset);
+        m.tiles += pass.compute(s, st, a, b, qs.local_offset, ks.local_offset + w.k_lo);
       }
     }
     pass.end_compute(s);
@@ -225,10 +237,8 @@ void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, cons
     const Clock::time_point t_wait = Clock::now();
     for (InFlight& f : in_flight) {
       if (f.deliver != s + 1) continue;
-      f.recv_k.wait();
-      f.recv_v.wait();
-      f.send_k.wait();
-      f.send_v.wait();
+      for (Request& q : f.recvs) q.wait();
+      for (Request& q : f.sends) q.wait();
       if (f.from_buffer >= 0) --buffers[static_cast<std::size_t>(f.from_buffer)].sends;
     }
     in_flight.erase(std::remove_if(in_flight.begin(), in_flight.end(),
@@ -249,7 +259,8 @@ void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, cons
   // The own block's sends: their receivers post every receive without waiting
   // for this rank, so these complete.
   const Clock::time_point t_sends = Clock::now();
-  for (InFlight& f : own_sends) f.send_k.wait(), f.send_v.wait();
+  for (InFlight& f : own_sends)
+    for (Request& q : f.sends) q.wait();
   m.wait_s += since(t_sends);
   eng.sync();
   m.bytes_sent += pass.bytes_sent;

@@ -33,6 +33,36 @@ QuantBlock::QuantBlock(const RingProblem& p, int rank, char* base) {
   v = QuantRows::in_buffer(f, block_rows(p, rank), d, base + block_bytes(p, rank).k);
 }
 
+HeldRows held_layout(const RingProblem& p, const RingStep& st) {
+  return held_rows(*p.kv_layout, st, !p.kv_wire.on());
+}
+
+BlockBytes held_bytes(const RingProblem& p, const RingStep& st) {
+  const HeldRows h = held_layout(p, st);
+  if (!h.packed) return block_bytes(p, st.source);
+  const auto b =
+      static_cast<std::size_t>(p.batch * h.tokens * p.hkv * p.head_dim) * dtype_size(p.dtype);
+  return {b, b};
+}
+
+std::vector<Piece> transfer_pieces(const RingProblem& p, const RingStep& from, const RingStep& to) {
+  std::vector<Piece> out;
+  if (p.kv_wire.on()) {  // quantized: whole blocks, K's codes then V's
+    if (from.source != to.source) throw Error("ring: a transfer between different blocks");
+    const BlockBytes b = block_bytes(p, to.source);
+    if (b.k > 0) out.push_back({false, 0, 0, b.k});
+    if (b.v > 0) out.push_back({true, 0, 0, b.v});
+    return out;
+  }
+  const std::size_t token = static_cast<std::size_t>(p.hkv * p.head_dim) * dtype_size(p.dtype);
+  for (const bool v : {false, true})
+    for (const TokenRun& r : transfer_runs(*p.kv_layout, from, to, p.batch))
+      out.push_back({v, static_cast<std::size_t>(r.src) * token,
+                     static_cast<std::size_t>(r.dst) * token,
+                     static_cast<std::size_t>(r.count) * token});
+  return out;
+}
+
 namespace {
 
 // Rows [row0, row0 + n) of q dequantized into dst in the storage dtype.

@@ -41,6 +41,24 @@ struct QuantBlock {
   QuantBlock& operator=(const QuantBlock&) = delete;
 };
 
+// The block held at st (ringattn/schedule.hpp: HeldRows): packed only for an
+// unquantized wire.
+HeldRows held_layout(const RingProblem& p, const RingStep& st);
+// Bytes of the K and V parts of the block as held at st.
+BlockBytes held_bytes(const RingProblem& p, const RingStep& st);
+
+// One message of a transfer: `bytes` bytes of the K part (v = false) or the V
+// part, from byte `src` of the sender's held part to byte `dst` of the receiver's.
+struct Piece {
+  bool v = false;
+  std::size_t src = 0, dst = 0, bytes = 0;
+};
+// The messages that carry a block held as `from` (the sender's step) to a
+// receiver that holds it as `to`: transfer_runs' runs of K, then of V; one per
+// part for a quantized wire. Sender and receiver compute the same list; empty
+// messages are left out.
+std::vector<Piece> transfer_pieces(const RingProblem& p, const RingStep& from, const RingStep& to);
+
 class SharedRows {
  public:
   // Gathers the shared keys and global query rows (collectives: every rank

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "ringattn/attention.hpp"
 #include "ringattn/error.hpp"
@@ -33,15 +34,75 @@ const char* transfer_name(Transfer t) {
   return "?";
 }
 
-int64_t RingSchedule::tokens_sent(const Layout& kv, int rank) const {
+int64_t RingStep::row_count() const {
+  int64_t n = 0;
+  for (const RowSpan& r : rows) n += r.hi - r.lo;
+  return n;
+}
+
+int64_t RingSchedule::tokens_arriving(const Layout& kv, int rank, int s, bool packed) const {
+  const RingStep& st = step(rank, s);
+  return packed && st.packed ? st.row_count() : kv.tokens(st.source);
+}
+
+int64_t RingSchedule::tokens_sent(const Layout& kv, int rank, bool packed) const {
   int64_t n = 0;
   for (int s = 1; s < steps; ++s) {
     const RingStep& st = step(rank, s);
-    if (st.send_to < 0) continue;
-    // ring: the block held when the transfer is posted; direct: the rank's own.
-    n += kv.tokens(transfer == Transfer::direct ? rank : step(rank, st.post).source);
+    if (st.send_to >= 0) n += tokens_arriving(kv, st.send_to, s, packed);
   }
   return n;
+}
+
+HeldRows held_rows(const Layout& kv, const RingStep& st, bool packed) {
+  HeldRows h;
+  const auto& segs = kv.segments(st.source);
+  h.packed = packed && st.packed;
+  if (!h.packed) {
+    h.tokens = kv.tokens(st.source);
+    for (const Segment& s : segs) h.seg_base.push_back(s.local_offset);
+    return h;
+  }
+  h.seg_base.assign(segs.size(), 0);
+  for (const RowSpan& r : st.rows) {
+    if (r.seg < 0 || static_cast<std::size_t>(r.seg) >= segs.size() || r.lo < 0 || r.hi < r.lo ||
+        r.hi > segs[static_cast<std::size_t>(r.seg)].count)
+      throw Error("ring schedule: rows outside the source's key segments");
+    h.seg_base[static_cast<std::size_t>(r.seg)] = h.tokens - r.lo;
+    h.tokens += r.hi - r.lo;
+  }
+  return h;
+}
+
+std::vector<TokenRun> transfer_runs(const Layout& kv, const RingStep& from, const RingStep& to,
+                                    int64_t batch, bool packed) {
+  if (from.source != to.source) throw Error("ring schedule: a transfer between different blocks");
+  const HeldRows f = held_rows(kv, from, packed), t = held_rows(kv, to, packed);
+  std::vector<TokenRun> out;
+  if (!t.packed) {  // the whole block: the sender holds it whole too
+    if (f.packed) throw Error("ring schedule: a whole block passed on from packed rows");
+    if (f.tokens > 0) out.push_back({0, 0, batch * f.tokens});
+    return out;
+  }
+  for (const RowSpan& r : to.rows) {
+    bool held = !f.packed;
+    for (const RowSpan& h : from.rows)
+      held = held || (h.seg == r.seg && h.lo <= r.lo && r.hi <= h.hi);
+    if (!held) throw Error("ring schedule: rows passed on that the sender does not hold");
+  }
+  int64_t dst = 0;
+  for (int64_t b = 0; b < batch; ++b)
+    for (const RowSpan& r : to.rows) {
+      const int64_t src = b * f.tokens + f.seg_base[static_cast<std::size_t>(r.seg)] + r.lo;
+      const int64_t n = r.hi - r.lo;
+      if (n == 0) continue;
+      if (!out.empty() && out.back().src + out.back().count == src)
+        out.back().count += n;
+      else
+        out.push_back({src, dst, n});
+      dst += n;
+    }
+  return out;
 }
 
 double RingSchedule::imbalance() const {
@@ -135,6 +196,50 @@ Mask ring_mask_of(const Mask& mask, const SharedPart& sp) {
   return m;
 }
 
+// Rows [lo, hi) of key segment b holding every key some query of segment a
+// sees: the longest prefix and suffix that classify() calls empty, found by
+// bisection (a part of an empty range is empty).
+void visible_rows(const Mask& mask, const Segment& a, const Segment& b, SegmentWork* w) {
+  const auto empty = [&](int64_t i0, int64_t i1) {  // keys [i0, i1) of b
+    return i1 <= i0 || mask.classify(a.start, a.last(), b.start + i0 * b.stride,
+                                     b.start + (i1 - 1) * b.stride) == TileClass::empty;
+  };
+  int64_t lo = 0, bad = b.count;  // [0, lo) empty, [0, bad) not
+  while (bad - lo > 1) {
+    const int64_t mid = lo + (bad - lo) / 2;
+    (empty(0, mid) ? lo : bad) = mid;
+  }
+  int64_t hi = b.count;
+  bad = lo;  // [hi, count) empty, [bad, count) not
+  while (hi - bad > 1) {
+    const int64_t mid = bad + (hi - bad) / 2;
+    (empty(mid, b.count) ? hi : bad) = mid;
+  }
+  w->k_lo = lo, w->k_hi = hi;
+}
+
+// Per key segment of a block, the hull of the rows that work items see.
+class Hull {
+ public:
+  explicit Hull(std::size_t segs) : lo_(segs, std::numeric_limits<int64_t>::max()), hi_(segs, 0) {}
+  void add(const RingStep& st) {
+    for (const SegmentWork& w : st.work) {
+      const auto j = static_cast<std::size_t>(w.k_seg);
+      lo_[j] = std::min(lo_[j], w.k_lo);
+      hi_[j] = std::max(hi_[j], w.k_hi);
+    }
+  }
+  std::vector<RowSpan> spans() const {
+    std::vector<RowSpan> out;
+    for (std::size_t j = 0; j < lo_.size(); ++j)
+      if (lo_[j] < hi_[j]) out.push_back({static_cast<int>(j), lo_[j], hi_[j]});
+    return out;
+  }
+
+ private:
+  std::vector<int64_t> lo_, hi_;
+};
+
 // The work of rank r with the block of `source`.
 RingStep step_work(const Layout& q, const Layout& kv, const Mask& mask, int r, int source) {
   RingStep st;
@@ -151,7 +256,9 @@ RingStep step_work(const Layout& q, const Layout& kv, const Mask& mask, int r, i
                                                    : visible_pairs(mask, a.positions(), a.count,
                                                                    b.positions(), b.count);
       if (pairs == 0) continue;
-      st.work.push_back({i, j, cls, pairs});
+      SegmentWork w{i, j, cls, pairs, 0, b.count};
+      if (cls != TileClass::full) visible_rows(mask, a, b, &w);
+      st.work.push_back(w);
       st.pairs += pairs;
     }
   return st;
@@ -248,8 +355,26 @@ RingSchedule make_ring_schedule(const Layout& q, const Layout& kv, const Mask& m
     return !by[static_cast<std::size_t>(mod(r, p))][static_cast<std::size_t>(s)].work.empty();
   };
 
-  // Tokens each transfer would send: the ring passes every held block on at
+  // The rows each transfer carries: direct, the rows the receiver's work sees;
+  // the ring, every row of the block that any rank on its way round sees.
+  std::vector<Hull> ring_rows;  // [source]
+  for (int src = 0; src < p; ++src) {
+    ring_rows.emplace_back(kv.segments(src).size());
+    for (int s = 1; s <= last_needed; ++s)
+      ring_rows.back().add(
+          by[static_cast<std::size_t>(mod(src + s, p))][static_cast<std::size_t>(s)]);
+  }
+  const auto direct_rows = [&](int r, int s) {
+    Hull h(kv.segments(mod(r - s, p)).size());
+    h.add(by[static_cast<std::size_t>(r)][static_cast<std::size_t>(s)]);
+    return h;
+  };
+  // Blocks each transfer would send: the ring passes every held block on at
   // every step up to the last needed one; direct sends only needed blocks.
+  // Compared by whole blocks: direct talks to ranks other than the neighbours,
+  // worth it where it drops whole blocks (steps in the middle), not to save
+  // the part of a block some ranks do not see (causal zigzag's back chunk:
+  // 25% of the bytes, at the price of every rank talking to every other one).
   int64_t ring_tokens = 0, direct_tokens = 0;
   for (int r = 0; r < p; ++r)
     for (int s = 1; s < p; ++s) {
@@ -272,9 +397,13 @@ RingSchedule make_ring_schedule(const Layout& q, const Layout& kv, const Mask& m
       if (i > 0 && sch.transfer == Transfer::ring) {
         st.recv_from = mod(r - 1, p);
         st.send_to = mod(r + 1, p);
+        st.packed = true;
+        st.rows = ring_rows[static_cast<std::size_t>(mod(r - s, p))].spans();
       } else if (i > 0) {
         st.recv_from = needs(r, s) ? mod(r - s, p) : -1;
         st.send_to = needs(r + s, s) ? mod(r + s, p) : -1;
+        st.packed = st.recv_from >= 0;
+        if (st.packed) st.rows = direct_rows(r, s).spans();
       }
       sch.per_rank[static_cast<std::size_t>(r)].push_back(std::move(st));
     }
