@@ -36,8 +36,12 @@ enum class LayoutKind : uint8_t { contiguous, zigzag, striped, balanced };
 
 std::string layout_name(LayoutKind k);
 LayoutKind parse_layout(const std::string& s);  // throws Error naming --layout
-// What `--layout auto` means: balanced with documents, zigzag when causal, else contiguous.
-LayoutKind auto_layout(const Mask& mask, bool causal);
+// What `--layout auto` means: balanced with documents; when causal,
+// contiguous for a window of at most nk / kWindowContiguousShare keys (work
+// within 3.2% of even, one neighbour's boundary rows sent), else zigzag;
+// contiguous when not causal.
+inline constexpr int64_t kWindowContiguousShare = 16;
+LayoutKind auto_layout(const Mask& mask, bool causal, int64_t nk);
 
 // Global positions start + i * stride for i in [0, count).
 struct Segment {

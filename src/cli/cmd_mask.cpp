@@ -46,8 +46,9 @@ CommandSpec mask_spec() {
           "cells"),
       OptionSpec::choice("layout", kLayoutAuto,
                          {kLayoutAuto, "contiguous", "zigzag", "striped", "balanced"},
-                         "how tokens are split over ranks (auto: balanced with documents, else "
-                         "zigzag when causal, else contiguous)"),
+                         "how tokens are split over ranks (auto: balanced with documents; when "
+                         "causal contiguous for a window of at most N/16 keys, else zigzag; "
+                         "contiguous when not causal)"),
       OptionSpec::integer("ranks", "1", "ranks P whose boundaries are marked").positive(),
       OptionSpec::flag("show", "true", "print the picture as ASCII"),
       OptionSpec::text("svg", "", "also write the picture as an SVG image").as_output(),
@@ -98,8 +99,8 @@ int cmd_mask(int argc, char** argv) {
   p.mask_text = masks.describe();
   p.ranks = static_cast<int>(checked(*opt, "ranks", 1, kMaxRanks));
   const std::string& layout = opt->text("layout");
-  p.layout =
-      layout == kLayoutAuto ? auto_layout(p.mask_problem, masks.causal) : parse_layout(layout);
+  p.layout = layout == kLayoutAuto ? auto_layout(p.mask_problem, masks.causal, p.nk)
+                                   : parse_layout(layout);
   const std::string svg_path = opt->has("svg") ? opt->text("svg") : std::string();
 
   std::optional<AtomicFile> svg;  // opened first: an unwritable path fails before any output

@@ -50,8 +50,9 @@ CommandSpec run_spec() {
       OptionSpec::text("v", "", "values, the same shape as the keys (.npy)").as_input(),
       OptionSpec::choice("layout", kLayoutAuto,
                          {kLayoutAuto, "contiguous", "zigzag", "striped", "balanced"},
-                         "how tokens are split over ranks (auto: balanced with documents, else "
-                         "zigzag when causal, else contiguous)"),
+                         "how tokens are split over ranks (auto: balanced with documents; when "
+                         "causal contiguous for a window of at most N/16 keys, else zigzag; "
+                         "contiguous when not causal)"),
       OptionSpec::choice("hierarchy", "flat", {"flat", "double-ring", "a2a-ring", "auto"},
                          "communication over nodes: flat (one ring over all ranks), double-ring "
                          "(blocks circulate inside each node while each round's blocks cross to "
@@ -183,7 +184,7 @@ RunConfig make_problem_config(const ParsedOptions& opt) {
   c.masks.attach_documents(&c);
   c.mask_text = c.masks.describe();
   const std::string& layout = opt.text("layout");
-  c.layout = layout == kLayoutAuto ? auto_layout(c.mask, c.causal) : parse_layout(layout);
+  c.layout = layout == kLayoutAuto ? auto_layout(c.mask, c.causal, c.nk) : parse_layout(layout);
   return c;
 }
 
