@@ -13,8 +13,12 @@
 #   --bind core|socket|none
 #                         what each rank is bound to (default: none, so a rank's OpenMP
 #                         threads may use every core; `core` pins one core per rank)
-#   --threads T           OMP_NUM_THREADS for every rank (default 1 when ranks share this
-#                         machine, else unset: OpenMP's default)
+#   --threads T           OMP_NUM_THREADS for every rank (default: an exported
+#                         OMP_NUM_THREADS, else the cores each rank is bound to, shared
+#                         out: nproc / P with --bind none on this machine (at least 1), 1
+#                         with --bind core; unset with a hostfile or --bind socket, where
+#                         `ringattn run` counts the cores of each rank's binding and the
+#                         ranks sharing them); said on stderr
 #   --oversubscribe       allow more ranks than cores: single-node simulation of a bigger
 #                         job (added automatically when P exceeds this machine's cores and
 #                         there is no hostfile)
@@ -75,7 +79,18 @@ elif ((np > $(nproc))); then
 fi
 [[ -n "$per_node" ]] && args+=(--map-by "ppr:${per_node}:node")
 ((oversubscribe)) && args+=(--oversubscribe)
-if [[ -z "$threads" && -z "$hostfile" ]]; then threads=1; fi
+if [[ -z "$threads" && -z "$hostfile" && -z "${OMP_NUM_THREADS:-}" ]]; then
+  cores=$(nproc)  # the cores this shell may use (nproc obeys OMP_NUM_THREADS: unset here)
+  case "$bind" in
+    none)
+      threads=$((cores / np))
+      ((threads >= 1)) || threads=1
+      echo "launch/mpirun.sh: $np rank(s) share this machine's $cores cores: $threads thread(s) per rank (OMP_NUM_THREADS; --threads to change)" >&2 ;;
+    core)
+      threads=1
+      echo "launch/mpirun.sh: each rank bound to one core: 1 thread per rank (OMP_NUM_THREADS)" >&2 ;;
+  esac
+fi
 [[ -n "$threads" ]] && export OMP_NUM_THREADS="$threads"
 for v in OMP_NUM_THREADS OPENBLAS_CORETYPE $(compgen -e | grep '^RINGATTN_' || true); do
   [[ -n "${!v:-}" ]] && args+=(-x "$v")

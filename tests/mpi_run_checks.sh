@@ -285,5 +285,28 @@ else
   cat "$dir/stderr"
 fi
 
+# Threads per rank from the binding: without --threads and OMP_NUM_THREADS, 3
+# unbound ranks on this machine share its cores (at least one thread each); the
+# header says why. The wall-time breakdown adds up to no more than the command.
+dir="$scratch/threads"
+rm -rf "$dir" && mkdir -p "$dir"
+cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc obeys OMP_NUM_THREADS
+want=$((cores / 3))
+((want >= 1)) || want=1
+(unset OMP_NUM_THREADS
+  launch 3 "$dir" --seq-len 3000 --heads 4 --kv-heads 2 --head-dim 64 --metrics "$dir/m.jsonl"
+  echo "$rc" >"$dir/rc")
+rc=$(cat "$dir/rc")
+plural=$([[ $want -eq 1 ]] && echo "" || echo "s")
+if [[ $rc -eq 0 ]] &&
+  grep -q "| $want thread$plural per rank ($cores core.* bound to rank 0, shared by 3 ranks)" "$dir/stdout" &&
+  grep -q "wall time .* for the command (rank 0) = set-up" "$dir/stdout" &&
+  grep -q '"command_ms"' "$dir/m.jsonl"; then
+  pass "-n 3 threads from the binding: $(grep -o '[0-9]* threads* per rank ([^)]*)' "$dir/stdout")"
+else
+  fail "-n 3 threads from the binding: exit $rc"
+  cat "$dir/stdout" "$dir/stderr"
+fi
+
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

@@ -1,13 +1,16 @@
 // The job library (ringattn/job.hpp) called directly, without the executable:
 // whole in-process jobs whose written O and LSE files are checked against the
 // float64 reference on the same global inputs.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <omp.h>
 #include <stdlib.h>
 
 #include <filesystem>
 #include <string>
 #include <vector>
 
+#include "ringattn/comm.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/hier_reference.hpp"
 #include "ringattn/job.hpp"
@@ -103,6 +106,18 @@ TEST_F(Job, ThreeRanksGeneratedInputsMatchTheFloat64Reference) {
   EXPECT_EQ(r.sampled->rows, 17);
   EXPECT_TRUE(r.failure.empty());
   EXPECT_EQ(r.outputs, (std::vector<std::string>{s.out_path, s.lse_path}));
+  // Where rank 0's time went: phases that happened took time, and they add up
+  // to no more than the job (the passes hold rank 0's ring time).
+  const WallTimes& w = r.wall;
+  EXPECT_EQ(r.threads_from, "--threads");
+  for (const double x : {w.setup_s, w.inputs_s, w.passes_s, w.checks_s, w.outputs_s, w.gather_s})
+    EXPECT_GE(x, 0);
+  EXPECT_GT(w.inputs_s, 0);
+  EXPECT_GT(w.checks_s, 0);
+  EXPECT_GT(w.outputs_s, 0);
+  EXPECT_GE(w.passes_s, r.stats[0].total_s);
+  EXPECT_LE(w.setup_s + w.inputs_s + w.passes_s + w.checks_s + w.outputs_s + w.gather_s,
+            w.total_s + 1e-9);
   expect_files_match(s, generated(s, SynthStream::q, s.nq, s.hq),
                      generated(s, SynthStream::k, s.nk, s.hkv),
                      generated(s, SynthStream::v, s.nk, s.hkv));
@@ -308,6 +323,24 @@ TEST_F(Job, KvSelectionWritesItsKeptSetAndThePlanKnowsItsBytes) {
   const double exact = p.bytes_per_step * 3 * (p.steps - 1);
   // The exact pass, each later pass (its shared rows and rotations), the all-reduce.
   EXPECT_EQ(exact + p.select.sent, sent);
+}
+
+TEST_F(Job, ThreadsPerRankSayWhy) {
+  // In-process ranks share this process's cores; --threads wins over everything.
+  JobSpec s;
+  s.nq = s.nk = 64, s.hq = s.hkv = 1, s.head_dim = 16;
+  const int cores = omp_get_num_procs();
+  run_local(3, [&](Communicator& comm) {
+    const ThreadChoice c = choose_threads(s, comm);
+    EXPECT_EQ(c.threads, std::max(1, cores / 3));
+    EXPECT_EQ(c.why, fmt::format("{} core{} / 3 in-process ranks", cores, cores == 1 ? "" : "s"));
+  });
+  s.threads = 5;
+  run_local(2, [&](Communicator& comm) {
+    const ThreadChoice c = choose_threads(s, comm);
+    EXPECT_EQ(c.threads, 5);
+    EXPECT_EQ(c.why, "--threads");
+  });
 }
 
 TEST_F(Job, ErrorsNameTheFieldAndWriteNothing) {

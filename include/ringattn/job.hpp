@@ -222,21 +222,35 @@ struct CheckResult {
   bool ok = false;
 };
 
+// Where rank 0's time in the job went, in seconds (its report's; the other
+// ranks run the same phases up to the passes, then send their rows).
+struct WallTimes {
+  double setup_s = 0;    // checks, layouts, schedules, output paths, buffers
+  double inputs_s = 0;   // Q, K, V (and dO) generated or read, K/V codes made
+  double passes_s = 0;   // every pass (warm-up and repeats) with its stages
+  double checks_s = 0;   // --verify and --check-rows: references and comparisons
+  double outputs_s = 0;  // writing the output files
+  double gather_s = 0;   // collecting the other ranks' rows (and waiting for them)
+  double total_s = 0;    // the job, start to report
+};
+
 struct JobReport {
   int ranks = 1, rank = 0;
-  std::string backend;                                 // the communicator's: "local", "mpi"
-  std::string isa;                                     // the kernel's ISA, or the device ("cuda:0")
-  double flops = 0;                                    // of the global problem
-  double sched_imbalance = 1;                          // RingSchedule::imbalance()
-  std::string transfer;                                // "ring" or "direct"
-  int64_t shared_keys = 0, shared_queries = 0;         // tokens taken out of the rotation
-  std::vector<RankStats> stats;                        // per rank, in rank order
-  std::size_t rank0_output_peak = 0;                   // rank 0's peak while writing/checking
-  std::optional<CheckResult> verify;                   // spec.verify
-  std::optional<CheckResult> sampled;                  // spec.check_rows > 0
-  std::optional<MoeMetrics> moe;                       // the MoE stage's best pass (spec.moe.on())
-  std::optional<MoeCheck> moe_check;                   // with verify or check_rows
-  std::optional<SelectSummary> select;                 // the K/V selection stage (spec.select.on())
+  WallTimes wall;                               // rank 0's
+  std::string threads_from;                     // why rank 0 runs its threads (ThreadChoice::why)
+  std::string backend;                          // the communicator's: "local", "mpi"
+  std::string isa;                              // the kernel's ISA, or the device ("cuda:0")
+  double flops = 0;                             // of the global problem
+  double sched_imbalance = 1;                   // RingSchedule::imbalance()
+  std::string transfer;                         // "ring" or "direct"
+  int64_t shared_keys = 0, shared_queries = 0;  // tokens taken out of the rotation
+  std::vector<RankStats> stats;                 // per rank, in rank order
+  std::size_t rank0_output_peak = 0;            // rank 0's peak while writing/checking
+  std::optional<CheckResult> verify;            // spec.verify
+  std::optional<CheckResult> sampled;           // spec.check_rows > 0
+  std::optional<MoeMetrics> moe;                // the MoE stage's best pass (spec.moe.on())
+  std::optional<MoeCheck> moe_check;            // with verify or check_rows
+  std::optional<SelectSummary> select;          // the K/V selection stage (spec.select.on())
   std::optional<GradCheck> grad_verify, grad_sampled;  // spec.backward with verify / check_rows
   double bwd_flops = 0;                                // the backward's FLOPs (2.5x the forward's)
   int ranks_per_node = 1;                              // the topology the run used
@@ -260,9 +274,17 @@ JobReport run_job(Communicator& comm, const JobSpec& spec);
 // rank's error is rethrown as Error("rank R: ...").
 JobReport run_job_local(int ranks, const JobSpec& spec);
 
-// Kernel threads of a rank: spec.threads if > 0; else cores / P (at least 1)
-// for in-process ranks, the OpenMP default (OMP_NUM_THREADS) under MPI.
-int rank_threads(const JobSpec& spec, const Communicator& comm);
+// Kernel threads of a rank and why: spec.threads if > 0; else cores / P (at
+// least 1) for in-process ranks; under MPI OMP_NUM_THREADS when set, else the
+// cores the rank is bound to divided by the ranks of its machine bound to any
+// of them (an allgather: every rank calls it).
+struct ThreadChoice {
+  int threads = 1;
+  std::string why;  // "--threads", "OMP_NUM_THREADS", "2 cores bound to rank 0, shared by 2 ranks"
+};
+inline constexpr int kCpuWords = 16;  // CPUs 0 .. 1023 in the binding exchanged
+ThreadChoice choose_threads(const JobSpec& spec, Communicator& comm);
+int rank_threads(const JobSpec& spec, Communicator& comm);
 
 // 64-bit FNV-1a of the bytes of `text`.
 uint64_t config_hash(const std::string& text);

@@ -7,6 +7,7 @@
 // options are in cli/run_config.cpp, the report in cli/run_report.cpp.
 #include <fmt/format.h>
 
+#include <chrono>
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -26,8 +27,11 @@ namespace ringattn::cli {
 namespace {
 
 // Rank 0: the table, then (a run whose checks passed) the --metrics records.
-int finish(const RunConfig& cfg, JobReport job) {
-  const RunReport report(cfg, std::move(job));
+using Clock = std::chrono::steady_clock;
+
+int finish(const RunConfig& cfg, JobReport job, Clock::time_point started) {
+  const RunReport report(cfg, std::move(job),
+                         std::chrono::duration<double>(Clock::now() - started).count());
   print_report(report);
   if (!report.failure.empty()) {
     std::fflush(stdout);
@@ -43,6 +47,7 @@ int finish(const RunConfig& cfg, JobReport job) {
 }  // namespace
 
 int cmd_run(int argc, char** argv) {
+  const Clock::time_point started = Clock::now();
   const std::optional<ParsedOptions> opt = parse_options(run_spec(), argc, argv);
   if (!opt) return kExitOk;
   const Backend backend = choose_backend(*opt);
@@ -55,11 +60,11 @@ int cmd_run(int argc, char** argv) {
     const RunConfig cfg = resolve_or_abort(comm, [&] { return make_run_config(*opt); });
     if (comm.rank() == 0) MetricsFile::check_writable(cfg.metrics_path);
     JobReport job = run_job(comm, cfg);
-    return comm.rank() == 0 ? finish(cfg, std::move(job)) : kExitOk;
+    return comm.rank() == 0 ? finish(cfg, std::move(job), started) : kExitOk;
   }
   const RunConfig cfg = make_run_config(*opt);
   MetricsFile::check_writable(cfg.metrics_path);  // appended to once the run succeeded
-  return finish(cfg, run_job_local(backend.local_ranks, cfg));
+  return finish(cfg, run_job_local(backend.local_ranks, cfg), started);
 }
 
 }  // namespace ringattn::cli

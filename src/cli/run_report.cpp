@@ -85,9 +85,10 @@ std::string RunReport::reproduce() const {
 void print_report(const RunReport& r) {
   const RunConfig& c = *r.cfg;
   const int64_t threads0 = r.stats.empty() ? 0 : r.stats[0].threads;
-  fmt::print("ringattn run: {} | mask {} | P={} ({}) | layout {} | {} thread{} per rank | {}\n",
-             c.shape_text(), mask_text(c), r.ranks, r.backend, layout_name(c.layout), threads0,
-             threads0 == 1 ? "" : "s", r.isa);
+  fmt::print(
+      "ringattn run: {} | mask {} | P={} ({}) | layout {} | {} thread{} per rank ({}) | {}\n",
+      c.shape_text(), mask_text(c), r.ranks, r.backend, layout_name(c.layout), threads0,
+      threads0 == 1 ? "" : "s", r.threads_from, r.isa);
   fmt::print("  inputs: {}\n", c.from_files
                                    ? fmt::format("q {}, k {}, v {}", c.q.path, c.k.path, c.v.path)
                                    : fmt::format("generated (seed {})", c.seed));
@@ -119,6 +120,18 @@ void print_report(const RunReport& r) {
   const double t = r.slowest_s();
   line("total time", fmt::format("{:.3f} ms (slowest rank, best of {} repeat{})", t * kMs,
                                  c.repeats, c.repeats == 1 ? "" : "s"));
+  {  // where rank 0's wall time went
+    const WallTimes& w = r.wall;
+    const double other = std::max(0.0, r.command_s - w.setup_s - w.inputs_s - w.passes_s -
+                                           w.checks_s - w.outputs_s - w.gather_s);
+    line("wall time",
+         fmt::format("{:.3f} s for the command (rank 0) = set-up {:.3f} + inputs {:.3f} + passes "
+                     "{:.3f} ({} pass{}) + checks {:.3f} + outputs {:.3f} + gathering {:.3f} + "
+                     "other {:.3f} (start-up, report); {:.2f}x the ring time",
+                     r.command_s, w.setup_s, w.inputs_s, w.passes_s, c.warmup + c.repeats,
+                     c.warmup + c.repeats == 1 ? "" : "es", w.checks_s, w.outputs_s, w.gather_s,
+                     other, t > 0 ? r.command_s / t : 0.0));
+  }
   line("throughput", fmt::format("{:.1f} GFLOP/s ({:.3g} GFLOP of visible pairs)",
                                  r.flops / t / kGiga, r.flops / kGiga));
   line("work imbalance",
@@ -373,6 +386,13 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
       .text("isa", r.isa)
       .integer("threads", r.stats.empty() ? 0 : r.stats[0].threads)
       .number("time_ms", r.slowest_s() * kMs)
+      .number("command_ms", r.command_s * kMs)
+      .number("setup_ms", r.wall.setup_s * kMs)
+      .number("inputs_ms", r.wall.inputs_s * kMs)
+      .number("passes_ms", r.wall.passes_s * kMs)
+      .number("checks_ms", r.wall.checks_s * kMs)
+      .number("outputs_ms", r.wall.outputs_s * kMs)
+      .number("gather_ms", r.wall.gather_s * kMs)
       .number("gflops", r.flops / r.slowest_s() / kGiga)
       .number("imbalance_scheduled", r.sched_imbalance)
       .number("imbalance_measured", measured_imbalance(r))

@@ -31,8 +31,10 @@ namespace ringattn::cli {
 
 // The job's report (ringattn/job.hpp) with the command's configuration.
 struct RunReport : JobReport {
-  RunReport(const RunConfig& c, JobReport j) : JobReport(std::move(j)), cfg(&c) {}
+  RunReport(const RunConfig& c, JobReport j, double command)
+      : JobReport(std::move(j)), cfg(&c), command_s(command) {}
   const RunConfig* cfg;
+  double command_s;  // the command on rank 0, from its start (MPI start-up included) to the report
   std::string reproduce() const;  // the command line (with mpirun -np P under MPI)
 };
 

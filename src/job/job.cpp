@@ -4,8 +4,11 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <omp.h>
+#include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -118,14 +121,28 @@ CheckResult check_result(const JobSpec& spec, const ErrorStats& err, int64_t row
   return v;
 }
 
+using WallClock = std::chrono::steady_clock;
+double seconds_since(WallClock::time_point t0) {
+  return std::chrono::duration<double>(WallClock::now() - t0).count();
+}
+
 JobReport run_rank(Communicator& comm, const JobSpec& spec) {
+  const WallClock::time_point t_job = WallClock::now();
+  WallTimes wall;
+  double phase_mark = 0;  // seconds since t_job where the current phase began
+  const auto end_phase = [&](double* into) {
+    const double now = seconds_since(t_job);
+    *into += now - phase_mark;
+    phase_mark = now;
+  };
   spec.validate();
   job::check_same_config(comm, spec.config_text());
   const int np = comm.size(), rank = comm.rank();
   if (spec.fail_rank >= np)
     throw FieldError("fail_rank",
                      fmt::format("rank {} does not exist (P = {})", spec.fail_rank, np));
-  const int threads = rank_threads(spec, comm);
+  const ThreadChoice thread_choice = choose_threads(spec, comm);
+  const int threads = thread_choice.threads;
   omp_set_num_threads(threads);  // every OpenMP region of this rank (thread or process)
   KernelOptions kopt;
   kopt.threads = threads;
@@ -163,6 +180,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
     job::MoeCollector::check_writable(moe_paths);
   }
 
+  end_phase(&wall.setup_s);
   job::RankInputs in = job::load_rank_inputs(spec, ql, kvl, rank);
   RingProblem p(spec);
   p.q_layout = &ql, p.kv_layout = &kvl;
@@ -176,6 +194,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
     in.k = Tensor(), in.v = Tensor();
     p.k = p.v = nullptr, p.kv_stored = kv_stored.data();
   }
+  end_phase(&wall.inputs_s);
   RingProblem ring_p = p;
   ring_p.mask = ring_mask, ring_p.hier = {};
   const int64_t nq = ql.tokens(rank);
@@ -205,7 +224,9 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   std::optional<RingSchedule> bwd_schedule;
   const int64_t kv_local = spec.batch * kvl.tokens(rank) * spec.hkv * spec.head_dim;
   if (spec.backward) {
+    end_phase(&wall.setup_s);
     d_o = job::load_rank_grad_output(spec, ql, rank);
+    end_phase(&wall.inputs_s);
     dq = Buffer(
         std::max<std::size_t>(
             static_cast<std::size_t>(spec.batch * nq * spec.hq * spec.head_dim) * sizeof(float), 1),
@@ -229,6 +250,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   SelectMetrics best_select;
   std::vector<uint8_t> keep;  // the selection's kept set [B, Hsel, Nk], the same on every rank
   double best_slowest = std::numeric_limits<double>::infinity();
+  end_phase(&wall.setup_s);
   for (int pass = 0; pass < spec.warmup + spec.repeats; ++pass) {
     comm.barrier();
     traffic = {};
@@ -261,6 +283,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
     }
   }
   device.finish(o.as<float>(), lse.as<float>());
+  end_phase(&wall.passes_s);
   // Never write or report a result that is not a number (each rank checks its own rows).
   const int64_t bad =
       nonfinite_rows(o.as<float>(), lse.as<float>(), spec.batch, nq, spec.hq, spec.head_dim);
@@ -297,6 +320,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
 
   JobReport report;
   report.ranks = np, report.rank = rank;
+  report.threads_from = thread_choice.why;
   report.ranks_per_node = w, report.scheme = scheme, report.scheme_auto = auto_text;
   report.backend = comm.backend();
   report.isa = spec.device == Device::cuda
@@ -330,16 +354,26 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
 
   // Collect every rank's rows on rank 0, one rank at a time. The output files
   // exist only from here on: a job ended during compute leaves none behind.
+  end_phase(&wall.passes_s);
+  // What rank 0 spends writing and checking, inside the collection (the rest of
+  // it is gathering: the rows' transfers and waits).
+  const auto timed = [](double* into, auto&& f) {
+    const WallClock::time_point t0 = WallClock::now();
+    f();
+    *into += seconds_since(t0);
+  };
   memory_reset_peak_thread();
   std::optional<job::RunOutputs> outputs;
-  if (rank == 0) outputs.emplace(spec);
+  if (rank == 0) timed(&wall.outputs_s, [&] { outputs.emplace(spec); });
   std::optional<job::SingleRankCheck> check;
-  if (rank == 0 && spec.verify) check.emplace(spec, kopt, kvl);
+  if (rank == 0 && spec.verify) timed(&wall.checks_s, [&] { check.emplace(spec, kopt, kvl); });
   std::optional<job::SampledReferenceCheck> sampled;
   if (rank == 0 && spec.check_rows > 0)
-    sampled.emplace(spec, spec.check_rows, job::WireView{&ql, &kvl, &schedule.shared},
-                    keep.empty() ? nullptr : keep.data());
-  if (outputs && !keep.empty()) outputs->write_keep(keep.data());
+    timed(&wall.checks_s, [&] {
+      sampled.emplace(spec, spec.check_rows, job::WireView{&ql, &kvl, &schedule.shared},
+                      keep.empty() ? nullptr : keep.data());
+    });
+  if (outputs && !keep.empty()) timed(&wall.outputs_s, [&] { outputs->write_keep(keep.data()); });
   std::optional<job::GradOutputs> grad_outputs;
   std::optional<job::GradVerify> grad_verify;
   std::optional<job::GradSampled> grad_sampled;
@@ -351,9 +385,12 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   if (spec.gathers())
     job::gather_rows(comm, ql, spec.batch, spec.hq, spec.head_dim, o.as<float>(), lse.as<float>(),
                      [&](int src, const float* ro, const float* rl) {
-                       if (outputs) outputs->write_rank(ql, src, ro, rl);
-                       if (check) check->compare(ql, src, ro, rl);
-                       if (sampled) sampled->compare(ql, src, ro, rl);
+                       if (outputs)
+                         timed(&wall.outputs_s, [&] { outputs->write_rank(ql, src, ro, rl); });
+                       timed(&wall.checks_s, [&] {
+                         if (check) check->compare(ql, src, ro, rl);
+                         if (sampled) sampled->compare(ql, src, ro, rl);
+                       });
                      });
   if (!spec.route_path.empty())
     job::gather_bytes(
@@ -425,6 +462,12 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
     moe_rows.emplace(comm, moe_setup, moe_paths, moe_check_rows);
     moe_rows->gather(*moe, o.as<float>());
   }
+  {
+    const double now = seconds_since(t_job);
+    wall.gather_s = std::max(0.0, now - phase_mark - wall.checks_s - wall.outputs_s);
+    wall.total_s = now;
+    report.wall = wall;
+  }
   if (rank != 0) return report;
 
   report.rank0_output_peak = memory_peak_thread();
@@ -489,6 +532,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
        {&spec.out_path, &spec.lse_path, &spec.route_path, &spec.keep_path, &spec.moe_out_path,
         &spec.moe_routing_path, &spec.moe_gates_path, &spec.dq_path, &spec.dk_path, &spec.dv_path})
     if (!path->empty()) report.outputs.push_back(*path);
+  report.wall.total_s = seconds_since(t_job);
   return report;
 }
 
@@ -505,10 +549,46 @@ double JobReport::efficiency() const {
   return verify->t1_s / (double(ranks) * slowest_s());
 }
 
-int rank_threads(const JobSpec& spec, const Communicator& comm) {
-  if (spec.threads > 0) return spec.threads;
-  if (comm.backend() == "local") return std::max(1, omp_get_num_procs() / comm.size());
-  return omp_get_max_threads();
+ThreadChoice choose_threads(const JobSpec& spec, Communicator& comm) {
+  if (spec.threads > 0) return {spec.threads, "--threads"};
+  if (comm.backend() == "local") {
+    const int cores = omp_get_num_procs();
+    return {std::max(1, cores / comm.size()), fmt::format("{} core{} / {} in-process ranks", cores,
+                                                          cores == 1 ? "" : "s", comm.size())};
+  }
+  if (std::getenv("OMP_NUM_THREADS") != nullptr) return {omp_get_max_threads(), "OMP_NUM_THREADS"};
+  // The cores this rank may run on, shared with the ranks of this machine bound to any of them.
+  struct Binding {
+    uint64_t host = 0;
+    uint64_t cpus[kCpuWords] = {};
+  };
+  Binding mine;
+  char name[256] = {};
+  gethostname(name, sizeof(name) - 1);
+  mine.host = config_hash(name);
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  const bool known = sched_getaffinity(0, sizeof(set), &set) == 0;
+  int cores = 0;
+  for (int c = 0; c < kCpuWords * 64 && known; ++c)
+    if (CPU_ISSET(c, &set)) mine.cpus[c / 64] |= uint64_t{1} << (c % 64), ++cores;
+  std::vector<Binding> all(static_cast<std::size_t>(comm.size()));
+  comm.allgather(&mine, sizeof(mine), all.data());
+  if (!known || cores == 0) return {omp_get_max_threads(), "the OpenMP default"};
+  int sharing = 0;
+  for (const Binding& b : all) {
+    bool overlap = false;
+    for (int w = 0; w < kCpuWords; ++w) overlap = overlap || (b.cpus[w] & mine.cpus[w]) != 0;
+    sharing += b.host == mine.host && overlap;
+  }
+  sharing = std::max(sharing, 1);
+  return {std::max(1, cores / sharing),
+          fmt::format("{} core{} bound to rank {}, shared by {} rank{}", cores,
+                      cores == 1 ? "" : "s", comm.rank(), sharing, sharing == 1 ? "" : "s")};
+}
+
+int rank_threads(const JobSpec& spec, Communicator& comm) {
+  return choose_threads(spec, comm).threads;
 }
 
 JobReport run_job(Communicator& comm, const JobSpec& spec) {
