@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "ringattn/error.hpp"
+#include "ringattn/kernel.hpp"
 #include "ringattn/reference.hpp"
 #include "util.hpp"
 
@@ -153,6 +154,51 @@ TEST(Kernel, WindowSkipsTilesOutsideTheBand) {
   // its diagonal instead of up to 32.
   EXPECT_LE(out.stats.tiles_computed, 43 * 4);
   EXPECT_EQ(out.stats.tiles_total, 43 * 32);
+}
+
+TEST(Kernel, LongBandsPackOnlyTheKeysOfEachChunk) {
+  // More query rows than one packing chunk (64 blocks of 96): each chunk packs
+  // only the keys its band reaches. Windows behind and ahead, dilation, cross
+  // attention (bottom-right causal), strided positions, batch 2, GQA, float16,
+  // against the float64 reference on sampled rows of every chunk.
+  struct Case {
+    const char* name;
+    int64_t nq, nk, stride;
+    Mask m;
+    DType dt;
+  };
+  Mask window = Mask::causal(0);
+  window.lo = -700;
+  Mask dilated = window;
+  dilated.dilation = 3;
+  Mask ahead = Mask::band(-40, 300);
+  Mask cross = Mask::causal(13900 - 13000);
+  cross.lo = -500;
+  const Case cases[] = {{"causal window 701", 13000, 13000, 1, window, DType::f32},
+                        {"dilated window", 13000, 13000, 1, dilated, DType::f16},
+                        {"band -40..300", 13000, 13000, 1, ahead, DType::f32},
+                        {"cross 13000 x 13900", 13000, 13900, 1, cross, DType::bf16},
+                        {"strided positions", 13000, 13000, 3, window, DType::f32}};
+  uint64_t seed = 900;
+  for (const Case& c : cases) {
+    test::Problem p = make_problem(2, c.nq, c.nk, 4, 2, 32, c.dt, seed++);
+    p.args.mask = c.m;
+    p.args.qpos = {5, c.stride}, p.args.kpos = {5, c.stride};
+    const int64_t packed = kernel_packed_keys(c.m, p.args.qpos, c.nq, p.args.kpos, c.nk);
+    // A chunk of 6144 rows plus its band's width (and panel rounding), not every key.
+    const int64_t width = (std::min(c.m.hi, c.m.limit) - c.m.lo + 1) / c.stride;
+    EXPECT_LE(packed, 64 * 96 + width + 2 * 32) << c.name;
+    EXPECT_LT(packed, c.nk * 6 / 10) << c.name;
+    std::vector<int64_t> rows = check_rows(c.nq, 200);
+    const test::Output out = run_kernel(p.args, best_isa());
+    const ReferenceResult ref = reference_attention_rows(p.args, rows);
+    const ErrorStats e = compare_to_reference(p.args, out.o.data(), out.lse.data(), ref, rows);
+    EXPECT_LE(e.o_rel_fro, c.dt == DType::f32 ? kTolO : 1e-2) << c.name;
+    EXPECT_LE(e.lse_max_abs, kTolLse) << c.name;
+    EXPECT_EQ(e.lse_mismatch, 0) << c.name;
+  }
+  // Without a lower bound (plain causal) every chunk may see key 0: all keys.
+  EXPECT_EQ(kernel_packed_keys(Mask::causal(0), {0, 1}, 13000, {0, 1}, 13000), 13000);
 }
 
 TEST(Kernel, EmptyRowsAreZeroWithMinusInfLse) {

@@ -135,6 +135,46 @@ TEST(Mask, ClassifyIsExactForBlocks) {
   EXPECT_GT(partials, 0);
 }
 
+TEST(Mask, KeyAndQueryBoundsHoldEveryVisiblePair) {
+  // Brute force over every mask of the set (bands, windows, dilation, causal
+  // limits, sinks, global ranges, blocks, skips, aligned bands) and ranges of
+  // queries and keys: every visible pair lies within the bounds, and a plain
+  // band's bounds are tight enough to skip the tiles outside the window.
+  for (const Mask& m : sample_masks()) {
+    for (int64_t q0 = -3; q0 < 48; q0 += 5)
+      for (int64_t len = 0; len < 12; len += 3) {
+        const int64_t q1 = q0 + len;
+        int64_t lo = 0, hi = 0;
+        m.key_bounds(q0, q1, &lo, &hi);
+        for (int64_t i = q0; i <= q1; ++i)
+          for (int64_t j = -20; j < 80; ++j)
+            if (m.allows(i, j)) {
+              ASSERT_TRUE(j >= lo && j <= hi)
+                  << "key_bounds(" << q0 << ", " << q1 << ") = [" << lo << ", " << hi
+                  << "] misses (" << i << ", " << j << ")";
+            }
+        const int64_t k0 = q0, k1 = q1;
+        m.query_bounds(k0, k1, &lo, &hi);
+        for (int64_t j = k0; j <= k1; ++j)
+          for (int64_t i = -20; i < 80; ++i)
+            if (m.allows(i, j)) {
+              ASSERT_TRUE(i >= lo && i <= hi)
+                  << "query_bounds(" << k0 << ", " << k1 << ") = [" << lo << ", " << hi
+                  << "] misses (" << i << ", " << j << ")";
+            }
+      }
+  }
+  Mask w = Mask::causal(0);
+  w.lo = -7;
+  int64_t lo = 0, hi = 0;
+  w.key_bounds(100, 109, &lo, &hi);
+  EXPECT_EQ(lo, 93);
+  EXPECT_EQ(hi, 109);
+  w.query_bounds(100, 109, &lo, &hi);
+  EXPECT_EQ(lo, 100);
+  EXPECT_EQ(hi, 116);
+}
+
 TEST(Mask, ContiguousBandTilesAreNeverConservative) {
   // For bands without dilation on contiguous blocks, partial means truly mixed.
   for (const Mask& m : {Mask::causal(0), Mask::band(-4, 0), Mask::band(-10, 10), Mask::band(2, 7)})

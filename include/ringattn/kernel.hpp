@@ -46,7 +46,14 @@ bool isa_supported(Isa isa);          // whether this CPU can run it
 std::string isa_name(Isa isa);        // "avx512", "avx2", "generic"
 Isa parse_isa(const std::string& s);  // inverse of isa_name plus "auto"; FieldError("isa")
 
-// Bytes of workspace one attention_forward call allocates for `nk` keys, at
+// Keys one attention_forward call of nq queries at qpos against nk keys at
+// kpos packs at once: its query rows go in chunks, each packing only the keys
+// Mask::key_bounds lets it see (whole panels; a window packs its chunk plus
+// the window), so the most over the chunks; nk without bounds.
+int64_t kernel_packed_keys(const Mask& mask, Positions qpos, int64_t nq, Positions kpos,
+                           int64_t nk);
+
+// Bytes of workspace one attention_forward call allocates for `nk` packed keys, at
 // most `rows` query rows and `group` query heads per K/V head, on `threads`
 // threads (capped at the task count, as the call does) with the ISA that
 // automatic picks: the packed float32 K/V of one head plus per-thread tiles

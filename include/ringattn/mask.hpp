@@ -242,21 +242,38 @@ struct Mask {
 
   // Bounds on the key positions any query in [q_first, q_last] may see, and on
   // the query positions that may see a key in [k_first, k_last] (inclusive;
-  // unbounded without documents or with global ranges across them): the
-  // kernels skip whole runs of tiles outside them without classifying each.
+  // -kUnbounded / kUnbounded where open): the documents' (unless global ranges
+  // cross them), else the band's and the causal limit's when no sink, global
+  // range or block pattern reaches past them. The kernels skip whole runs of
+  // tiles outside them without classifying each, and pack only the keys inside.
   RINGATTN_HD void key_bounds(int64_t q_first, int64_t q_last, int64_t* lo_pos,
                               int64_t* hi_pos) const {
     *lo_pos = -kUnbounded, *hi_pos = kUnbounded;
-    if (!docs.on() || (docs.global_across && n_global > 0)) return;
-    *lo_pos = docs.k[docs.q_doc(q_first)];
-    *hi_pos = docs.k[docs.q_doc(q_last) + 1] - 1;
+    if (docs.on()) {
+      if (docs.global_across && n_global > 0) return;
+      *lo_pos = docs.k[docs.q_doc(q_first)];
+      *hi_pos = docs.k[docs.q_doc(q_last) + 1] - 1;
+      return;
+    }
+    if (has_extras()) return;
+    if (lo > -kUnbounded) *lo_pos = band_lo(q_first);
+    if (hi < kUnbounded) *hi_pos = band_hi(q_last);
+    if (limit < kUnbounded && q_last + limit < *hi_pos) *hi_pos = q_last + limit;
   }
   RINGATTN_HD void query_bounds(int64_t k_first, int64_t k_last, int64_t* lo_pos,
                                 int64_t* hi_pos) const {
     *lo_pos = -kUnbounded, *hi_pos = kUnbounded;
-    if (!docs.on() || (docs.global_across && n_global > 0)) return;
-    *lo_pos = docs.q[docs.k_doc(k_first)];
-    *hi_pos = docs.q[docs.k_doc(k_last) + 1] - 1;
+    if (docs.on()) {
+      if (docs.global_across && n_global > 0) return;
+      *lo_pos = docs.q[docs.k_doc(k_first)];
+      *hi_pos = docs.q[docs.k_doc(k_last) + 1] - 1;
+      return;
+    }
+    if (has_extras() || aligned()) return;
+    // kp - qp <= min(hi, limit) and kp - qp >= lo.
+    const int64_t top = hi < limit ? hi : limit;
+    if (top < kUnbounded) *lo_pos = k_first - top;
+    if (lo > -kUnbounded) *hi_pos = k_last - lo;
   }
 
   // Visible keys of one query among nk keys at positions kpos, as up to `max`

@@ -71,6 +71,44 @@ void check_call(const AttentionArgs& a, const KernelOptions& opt) {
     throw FieldError("isa", fmt::format("this CPU does not support {}", isa_name(opt.isa)));
 }
 
+// Query rows in chunks of kPackChunkBlocks blocks, each with the keys it may
+// see (Mask::key_bounds, in whole panels): a band packs its chunk's keys (the
+// chunk plus the window), not the whole K/V of the call. Masks without bounds:
+// one chunk of every key.
+constexpr int64_t kPackChunkBlocks = 64;
+struct PackChunk {
+  int64_t i0 = 0, i1 = 0;  // query rows
+  int64_t j0 = 0, j1 = 0;  // keys (j0 a multiple of the panel)
+};
+std::vector<PackChunk> pack_chunks(const Mask& mask, Positions qpos, int64_t nq, Positions kpos,
+                                   int64_t nk, int panel) {
+  std::vector<PackChunk> out;
+  const int64_t rows = kPackChunkBlocks * cpu::kBlockQ;
+  for (int64_t i0 = 0; i0 < nq; i0 += rows) {
+    const int64_t i1 = std::min(nq, i0 + rows);
+    int64_t p0 = 0, p1 = 0;
+    cpu::key_tile_range(mask, qpos.at(i0), qpos.at(i1 - 1), kpos, nk, panel, &p0, &p1);
+    out.push_back({i0, i1, std::min(nk, p0 * panel), std::min(nk, p1 * panel)});
+    if (out.back().j1 < out.back().j0) out.back().j1 = out.back().j0;
+  }
+  return out;
+}
+
+// Keys [j0, j1) of batch entry b of a, as a batch-1 call's keys (for packing).
+AttentionArgs keys_of(const AttentionArgs& a, int64_t b, int64_t j0, int64_t j1) {
+  AttentionArgs s = a;
+  s.batch = 1, s.nk = j1 - j0, s.kpos = a.kpos.from(j0);
+  const int64_t row0 = (b * a.nk + j0) * a.hkv;
+  if (a.quantized()) {
+    s.kq = a.kq.from(row0), s.vq = a.vq.from(row0);
+  } else {
+    const std::size_t off = static_cast<std::size_t>(row0 * a.head_dim) * dtype_size(a.dtype);
+    s.k = static_cast<const char*>(a.k) + off;
+    s.v = static_cast<const char*>(a.v) + off;
+  }
+  return s;
+}
+
 // What one kernel call sets up: the ISA's routines, the padded sizes, the
 // thread count (capped at the tasks) and the buffers: packed K/V of one head,
 // per-thread workspaces and (quantized K/V) dequantized panels, per-thread counters.
@@ -83,12 +121,14 @@ struct KernelCall {
   Buffer kp, vp, ws, deq;
   std::vector<KernelStats> stats;
 
-  // tasks_per_group: the tasks of one query head (all heads of a K/V group share them).
-  KernelCall(const AttentionArgs& a, const KernelOptions& opt, int64_t tasks_per_group)
+  // tasks_per_group: the tasks of one query head (all heads of a K/V group share
+  // them); pack_keys: the most keys packed at once (a.nk, or a chunk's: PackChunk).
+  KernelCall(const AttentionArgs& a, const KernelOptions& opt, int64_t tasks_per_group,
+             int64_t pack_keys)
       : K(kernels_for(opt.isa)),
         d(static_cast<int>(a.head_dim)),
         dp(static_cast<int>(cpu::round_up(d, K.lanes))),
-        nk_pad(cpu::round_up(a.nk, K.panel)),
+        nk_pad(cpu::round_up(pack_keys, K.panel)),
         group(a.hq / a.hkv),
         npanels(nk_pad / K.panel),
         ws_floats(K.workspace_floats(dp)),
@@ -165,6 +205,15 @@ Isa parse_isa(const std::string& s) {
   throw FieldError("isa", fmt::format("expected auto, avx512, avx2 or generic, got '{}'", s));
 }
 
+int64_t kernel_packed_keys(const Mask& mask, Positions qpos, int64_t nq, Positions kpos,
+                           int64_t nk) {
+  int64_t keys = 0;
+  for (const PackChunk& c :
+       pack_chunks(mask, qpos, nq, kpos, nk, kernels_for(Isa::automatic).panel))
+    keys = std::max(keys, c.j1 - c.j0);
+  return keys;
+}
+
 double kernel_workspace_bytes(int64_t nk, int64_t head_dim, int64_t rows, int64_t group,
                               int threads, bool quantized) {
   const cpu::IsaKernels& K = kernels_for(Isa::automatic);
@@ -184,46 +233,62 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
   if (o == nullptr || lse == nullptr) throw Error("attention: null output tensor");
 
   const int64_t nqb = (a.nq + cpu::kBlockQ - 1) / cpu::kBlockQ;
-  KernelCall call(a, opt, nqb);
-  const cpu::IsaKernels& K = call.K;
+  const cpu::IsaKernels& K = kernels_for(opt.isa);
+  const std::vector<PackChunk> chunks = pack_chunks(a.mask, a.qpos, a.nq, a.kpos, a.nk, K.panel);
+  int64_t pack_keys = 0;
+  for (const PackChunk& c : chunks) pack_keys = std::max(pack_keys, c.j1 - c.j0);
+  KernelCall call(a, opt, nqb, pack_keys);
   const int d = call.d;
-  const int64_t group = call.group, ntasks = group * nqb;
+  const int64_t group = call.group;
   const std::size_t esz = dtype_size(a.dtype);
   const int64_t q_stride = a.hq * d;
 
   for (int64_t b = 0; b < a.batch; ++b) {
     for (int64_t hk = 0; hk < a.hkv; ++hk) {
-      const cpu::PackedKV packed = call.packed(a);
+      for (const PackChunk& c : chunks) {
+        const AttentionArgs keys = keys_of(a, b, c.j0, c.j1);
+        const int64_t npanels = cpu::round_up(keys.nk, K.panel) / K.panel;
+        const cpu::PackedKV packed{call.kp.as<float>(),
+                                   call.vp.as<float>(),
+                                   keys.nk,
+                                   npanels * K.panel,
+                                   call.dp,
+                                   K.panel,
+                                   keys.kpos};
+        const int64_t qb0 = c.i0 / cpu::kBlockQ,
+                      nblocks = (c.i1 - c.i0 + cpu::kBlockQ - 1) / cpu::kBlockQ;
+        const int64_t ntasks = group * nblocks;
 #pragma omp parallel num_threads(call.threads)
-      {
-        const int tid = omp_get_thread_num();
+        {
+          const int tid = omp_get_thread_num();
 #pragma omp for schedule(static)
-        for (int64_t p = 0; p < call.npanels; ++p) call.pack(a, b, hk, p, tid);
-        float* my_ws = call.workspace(tid);
-        KernelStats& my = call.stats[static_cast<std::size_t>(tid)];
+          for (int64_t p = 0; p < npanels; ++p) call.pack(keys, 0, hk, p, tid);
+          float* my_ws = call.workspace(tid);
+          KernelStats& my = call.stats[static_cast<std::size_t>(tid)];
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t t = 0; t < ntasks; ++t) {
-          const int64_t h = hk * group + t / nqb;
-          const int64_t i0 = (t % nqb) * cpu::kBlockQ;
-          cpu::QBlockJob job;
-          job.q = static_cast<const char*>(a.q) +
-                  static_cast<std::size_t>((b * a.nq + i0) * q_stride + h * d) * esz;
-          job.dtype = a.dtype;
-          job.q_stride = q_stride;
-          job.rows = static_cast<int>(std::min<int64_t>(cpu::kBlockQ, a.nq - i0));
-          job.d = d;
-          job.qpos = a.qpos.from(i0);
-          job.scale_log2 = call.scale_log2;
-          job.mask = a.mask;
-          job.kv = &packed;
-          job.o = o + (b * a.nq + i0) * q_stride + h * d;
-          job.o_stride = q_stride;
-          job.lse = lse + (b * a.hq + h) * a.nq + i0;
-          if (a.keep.on()) {
-            job.keep = a.keep.row(b, h, a.hq);
-            job.keep_invert = a.keep.invert;
+          for (int64_t t = 0; t < ntasks; ++t) {
+            const int64_t h = hk * group + t / nblocks;
+            const int64_t i0 = (qb0 + t % nblocks) * cpu::kBlockQ;
+            cpu::QBlockJob job;
+            job.q = static_cast<const char*>(a.q) +
+                    static_cast<std::size_t>((b * a.nq + i0) * q_stride + h * d) * esz;
+            job.dtype = a.dtype;
+            job.q_stride = q_stride;
+            job.rows = static_cast<int>(std::min<int64_t>(cpu::kBlockQ, a.nq - i0));
+            job.d = d;
+            job.qpos = a.qpos.from(i0);
+            job.scale_log2 = call.scale_log2;
+            job.mask = a.mask;
+            job.kv = &packed;
+            job.o = o + (b * a.nq + i0) * q_stride + h * d;
+            job.o_stride = q_stride;
+            job.lse = lse + (b * a.hq + h) * a.nq + i0;
+            if (a.keep.on()) {
+              job.keep = a.keep.row(b, h, a.hq);
+              job.keep_invert = a.keep.invert;
+            }
+            my += K.run_block(job, my_ws);
           }
-          my += K.run_block(job, my_ws);
         }
       }
     }
@@ -242,7 +307,7 @@ KernelStats attention_importance(const AttentionArgs& a, const float* lse, int64
   if (lse == nullptr || imp == nullptr) throw Error("attention_importance: null tensor");
 
   const int64_t ntiles = (a.nk + cpu::kBlockK - 1) / cpu::kBlockK;
-  KernelCall call(a, opt, ntiles);
+  KernelCall call(a, opt, ntiles, a.nk);
   const int d = call.d, dp = call.dp;
   const int64_t group = call.group, ntasks = group * ntiles;
 

@@ -276,7 +276,13 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
     double at_peak = -1;
     for (int s = 0; s < p.steps; ++s) {
       int64_t keys = s == 0 && sh.on() ? sh.key_tokens : 0;
-      for (const SegmentWork& sw : sch.step(r, s).work) keys = std::max(keys, sw.k_hi - sw.k_lo);
+      const RingStep& rs = sch.step(r, s);
+      for (const SegmentWork& sw : rs.work) {
+        const Segment& qs = ql.segments(r)[static_cast<std::size_t>(sw.q_seg)];
+        const Segment& ks = kvl.segments(rs.source)[static_cast<std::size_t>(sw.k_seg)];
+        keys = std::max(keys, kernel_packed_keys(sch.ring_mask, qs.positions(), qs.count,
+                                                 ks.positions().from(sw.k_lo), sw.k_hi - sw.k_lo));
+      }
       const bool calls = cpu && (!sch.step(r, s).work.empty() || (s == 0 && rp.pairs > 0));
       const double ws = calls ? kernel_workspace_bytes(keys, in.head_dim, max_rows, in.group(),
                                                        p.threads, quantized)
