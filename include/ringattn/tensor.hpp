@@ -17,6 +17,8 @@ struct Tensor {
 
   Tensor() = default;
   Tensor(DType t, std::vector<int64_t> s, const char* what = "tensor");  // zero-filled
+  // Not filled: for a caller that writes every element (generated or read inputs).
+  static Tensor uninitialized(DType t, std::vector<int64_t> s, const char* what = "tensor");
 
   int64_t numel() const;
   std::size_t bytes() const { return static_cast<std::size_t>(numel()) * dtype_size(dtype); }

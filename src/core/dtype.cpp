@@ -64,14 +64,21 @@ int64_t checked_numel(const std::vector<int64_t>& shape, const char* what) {
 
 }  // namespace
 
-Tensor::Tensor(DType t, std::vector<int64_t> s, const char* what) : dtype(t), shape(std::move(s)) {
-  const int64_t n = checked_numel(shape, what);
+Tensor::Tensor(DType t, std::vector<int64_t> s, const char* what)
+    : Tensor(uninitialized(t, std::move(s), what)) {
+  if (bytes() != 0) std::memset(data.data(), 0, bytes());
+}
+
+Tensor Tensor::uninitialized(DType t, std::vector<int64_t> s, const char* what) {
+  Tensor x;
+  x.dtype = t;
+  x.shape = std::move(s);
+  const int64_t n = checked_numel(x.shape, what);
   if (static_cast<uint64_t>(n) > std::numeric_limits<std::size_t>::max() / dtype_size(t))
     throw Error(fmt::format("{}: shape {} of {} needs more bytes than fit in size_t", what,
-                            shape_str(shape), dtype_name(t)));
-  const std::size_t nbytes = static_cast<std::size_t>(n) * dtype_size(t);
-  data = Buffer(nbytes, what);
-  if (nbytes != 0) std::memset(data.data(), 0, nbytes);
+                            shape_str(x.shape), dtype_name(t)));
+  x.data = Buffer(static_cast<std::size_t>(n) * dtype_size(t), what);
+  return x;
 }
 
 int64_t Tensor::numel() const {

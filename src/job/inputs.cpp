@@ -118,17 +118,34 @@ std::vector<int64_t> global_tokens(const Layout& l, int rank) {
 Tensor generate(const JobSpec& cfg, SynthStream stream, const Layout& l, int rank, int64_t heads,
                 const char* what, DType dtype) {
   const int64_t n = l.length(), local = l.tokens(rank), row = heads * cfg.head_dim;
-  Tensor t(dtype, {cfg.batch, local, heads, cfg.head_dim}, what);
-  const std::vector<int64_t> global = global_tokens(l, rank);
+  // Every element written below: first touched by the thread that fills it.
+  Tensor t = Tensor::uninitialized(dtype, {cfg.batch, local, heads, cfg.head_dim}, what);
   const uint64_t key = synth_key(cfg.seed, stream);
   const std::size_t row_bytes = static_cast<std::size_t>(row) * dtype_size(dtype);
   char* dst = t.as<char>();
-  const int64_t rows = cfg.batch * local;
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < rows; ++i) {
-    const int64_t b = i / local, tok = global[static_cast<std::size_t>(i % local)];
-    synth_fill(dst + static_cast<std::size_t>(i) * row_bytes, dtype, key,
-               static_cast<uint64_t>((b * n + tok) * row), row);
+  // Runs of kRunTokens tokens of one segment: consecutive positions are
+  // consecutive values of the stream when the stride is 1 (else one token each).
+  constexpr int64_t kRunTokens = 256;
+  struct Run {
+    int64_t b, local, pos, stride, count;
+  };
+  std::vector<Run> runs;
+  for (int64_t b = 0; b < cfg.batch; ++b)
+    for (const Segment& s : l.segments(rank))
+      for (int64_t i = 0; i < s.count; i += kRunTokens)
+        runs.push_back({b, s.local_offset + i, s.start + i * s.stride, s.stride,
+                        std::min(kRunTokens, s.count - i)});
+#pragma omp parallel for schedule(dynamic, 16)
+  for (std::size_t r = 0; r < runs.size(); ++r) {
+    const Run& x = runs[r];
+    char* out = dst + static_cast<std::size_t>(x.b * local + x.local) * row_bytes;
+    if (x.stride == 1) {
+      synth_fill(out, dtype, key, static_cast<uint64_t>((x.b * n + x.pos) * row), x.count * row);
+      continue;
+    }
+    for (int64_t j = 0; j < x.count; ++j)
+      synth_fill(out + static_cast<std::size_t>(j) * row_bytes, dtype, key,
+                 static_cast<uint64_t>((x.b * n + x.pos + j * x.stride) * row), row);
   }
   return t;
 }

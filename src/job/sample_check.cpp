@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "ringattn/error.hpp"
 #include "ringattn/hier_reference.hpp"
@@ -135,20 +137,27 @@ SampledReferenceCheck::SampledReferenceCheck(const JobSpec& cfg, int64_t rows, c
       int64_t rb[kMaxRanges], re[kMaxRanges];
       bool elementwise = false;
       const int n = mask.key_ranges(t, Positions{0, 1}, cfg.nk, rb, re, kMaxRanges, &elementwise);
-      // Visit every visible key once: mark the union of the ranges window by window.
+      // Visit every visible key once: the union of the ranges, a window at a time.
+      std::vector<PosRange> spans;
+      for (int i = 0; i < n; ++i)
+        if (rb[i] < re[i]) spans.push_back({rb[i], re[i]});
+      std::sort(spans.begin(), spans.end(),
+                [](const PosRange& x, const PosRange& y) { return x.begin < y.begin; });
+      std::vector<std::pair<int64_t, int64_t>> windows;  // [w0, w0 + wn) over the union
+      for (std::size_t i = 0; i < spans.size();) {
+        int64_t end = spans[i].end;
+        const int64_t begin = spans[i].begin;
+        for (++i; i < spans.size() && spans[i].begin <= end; ++i) end = std::max(end, spans[i].end);
+        for (int64_t w0 = begin; w0 < end; w0 += kWindowRows)
+          windows.emplace_back(w0, std::min(kWindowRows, end - w0));
+      }
       std::vector<double> m(static_cast<std::size_t>(hq), -INFINITY),
           l(static_cast<std::size_t>(hq), 0.0);
       double* o = ref_o_.data() + (b * nr + ri) * hq * d;
-      int64_t lo = cfg.nk, hi = 0;
-      for (int i = 0; i < n; ++i) lo = std::min(lo, rb[i]), hi = std::max(hi, re[i]);
       // Stored quantized: every key is its codes. A quantized wire: keys from other ranks.
       const int owner = cfg.kv_wire.on() && !cfg.kv_store ? rank_of(*wire.ql, t) : -1;
       const bool wired = cfg.kv_store || (owner >= 0 && !in_ranges(wire.shared->queries, t));
-      for (int64_t w0 = lo; w0 < hi; w0 += kWindowRows) {
-        const int64_t wn = std::min(kWindowRows, hi - w0);
-        bool any = false;
-        for (int i = 0; i < n && !any; ++i) any = rb[i] < w0 + wn && re[i] > w0;
-        if (!any) continue;
+      for (const auto& [w0, wn] : windows) {
         load_kv(b, w0, wn, &k, &v);
         if (wired) {  // keys from other ranks arrived quantized
           const std::vector<double> kk =
