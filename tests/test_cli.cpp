@@ -432,6 +432,8 @@ TEST_F(Cli, BenchKernelPrintsTableAndMetrics) {
   ASSERT_EQ(r.rc, 0) << r.out << r.err;
   EXPECT_NE(r.out.find("GFLOP/s"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("sgemm"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(" FMA peak "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("%fma"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("# reproduce: ringattn bench-kernel"), std::string::npos) << r.out;
   std::istringstream lines(slurp(path("bench.jsonl")));
   std::string line;

@@ -201,6 +201,14 @@ TEST(Kernel, LongBandsPackOnlyTheKeysOfEachChunk) {
   EXPECT_EQ(kernel_packed_keys(Mask::causal(0), {0, 1}, 13000, {0, 1}, 13000), 13000);
 }
 
+TEST(Kernel, FmaPeakProbeRunsOnEveryIsaHere) {
+  // A rate, not a timing assertion: finite and positive on each ISA this CPU has.
+  for (const Isa isa : isas_here()) {
+    const double g = measure_fma_peak_gflops(isa, 1, 0.02);
+    EXPECT_TRUE(std::isfinite(g) && g > 0) << isa_name(isa) << ": " << g;
+  }
+}
+
 TEST(Kernel, EmptyRowsAreZeroWithMinusInfLse) {
   test::Problem p = make_problem(1, 50, 60, 2, 2, 16, DType::f32, 3);
   p.args.mask = Mask::band(5, 4);  // an empty band: nothing visible

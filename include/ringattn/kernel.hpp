@@ -41,6 +41,11 @@ KernelStats attention_forward(const AttentionArgs& args, float* o, float* lse,
 KernelStats attention_importance(const AttentionArgs& args, const float* lse, int64_t lse_stride,
                                  double* imp, const KernelOptions& opt = {});
 
+// The float32 FMA peak of `isa` on `threads` threads (GFLOP/s): every thread
+// runs independent FMAs in registers in rounds of ~2 ms for `seconds`; the sum
+// over threads of each one's best round.
+double measure_fma_peak_gflops(Isa isa, int threads, double seconds = 0.3);
+
 Isa best_isa();                       // what automatic resolves to on this CPU
 bool isa_supported(Isa isa);          // whether this CPU can run it
 std::string isa_name(Isa isa);        // "avx512", "avx2", "generic"

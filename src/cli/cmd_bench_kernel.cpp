@@ -5,6 +5,8 @@
 //   time       best of --repeats calls after --warmup untimed calls, ms
 //   GFLOP/s    attention_flops(args) / time: 4 D Hq B x visible (query, key) pairs
 //   %sgemm     GFLOP/s over the sgemm rate measured once at start (same threads)
+//   %fma       GFLOP/s over the float32 FMA peak of the kernel's ISA, measured once
+//              at start on the same threads (independent FMAs in registers)
 //   speedup    baseline time / kernel time
 //   work mem   peak bytes held in Buffers during the kernel call, beyond what
 //              was held before it (inputs and outputs); in+out is those inputs
@@ -110,10 +112,10 @@ CommandSpec bench_spec() {
 
 Table bench_table(bool backward) {
   std::vector<Table::Column> cols = {
-      {"B", 3},           {"Nq", 7},         {"Nk", 7},        {"Hq/Hkv", 6},    {"D", 4},
-      {"dtype", 8, true}, {"mask", 6, true}, {"time(ms)", 10}, {"GFLOP/s", 8},   {"%sgemm", 6},
-      {"base(ms)", 10},   {"baseGF/s", 8},   {"speedup", 7},   {"work mem", 10}, {"in+out", 10},
-      {"O err", 8},       {"LSE err", 8},    {"base O", 8},    {"base LSE", 8},
+      {"B", 3},           {"Nq", 7},         {"Nk", 7},        {"Hq/Hkv", 6},  {"D", 4},
+      {"dtype", 8, true}, {"mask", 6, true}, {"time(ms)", 10}, {"GFLOP/s", 8}, {"%sgemm", 6},
+      {"%fma", 5},        {"base(ms)", 10},  {"baseGF/s", 8},  {"speedup", 7}, {"work mem", 10},
+      {"in+out", 10},     {"O err", 8},      {"LSE err", 8},   {"base O", 8},  {"base LSE", 8},
   };
   if (backward)
     cols.insert(cols.end(),
@@ -154,6 +156,7 @@ struct Settings {
   int64_t warmup = 0, repeats = 0, check_rows = 0;
   uint64_t seed = 0;
   double sgemm_gflops = 0;
+  double fma_gflops = 0;  // the kernel ISA's FMA peak on s.threads
 };
 
 // The backward's figures of one row.
@@ -289,6 +292,7 @@ RowResult bench_one(const ProblemShape& shape, const Settings& s, MetricsFile& m
       cell_fixed(kt.best_s * 1e3, 2),
       cell_fixed(gflops, 1),
       cell_fixed(pct, 1),
+      cell_fixed(100.0 * gflops / s.fma_gflops, 1),
       cell_fixed(base_s * 1e3, 2),
       cell_fixed(base_gflops, 1),
       cell_fixed(speedup, 2),
@@ -314,6 +318,8 @@ RowResult bench_one(const ProblemShape& shape, const Settings& s, MetricsFile& m
       .number("gflops", gflops)
       .number("pct_sgemm", pct)
       .number("sgemm_gflops", s.sgemm_gflops)
+      .number("pct_fma", 100.0 * gflops / s.fma_gflops)
+      .number("fma_peak_gflops", s.fma_gflops)
       .number("baseline_ms", base_s * 1e3)
       .number("baseline_gflops", base_gflops)
       .number("speedup", speedup)
@@ -366,11 +372,14 @@ int cmd_bench_kernel(int argc, char** argv) {
   MetricsFile metrics(opt->metrics_path());
   const int sgemm_n = opt->integer_int("sgemm-size");
   s.sgemm_gflops = measure_sgemm_gflops(s.threads, sgemm_n);
+  s.fma_gflops = measure_fma_peak_gflops(s.kopt.isa, s.threads);
 
   fmt::print("# ringattn bench-kernel\n");
-  fmt::print("# isa {}{}, threads {}, sgemm {:.1f} GFLOP/s (OpenBLAS core {}, n = {}, best of 3)\n",
-             s.isa, s.kopt.isa == Isa::automatic ? " (auto)" : "", s.threads, s.sgemm_gflops,
-             blas_core_name(), sgemm_n);
+  fmt::print(
+      "# isa {}{}, threads {}, sgemm {:.1f} GFLOP/s (OpenBLAS core {}, n = {}, best of 3), "
+      "{} FMA peak {:.1f} GFLOP/s\n",
+      s.isa, s.kopt.isa == Isa::automatic ? " (auto)" : "", s.threads, s.sgemm_gflops,
+      blas_core_name(), sgemm_n, s.isa, s.fma_gflops);
   {
     const MaskOptions sparse_parts = parse_mask_options(*opt);
     if (sparse_parts.sparse()) fmt::print("# sparse mask: {}\n", sparse_parts.describe());

@@ -11,6 +11,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
 #include <vector>
 
 #include "cpu/kernel_isa.hpp"
@@ -203,6 +204,35 @@ Isa parse_isa(const std::string& s) {
   for (Isa i : {Isa::automatic, Isa::avx512, Isa::avx2, Isa::generic})
     if (s == isa_name(i)) return i;
   throw FieldError("isa", fmt::format("expected auto, avx512, avx2 or generic, got '{}'", s));
+}
+
+double measure_fma_peak_gflops(Isa isa, int threads, double seconds) {
+  if (isa != Isa::automatic && !isa_supported(isa))
+    throw FieldError("isa", fmt::format("this CPU does not support {}", isa_name(isa)));
+  const cpu::IsaKernels& K = kernels_for(isa);
+  const int n = std::max(threads, 1);
+  std::vector<double> rate(static_cast<std::size_t>(n), 0.0);
+  constexpr int64_t kIters = int64_t{1} << 20;  // about 2 ms a round
+#pragma omp parallel num_threads(n)
+  {
+    const int tid = omp_get_thread_num();
+    float sink = 0;
+    K.fma_loop(kIters / 8, &sink);  // warm: clocks up, code in cache
+    // The best of rounds of about 2 ms: the peak, not the mean of a shared machine's stalls.
+    const auto start = std::chrono::steady_clock::now();
+    double best = 0;
+    for (double total = 0; total < seconds;) {
+      const auto t0 = std::chrono::steady_clock::now();
+      const double flops = K.fma_loop(kIters, &sink);
+      const auto t1 = std::chrono::steady_clock::now();
+      best = std::max(best, flops / std::chrono::duration<double>(t1 - t0).count());
+      total = std::chrono::duration<double>(t1 - start).count();
+    }
+    rate[static_cast<std::size_t>(tid)] = best + (sink == 12345.0f ? 1e-30 : 0.0);
+  }
+  double total = 0;
+  for (const double r : rate) total += r;
+  return total / 1e9;
 }
 
 int64_t kernel_packed_keys(const Mask& mask, Positions qpos, int64_t nq, Positions kpos,

@@ -335,8 +335,30 @@ struct Impl {
     return st;
   }
 
+  // The FMA peak: kFmaChains independent multiply-add chains in registers,
+  // `iters` rounds; returns the float32 FLOPs done (2 per lane per FMA). The
+  // chains' sum goes to *sink so the compiler keeps them.
+  static constexpr int kFmaChains = 12;
+  static double fma_loop(int64_t iters, float* sink) {
+    reg acc[kFmaChains];
+    const reg a = V::set1(0.999999f), b = V::set1(1e-7f);
+#pragma GCC unroll 16
+    for (int i = 0; i < kFmaChains; ++i) acc[i] = V::set1(float(i));
+    for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 16
+      for (int i = 0; i < kFmaChains; ++i) acc[i] = V::fma(acc[i], a, b);
+    }
+    reg t = acc[0];
+    for (int i = 1; i < kFmaChains; ++i) t = V::add(t, acc[i]);
+    float lanes[L];
+    V::store(lanes, t);
+    *sink = lanes[0] + lanes[L - 1];
+    return 2.0 * double(L) * kFmaChains * double(iters);
+  }
+
   static const IsaKernels& table(Isa isa) {
-    static const IsaKernels k{isa, L, PW, &pack_kv, &workspace_floats, &run_block, &run_importance};
+    static const IsaKernels k{
+        isa, L, PW, &pack_kv, &workspace_floats, &run_block, &run_importance, &fma_loop};
     return k;
   }
 };

@@ -110,6 +110,8 @@ struct IsaKernels {
   KernelStats (*run_block)(const QBlockJob& job, float* workspace);
   // One importance task (same workspace size as run_block).
   KernelStats (*run_importance)(const ImportanceJob& job, float* workspace);
+  // Independent FMAs in registers, `iters` rounds: the FLOPs done (the peak's probe).
+  double (*fma_loop)(int64_t iters, float* sink);
 };
 
 // ---- backward (backward_impl.hpp; the driver is backward.cpp) -----------------
