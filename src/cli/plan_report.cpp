@@ -12,6 +12,14 @@
 namespace ringattn::cli {
 namespace {
 
+// The most one rank sends in one step (transfers carry only the rows their
+// receivers see: a window's boundary rows, not whole blocks).
+double max_step_bytes(const Plan& p) {
+  double m = 0;
+  for (const StepPlan& st : p.per_step) m = std::max(m, st.bytes);
+  return m;
+}
+
 constexpr int kLabelWidth = 20;
 constexpr double kMs = 1e3;
 constexpr double kGiga = 1e9;
@@ -252,7 +260,7 @@ void print_plan(const PlanReport& r) {
                    p.steps, p.in.ranks, p.transfer,
                    p.transfer == "direct" ? "owners send a block only to the ranks that need it"
                                           : "neighbours pass blocks on",
-                   format_bytes(p.bytes_per_step), format_bytes(p.block_bytes)));
+                   format_bytes(p.bytes_per_step), format_bytes(max_step_bytes(p))));
   if (p.in.kv_wire.on()) {
     const int64_t plain = p.in.head_dim * int64_t(dtype_size(p.in.dtype));
     line("kv wire",
@@ -381,7 +389,7 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
       .number("total_gflop", p.total_flops / kGiga)
       .number("max_rank_gflop", max_flops / kGiga)
       .number("bytes_per_step", p.bytes_per_step)
-      .number("max_bytes_per_step", p.block_bytes)
+      .number("max_bytes_per_step", max_step_bytes(p))
       .text("kv_wire",
             p.in.kv_wire.on() ? p.in.kv_wire.describe() : std::string(dtype_name(p.in.dtype)))
       .boolean("kv_store", p.in.kv_store)
