@@ -34,6 +34,7 @@ struct Impl {
   static constexpr int PW = 2 * L;  // keys per K panel = S micro-kernel columns
   static_assert(kBlockQ % V::kRowsS == 0 && kBlockQ % V::kRowsPV == 0);
   static_assert(kBlockK % PW == 0);
+  static_assert(V::kRowsS % V::kRowsPV == 0);
 
   // ---- packing ---------------------------------------------------------------
 
@@ -146,6 +147,21 @@ struct Impl {
 
   // ---- one tile --------------------------------------------------------------
 
+  // The panels [*h0, *h1) (multiples of PW, within [0, kc)) holding every key
+  // that one of n rows sees (row i: [vis0[i], vis1[i]), empty when equal);
+  // empty when no row sees a key.
+  static inline void row_hull(const int* vis0, const int* vis1, int n, int kc, int* h0, int* h1) {
+    int lo = kc, hi = 0;
+    for (int i = 0; i < n; ++i)
+      if (vis0[i] < vis1[i]) lo = std::min(lo, vis0[i]), hi = std::max(hi, vis1[i]);
+    if (lo >= hi) {
+      *h0 = *h1 = 0;
+      return;
+    }
+    *h0 = lo / PW * PW;
+    *h1 = static_cast<int>(std::min<int64_t>(round_up(hi, PW), kc));
+  }
+
   // Online-softmax update of one row of S (in place: S becomes P). Columns
   // outside [j0, j1) are masked; kc (a multiple of PW) columns are live.
   static inline void softmax_row(float* s, int j0, int j1, int kc, float* m, float* l,
@@ -207,6 +223,8 @@ struct Impl {
 
     KernelStats st;
     uint8_t tile_keep[kBlockK];
+    int vis0[kBlockQ], vis1[kBlockQ];
+    bool gaps[kBlockQ];
     const int64_t q_first = job.qpos.at(0), q_last = job.qpos.at(rows - 1);
     const int64_t ntiles = (kv.nk + kBlockK - 1) / kBlockK;
     st.tiles_total = ntiles;
@@ -233,29 +251,46 @@ struct Impl {
       if (cls == TileClass::partial || keep_mask) ++st.tiles_partial;
       const int kc = static_cast<int>(round_up(kvalid, PW));
 
-      // S = Qs . K^T for this tile, panel by panel.
-      for (int r0 = 0; r0 < rows_s; r0 += V::kRowsS)
-        for (int p0 = 0; p0 < kc; p0 += PW)
-          s_micro(qs + r0 * dp, dp, kv.k + (key0 + p0) * dp, s + r0 * kBlockK + p0);
+      // Each row's visible keys [vis0, vis1): a partial tile asks the mask (gaps:
+      // keys inside the range are hidden too); padding rows see nothing.
+      for (int r = 0; r < rows; ++r) vis0[r] = 0, vis1[r] = kvalid, gaps[r] = false;
+      for (int r = rows; r < rows_s; ++r) vis0[r] = vis1[r] = 0, gaps[r] = false;
+      if (cls == TileClass::partial)
+        for (int r = 0; r < rows; ++r)
+          gaps[r] = row_range(job.mask, job.qpos.at(r), kpos, kvalid, vis0 + r, vis1 + r);
 
-      // Mask, online softmax.
-      for (int r = 0; r < rows_pv; ++r) {
-        int j0 = 0, j1 = kvalid;
-        if (cls == TileClass::partial && r < rows)
-          mask_row(job.mask, job.qpos.at(r), kpos, kvalid, s + r * kBlockK, &j0, &j1);
-        if (keep_mask && r < rows) keep_row(tile_keep, s + r * kBlockK, &j0, &j1);
-        softmax_row(s + r * kBlockK, j0, j1, kc, m + r, l + r, alpha + r);
+      // S = Qs . K^T, each group of rows over the panels its rows may see (a
+      // diagonal or a window's edge leaves the rest of the tile out).
+      for (int r0 = 0; r0 < rows_s; r0 += V::kRowsS) {
+        int h0 = 0, h1 = 0;
+        row_hull(vis0 + r0, vis1 + r0, V::kRowsS, kc, &h0, &h1);
+        for (int p0 = h0; p0 < h1; p0 += PW)
+          s_micro(qs + r0 * dp, dp, kv.k + (key0 + p0) * dp, s + r0 * kBlockK + p0);
       }
 
-      // Oacc = Oacc * alpha + P . V
+      // Mask, online softmax, Oacc = Oacc * alpha + P . V over each group's panels.
+      // A group's panels lie inside its S group's (kRowsS is a multiple of kRowsPV).
       const float* vt = kv.v + key0 * dp;
       constexpr int C = V::kColsPV;
       for (int r0 = 0; r0 < rows_pv; r0 += V::kRowsPV) {
-        const float* p = s + r0 * kBlockK;
+        int h0 = 0, h1 = 0;
+        row_hull(vis0 + r0, vis1 + r0, V::kRowsPV, kc, &h0, &h1);
+        if (h0 >= h1) continue;  // no row of the group sees this tile: its state stays
+        for (int r = r0; r < r0 + V::kRowsPV; ++r) {
+          float* sr = s + r * kBlockK;
+          int j0 = vis0[r], j1 = vis1[r];
+          if (gaps[r]) mask_row(job.mask, job.qpos.at(r), kpos, kvalid, sr, &j0, &j1);
+          if (keep_mask && r < rows) keep_row(tile_keep, sr, &j0, &j1);
+          if (j0 >= j1) j0 = j1 = h0;
+          softmax_row(sr + h0, j0 - h0, j1 - h0, h1 - h0, m + r, l + r, alpha + r);
+        }
+        const float* p = s + r0 * kBlockK + h0;
+        const float* vh = vt + int64_t{h0} * dp;
         float* o = oacc + r0 * dp;
         int c0 = 0;
-        for (; c0 + C * L <= dp; c0 += C * L) pv_micro<C>(p, vt + c0, dp, kc, alpha + r0, o + c0);
-        for (; c0 < dp; c0 += L) pv_micro<1>(p, vt + c0, dp, kc, alpha + r0, o + c0);
+        for (; c0 + C * L <= dp; c0 += C * L)
+          pv_micro<C>(p, vh + c0, dp, h1 - h0, alpha + r0, o + c0);
+        for (; c0 < dp; c0 += L) pv_micro<1>(p, vh + c0, dp, h1 - h0, alpha + r0, o + c0);
       }
     }
 

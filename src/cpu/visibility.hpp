@@ -32,6 +32,26 @@ inline void index_tile_range(int64_t lo_pos, int64_t hi_pos, Positions pos, int6
 }
 
 // For the row of a query at qp against kvalid keys at kpos: the outer range
+// [*j0, *j1) of visible keys (empty when *j0 == *j1). Returns whether some keys
+// inside it are hidden (gaps between ranges, or an element-wise rule): then
+// mask_row must also run on the row's scores.
+inline bool row_range(const Mask& mask, int64_t qp, Positions kpos, int kvalid, int* j0, int* j1) {
+  constexpr int kMaxRanges = 4 + 2 * kMaxGlobalRanges + kMaxRandomBlocks;
+  int64_t b[kMaxRanges], e[kMaxRanges];
+  bool elementwise = false;
+  const int n = mask.key_ranges(qp, kpos, kvalid, b, e, kMaxRanges, &elementwise);
+  if (n == 0) {
+    *j0 = *j1 = 0;
+    return false;
+  }
+  int64_t lo = b[0], hi = e[0];
+  for (int i = 1; i < n; ++i) lo = std::min(lo, b[i]), hi = std::max(hi, e[i]);
+  *j0 = static_cast<int>(lo);
+  *j1 = static_cast<int>(hi);
+  return elementwise || n > 1;
+}
+
+// For the row of a query at qp against kvalid keys at kpos: the outer range
 // [*j0, *j1) of visible keys (empty when *j0 == *j1), with the invisible keys
 // inside it set to -inf in s (s[0..kvalid) holds the row's scores; entries
 // outside the range are left as they are).
