@@ -325,6 +325,43 @@ TEST(Kernel, HalfPrecisionStorage) {
     }
 }
 
+// The ISAs convert 16-bit storage in registers (F16C, a shift for bfloat16):
+// subnormals, the extremes of the range, signed zeros and rows whose length is
+// not a whole vector (D = 72) must give the values the scalar rule gives (the
+// float64 reference converts with it).
+TEST(Kernel, SixteenBitExtremesConvertLikeTheScalarRule) {
+  // Bit patterns: +-0, the smallest and largest subnormal, the smallest normal
+  // (the "small" ones, 0-4), the largest finite and ordinary values.
+  const uint16_t f16_bits[] = {0x0000, 0x8000, 0x0001, 0x83ff, 0x0400, 0x7bff, 0xfbff, 0x3c00};
+  const uint16_t bf16_bits[] = {0x0000, 0x8000, 0x0001, 0x807f, 0x0080, 0x4f00, 0xcf00, 0x3f80};
+  for (DType dt : {DType::f16, DType::bf16})
+    for (bool small_only : {true, false}) {
+      test::Problem p = make_problem(1, 64, 200, 2, 1, 72, dt, 31);
+      uint16_t* q = p.q.as<uint16_t>();
+      uint16_t* k = p.k.as<uint16_t>();
+      uint16_t* v = p.v.as<uint16_t>();
+      const uint16_t* bits = dt == DType::f16 ? f16_bits : bf16_bits;
+      // V: every value small (O is made of subnormals), or the extremes among
+      // ordinary values; Q and K take the small ones (scores stay in range).
+      if (small_only)
+        for (int64_t i = 0; i < p.v.numel(); ++i) v[i] = bits[(i * 7 + i / 72) % 5];
+      else
+        for (int64_t i = 0; i < p.v.numel(); i += 3) v[i] = bits[(i / 3) % 8];
+      for (int64_t i = 1; i < p.k.numel(); i += 7) k[i] = bits[(i / 7) % 5];
+      for (int64_t i = 2; i < p.q.numel(); i += 5) q[i] = bits[(i / 5) % 5];
+      const ReferenceResult ref = reference_attention(p.args);
+      for (Isa isa : isas_here()) {
+        const std::string what = std::string(dtype_name(dt)) +
+                                 (small_only ? " small" : " extremes") + " isa=" + isa_name(isa);
+        const test::Output out = run_kernel(p.args, isa);
+        const ErrorStats e = compare_to_reference(p.args, out.o.data(), out.lse.data(), ref);
+        EXPECT_LE(e.o_rel_fro, kTolO) << what;
+        EXPECT_LE(e.lse_max_abs, kTolLse) << what;
+        EXPECT_EQ(e.lse_mismatch, 0) << what;
+      }
+    }
+}
+
 TEST(Kernel, RejectsBadArguments) {
   test::Problem p = make_problem(1, 8, 8, 6, 4, 64, DType::f32, 1);
   EXPECT_THROW(run_kernel(p.args), Error);  // 6 % 4 != 0

@@ -1,4 +1,4 @@
-// AVX2 + FMA instantiation of the kernel (8 float lanes, 16 registers).
+// AVX2 + FMA (+ F16C) instantiation of the kernel (8 float lanes, 16 registers).
 // Register blocks: S 6 rows x 16 keys (12 accumulators), PV 6 rows x 16 columns.
 #include <immintrin.h>
 
@@ -6,7 +6,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 
 namespace ringattn::cpu {
 namespace {
@@ -37,6 +37,14 @@ struct Avx2 {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
     return _mm_cvtss_f32(s);
+  }
+  // 8 float16 / bfloat16 values as float32 (F16C; bfloat16 is the high half).
+  static reg load_f16(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static reg load_bf16(const uint16_t* p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
   }
   // Same method as the AVX-512 version.
   static reg exp2(reg x) {

@@ -31,6 +31,15 @@ struct Avx512 {
   static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
   static float hmax(reg x) { return _mm512_reduce_max_ps(x); }
   static float hsum(reg x) { return _mm512_reduce_add_ps(x); }
+  // 16 float16 / bfloat16 values as float32 (bfloat16 is the high half).
+  static reg load_f16(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static reg load_bf16(const uint16_t* p) {
+    const __m512i w =
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  }
   // 2^x for x <= 0: x = n + f, |f| <= 1/2; 2^f by a degree-6 polynomial; 2^n
   // added to the exponent field. Inputs below -125 (masked scores: -inf) give 0.
   static reg exp2(reg x) {

@@ -37,6 +37,16 @@ struct Generic {
     for (int i = 0; i < lanes; ++i) s += x[i];
     return s;
   }
+  static reg load_f16(const uint16_t* p) {
+    reg x;
+    for (int i = 0; i < lanes; ++i) x[i] = f16_to_f32(p[i]);
+    return x;
+  }
+  static reg load_bf16(const uint16_t* p) {
+    reg x;
+    for (int i = 0; i < lanes; ++i) x[i] = bf16_to_f32(p[i]);
+    return x;
+  }
   static reg exp2(reg x) {
     for (int i = 0; i < lanes; ++i) x[i] = x[i] < kExp2Floor ? 0.0f : std::exp2(x[i]);
     return x;

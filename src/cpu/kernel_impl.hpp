@@ -35,22 +35,49 @@ struct Impl {
   static_assert(kBlockQ % V::kRowsS == 0 && kBlockQ % V::kRowsPV == 0);
   static_assert(kBlockK % PW == 0);
   static_assert(V::kRowsS % V::kRowsPV == 0);
+  // The longest K row pack_kv converts: kMaxHeadDim padded to a whole vector.
+  static constexpr int kMaxPackDim = static_cast<int>(kMaxHeadDim) + L;
 
   // ---- packing ---------------------------------------------------------------
 
-  template <class T, class Cvt>
-  static void pack_typed(const T* k, const T* v, int64_t stride, int64_t nk, int d, int64_t j0,
-                         int64_t j1, float* kp, float* vp, int dp, Cvt cvt) {
+  // n values of a row of dtype dt, times sc, as float32 into dst: whole
+  // vectors converted in registers, then the tail (n % L) one by one.
+  static inline void row_f32(const void* src, DType dt, int n, float sc, float* dst) {
+    const reg scale = V::set1(sc);
+    int c = 0;
+    switch (dt) {
+      case DType::f32: {
+        const float* x = static_cast<const float*>(src);
+        for (; c + L <= n; c += L) V::store(dst + c, V::mul(V::load(x + c), scale));
+        break;
+      }
+      case DType::f16: {
+        const uint16_t* x = static_cast<const uint16_t*>(src);
+        for (; c + L <= n; c += L) V::store(dst + c, V::mul(V::load_f16(x + c), scale));
+        break;
+      }
+      case DType::bf16: {
+        const uint16_t* x = static_cast<const uint16_t*>(src);
+        for (; c + L <= n; c += L) V::store(dst + c, V::mul(V::load_bf16(x + c), scale));
+        break;
+      }
+    }
+    for (; c < n; ++c) dst[c] = load_as_f32(src, dt, static_cast<std::size_t>(c)) * sc;
+  }
+
+  static void pack_kv(const void* k, const void* v, DType dtype, int64_t stride, int64_t nk, int d,
+                      int64_t j0, int64_t j1, float* kp, float* vp, int dp, int /*panel*/) {
+    const std::size_t esize = dtype_size(dtype);
+    float krow[kMaxPackDim];
+    for (int c = d; c < dp; ++c) krow[c] = 0.0f;
     for (int64_t j = j0; j < j1; ++j) {
       float* kcol = kp + (j / PW) * dp * PW + (j % PW);
       float* vrow = vp + j * dp;
       if (j < nk) {
-        const T* ks = k + j * stride;
-        const T* vs = v + j * stride;
-        for (int c = 0; c < d; ++c) {
-          kcol[c * PW] = cvt(ks[c]);
-          vrow[c] = cvt(vs[c]);
-        }
+        const std::size_t off = static_cast<std::size_t>(j * stride) * esize;
+        row_f32(static_cast<const char*>(k) + off, dtype, d, 1.0f, krow);
+        row_f32(static_cast<const char*>(v) + off, dtype, d, 1.0f, vrow);
+        for (int c = 0; c < dp; ++c) kcol[c * PW] = krow[c];
       } else {
         for (int c = 0; c < d; ++c) kcol[c * PW] = 0.0f, vrow[c] = 0.0f;
       }
@@ -58,31 +85,13 @@ struct Impl {
     }
   }
 
-  static void pack_kv(const void* k, const void* v, DType dtype, int64_t stride, int64_t nk, int d,
-                      int64_t j0, int64_t j1, float* kp, float* vp, int dp, int /*panel*/) {
-    switch (dtype) {
-      case DType::f32:
-        pack_typed(static_cast<const float*>(k), static_cast<const float*>(v), stride, nk, d, j0,
-                   j1, kp, vp, dp, [](float x) { return x; });
-        break;
-      case DType::f16:
-        pack_typed(static_cast<const uint16_t*>(k), static_cast<const uint16_t*>(v), stride, nk, d,
-                   j0, j1, kp, vp, dp, [](uint16_t x) { return f16_to_f32(x); });
-        break;
-      case DType::bf16:
-        pack_typed(static_cast<const uint16_t*>(k), static_cast<const uint16_t*>(v), stride, nk, d,
-                   j0, j1, kp, vp, dp, [](uint16_t x) { return bf16_to_f32(x); });
-        break;
-    }
-  }
-
   static void pack_q(const QBlockJob& job, float* qs, int dp, int rows_pad) {
-    const float sc = job.scale_log2;
+    const std::size_t esize = dtype_size(job.dtype);
     for (int i = 0; i < rows_pad; ++i) {
       float* dst = qs + i * dp;
       if (i < job.rows) {
-        const std::size_t base = static_cast<std::size_t>(i * job.q_stride);
-        for (int c = 0; c < job.d; ++c) dst[c] = load_as_f32(job.q, job.dtype, base + c) * sc;
+        const std::size_t base = static_cast<std::size_t>(i * job.q_stride) * esize;
+        row_f32(static_cast<const char*>(job.q) + base, job.dtype, job.d, job.scale_log2, dst);
       } else {
         for (int c = 0; c < job.d; ++c) dst[c] = 0.0f;
       }

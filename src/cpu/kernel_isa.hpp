@@ -14,6 +14,7 @@
 #include <limits>
 
 #include "cpu/visibility.hpp"
+#include "ringattn/attention.hpp"
 #include "ringattn/dtype.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/mask.hpp"
