@@ -8,7 +8,9 @@ For every (ISA, D, dtype, mask) it runs `ringattn bench-kernel` (which measures 
 ISA's FMA peak and the sgemm rate in the same process, and checks its output against
 float64 on sampled rows) and times torch.nn.functional.scaled_dot_product_attention on
 the same shape ([B, H, N, D] tensors, is_causal for the causal rows) with the same
-threads, best of --repeats after a warm-up. FLOPs follow one convention for both:
+threads, best of --repeats after a warm-up, in a child process whose environment
+holds torch to the row's ISA (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS,
+ONEDNN_MAX_CPU_ISA): an avx2 row compares the two as an AVX2-only CPU runs them. FLOPs follow one convention for both:
 4 B H D x visible (query, key) pairs (N^2 full, N (N + 1) / 2 causal). Prints a
 markdown table with the CPU's name and the ratio ringattn / SDPA.
 
@@ -58,7 +60,22 @@ def ringattn_row(binary, isa, n, heads, d, dtype, causal, threads, repeats):
             return json.loads(f.readline())
 
 
-def sdpa_gflops(torch, n, heads, d, dtype, causal, repeats):
+# The instruction set torch may use, per ringattn ISA: ATen's own kernels
+# (ATEN_CPU_CAPABILITY), MKL's GEMMs and oneDNN's. An avx2 row runs both
+# libraries as they would run on an AVX2-only CPU; avx512 rows leave torch free.
+TORCH_ISA_ENV = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+             "ONEDNN_MAX_CPU_ISA": "AVX2"},
+    "avx512": {},
+    "generic": {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+                "ONEDNN_MAX_CPU_ISA": "SSE41"},
+}
+
+
+def sdpa_child(n, heads, d, dtype, causal, repeats, threads):
+    """Runs in a child process (its ISA set by the environment): prints JSON."""
+    import torch
+    torch.set_num_threads(threads)
     tdt = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[dtype]
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, heads, n, d, generator=g).to(tdt) for _ in range(3))
@@ -71,10 +88,26 @@ def sdpa_gflops(torch, n, heads, d, dtype, causal, repeats):
             f(q, k, v, is_causal=causal)
             best = min(best, time.perf_counter() - t0)
     pairs = n * (n + 1) / 2 if causal else float(n) * n
-    return 4.0 * heads * d * pairs / best / 1e9
+    print(json.dumps({"gflops": 4.0 * heads * d * pairs / best / 1e9,
+                      "capability": torch.backends.cpu.get_cpu_capability(),
+                      "threads": torch.get_num_threads()}))
+
+
+def sdpa_row(isa, n, heads, d, dtype, causal, repeats, threads):
+    env = dict(os.environ, **TORCH_ISA_ENV.get(isa, {}))
+    cmd = [sys.executable, os.path.abspath(__file__), "--sdpa-child",
+           f"{n},{heads},{d},{dtype},{int(causal)},{repeats},{threads}"]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if run.returncode != 0:
+        sys.exit(f"bench_sdpa: the SDPA child failed:\n{run.stdout}{run.stderr}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--sdpa-child":
+        n, heads, d, dtype, causal, repeats, threads = sys.argv[2].split(",")
+        sdpa_child(int(n), int(heads), int(d), dtype, causal == "1", int(repeats), int(threads))
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("binary")
     ap.add_argument("--isa", default="")
@@ -89,15 +122,15 @@ def main():
         import torch
     except ImportError:
         sys.exit("bench_sdpa: needs torch (pip install torch in a virtual environment)")
-    torch.set_num_threads(a.threads)
     with open("/proc/cpuinfo") as f:
         flags = f.read()
     isas = [x for x in a.isa.split(",") if x] or (["avx512", "avx2"] if "avx512f" in flags
                                                    else ["avx2"])
-    print(f"# {cpu_name()}, {a.threads} threads; torch {torch.__version__} "
-          f"(CPU, {torch.get_num_threads()} threads); N = {a.seq_len}, H = {a.heads}, B = 1")
-    print("| isa | D | dtype | mask | ringattn GFLOP/s | % FMA peak | SDPA GFLOP/s | ratio | "
-          "O err vs float64 |")
+    print(f"# {cpu_name()}, {a.threads} threads; torch {torch.__version__} on CPU, "
+          f"{a.threads} threads, restricted to the row's ISA (ATen, MKL, oneDNN); "
+          f"N = {a.seq_len}, H = {a.heads}, B = 1")
+    print("| isa | D | dtype | mask | ringattn GFLOP/s | % FMA peak | SDPA GFLOP/s (torch ISA) | "
+          "ratio | O err vs float64 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for isa in isas:
         for d in (int(x) for x in a.head_dim.split(",")):
@@ -105,11 +138,11 @@ def main():
                 for causal in (False, True):
                     r = ringattn_row(a.binary, isa, a.seq_len, a.heads, d, DTYPES[dt], causal,
                                      a.threads, a.repeats)
-                    s = sdpa_gflops(torch, a.seq_len, a.heads, d, dt, causal, a.repeats)
+                    s = sdpa_row(isa, a.seq_len, a.heads, d, dt, causal, a.repeats, a.threads)
                     print(f"| {isa} | {d} | {dt} | {'causal' if causal else 'full'} | "
                           f"{r['gflops']:.1f} | {r['pct_fma']:.0f}% of {r['fma_peak_gflops']:.0f} "
-                          f"| {s:.1f} | {r['gflops'] / s:.2f}x | {r['o_rel_err']:.1e} |",
-                          flush=True)
+                          f"| {s['gflops']:.1f} ({s['capability']}) | "
+                          f"{r['gflops'] / s['gflops']:.2f}x | {r['o_rel_err']:.1e} |", flush=True)
     print(f"# reproduce: {' '.join([sys.executable] + sys.argv)}")
 
 
