@@ -117,8 +117,8 @@ CommandSpec plan_spec() {
       "--threads is the kernel threads of each rank on cpu profiles, as for run: 0 means cores / "
       "P\n"
       "for in-process ranks and all cores under MPI.\n"
-      "Profiles are looked up in $RINGATTN_HARDWARE_DIR, ./configs/hardware "
-      "and " RINGATTN_HARDWARE_DIR
+      "Profiles are looked up in $RINGATTN_HARDWARE_DIR, ./configs/hardware, "
+      "share/ringattn/hardware beside an installed binary and " RINGATTN_HARDWARE_DIR
       ".\nThe model and its units are in docs/PERFORMANCE.md; ring.hpp describes the memory.";
   return s;
 }

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <filesystem>
+#include <system_error>
 #include <vector>
 
 #include "cli/backend.hpp"
@@ -197,6 +199,10 @@ HardwareProfile load_hardware_option(const std::string& value) {
   if (const char* env = std::getenv("RINGATTN_HARDWARE_DIR"); env != nullptr && *env != '\0')
     dirs.emplace_back(env);
   dirs.emplace_back("configs/hardware");
+  // An installed CLI: PREFIX/bin/ringattn finds PREFIX/share/ringattn/hardware.
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) dirs.push_back((exe.parent_path().parent_path() / "share/ringattn/hardware").string());
   dirs.emplace_back(RINGATTN_HARDWARE_DIR);
   try {
     return load_hardware_profile(resolve_hardware_profile(value, dirs));
