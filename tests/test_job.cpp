@@ -6,6 +6,8 @@
 #include <omp.h>
 #include <stdlib.h>
 
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -83,6 +85,77 @@ class Job : public ::testing::Test {
 
   std::string dir_;
 };
+
+// The caller's arrays in and out (JobArrays: what the bindings pass): every
+// dtype, GQA, a layout with several segments per rank; O and LSE against the
+// float64 reference on every row, and bit for bit what the same job writes
+// from .npy files of the same arrays.
+TEST_F(Job, ArraysInAndOutMatchTheReferenceAndTheFiles) {
+  int seed = 40;
+  for (const DType dt : {DType::f32, DType::bf16, DType::f16}) {
+    test::Problem p = test::make_problem(2, 203, 203, 4, 2, 32, dt, seed++);
+    JobSpec s(static_cast<const AttentionProblem&>(p.args));
+    s.mask = Mask::causal(0);
+    s.layout = LayoutKind::zigzag;
+    s.verify = true, s.check_rows = 9, s.threads = 1;
+    Tensor o(dt, {s.batch, s.nq, s.hq, s.head_dim}), lse(DType::f32, {s.batch, s.hq, s.nq});
+    s.arrays = {p.q.data.data(), p.k.data.data(), p.v.data.data(), o.data.data(), lse.as<float>()};
+    const JobReport r = run_job_local(3, s);
+    ASSERT_TRUE(r.failure.empty()) << r.failure;
+    EXPECT_TRUE(r.verify && r.verify->ok);
+    EXPECT_TRUE(r.sampled && r.sampled->ok);
+    EXPECT_TRUE(r.outputs.empty());  // no files
+
+    const AttentionArgs a(s, p.q.data.data(), p.k.data.data(), p.v.data.data());
+    const ReferenceResult ref = reference_attention(a);
+    std::vector<float> of(static_cast<std::size_t>(o.numel()));
+    for (int64_t i = 0; i < o.numel(); ++i) of[static_cast<std::size_t>(i)] = o.get(i);
+    const ErrorStats e = compare_to_reference(a, of.data(), lse.as<float>(), ref);
+    const Tolerance tol = stored_tolerance(dt);
+    EXPECT_LE(e.o_rel_fro, tol.o_rel_fro) << dtype_name(dt);
+    EXPECT_LE(e.lse_max_abs, tol.lse_max_abs) << dtype_name(dt);
+    EXPECT_EQ(e.lse_mismatch, 0) << dtype_name(dt);
+
+    // The same job from files of the same arrays writes the same bits.
+    save_npy(path("q.npy"), p.q), save_npy(path("k.npy"), p.k), save_npy(path("v.npy"), p.v);
+    JobSpec f = s;
+    f.arrays = {};
+    f.use_input_files(path("q.npy"), path("k.npy"), path("v.npy"));
+    f.out_path = path("o.npy"), f.lse_path = path("lse.npy");
+    ASSERT_TRUE(run_job_local(3, f).failure.empty());
+    const Tensor fo = read_npy(f.out_path), fl = read_npy(f.lse_path);
+    ASSERT_EQ(fo.bytes(), o.bytes());
+    EXPECT_EQ(std::memcmp(fo.data.data(), o.data.data(), o.bytes()), 0) << dtype_name(dt);
+    EXPECT_EQ(std::memcmp(fl.data.data(), lse.data.data(), lse.bytes()), 0) << dtype_name(dt);
+  }
+}
+
+TEST_F(Job, BadArraysAreFieldErrors) {
+  test::Problem p = test::make_problem(1, 64, 64, 2, 2, 32, DType::f32, 3);
+  JobSpec s(static_cast<const AttentionProblem&>(p.args));
+  s.arrays.q = p.q.data.data();  // k and v missing
+  try {
+    s.validate();
+    FAIL() << "no error";
+  } catch (const FieldError& e) {
+    EXPECT_EQ(e.field(), "arrays");
+  }
+  s.arrays.k = p.k.data.data(), s.arrays.v = p.v.data.data();
+  save_npy(path("q.npy"), p.q), save_npy(path("k.npy"), p.k), save_npy(path("v.npy"), p.v);
+  s.use_input_files(path("q.npy"), path("k.npy"), path("v.npy"));
+  EXPECT_THROW(s.validate(), FieldError);
+  // A non-finite input is named with its global index, whichever rank holds it.
+  s.from_files = false;
+  p.k.as<float>()[(40 * 2 + 1) * 32 + 5] = std::nanf("");
+  try {
+    run_job_local(2, s);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("k: non-finite value (nan) at index [0, 40, 1, 5]"),
+              std::string::npos)
+        << e.what();
+  }
+}
 
 TEST_F(Job, ThreeRanksGeneratedInputsMatchTheFloat64Reference) {
   JobSpec s;

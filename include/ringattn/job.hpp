@@ -59,6 +59,20 @@ struct InputFile {
   int axis() const { return ndim == kNdimBatch ? 1 : 0; }  // the token axis
 };
 
+// Inputs and outputs held by the caller (a binding's arrays) instead of files:
+// global, C-contiguous, in token order. q [B, Nq, Hq, D], k and v [B, Nk, Hkv,
+// D] in the problem's dtype; each rank copies its own rows (in-process ranks
+// share the arrays). o [B, Nq, Hq, D] in the dtype and lse [B, Hq, Nq] float32
+// (either may be null: not returned) are filled by rank 0 as the rows arrive;
+// when a check fails (JobReport::failure) their contents are unspecified.
+struct JobArrays {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* o = nullptr;
+  float* lse = nullptr;
+};
+
 struct JobSpec : AttentionProblem {  // the global problem (mask built, in global positions)
   JobSpec() = default;
   explicit JobSpec(const AttentionProblem& p) : AttentionProblem(p) {}
@@ -66,10 +80,13 @@ struct JobSpec : AttentionProblem {  // the global problem (mask built, in globa
   std::string mask_text;                       // for reports ("causal window 4095/0"); "" = derived
   LayoutKind layout = LayoutKind::contiguous;  // how tokens are split over the ranks
 
-  // Inputs: generated from `seed` (ringattn/synth.hpp), or read from files.
+  // Inputs: generated from `seed` (ringattn/synth.hpp), read from files, or
+  // the caller's arrays (arrays.q set; the sizes and dtype are the problem's).
   bool from_files = false;
   InputFile q, k, v;
   uint64_t seed = 0;
+  JobArrays arrays;
+  bool from_arrays() const { return arrays.q != nullptr; }
 
   // Outputs (empty: not written). O [B, Nq, Hq, D] in `dtype`, LSE [B, Hq, Nq]
   // float32, without the batch axis when q is a 3-d file.
@@ -145,9 +162,9 @@ struct JobSpec : AttentionProblem {  // the global problem (mask built, in globa
   void check_backward_supported() const;  // part of validate()
   // Whether rank 0 collects every rank's rows after the ring (outputs or checks).
   bool gathers() const {
-    return !out_path.empty() || !lse_path.empty() || !route_path.empty() || !keep_path.empty() ||
-           verify || check_rows > 0 || !moe_out_path.empty() || !moe_routing_path.empty() ||
-           !moe_gates_path.empty();
+    return !out_path.empty() || !lse_path.empty() || arrays.o != nullptr || arrays.lse != nullptr ||
+           !route_path.empty() || !keep_path.empty() || verify || check_rows > 0 ||
+           !moe_out_path.empty() || !moe_routing_path.empty() || !moe_gates_path.empty();
   }
   std::string mask_description() const;
   // What verify and check_rows accept: float32 accumulation (ringattn/reference.hpp),

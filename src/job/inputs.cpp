@@ -198,11 +198,33 @@ Tensor read_rows(const JobSpec& cfg, const InputFile& f, const Layout& l, int ra
   return t;
 }
 
+// This rank's rows of a caller's global array [B, n, H, D] (JobArrays).
+Tensor copy_rows(const JobSpec& cfg, const void* base, const char* name, const Layout& l, int rank,
+                 int64_t heads) {
+  const int64_t n = l.length(), local = l.tokens(rank), row = heads * cfg.head_dim;
+  Tensor t = Tensor::uninitialized(cfg.dtype, {cfg.batch, local, heads, cfg.head_dim}, name);
+  const std::size_t row_bytes = static_cast<std::size_t>(row) * dtype_size(cfg.dtype);
+  const char* src = static_cast<const char*>(base);
+  char* dst = t.as<char>();
+  for (int64_t b = 0; b < cfg.batch; ++b)
+    for (const Segment& s : l.segments(rank))
+      for (int64_t i = 0; i < s.count; ++i)
+        std::memcpy(dst + static_cast<std::size_t>(b * local + s.local_offset + i) * row_bytes,
+                    src + static_cast<std::size_t>(b * n + s.start + i * s.stride) * row_bytes,
+                    row_bytes);
+  check_finite_rows(t, InputFile{name, kNdimBatch}, global_tokens(l, rank));
+  return t;
+}
+
 }  // namespace
 
 RankInputs load_rank_inputs(const JobSpec& cfg, const Layout& ql, const Layout& kvl, int rank) {
   RankInputs in;
-  if (cfg.from_files) {
+  if (cfg.from_arrays()) {
+    in.q = copy_rows(cfg, cfg.arrays.q, "q", ql, rank, cfg.hq);
+    in.k = copy_rows(cfg, cfg.arrays.k, "k", kvl, rank, cfg.hkv);
+    in.v = copy_rows(cfg, cfg.arrays.v, "v", kvl, rank, cfg.hkv);
+  } else if (cfg.from_files) {
     in.q = read_rows(cfg, cfg.q, ql, rank, cfg.hq, cfg.dtype);
     in.k = read_rows(cfg, cfg.k, kvl, rank, cfg.hkv, cfg.dtype);
     in.v = read_rows(cfg, cfg.v, kvl, rank, cfg.hkv, cfg.dtype);
@@ -235,7 +257,17 @@ std::vector<double> load_global_rows(const JobSpec& cfg, SynthStream which, int6
                        : which == SynthStream::v ? &cfg.v
                                                  : &cfg.do_file;
   const bool from_file = which == SynthStream::d_o ? !cfg.do_file.path.empty() : cfg.from_files;
-  if (from_file) {
+  const void* array = which == SynthStream::q   ? cfg.arrays.q
+                      : which == SynthStream::k ? cfg.arrays.k
+                      : which == SynthStream::v ? cfg.arrays.v
+                                                : nullptr;
+  if (array != nullptr) {
+    const std::size_t first_elem =
+        static_cast<std::size_t>((b * (queries ? cfg.nq : cfg.nk) + first) * row);
+    for (int64_t e = 0; e < n * row; ++e)
+      out[static_cast<std::size_t>(e)] =
+          load_as_f32(array, cfg.dtype, first_elem + static_cast<std::size_t>(e));
+  } else if (from_file) {
     const Tensor w = read_npy_slice(f->path, f->axis(), first, n);
     const int64_t off = f->ndim == kNdimBatch ? b * n * row : 0;
     for (int64_t e = 0; e < n * row; ++e) out[static_cast<std::size_t>(e)] = w.get(off + e);

@@ -105,6 +105,7 @@ void write_token_rows(NpyOutFile& file, const Layout& l, int rank, int64_t batch
 
 void RunOutputs::write_rank(const Layout& ql, int rank, const float* o, const float* lse) {
   const int64_t n = ql.tokens(rank);
+  if (cfg_.arrays.o != nullptr || cfg_.arrays.lse != nullptr) write_arrays(ql, rank, o, lse);
   if (o_) write_token_rows(*o_, ql, rank, cfg_.batch, cfg_.nq, cfg_.hq * cfg_.head_dim, o);
   if (lse_) {
     for (int64_t b = 0; b < cfg_.batch; ++b)
@@ -115,6 +116,24 @@ void RunOutputs::write_rank(const Layout& ql, int rank, const float* o, const fl
               static_cast<std::size_t>(s.stride) * sizeof(float), sizeof(float), s.count,
               lse + (b * cfg_.hq + h) * n + s.local_offset);
   }
+}
+
+void RunOutputs::write_arrays(const Layout& ql, int rank, const float* o, const float* lse) {
+  const int64_t n = ql.tokens(rank), row = cfg_.hq * cfg_.head_dim;
+  for (int64_t b = 0; b < cfg_.batch; ++b)
+    for (const Segment& s : ql.segments(rank))
+      for (int64_t i = 0; i < s.count; ++i) {
+        const int64_t t = s.start + i * s.stride, li = s.local_offset + i;
+        if (cfg_.arrays.o != nullptr) {
+          const float* src = o + (b * n + li) * row;
+          const std::size_t dst = static_cast<std::size_t>((b * cfg_.nq + t) * row);
+          for (int64_t e = 0; e < row; ++e)
+            store_from_f32(cfg_.arrays.o, cfg_.dtype, dst + static_cast<std::size_t>(e), src[e]);
+        }
+        if (cfg_.arrays.lse != nullptr)
+          for (int64_t h = 0; h < cfg_.hq; ++h)
+            cfg_.arrays.lse[(b * cfg_.hq + h) * cfg_.nq + t] = lse[(b * cfg_.hq + h) * n + li];
+      }
 }
 
 void RunOutputs::commit() {

@@ -31,7 +31,8 @@ class RunOutputs {
   // constructor would (naming the field) if a file cannot be written there.
   static void check_writable(const JobSpec& cfg);
   // Writes rank `rank`'s rows: o float32 [B, n_r, Hq, D] (rounded to the
-  // output dtype), lse [B, Hq, n_r], n_r = ql.tokens(rank), in ql's local order.
+  // output dtype), lse [B, Hq, n_r], n_r = ql.tokens(rank), in ql's local order;
+  // to the files and to the caller's arrays (JobArrays::o, lse).
   void write_rank(const Layout& ql, int rank, const float* o, const float* lse);
   // Writes rank `rank`'s routing choices [B, n_r, Hq, topk] (route file only).
   void write_route(const Layout& ql, int rank, const int32_t* route);
@@ -40,6 +41,7 @@ class RunOutputs {
   void commit();
 
  private:
+  void write_arrays(const Layout& ql, int rank, const float* o, const float* lse);
   const JobSpec& cfg_;
   std::optional<NpyOutFile> o_, lse_, route_, keep_;
 };

@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "job/inputs.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/hier_reference.hpp"
 #include "ringattn/npy.hpp"
@@ -63,45 +64,13 @@ void round_trip(const QuantFormat& f, double* x, int64_t rows, int64_t d) {
 }  // namespace
 
 std::vector<double> SampledReferenceCheck::load_q(int64_t b, int64_t t) const {
-  const int64_t row = cfg_.hq * cfg_.head_dim;
-  std::vector<double> q(static_cast<std::size_t>(row));
-  if (cfg_.from_files) {
-    const Tensor w = read_npy_slice(cfg_.q.path, cfg_.q.axis(), t, 1);
-    const int64_t off = cfg_.q.ndim == kNdimBatch ? b * row : 0;
-    for (int64_t e = 0; e < row; ++e) q[static_cast<std::size_t>(e)] = w.get(off + e);
-  } else {
-    std::vector<float> f(static_cast<std::size_t>(row));
-    Tensor tmp(cfg_.dtype, {row});
-    synth_fill(tmp.data.data(), cfg_.dtype, synth_key(cfg_.seed, SynthStream::q),
-               static_cast<uint64_t>((b * cfg_.nq + t) * row), row);
-    for (int64_t e = 0; e < row; ++e) q[static_cast<std::size_t>(e)] = tmp.get(e);
-  }
-  return q;
+  return load_global_rows(cfg_, SynthStream::q, b, t, 1);
 }
 
 void SampledReferenceCheck::load_kv(int64_t b, int64_t j0, int64_t n, std::vector<double>* k,
                                     std::vector<double>* v) const {
-  const int64_t row = cfg_.hkv * cfg_.head_dim;
-  k->assign(static_cast<std::size_t>(n * row), 0.0);
-  v->assign(static_cast<std::size_t>(n * row), 0.0);
-  if (cfg_.from_files) {
-    const Tensor wk = read_npy_slice(cfg_.k.path, cfg_.k.axis(), j0, n);
-    const Tensor wv = read_npy_slice(cfg_.v.path, cfg_.v.axis(), j0, n);
-    const int64_t off = cfg_.k.ndim == kNdimBatch ? b * n * row : 0;
-    for (int64_t e = 0; e < n * row; ++e) {
-      (*k)[static_cast<std::size_t>(e)] = wk.get(off + e);
-      (*v)[static_cast<std::size_t>(e)] = wv.get(off + e);
-    }
-  } else {
-    Tensor tk(cfg_.dtype, {n * row}), tv(cfg_.dtype, {n * row});
-    const uint64_t first = static_cast<uint64_t>((b * cfg_.nk + j0) * row);
-    synth_fill(tk.data.data(), cfg_.dtype, synth_key(cfg_.seed, SynthStream::k), first, n * row);
-    synth_fill(tv.data.data(), cfg_.dtype, synth_key(cfg_.seed, SynthStream::v), first, n * row);
-    for (int64_t e = 0; e < n * row; ++e) {
-      (*k)[static_cast<std::size_t>(e)] = tk.get(e);
-      (*v)[static_cast<std::size_t>(e)] = tv.get(e);
-    }
-  }
+  *k = load_global_rows(cfg_, SynthStream::k, b, j0, n);
+  *v = load_global_rows(cfg_, SynthStream::v, b, j0, n);
 }
 
 SampledReferenceCheck::SampledReferenceCheck(const JobSpec& cfg, int64_t rows, const WireView& wire,

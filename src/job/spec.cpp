@@ -44,6 +44,10 @@ void JobSpec::validate() const {
   if (nq < 1) throw FieldError("nq", fmt::format("expected at least one query token, got {}", nq));
   if (nk < 1) throw FieldError("nk", fmt::format("expected at least one key token, got {}", nk));
   job::check_execution(repeats, warmup, check_rows, fail_rank);
+  if (from_arrays() && from_files)
+    throw FieldError("arrays", "inputs come from the caller's arrays or from files, not both");
+  if (from_arrays() && (arrays.k == nullptr || arrays.v == nullptr))
+    throw FieldError("arrays", "q is given: k and v must be given too");
   // Outputs are compared as files (./o.npy, a/../o.npy and symlinks are one file).
   if (!lse_path.empty() && !out_path.empty() && same_file(lse_path, out_path))
     throw FieldError("lse_out", fmt::format("'{}' is the same file as the O output '{}'; give "
@@ -179,15 +183,17 @@ std::string JobSpec::shape_text() const {
 }
 
 std::string JobSpec::config_text() const {
-  const std::string source = from_files ? fmt::format("files:{}|{}|{}", q.path, k.path, v.path)
-                                        : fmt::format("seed:{}", seed);
+  const std::string source = from_arrays() ? std::string("arrays")
+                             : from_files  ? fmt::format("files:{}|{}|{}", q.path, k.path, v.path)
+                                           : fmt::format("seed:{}", seed);
   return fmt::format(
       "shape:{};mask:{};layout:{};scale:{};source:{};repeats:{};warmup:{};verify:{};"
       "check-rows:{};fail-rank:{};out:{};lse-out:{};device:{};hier:{};route-out:{};moe:{};"
       "kv-wire:{};kv-store:{};kv-select:{} g{}{};keep-out:{};comm:{} w{};backward:{};docs:{}",
       shape_text(), mask_fields(mask), layout_name(layout), scale, source, repeats, warmup, verify,
-      check_rows > 0, fail_rank, !out_path.empty(), !lse_path.empty(), device_name(device),
-      hier.describe(), !route_path.empty(),
+      check_rows > 0, fail_rank, !out_path.empty() || arrays.o != nullptr,
+      !lse_path.empty() || arrays.lse != nullptr, device_name(device), hier.describe(),
+      !route_path.empty(),
       moe.on() ? fmt::format("{} {} {} min {} weights '{}' outputs {}{}{}", moe.describe(),
                              moe_priority_name(moe.priority), moe.capacity_factor, moe.min_capacity,
                              moe_weights, !moe_out_path.empty(), !moe_routing_path.empty(),
