@@ -45,6 +45,8 @@ const std::set<std::string> kProblemOptions = {
     "q",     "k",       "v",          "causal", "layout",   "ranks-local"};
 constexpr const char* kRunOnly = "(run only: accepted, does not change the plan) ";
 
+}  // namespace
+
 CommandSpec plan_spec() {
   CommandSpec s;
   s.name = "plan";
@@ -123,6 +125,8 @@ CommandSpec plan_spec() {
   return s;
 }
 
+namespace {
+
 // The MoE options; with --moe-weights and no --moe-ffn, d_ff is w1.npy's (as run reads it).
 MoeConfig plan_moe_config(const ParsedOptions& opt, int64_t d_model) {
   const MoeOptions m = parse_moe_options(opt, d_model);
@@ -142,9 +146,9 @@ MoeConfig plan_moe_config(const ParsedOptions& opt, int64_t d_model) {
 
 }  // namespace
 
-int cmd_plan(int argc, char** argv) {
-  const std::optional<ParsedOptions> opt = parse_options(plan_spec(), argc, argv);
-  if (!opt) return kExitOk;
+std::unique_ptr<PlanRun> run_plan(const ParsedOptions& parsed) {
+  auto run = std::make_unique<PlanRun>();
+  const ParsedOptions* opt = &parsed;
   if (opt->has("ranks") && opt->has("ranks-local"))
     throw UsageError(
         "option '--ranks-local': give --ranks P (MPI/NCCL ranks) or --ranks-local P (in-process), "
@@ -177,10 +181,11 @@ int cmd_plan(int argc, char** argv) {
   in.kv_wire = kv.wire, in.kv_store = kv.store;
   in.select = kv.select;
   in.backward = opt->flag("backward");
-  Plan plan;
+  Plan& plan = run->plan;
+  run->hw = std::move(hw);
   try {
-    if (auto_scheme) in.scheme = best_scheme(in, hw);
-    plan = make_plan(in, hw);
+    if (auto_scheme) in.scheme = best_scheme(in, run->hw);
+    plan = make_plan(in, run->hw);
   } catch (const FieldError& e) {
     if (e.field() == "ranks" && opt->has("ranks-local"))
       throw UsageError("option '--ranks-local': " + e.detail());
@@ -190,23 +195,30 @@ int cmd_plan(int argc, char** argv) {
     throw UsageError("option '--hardware': " + std::string(e.what()));
   }
 
-  MetricsFile metrics(opt->metrics_path());
-  PlanReport report;
+  PlanReport& report = run->report;
   report.plan = &plan;
-  report.hw = &hw;
+  report.hw = &run->hw;
   report.shape = cfg.shape_text();
   report.causal = cfg.causal;
   report.mask = mask_label(cfg.masks);
   report.command_line = opt->command_line(derived_sizes(*opt, cfg));
   report.inter_link = inter_label;
   report.auto_scheme = auto_scheme;
-  const std::vector<JsonObject> records = plan_records(report);
+  run->records = plan_records(report);
+  return run;
+}
+
+int cmd_plan(int argc, char** argv) {
+  const std::optional<ParsedOptions> opt = parse_options(plan_spec(), argc, argv);
+  if (!opt) return kExitOk;
+  const std::unique_ptr<PlanRun> run = run_plan(*opt);
+  MetricsFile metrics(opt->metrics_path());
   if (opt->flag("json")) {
-    for (const JsonObject& j : records) fmt::print("{}\n", j.str());
+    for (const JsonObject& j : run->records) fmt::print("{}\n", j.str());
   } else {
-    print_plan(report);
+    print_plan(run->report);
   }
-  for (const JsonObject& j : records) metrics.write(j);
+  for (const JsonObject& j : run->records) metrics.write(j);
   return kExitOk;
 }
 

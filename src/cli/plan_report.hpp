@@ -7,10 +7,12 @@
 // the prediction beside the measurement.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "cli/metrics.hpp"
+#include "cli/options.hpp"
 #include "ringattn/hardware.hpp"
 #include "ringattn/plan.hpp"
 
@@ -29,5 +31,21 @@ struct PlanReport {
 
 void print_plan(const PlanReport& r);
 std::vector<JsonObject> plan_records(const PlanReport& r);
+
+// One `plan` invocation's result: the plan, its profile, the report over them
+// (which points into both: a PlanRun stays where run_plan made it) and the
+// --json records.
+struct PlanRun {
+  Plan plan;
+  HardwareProfile hw;
+  PlanReport report;
+  std::vector<JsonObject> records;
+};
+// The `plan` command's work on parsed options (plan_spec()); throws UsageError
+// naming the option. cmd_plan prints it; the Python module returns the records.
+std::unique_ptr<PlanRun> run_plan(const ParsedOptions& opt);
+
+// The `plan` command's options (without the common ones).
+CommandSpec plan_spec();
 
 }  // namespace ringattn::cli

@@ -336,7 +336,8 @@ void print_report(const RunReport& r) {
   line("reproduce", r.reproduce());
 }
 
-void write_metrics(MetricsFile& file, const RunReport& r) {
+std::vector<JsonObject> run_records(const RunReport& r) {
+  std::vector<JsonObject> out;
   const RunConfig& c = *r.cfg;
   for (const RankStats& s : r.stats) {
     JsonObject row;
@@ -375,7 +376,7 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
         .number("intra_wait_ms", s.intra_wait_s * kMs)
         .number("inter_wait_ms", s.inter_wait_s * kMs);
     if (r.moe) add_moe_rank_keys(row, s.moe);
-    file.write(row);
+    out.push_back(row);
   }
   JsonObject sum;
   sum.text("command", "run").text("record", "summary");
@@ -461,7 +462,12 @@ void write_metrics(MetricsFile& file, const RunReport& r) {
         .boolean("pass", r.verify->ok);
   }
   sum.text("reproduce", r.reproduce());
-  file.write(sum);
+  out.push_back(sum);
+  return out;
+}
+
+void write_metrics(MetricsFile& file, const RunReport& r) {
+  for (const JsonObject& j : run_records(r)) file.write(j);
 }
 
 }  // namespace ringattn::cli

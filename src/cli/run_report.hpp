@@ -39,6 +39,9 @@ struct RunReport : JobReport {
 };
 
 void print_report(const RunReport& r);
+// The --metrics records of a run (one per rank, then the summary): what
+// write_metrics appends, and what the Python module returns as the run's stats.
+std::vector<JsonObject> run_records(const RunReport& r);
 void write_metrics(MetricsFile& file, const RunReport& r);
 
 }  // namespace ringattn::cli
