@@ -1,0 +1,180 @@
+// ringattn._core: the Python module's compiled part (nanobind). The package
+// (python/ringattn/__init__.py) turns keyword arguments into the command
+// line of `ringattn run` / `ringattn plan` and allocates the outputs; this file
+// parses that command line with the CLI's own option table (same names,
+// defaults, checks and messages), points the kernel or the job at the caller's
+// arrays (no copy: C-contiguous CPU arrays only) and runs it without the GIL.
+//
+// Errors: a bad option or value is ValueError (the CLI's message, naming the
+// option); a failed check or a rank's error is RuntimeError.
+#include <fmt/format.h>
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cli/options.hpp"
+#include "cli/plan_report.hpp"
+#include "cli/run_config.hpp"
+#include "cli/run_report.hpp"
+#include "ringattn/dtype.hpp"
+#include "ringattn/error.hpp"
+#include "ringattn/job.hpp"
+#include "ringattn/kernel.hpp"
+#include "ringattn/memory.hpp"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace ringattn::python {
+namespace {
+
+// Any dtype: the package passes the storage dtype's name beside it (a NumPy
+// bfloat16 array arrives as its uint16 view).
+using Array = nb::ndarray<nb::c_contig, nb::device::cpu>;
+
+// Parses a command line (argv[0] is the command's name) against `spec`.
+cli::ParsedOptions parse(const cli::CommandSpec& spec, const std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  std::optional<cli::ParsedOptions> opt =
+      cli::parse_options(spec, static_cast<int>(args.size()), argv.data());
+  if (!opt) throw cli::UsageError("help was asked for: see `ringattn " + args[0] + " --help`");
+  return std::move(*opt);
+}
+
+// The array holds `elems` elements of `dtype` (the package checked the shapes;
+// this keeps a wrong call from reading past the end).
+const void* checked(const Array& a, const char* name, int64_t elems, DType dtype) {
+  if (static_cast<int64_t>(a.size()) != elems || a.itemsize() != dtype_size(dtype))
+    throw cli::UsageError(
+        fmt::format("{}: expected {} elements of {} ({} bytes each), got {} of {}", name, elems,
+                    dtype_name(dtype), dtype_size(dtype), a.size(), a.itemsize()));
+  return a.data();
+}
+
+cli::RunConfig run_config(const std::vector<std::string>& args) {
+  const cli::ParsedOptions opt = parse(cli::run_spec(), args);
+  return cli::with_option_names([&] { return cli::make_run_config(opt); });
+}
+
+// The caller's q, k, v for cfg's problem; o (cfg's dtype) and lse (float32) when given.
+JobArrays arrays_for(const cli::RunConfig& cfg, const Array& q, const Array& k, const Array& v,
+                     const std::optional<Array>& o, const std::optional<Array>& lse) {
+  JobArrays a;
+  const int64_t qe = cfg.batch * cfg.nq * cfg.hq * cfg.head_dim;
+  const int64_t ke = cfg.batch * cfg.nk * cfg.hkv * cfg.head_dim;
+  a.q = checked(q, "q", qe, cfg.dtype);
+  a.k = checked(k, "k", ke, cfg.dtype);
+  a.v = checked(v, "v", ke, cfg.dtype);
+  if (o) a.o = const_cast<void*>(checked(*o, "o", qe, cfg.dtype));
+  if (lse)
+    a.lse = static_cast<float*>(
+        const_cast<void*>(checked(*lse, "lse", cfg.batch * cfg.hq * cfg.nq, DType::f32)));
+  return a;
+}
+
+// ring_attention: the job on `ranks` in-process ranks over the caller's arrays;
+// the run's --metrics records (JSON lines: one per rank, then the summary).
+std::vector<std::string> run(const std::vector<std::string>& args, const Array& q, const Array& k,
+                             const Array& v, std::optional<Array> o, std::optional<Array> lse,
+                             int ranks) {
+  const auto started = std::chrono::steady_clock::now();
+  cli::RunConfig cfg = run_config(args);
+  cfg.arrays = arrays_for(cfg, q, k, v, o, lse);
+  JobReport job;
+  {
+    nb::gil_scoped_release unlocked;
+    job = run_job_local(ranks, cfg);
+  }
+  const cli::RunReport report(
+      cfg, std::move(job),
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  if (!report.failure.empty())
+    throw std::runtime_error(fmt::format(
+        "option '--{}': {}", cli::option_for_field(report.failure_field), report.failure));
+  std::vector<std::string> out;
+  for (const cli::JsonObject& j : cli::run_records(report)) out.push_back(j.str());
+  return out;
+}
+
+// attention: one kernel call on the caller's arrays (the whole problem on this
+// process's threads); O in the storage dtype, LSE float32.
+void attention(const std::vector<std::string>& args, const Array& q, const Array& k, const Array& v,
+               Array o, Array lse) {
+  const cli::RunConfig cfg = run_config(args);
+  const char* stage = cfg.hier.on()      ? "hierarchical aggregation and block routing"
+                      : cfg.moe.on()     ? "the MoE stage"
+                      : cfg.select.on()  ? "K/V selection"
+                      : cfg.kv_wire.on() ? "quantized K/V"
+                      : cfg.backward     ? "the backward pass"
+                                         : nullptr;
+  if (stage != nullptr)
+    throw cli::UsageError(
+        fmt::format("{} runs in ring_attention (the job), not in one kernel call", stage));
+  const JobArrays a = arrays_for(cfg, q, k, v, o, lse);
+  const AttentionArgs args_(cfg, a.q, a.k, a.v);
+  KernelOptions kopt;
+  kopt.threads = cfg.threads, kopt.isa = cfg.isa;
+  const int64_t oe = cfg.batch * cfg.nq * cfg.hq * cfg.head_dim;
+  nb::gil_scoped_release unlocked;
+  if (cfg.dtype == DType::f32) {
+    attention_forward(args_, static_cast<float*>(a.o), a.lse, kopt);
+    return;
+  }
+  Buffer of(static_cast<std::size_t>(oe) * sizeof(float), "O (float32)");
+  attention_forward(args_, of.as<float>(), a.lse, kopt);
+  const float* src = of.as<float>();
+  for (int64_t i = 0; i < oe; ++i)
+    store_from_f32(a.o, cfg.dtype, static_cast<std::size_t>(i), src[i]);
+}
+
+// plan: the `plan --json` records of a command line.
+std::vector<std::string> plan(const std::vector<std::string>& args) {
+  const cli::ParsedOptions opt = parse(cli::plan_spec(), args);
+  const std::unique_ptr<cli::PlanRun> p = cli::run_plan(opt);
+  std::vector<std::string> out;
+  for (const cli::JsonObject& j : p->records) out.push_back(j.str());
+  return out;
+}
+
+}  // namespace
+}  // namespace ringattn::python
+
+NB_MODULE(_core, m) {
+  using namespace ringattn;
+  m.doc() = "ringattn's compiled core; use the ringattn package's functions";
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const cli::UsageError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const FieldError& e) {
+      const std::string msg =
+          cli::option_for_field(e.field()).empty() ? std::string(e.what()) : cli::option_message(e);
+      PyErr_SetString(PyExc_ValueError, msg.c_str());
+    } catch (const Error& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+  });
+  // noconvert: an array that is not already C-contiguous float data on the CPU
+  // is refused, never silently copied (the package says what to do instead).
+  m.def("run", &python::run, "args"_a, "q"_a.noconvert(), "k"_a.noconvert(), "v"_a.noconvert(),
+        "o"_a.noconvert().none(), "lse"_a.noconvert().none(), "ranks"_a);
+  m.def("attention", &python::attention, "args"_a, "q"_a.noconvert(), "k"_a.noconvert(),
+        "v"_a.noconvert(), "o"_a.noconvert(), "lse"_a.noconvert());
+  m.def("plan", &python::plan, "args"_a);
+  m.def(
+      "data_pointer", [](const python::Array& a) { return reinterpret_cast<uintptr_t>(a.data()); },
+      "a"_a.noconvert(), "The address the kernel reads an array at (no copy is made on the way).");
+  m.def("best_isa", [] { return isa_name(best_isa()); });
+}
