@@ -35,7 +35,8 @@ if os.path.isdir(_PROFILES):
 
 from . import _core  # noqa: E402
 
-__all__ = ["attention", "ring_attention", "plan", "best_isa"]
+__all__ = ["attention", "attention_backward", "ring_attention", "plan", "best_isa",
+           "attention_autograd"]
 
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -159,6 +160,49 @@ def attention(q, k, v, *, causal=False, scale=None, window_left=None, window_rig
     o, lse = _outputs(q, qs)
     _core.attention(args, _raw(q), _raw(k), _raw(v), _raw(o), lse)
     return o, _unbatch(lse, batched)
+
+
+def _float32(name, a, shape):
+    """a as a C-contiguous float32 array of `shape` (a copy only when it is not one already)."""
+    if _is_torch(a):
+        a = a.detach().to(dtype=__import__("torch").float32).contiguous()
+    else:
+        a = np.ascontiguousarray(a, dtype=np.float32)
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{name}: shape {tuple(a.shape)}, expected {tuple(shape)}")
+    return a
+
+
+def attention_backward(q, k, v, o, lse, do, *, causal=False, scale=None, window_left=None,
+                       window_right=None, sinks=None, dilation=None, threads=None, isa=None,
+                       **options):
+    """Gradients of attention(q, k, v, ...) given its outputs o, lse and O's
+    gradient do, with the same mask options: (dq, dk, dv), float32 and shaped
+    like q, k, v (the kernel's backward: FlashAttention-2, never N x N). o, lse
+    and do are used as float32 (converted if they are not)."""
+    prob, qs, batched = _problem(q, k, v)
+    b, n, hq, d = qs
+    o = _float32("o", o, q.shape)
+    do = _float32("do", do, q.shape)
+    lse = _float32("lse", lse, (b, hq, n) if batched else (hq, n))
+    args = ["run"] + prob + _options(dict(causal=causal, scale=scale, window_left=window_left,
+                                          window_right=window_right, sinks=sinks,
+                                          dilation=dilation, threads=threads, isa=isa, **options))
+    if _is_torch(q):
+        import torch
+        dq, dk, dv = (torch.empty(tuple(x.shape), dtype=torch.float32) for x in (q, k, v))
+    else:
+        dq, dk, dv = (np.empty(x.shape, dtype=np.float32) for x in (q, k, v))
+    _core.attention_backward(args, _raw(q), _raw(k), _raw(v), o, lse, do, dq, dk, dv)
+    return dq, dk, dv
+
+
+def attention_autograd(q, k, v, **options):
+    """attention() as a differentiable torch operation (torch.autograd.Function):
+    returns o; o.backward() runs attention_backward. Gradients come back in the
+    inputs' dtypes."""
+    from ._autograd import AttentionFunction
+    return AttentionFunction.apply(q, k, v, options)
 
 
 def ring_attention(q, k, v, *, ranks=2, layout=None, causal=False, check_rows=None, verify=None,

@@ -25,6 +25,7 @@
 #include "cli/plan_report.hpp"
 #include "cli/run_config.hpp"
 #include "cli/run_report.hpp"
+#include "ringattn/backward.hpp"
 #include "ringattn/dtype.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/job.hpp"
@@ -138,6 +139,35 @@ void attention(const std::vector<std::string>& args, const Array& q, const Array
     store_from_f32(a.o, cfg.dtype, static_cast<std::size_t>(i), src[i]);
 }
 
+// attention_backward: the kernel's backward on the caller's arrays: o, lse and
+// dO float32 (the forward's outputs and O's gradient); dq, dk, dv float32, written.
+void attention_backward(const std::vector<std::string>& args, const Array& q, const Array& k,
+                        const Array& v, const Array& o, const Array& lse, const Array& d_o,
+                        Array dq, Array dk, Array dv) {
+  const cli::RunConfig cfg = run_config(args);
+  if (cfg.hier.on() || cfg.moe.on() || cfg.select.on() || cfg.kv_wire.on())
+    throw cli::UsageError(
+        "the backward pass covers plain attention under a mask (no hierarchy, MoE, K/V "
+        "selection or quantized K/V)");
+  const JobArrays a = arrays_for(cfg, q, k, v, std::nullopt, std::nullopt);
+  const int64_t qe = cfg.batch * cfg.nq * cfg.hq * cfg.head_dim;
+  const int64_t ke = cfg.batch * cfg.nk * cfg.hkv * cfg.head_dim;
+  const auto f32 = [](const Array& x, const char* name, int64_t n) {
+    return static_cast<float*>(const_cast<void*>(checked(x, name, n, DType::f32)));
+  };
+  const float* po = f32(o, "o", qe);
+  const float* plse = f32(lse, "lse", cfg.batch * cfg.hq * cfg.nq);
+  const float* pdo = f32(d_o, "do", qe);
+  float* pdq = f32(dq, "dq", qe);
+  float* pdk = f32(dk, "dk", ke);
+  float* pdv = f32(dv, "dv", ke);
+  const AttentionArgs args_(cfg, a.q, a.k, a.v);
+  KernelOptions kopt;
+  kopt.threads = cfg.threads, kopt.isa = cfg.isa;
+  nb::gil_scoped_release unlocked;
+  ringattn::attention_backward(args_, po, plse, pdo, pdq, pdk, pdv, kopt);
+}
+
 // plan: the `plan --json` records of a command line.
 std::vector<std::string> plan(const std::vector<std::string>& args) {
   const cli::ParsedOptions opt = parse(cli::plan_spec(), args);
@@ -172,6 +202,9 @@ NB_MODULE(_core, m) {
         "o"_a.noconvert().none(), "lse"_a.noconvert().none(), "ranks"_a);
   m.def("attention", &python::attention, "args"_a, "q"_a.noconvert(), "k"_a.noconvert(),
         "v"_a.noconvert(), "o"_a.noconvert(), "lse"_a.noconvert());
+  m.def("attention_backward", &python::attention_backward, "args"_a, "q"_a.noconvert(),
+        "k"_a.noconvert(), "v"_a.noconvert(), "o"_a.noconvert(), "lse"_a.noconvert(),
+        "do"_a.noconvert(), "dq"_a.noconvert(), "dk"_a.noconvert(), "dv"_a.noconvert());
   m.def("plan", &python::plan, "args"_a);
   m.def(
       "data_pointer", [](const python::Array& a) { return reinterpret_cast<uintptr_t>(a.data()); },
