@@ -17,7 +17,7 @@ PACKAGES=(
   libopenblas-dev
   clang-format
   clang libclang-rt-14-dev libomp-dev
-  python3 python3-numpy python3-matplotlib python3-venv python3-dev
+  python3 python3-numpy python3-matplotlib python3-venv python3-dev python3-mpi4py
 )
 
 if [[ "${1:-}" == "--list" ]]; then

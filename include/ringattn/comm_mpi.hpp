@@ -20,6 +20,9 @@ bool launched_by_mpi();
 // Initialises MPI (MPI_THREAD_FUNNELED) on first use and returns the world
 // communicator; MPI is finalised at process exit. Errors on MPI calls abort
 // the job (MPI_ERRORS_ARE_FATAL), so no rank waits forever on a failed peer.
+// Where the host program initialised MPI already (Python's mpi4py), it is
+// used as it is: the host finalises it and keeps its error handler (a job's
+// failing rank still ends the others with MPI_Abort).
 Communicator& mpi_world();
 
 // The node-local rank (MPI_Comm_split_type SHARED) of this process: which GPU

@@ -65,12 +65,18 @@ struct InputFile {
 // share the arrays). o [B, Nq, Hq, D] in the dtype and lse [B, Hq, Nq] float32
 // (either may be null: not returned) are filled by rank 0 as the rows arrive;
 // when a check fails (JobReport::failure) their contents are unspecified.
+// local: each rank's own arrays instead (under MPI, a binding's shards): q
+// [B, n_q, Hq, D], k and v [B, n_kv, Hkv, D] hold this rank's tokens in its
+// layout's local order (n_q = q_layout.tokens(rank), likewise for K/V); o
+// [B, n_q, Hq, D] and lse [B, Hq, n_q] get this rank's rows, nothing is
+// gathered, and the checks (which read any row on rank 0) are not available.
 struct JobArrays {
   const void* q = nullptr;
   const void* k = nullptr;
   const void* v = nullptr;
   void* o = nullptr;
   float* lse = nullptr;
+  bool local = false;
 };
 
 struct JobSpec : AttentionProblem {  // the global problem (mask built, in global positions)
@@ -162,7 +168,8 @@ struct JobSpec : AttentionProblem {  // the global problem (mask built, in globa
   void check_backward_supported() const;  // part of validate()
   // Whether rank 0 collects every rank's rows after the ring (outputs or checks).
   bool gathers() const {
-    return !out_path.empty() || !lse_path.empty() || arrays.o != nullptr || arrays.lse != nullptr ||
+    return !out_path.empty() || !lse_path.empty() ||
+           (!arrays.local && (arrays.o != nullptr || arrays.lse != nullptr)) ||
            !route_path.empty() || !keep_path.empty() || verify || check_rows > 0 ||
            !moe_out_path.empty() || !moe_routing_path.empty() || !moe_gates_path.empty();
   }

@@ -35,8 +35,8 @@ if os.path.isdir(_PROFILES):
 
 from . import _core  # noqa: E402
 
-__all__ = ["attention", "attention_backward", "ring_attention", "plan", "best_isa",
-           "attention_autograd"]
+__all__ = ["attention", "attention_backward", "ring_attention", "ring_attention_mpi", "shard",
+           "unshard", "plan", "best_isa", "attention_autograd"]
 
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -226,6 +226,69 @@ def ring_attention(q, k, v, *, ranks=2, layout=None, causal=False, check_rows=No
     o, lse = _outputs(q, qs)
     records = [json.loads(r) for r in _core.run(args, _raw(q), _raw(k), _raw(v), _raw(o), lse,
                                                 ranks)]
+    stats = next((r for r in records if r.get("record") == "summary"), {})
+    stats["per_rank"] = [r for r in records if r.get("record") == "rank"]
+    return o, _unbatch(lse, batched), stats
+
+
+def _token_index(n, ranks, rank, layout, keys, options):
+    """Global token positions of `rank`'s rows in its local order."""
+    args = ["run", f"--seq-len={n}", f"--kv-seq-len={n}", f"--layout={layout}"] + _options(options)
+    segs = sorted(_core.layout_segments(args, ranks, rank, keys), key=lambda s: s[3])
+    return np.concatenate([np.arange(s[0], s[0] + s[1] * s[2], s[1]) for s in segs] or
+                          [np.zeros(0, dtype=np.int64)])
+
+
+def shard(x, rank, ranks, layout, *, keys=False, **options):
+    """Rank `rank`'s tokens of a global array x ([B, N, H, D] or [N, H, D]) for a
+    ring of `ranks` ranks in `layout` (contiguous, zigzag, striped; balanced with
+    the mask options), in the order ring_attention_mpi takes them; keys=True for
+    k and v. A contiguous copy."""
+    axis = x.ndim - 3
+    idx = _token_index(x.shape[axis], ranks, rank, layout, keys, options)
+    if _is_torch(x):
+        import torch
+        return x.index_select(axis, torch.from_numpy(idx)).contiguous()
+    return np.ascontiguousarray(np.take(x, idx, axis=axis))
+
+
+def unshard(parts, layout, *, keys=False, **options):
+    """The global array from every rank's part (a list in rank order, as shard
+    made them or ring_attention_mpi returned them: O [.., n_r, H, D]); for LSE
+    parts [B, H, n_r] (the token axis last) pass lse=True."""
+    lse = options.pop("lse", False)
+    axis = parts[0].ndim - 1 if lse else parts[0].ndim - 3
+    n = sum(p.shape[axis] for p in parts)
+    idx = [_token_index(n, len(parts), r, layout, keys, options) for r in range(len(parts))]
+    order = np.argsort(np.concatenate(idx), kind="stable")
+    if _is_torch(parts[0]):
+        import torch
+        return torch.cat(list(parts), dim=axis).index_select(axis, torch.from_numpy(order))
+    return np.take(np.concatenate(parts, axis=axis), order, axis=axis)
+
+
+def ring_attention_mpi(q, k, v, *, layout, comm=None, seq_len=None, kv_seq_len=None, **options):
+    """One rank of the ring under mpirun (mpi4py): q, k, v are this rank's
+    tokens in `layout`'s order (shard() makes them from global arrays); every
+    rank calls it with the same options. Returns this rank's (o, lse, stats):
+    o like q, lse [B, Hq, n_local]; stats as ring_attention's (rank 0's has the
+    whole run). comm: MPI.COMM_WORLD (the default; other communicators are not
+    supported yet). The checks (check_rows, verify) need every rank's inputs on
+    rank 0: compare unshard() of the gathered outputs with a reference instead.
+    """
+    from mpi4py import MPI
+    if comm is not None and comm != MPI.COMM_WORLD:
+        raise ValueError("comm: only MPI.COMM_WORLD is supported")
+    world = MPI.COMM_WORLD
+    prob, qs, batched = _problem(q, k, v)
+    n = seq_len if seq_len is not None else world.allreduce(qs[1])
+    nk = kv_seq_len if kv_seq_len is not None else world.allreduce(
+        k.shape[-3] if k.ndim == 4 else k.shape[0])
+    prob[prob.index("--seq-len") + 1] = str(n)
+    prob[prob.index("--kv-seq-len") + 1] = str(nk)
+    args = ["run"] + prob + [f"--layout={layout}"] + _options(options)
+    o, lse = _outputs(q, qs)
+    records = [json.loads(r) for r in _core.run_mpi(args, _raw(q), _raw(k), _raw(v), _raw(o), lse)]
     stats = next((r for r in records if r.get("record") == "summary"), {})
     stats["per_rank"] = [r for r in records if r.get("record") == "rank"]
     return o, _unbatch(lse, batched), stats

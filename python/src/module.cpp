@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/array.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
@@ -26,10 +27,12 @@
 #include "cli/run_config.hpp"
 #include "cli/run_report.hpp"
 #include "ringattn/backward.hpp"
+#include "ringattn/comm_mpi.hpp"
 #include "ringattn/dtype.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/job.hpp"
 #include "ringattn/kernel.hpp"
+#include "ringattn/layout.hpp"
 #include "ringattn/memory.hpp"
 
 namespace nb = nanobind;
@@ -103,6 +106,60 @@ std::vector<std::string> run(const std::vector<std::string>& args, const Array& 
   if (!report.failure.empty())
     throw std::runtime_error(fmt::format(
         "option '--{}': {}", cli::option_for_field(report.failure_field), report.failure));
+  std::vector<std::string> out;
+  for (const cli::JsonObject& j : cli::run_records(report)) out.push_back(j.str());
+  return out;
+}
+
+// The layout run options give for P ranks (flat: one level), of the queries
+// (keys = false) or the keys: rank `rank`'s segments as (start, stride, count,
+// local offset), in global token positions.
+std::vector<std::array<int64_t, 4>> layout_segments(const std::vector<std::string>& args, int ranks,
+                                                    int rank, bool keys) {
+  const cli::RunConfig cfg = run_config(args);
+  if (ranks < 1 || rank < 0 || rank >= ranks)
+    throw cli::UsageError(
+        fmt::format("rank {} of {} ranks: expected 0 <= rank < ranks", rank, ranks));
+  const Layout l = Layout::of(cfg.layout, cfg, ranks, keys);
+  std::vector<std::array<int64_t, 4>> out;
+  for (const Segment& s : l.segments(rank))
+    out.push_back({s.start, s.stride, s.count, s.local_offset});
+  return out;
+}
+
+// ring_attention_mpi: this process is one rank of MPI_COMM_WORLD (mpi4py
+// started MPI); q, k, v hold its tokens in the layout's local order, o and lse
+// get its rows. Every rank calls it with the same options.
+std::vector<std::string> run_mpi(const std::vector<std::string>& args, const Array& q,
+                                 const Array& k, const Array& v, Array o, Array lse) {
+  const auto started = std::chrono::steady_clock::now();
+  if (!mpi_built()) throw cli::UsageError("this ringattn was built without MPI");
+  cli::RunConfig cfg = run_config(args);
+  if (cfg.scheme != CommScheme::flat || cfg.scheme_auto)
+    throw cli::UsageError("option '--hierarchy': per-rank arrays run the flat ring (one level)");
+  Communicator& comm = mpi_world();
+  const int ranks = comm.size(), rank = comm.rank();
+  const Layout ql = Layout::of(cfg.layout, cfg, ranks, false);
+  const Layout kvl = Layout::of(cfg.layout, cfg, ranks, true);
+  const int64_t nq = ql.tokens(rank), nkv = kvl.tokens(rank);
+  JobArrays a;
+  a.local = true;
+  a.q = checked(q, "q", cfg.batch * nq * cfg.hq * cfg.head_dim, cfg.dtype);
+  a.k = checked(k, "k", cfg.batch * nkv * cfg.hkv * cfg.head_dim, cfg.dtype);
+  a.v = checked(v, "v", cfg.batch * nkv * cfg.hkv * cfg.head_dim, cfg.dtype);
+  a.o = const_cast<void*>(checked(o, "o", cfg.batch * nq * cfg.hq * cfg.head_dim, cfg.dtype));
+  a.lse = static_cast<float*>(
+      const_cast<void*>(checked(lse, "lse", cfg.batch * cfg.hq * nq, DType::f32)));
+  cfg.arrays = a;
+  cli::with_option_names([&] { cfg.validate(); });
+  JobReport job;
+  {
+    nb::gil_scoped_release unlocked;
+    job = run_job(comm, cfg);
+  }
+  const cli::RunReport report(
+      cfg, std::move(job),
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   std::vector<std::string> out;
   for (const cli::JsonObject& j : cli::run_records(report)) out.push_back(j.str());
   return out;
@@ -206,6 +263,9 @@ NB_MODULE(_core, m) {
         "k"_a.noconvert(), "v"_a.noconvert(), "o"_a.noconvert(), "lse"_a.noconvert(),
         "do"_a.noconvert(), "dq"_a.noconvert(), "dk"_a.noconvert(), "dv"_a.noconvert());
   m.def("plan", &python::plan, "args"_a);
+  m.def("layout_segments", &python::layout_segments, "args"_a, "ranks"_a, "rank"_a, "keys"_a);
+  m.def("run_mpi", &python::run_mpi, "args"_a, "q"_a.noconvert(), "k"_a.noconvert(),
+        "v"_a.noconvert(), "o"_a.noconvert(), "lse"_a.noconvert());
   m.def(
       "data_pointer", [](const python::Array& a) { return reinterpret_cast<uintptr_t>(a.data()); },
       "a"_a.noconvert(), "The address the kernel reads an array at (no copy is made on the way).");

@@ -159,6 +159,9 @@ bool mpi_built() {
 Communicator& mpi_world() {
   static std::once_flag once;
   std::call_once(once, [] {
+    int initialized = 0;
+    MPI_Initialized(&initialized);
+    if (initialized) return;  // by the host program (mpi4py): it finalises MPI, and errors are its
     int provided = 0;
     MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_ARE_FATAL);

@@ -220,7 +220,13 @@ Tensor copy_rows(const JobSpec& cfg, const void* base, const char* name, const L
 
 RankInputs load_rank_inputs(const JobSpec& cfg, const Layout& ql, const Layout& kvl, int rank) {
   RankInputs in;
-  if (cfg.from_arrays()) {
+  if (cfg.from_arrays() && cfg.arrays.local) {
+    const Layout all_q(LayoutKind::contiguous, ql.tokens(rank), 1);
+    const Layout all_kv(LayoutKind::contiguous, kvl.tokens(rank), 1);
+    in.q = copy_rows(cfg, cfg.arrays.q, "q", all_q, 0, cfg.hq);
+    in.k = copy_rows(cfg, cfg.arrays.k, "k", all_kv, 0, cfg.hkv);
+    in.v = copy_rows(cfg, cfg.arrays.v, "v", all_kv, 0, cfg.hkv);
+  } else if (cfg.from_arrays()) {
     in.q = copy_rows(cfg, cfg.arrays.q, "q", ql, rank, cfg.hq);
     in.k = copy_rows(cfg, cfg.arrays.k, "k", kvl, rank, cfg.hkv);
     in.v = copy_rows(cfg, cfg.arrays.v, "v", kvl, rank, cfg.hkv);

@@ -288,6 +288,14 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   const int64_t bad =
       nonfinite_rows(o.as<float>(), lse.as<float>(), spec.batch, nq, spec.hq, spec.head_dim);
   if (bad > 0) throw Error(nonfinite_message(bad, spec.batch * spec.hq * nq));
+  if (spec.arrays.local) {  // each rank's own rows into its caller's arrays
+    const int64_t oe = spec.batch * nq * spec.hq * spec.head_dim;
+    if (spec.arrays.o != nullptr)
+      for (int64_t i = 0; i < oe; ++i)
+        store_from_f32(spec.arrays.o, spec.dtype, static_cast<std::size_t>(i), o.as<float>()[i]);
+    if (spec.arrays.lse != nullptr)
+      std::copy(lse.as<float>(), lse.as<float>() + spec.batch * spec.hq * nq, spec.arrays.lse);
+  }
   if (spec.backward) {
     const auto finite = [](const float* x, int64_t n) {
       for (int64_t i = 0; i < n; ++i)
@@ -598,6 +606,9 @@ JobReport run_job(Communicator& comm, const JobSpec& spec) {
 
 JobReport run_job_local(int ranks, const JobSpec& spec) {
   spec.validate();  // before any rank starts: the caller gets the FieldError itself
+  if (spec.arrays.local && ranks > 1)
+    throw FieldError("arrays", "per-rank arrays need one process per rank (MPI); in-process "
+                               "ranks share global arrays");
   JobReport report;
   run_local(
       ranks,

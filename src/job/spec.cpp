@@ -48,6 +48,16 @@ void JobSpec::validate() const {
     throw FieldError("arrays", "inputs come from the caller's arrays or from files, not both");
   if (from_arrays() && (arrays.k == nullptr || arrays.v == nullptr))
     throw FieldError("arrays", "q is given: k and v must be given too");
+  if (from_arrays() && arrays.local) {
+    if (verify || check_rows > 0)
+      throw FieldError(verify ? "verify" : "check_rows",
+                       "needs every rank's inputs on rank 0; with per-rank arrays compare the "
+                       "gathered outputs with a reference instead");
+    if (backward || moe.on() || select.on() || hier.on())
+      throw FieldError("arrays",
+                       "per-rank arrays run plain ring attention under a mask (no backward, MoE, "
+                       "K/V selection or hierarchy yet)");
+  }
   // Outputs are compared as files (./o.npy, a/../o.npy and symlinks are one file).
   if (!lse_path.empty() && !out_path.empty() && same_file(lse_path, out_path))
     throw FieldError("lse_out", fmt::format("'{}' is the same file as the O output '{}'; give "
