@@ -19,6 +19,11 @@ namespace ringattn {
 
 // Installs the handlers (once per process; later calls do nothing).
 void install_temp_cleanup_handlers();
+// A host program that handles SIGINT, SIGTERM and SIGHUP itself (the Python
+// interpreter: Ctrl-C is its KeyboardInterrupt) calls this first: the handlers
+// are then never installed. A job's temporaries are still removed when it ends
+// by an error, which is how an interrupt ends it there.
+void leave_signals_to_host();
 
 // Names `rank` in the handler's stderr line from now on (call once the process
 // is known to be one MPI rank; in-process ranks share a process and leave it

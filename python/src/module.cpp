@@ -6,7 +6,9 @@
 // arrays (no copy: C-contiguous CPU arrays only) and runs it without the GIL.
 //
 // Errors: a bad option or value is ValueError (the CLI's message, naming the
-// option); a failed check or a rank's error is RuntimeError.
+// option); a failed check or a rank's error is RuntimeError; Ctrl-C during
+// attention() or ring_attention() stops the work and raises KeyboardInterrupt
+// (under MPI the launcher's signal ends the ranks instead).
 #include <fmt/format.h>
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
@@ -15,11 +17,16 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <exception>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cli/options.hpp"
@@ -30,10 +37,12 @@
 #include "ringattn/comm_mpi.hpp"
 #include "ringattn/dtype.hpp"
 #include "ringattn/error.hpp"
+#include "ringattn/interrupt.hpp"
 #include "ringattn/job.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/layout.hpp"
 #include "ringattn/memory.hpp"
+#include "ringattn/tempfiles.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -44,6 +53,46 @@ namespace {
 // Any dtype: the package passes the storage dtype's name beside it (a NumPy
 // bfloat16 array arrives as its uint16 view).
 using Array = nb::ndarray<nb::c_contig, nb::device::cpu>;
+
+// Runs work() on a worker thread without the GIL while this (Python's) thread
+// looks for signals every 50 ms: Ctrl-C asks the kernel and the ring to stop
+// (ringattn/interrupt.hpp), waits for them, and raises KeyboardInterrupt.
+template <class F>
+void interruptible(F&& work) {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::exception_ptr error;
+  std::thread worker([&] {
+    try {
+      work();
+    } catch (...) {
+      error = std::current_exception();
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    done = true;
+    cv.notify_all();
+  });
+  for (;;) {
+    {
+      nb::gil_scoped_release unlocked;
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait_for(lock, std::chrono::milliseconds(50), [&] { return done; });
+      if (done) break;
+    }
+    if (PyErr_CheckSignals() != 0) {  // KeyboardInterrupt (or the handler's error) is set
+      request_interrupt();
+      {
+        nb::gil_scoped_release unlocked;
+        worker.join();
+      }
+      clear_interrupt();
+      throw nb::python_error();
+    }
+  }
+  worker.join();
+  if (error) std::rethrow_exception(error);
+}
 
 // Parses a command line (argv[0] is the command's name) against `spec`.
 cli::ParsedOptions parse(const cli::CommandSpec& spec, const std::vector<std::string>& args) {
@@ -96,10 +145,7 @@ std::vector<std::string> run(const std::vector<std::string>& args, const Array& 
   cli::RunConfig cfg = run_config(args);
   cfg.arrays = arrays_for(cfg, q, k, v, o, lse);
   JobReport job;
-  {
-    nb::gil_scoped_release unlocked;
-    job = run_job_local(ranks, cfg);
-  }
+  interruptible([&] { job = run_job_local(ranks, cfg); });
   const cli::RunReport report(
       cfg, std::move(job),
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
@@ -184,16 +230,17 @@ void attention(const std::vector<std::string>& args, const Array& q, const Array
   KernelOptions kopt;
   kopt.threads = cfg.threads, kopt.isa = cfg.isa;
   const int64_t oe = cfg.batch * cfg.nq * cfg.hq * cfg.head_dim;
-  nb::gil_scoped_release unlocked;
-  if (cfg.dtype == DType::f32) {
-    attention_forward(args_, static_cast<float*>(a.o), a.lse, kopt);
-    return;
-  }
-  Buffer of(static_cast<std::size_t>(oe) * sizeof(float), "O (float32)");
-  attention_forward(args_, of.as<float>(), a.lse, kopt);
-  const float* src = of.as<float>();
-  for (int64_t i = 0; i < oe; ++i)
-    store_from_f32(a.o, cfg.dtype, static_cast<std::size_t>(i), src[i]);
+  interruptible([&] {
+    if (cfg.dtype == DType::f32) {
+      attention_forward(args_, static_cast<float*>(a.o), a.lse, kopt);
+      return;
+    }
+    Buffer of(static_cast<std::size_t>(oe) * sizeof(float), "O (float32)");
+    attention_forward(args_, of.as<float>(), a.lse, kopt);
+    const float* src = of.as<float>();
+    for (int64_t i = 0; i < oe; ++i)
+      store_from_f32(a.o, cfg.dtype, static_cast<std::size_t>(i), src[i]);
+  });
 }
 
 // attention_backward: the kernel's backward on the caller's arrays: o, lse and
@@ -240,6 +287,7 @@ std::vector<std::string> plan(const std::vector<std::string>& args) {
 NB_MODULE(_core, m) {
   using namespace ringattn;
   m.doc() = "ringattn's compiled core; use the ringattn package's functions";
+  leave_signals_to_host();  // Ctrl-C stays Python's KeyboardInterrupt
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {
       std::rethrow_exception(p);

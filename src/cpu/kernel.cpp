@@ -16,6 +16,7 @@
 
 #include "cpu/kernel_isa.hpp"
 #include "ringattn/error.hpp"
+#include "ringattn/interrupt.hpp"
 #include "ringattn/memory.hpp"
 
 namespace ringattn {
@@ -298,6 +299,7 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
           KernelStats& my = call.stats[static_cast<std::size_t>(tid)];
 #pragma omp for schedule(dynamic, 1)
           for (int64_t t = 0; t < ntasks; ++t) {
+            if (interrupt_requested()) continue;  // the call throws when the loop ends
             const int64_t h = hk * group + t / nblocks;
             const int64_t i0 = (qb0 + t % nblocks) * cpu::kBlockQ;
             cpu::QBlockJob job;
@@ -321,6 +323,7 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
             my += K.run_block(job, my_ws);
           }
         }
+        throw_if_interrupted();
       }
     }
   }

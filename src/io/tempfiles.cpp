@@ -110,7 +110,16 @@ void mark_job_completed() {
   g_job_completed.store(true, std::memory_order_release);
 }
 
+namespace {
+std::atomic<bool> g_host_signals{false};
+}  // namespace
+
+void leave_signals_to_host() {
+  g_host_signals.store(true);
+}
+
 void install_temp_cleanup_handlers() {
+  if (g_host_signals.load()) return;
   static std::once_flag once;
   std::call_once(once, [] {
     struct sigaction sa {};

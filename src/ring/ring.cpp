@@ -10,6 +10,7 @@
 #include "ring/ring_loop.hpp"
 #include "ring/ring_shared.hpp"
 #include "ringattn/error.hpp"
+#include "ringattn/interrupt.hpp"
 
 namespace ringattn {
 namespace {
@@ -129,6 +130,7 @@ void run_ring(Communicator& comm, RingEngine& eng, const RingSchedule& sch, cons
   std::vector<InFlight> own_sends;  // waited for after the last step
 
   for (int s = 0; s < sch.steps; ++s) {
+    throw_if_interrupted();  // a binding's Ctrl-C: this rank ends the job like an error
     const Clock::time_point t_step = Clock::now();
     const double visitor_wait0 = pass.waited_s;
     pass.begin_step(s);

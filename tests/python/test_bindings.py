@@ -262,3 +262,27 @@ def test_torch_autograd_gradients():
     for name, x, r in zip(("dq", "dk", "dv"), (q, k, v), ref):
         assert x.grad.dtype == torch.float32
         assert rel(x.grad.numpy(), r) <= 1e-5, f"{name}: {rel(x.grad.numpy(), r):.2e}"
+
+
+@pytest.mark.parametrize("call", ["attention", "ring_attention"])
+def test_ctrl_c_interrupts_a_long_call(call):
+    """SIGINT during a call that takes ~10 s: KeyboardInterrupt within a few seconds."""
+    import signal
+    import time
+    script = (
+        "import numpy as np, ringattn, sys\n"
+        "q = np.random.default_rng(0).standard_normal((1, 65536, 8, 64), dtype=np.float32)\n"
+        "print('start', flush=True)\n"
+        f"ringattn.{call}(q, q, q, causal=False, threads=2"
+        f"{', ranks=2' if call == 'ring_attention' else ''})\n"
+        "print('finished', flush=True)\n")
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    assert p.stdout.readline().strip() == "start"
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert "KeyboardInterrupt" in err, err
+    assert "finished" not in out
+    assert time.monotonic() - t0 < 5.0
