@@ -70,6 +70,9 @@ struct InputFile {
 // layout's local order (n_q = q_layout.tokens(rank), likewise for K/V); o
 // [B, n_q, Hq, D] and lse [B, Hq, n_q] get this rank's rows, nothing is
 // gathered, and the checks (which read any row on rank 0) are not available.
+// With JobSpec::backward (global arrays only): d_o [B, Nq, Hq, D] float32 is
+// O's gradient (instead of do_file or the seed), and dq [B, Nq, Hq, D], dk and
+// dv [B, Nk, Hkv, D] float32 (each may be null) get the gradients.
 struct JobArrays {
   const void* q = nullptr;
   const void* k = nullptr;
@@ -77,6 +80,10 @@ struct JobArrays {
   void* o = nullptr;
   float* lse = nullptr;
   bool local = false;
+  const float* d_o = nullptr;
+  float* dq = nullptr;
+  float* dk = nullptr;
+  float* dv = nullptr;
 };
 
 struct JobSpec : AttentionProblem {  // the global problem (mask built, in global positions)

@@ -206,7 +206,7 @@ def attention_autograd(q, k, v, **options):
 
 
 def ring_attention(q, k, v, *, ranks=2, layout=None, causal=False, check_rows=None, verify=None,
-                   threads=None, **options):
+                   threads=None, do=None, **options):
     """The ring job on `ranks` in-process ranks over global q, k, v (the
     single-process fallback of `ringattn run --ranks-local P`).
 
@@ -216,6 +216,11 @@ def ring_attention(q, k, v, *, ranks=2, layout=None, causal=False, check_rows=No
     --metrics summary (time_ms, gflops, bytes_sent, the checks' errors, ...)
     with "per_rank", one dict per rank (tokens, steps, bytes_sent, peak_bytes,
     compute_ms, wait_ms, ...): the keys of `ringattn run --metrics`.
+
+    do (O's gradient, shaped like q): the ring's backward pass runs after the
+    forward (`run --backward`), and the call returns (o, lse, stats, (dq, dk,
+    dv)), the gradients float32 and shaped like q, k, v; check_rows and verify
+    then check them too.
     """
     prob, qs, batched = _problem(q, k, v)
     if isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 1:
@@ -224,10 +229,21 @@ def ring_attention(q, k, v, *, ranks=2, layout=None, causal=False, check_rows=No
         dict(layout=layout, causal=causal, check_rows=check_rows, verify=verify, threads=threads,
              **options))
     o, lse = _outputs(q, qs)
+    grads = ()
+    if do is not None:
+        do = _float32("do", do, q.shape)
+        args.append("--backward")
+        if _is_torch(q):
+            import torch
+            grads = tuple(torch.empty(tuple(x.shape), dtype=torch.float32) for x in (q, k, v))
+        else:
+            grads = tuple(np.empty(x.shape, dtype=np.float32) for x in (q, k, v))
     records = [json.loads(r) for r in _core.run(args, _raw(q), _raw(k), _raw(v), _raw(o), lse,
-                                                ranks)]
+                                                ranks, do, *(grads or (None, None, None)))]
     stats = next((r for r in records if r.get("record") == "summary"), {})
     stats["per_rank"] = [r for r in records if r.get("record") == "rank"]
+    if do is not None:
+        return o, _unbatch(lse, batched), stats, grads
     return o, _unbatch(lse, batched), stats
 
 

@@ -138,12 +138,24 @@ JobArrays arrays_for(const cli::RunConfig& cfg, const Array& q, const Array& k, 
 
 // ring_attention: the job on `ranks` in-process ranks over the caller's arrays;
 // the run's --metrics records (JSON lines: one per rank, then the summary).
+// With d_o (the backward: --backward), dq, dk and dv get the gradients (float32).
 std::vector<std::string> run(const std::vector<std::string>& args, const Array& q, const Array& k,
                              const Array& v, std::optional<Array> o, std::optional<Array> lse,
-                             int ranks) {
+                             int ranks, std::optional<Array> d_o, std::optional<Array> dq,
+                             std::optional<Array> dk, std::optional<Array> dv) {
   const auto started = std::chrono::steady_clock::now();
   cli::RunConfig cfg = run_config(args);
   cfg.arrays = arrays_for(cfg, q, k, v, o, lse);
+  const int64_t qe = cfg.batch * cfg.nq * cfg.hq * cfg.head_dim;
+  const int64_t ke = cfg.batch * cfg.nk * cfg.hkv * cfg.head_dim;
+  const auto f32 = [](const std::optional<Array>& x, const char* name, int64_t n) {
+    return x ? static_cast<float*>(const_cast<void*>(checked(*x, name, n, DType::f32))) : nullptr;
+  };
+  cfg.arrays.d_o = f32(d_o, "do", qe);
+  cfg.arrays.dq = f32(dq, "dq", qe);
+  cfg.arrays.dk = f32(dk, "dk", ke);
+  cfg.arrays.dv = f32(dv, "dv", ke);
+  cli::with_option_names([&] { cfg.validate(); });
   JobReport job;
   interruptible([&] { job = run_job_local(ranks, cfg); });
   const cli::RunReport report(
@@ -304,7 +316,9 @@ NB_MODULE(_core, m) {
   // noconvert: an array that is not already C-contiguous float data on the CPU
   // is refused, never silently copied (the package says what to do instead).
   m.def("run", &python::run, "args"_a, "q"_a.noconvert(), "k"_a.noconvert(), "v"_a.noconvert(),
-        "o"_a.noconvert().none(), "lse"_a.noconvert().none(), "ranks"_a);
+        "o"_a.noconvert().none(), "lse"_a.noconvert().none(), "ranks"_a,
+        "d_o"_a.noconvert().none() = nb::none(), "dq"_a.noconvert().none() = nb::none(),
+        "dk"_a.noconvert().none() = nb::none(), "dv"_a.noconvert().none() = nb::none());
   m.def("attention", &python::attention, "args"_a, "q"_a.noconvert(), "k"_a.noconvert(),
         "v"_a.noconvert(), "o"_a.noconvert(), "lse"_a.noconvert());
   m.def("attention_backward", &python::attention_backward, "args"_a, "q"_a.noconvert(),

@@ -1,6 +1,7 @@
 #include "job/backward_parts.hpp"
 
 #include <chrono>
+#include <algorithm>
 #include <cmath>
 
 #include "job/inputs.hpp"
@@ -56,14 +57,36 @@ GradOutputs::GradOutputs(const JobSpec& cfg) : cfg_(cfg) {
     dv_.emplace(cfg.dv_path, dt, file_shape(cfg, cfg.nk, cfg.hkv), "dv_out");
 }
 
+namespace {
+// Rank `rank`'s rows [batch, l.tokens(rank), row] at their global token positions of a caller's
+// [batch, n, row] float32 array (JobArrays).
+void scatter_rows(float* global, const Layout& l, int rank, int64_t batch, int64_t n, int64_t row,
+                  const float* rows) {
+  const int64_t nl = l.tokens(rank);
+  for (int64_t b = 0; b < batch; ++b)
+    for (const Segment& s : l.segments(rank))
+      for (int64_t i = 0; i < s.count; ++i)
+        std::copy(rows + (b * nl + s.local_offset + i) * row,
+                  rows + (b * nl + s.local_offset + i + 1) * row,
+                  global + (b * n + s.start + i * s.stride) * row);
+}
+}  // namespace
+
 void GradOutputs::write_q_rows(const Layout& ql, int rank, const float* dq) {
-  if (dq_) write_token_rows(*dq_, ql, rank, cfg_.batch, cfg_.nq, cfg_.hq * cfg_.head_dim, dq);
+  const int64_t row = cfg_.hq * cfg_.head_dim;
+  if (dq_) write_token_rows(*dq_, ql, rank, cfg_.batch, cfg_.nq, row, dq);
+  if (cfg_.arrays.dq != nullptr)
+    scatter_rows(cfg_.arrays.dq, ql, rank, cfg_.batch, cfg_.nq, row, dq);
 }
 
 void GradOutputs::write_kv_rows(const Layout& kvl, int rank, const float* dk, const float* dv) {
   const int64_t row = cfg_.hkv * cfg_.head_dim;
   if (dk_) write_token_rows(*dk_, kvl, rank, cfg_.batch, cfg_.nk, row, dk);
   if (dv_) write_token_rows(*dv_, kvl, rank, cfg_.batch, cfg_.nk, row, dv);
+  if (cfg_.arrays.dk != nullptr)
+    scatter_rows(cfg_.arrays.dk, kvl, rank, cfg_.batch, cfg_.nk, row, dk);
+  if (cfg_.arrays.dv != nullptr)
+    scatter_rows(cfg_.arrays.dv, kvl, rank, cfg_.batch, cfg_.nk, row, dv);
 }
 
 void GradOutputs::commit() {

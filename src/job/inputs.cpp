@@ -200,10 +200,10 @@ Tensor read_rows(const JobSpec& cfg, const InputFile& f, const Layout& l, int ra
 
 // This rank's rows of a caller's global array [B, n, H, D] (JobArrays).
 Tensor copy_rows(const JobSpec& cfg, const void* base, const char* name, const Layout& l, int rank,
-                 int64_t heads) {
+                 int64_t heads, DType dtype) {
   const int64_t n = l.length(), local = l.tokens(rank), row = heads * cfg.head_dim;
-  Tensor t = Tensor::uninitialized(cfg.dtype, {cfg.batch, local, heads, cfg.head_dim}, name);
-  const std::size_t row_bytes = static_cast<std::size_t>(row) * dtype_size(cfg.dtype);
+  Tensor t = Tensor::uninitialized(dtype, {cfg.batch, local, heads, cfg.head_dim}, name);
+  const std::size_t row_bytes = static_cast<std::size_t>(row) * dtype_size(dtype);
   const char* src = static_cast<const char*>(base);
   char* dst = t.as<char>();
   for (int64_t b = 0; b < cfg.batch; ++b)
@@ -223,13 +223,13 @@ RankInputs load_rank_inputs(const JobSpec& cfg, const Layout& ql, const Layout& 
   if (cfg.from_arrays() && cfg.arrays.local) {
     const Layout all_q(LayoutKind::contiguous, ql.tokens(rank), 1);
     const Layout all_kv(LayoutKind::contiguous, kvl.tokens(rank), 1);
-    in.q = copy_rows(cfg, cfg.arrays.q, "q", all_q, 0, cfg.hq);
-    in.k = copy_rows(cfg, cfg.arrays.k, "k", all_kv, 0, cfg.hkv);
-    in.v = copy_rows(cfg, cfg.arrays.v, "v", all_kv, 0, cfg.hkv);
+    in.q = copy_rows(cfg, cfg.arrays.q, "q", all_q, 0, cfg.hq, cfg.dtype);
+    in.k = copy_rows(cfg, cfg.arrays.k, "k", all_kv, 0, cfg.hkv, cfg.dtype);
+    in.v = copy_rows(cfg, cfg.arrays.v, "v", all_kv, 0, cfg.hkv, cfg.dtype);
   } else if (cfg.from_arrays()) {
-    in.q = copy_rows(cfg, cfg.arrays.q, "q", ql, rank, cfg.hq);
-    in.k = copy_rows(cfg, cfg.arrays.k, "k", kvl, rank, cfg.hkv);
-    in.v = copy_rows(cfg, cfg.arrays.v, "v", kvl, rank, cfg.hkv);
+    in.q = copy_rows(cfg, cfg.arrays.q, "q", ql, rank, cfg.hq, cfg.dtype);
+    in.k = copy_rows(cfg, cfg.arrays.k, "k", kvl, rank, cfg.hkv, cfg.dtype);
+    in.v = copy_rows(cfg, cfg.arrays.v, "v", kvl, rank, cfg.hkv, cfg.dtype);
   } else if (cfg.from_files) {
     in.q = read_rows(cfg, cfg.q, ql, rank, cfg.hq, cfg.dtype);
     in.k = read_rows(cfg, cfg.k, kvl, rank, cfg.hkv, cfg.dtype);
@@ -243,6 +243,8 @@ RankInputs load_rank_inputs(const JobSpec& cfg, const Layout& ql, const Layout& 
 }
 
 Tensor load_rank_grad_output(const JobSpec& cfg, const Layout& ql, int rank) {
+  if (cfg.arrays.d_o != nullptr)
+    return copy_rows(cfg, cfg.arrays.d_o, "do", ql, rank, cfg.hq, DType::f32);
   if (cfg.do_file.path.empty())
     return generate(cfg, SynthStream::d_o, ql, rank, cfg.hq, "generated dO", DType::f32);
   const DType file_dtype = read_npy_header(cfg.do_file.path).dtype;
@@ -266,13 +268,14 @@ std::vector<double> load_global_rows(const JobSpec& cfg, SynthStream which, int6
   const void* array = which == SynthStream::q   ? cfg.arrays.q
                       : which == SynthStream::k ? cfg.arrays.k
                       : which == SynthStream::v ? cfg.arrays.v
-                                                : nullptr;
+                                                : cfg.arrays.d_o;
   if (array != nullptr) {
     const std::size_t first_elem =
         static_cast<std::size_t>((b * (queries ? cfg.nq : cfg.nk) + first) * row);
+    const DType dt = which == SynthStream::d_o ? DType::f32 : cfg.dtype;
     for (int64_t e = 0; e < n * row; ++e)
       out[static_cast<std::size_t>(e)] =
-          load_as_f32(array, cfg.dtype, first_elem + static_cast<std::size_t>(e));
+          load_as_f32(array, dt, first_elem + static_cast<std::size_t>(e));
   } else if (from_file) {
     const Tensor w = read_npy_slice(f->path, f->axis(), first, n);
     const int64_t off = f->ndim == kNdimBatch ? b * n * row : 0;

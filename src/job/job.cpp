@@ -607,8 +607,9 @@ JobReport run_job(Communicator& comm, const JobSpec& spec) {
 JobReport run_job_local(int ranks, const JobSpec& spec) {
   spec.validate();  // before any rank starts: the caller gets the FieldError itself
   if (spec.arrays.local && ranks > 1)
-    throw FieldError("arrays", "per-rank arrays need one process per rank (MPI); in-process "
-                               "ranks share global arrays");
+    throw FieldError("arrays",
+                     "per-rank arrays need one process per rank (MPI); in-process "
+                     "ranks share global arrays");
   JobReport report;
   run_local(
       ranks,

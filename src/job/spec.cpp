@@ -48,6 +48,13 @@ void JobSpec::validate() const {
     throw FieldError("arrays", "inputs come from the caller's arrays or from files, not both");
   if (from_arrays() && (arrays.k == nullptr || arrays.v == nullptr))
     throw FieldError("arrays", "q is given: k and v must be given too");
+  if ((arrays.d_o != nullptr || arrays.dq != nullptr || arrays.dk != nullptr ||
+       arrays.dv != nullptr) &&
+      !backward)
+    throw FieldError("backward",
+                     "gradient arrays (dO, dQ, dK, dV) are given: turn the backward on");
+  if (arrays.d_o != nullptr && !do_file.path.empty())
+    throw FieldError("do_file", "O's gradient comes from the caller's array or a file, not both");
   if (from_arrays() && arrays.local) {
     if (verify || check_rows > 0)
       throw FieldError(verify ? "verify" : "check_rows",
@@ -214,8 +221,11 @@ std::string JobSpec::config_text() const {
       scheme_auto ? std::string("auto on ") + (hardware ? hardware->name : "?")
                   : std::string(comm_scheme_name(scheme)),
       ranks_per_node,
-      backward ? fmt::format("on dO '{}' seed {} outputs {}{}{} f32 {}", do_file.path, seed,
-                             !dq_path.empty(), !dk_path.empty(), !dv_path.empty(), grad_f32)
+      backward ? fmt::format("on dO '{}'{} seed {} outputs {}{}{}{} f32 {}", do_file.path,
+                             arrays.d_o != nullptr ? " array" : "", seed, !dq_path.empty(),
+                             !dk_path.empty(), !dv_path.empty(),
+                             arrays.dq != nullptr || arrays.dk != nullptr || arrays.dv != nullptr,
+                             grad_f32)
                : std::string("off"),
       docs_fields(*this));
 }
