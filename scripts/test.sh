@@ -22,7 +22,7 @@ jobs=$(nproc)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
 echo "== format check"
-mapfile -t files < <(git ls-files 'src/*.cpp' 'src/*.hpp' 'src/*.cu' 'src/*.cuh' 'include/*.hpp' 'tests/*.cpp' 'tests/*.hpp' 2>/dev/null || find src include tests -name '*.[ch]pp' -o -name '*.cu' -o -name '*.cuh')
+mapfile -t files < <(git ls-files 'src/*.cpp' 'src/*.hpp' 'src/*.cu' 'src/*.cuh' 'include/*.hpp' 'tests/*.cpp' 'tests/*.hpp' 'python/*.cpp' 2>/dev/null || find src include tests -name '*.[ch]pp' -o -name '*.cu' -o -name '*.cuh')
 clang-format --dry-run -Werror "${files[@]}"
 
 for preset in release asan nompi cuda; do

@@ -1,7 +1,7 @@
 #include "job/backward_parts.hpp"
 
-#include <chrono>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "job/inputs.hpp"
