@@ -27,7 +27,9 @@ clang-format --dry-run -Werror "${files[@]}"
 
 for preset in release asan nompi cuda; do
   echo "== $preset: configure, build, test"
-  cmake --preset "$preset" >/dev/null
+  # The Python module builds against .venv (scripts/python-env.sh) even where an earlier
+  # configure (launch/quickstart.sh) cached another interpreter.
+  cmake --preset "$preset" -DPython_EXECUTABLE="$PWD/.venv/bin/python" >/dev/null
   cmake --build --preset "$preset" -j "$jobs"
   only=()
   [[ "$preset" == cuda ]] && only=(-R 'Cuda|Nccl|LocalMemory|dockerfiles')
