@@ -16,6 +16,8 @@
 #   * the backward pass (--backward, double ring included) passes verify and the sampled
 #     check under MPI, and its dK equals the in-process run's byte for byte; a rank
 #     failing after the backward ends it without leftovers;
+#   * `mpirun -np 2 ringattn calibrate` under the launcher's binding profiles the node (its
+#     cores, its CPU, every rank's binding), and plan reads it for 1 and 2 ranks;
 #   * a run whose rank 1 fails (--fail-rank 1) ends the whole job with a non-zero exit
 #     within FAIL_LIMIT_S seconds, names "rank 1" on stderr, and leaves neither the
 #     output nor a temporary file behind (the SIGTERM handler removes rank 0's).
@@ -306,6 +308,33 @@ if [[ $rc -eq 0 ]] &&
 else
   fail "-n 3 threads from the binding: exit $rc"
   cat "$dir/stdout" "$dir/stderr"
+fi
+
+# The README's calibrate-then-plan, as written: `mpirun -np 2 ringattn calibrate --out FILE`
+# under the launcher's own binding (Open MPI binds each of np <= 2 ranks to one core)
+# writes a profile of the node -- its cores, not one rank's binding -- naming the CPU and
+# every rank's binding, which plans 1 and 2 ranks on one node without a CPU warning.
+dir="$scratch/calibrate"
+rm -rf "$dir" && mkdir -p "$dir"
+node_cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+timeout "$HARD_LIMIT_S" "$mpiexec" --oversubscribe -n 2 "$bin" calibrate --out "$dir/mine.ini" \
+  --dtypes f32 --head-dims 64 --probe-tokens 512 --probe-heads 1 --probe-seconds 0.02 \
+  --max-message 65536 </dev/null >"$dir/stdout" 2>"$dir/stderr"
+rc=$?
+plans=0
+for p in 1 2; do
+  "$bin" plan --hardware "$dir/mine.ini" --ranks "$p" --seq-len 4096 --heads 2 --head-dim 64 \
+    >"$dir/plan$p" 2>"$dir/plan$p.err" && grep -q "P=$p (mpi, 1 node x $p)" "$dir/plan$p" &&
+    [[ ! -s $dir/plan$p.err ]] && plans=$((plans + 1))
+done
+if [[ $rc -eq 0 ]] && grep -q "^devices-per-node = $node_cores$" "$dir/mine.ini" &&
+  grep -q "^name = cpu-${node_cores}core$" "$dir/mine.ini" && grep -q "^cpu = " "$dir/mine.ini" &&
+  grep -q "^\[link.intra-node\]" "$dir/mine.ini" && grep -q "^\[probe-spread\]" "$dir/mine.ini" &&
+  grep -q "^# Binding: rank 0: cpus .* rank 1: cpus " "$dir/mine.ini" && [[ $plans -eq 2 ]]; then
+  pass "-n 2 calibrate then plan P=1, 2: $(grep '^binding' "$dir/stdout")"
+else
+  fail "-n 2 calibrate then plan: exit $rc, plans $plans of 2"
+  cat "$dir/stdout" "$dir/stderr" "$dir/mine.ini" "$dir"/plan*
 fi
 
 echo "$passed passed, $failed failed"

@@ -152,6 +152,10 @@ TEST_F(PlanCli, JsonHasOneSummaryThenRanksThenSteps) {
 // K/V quantized on the wire or in memory.
 class PlanVsRun : public PlanCli, public ::testing::WithParamInterface<std::vector<std::string>> {};
 
+bool has(const std::vector<std::string>& args, const std::string& a) {
+  return std::find(args.begin(), args.end(), a) != args.end();
+}
+
 // Each: --ranks-local P first, then the rest. Two threads on a small problem check the
 // kernel's thread cap on its workspace.
 INSTANTIATE_TEST_SUITE_P(
@@ -182,6 +186,16 @@ INSTANTIATE_TEST_SUITE_P(
                                  "double-ring", "--threads", "1"},
         std::vector<std::string>{"--ranks-local", "4", "--seq-len", "1000", "--causal",
                                  "--ranks-per-node", "2", "--hierarchy", "a2a-ring", "--threads",
+                                 "1"},
+        // Partial tiles of other shapes: striped causal, a two-sided window over contiguous
+        // blocks, a dilated band, batch 2.
+        std::vector<std::string>{"--ranks-local", "3", "--seq-len", "3000", "--causal", "--layout",
+                                 "striped", "--threads", "1"},
+        std::vector<std::string>{"--ranks-local", "3", "--seq-len", "3000", "--window-left", "300",
+                                 "--window-right", "200", "--layout", "contiguous", "--threads",
+                                 "1"},
+        std::vector<std::string>{"--ranks-local", "2", "--seq-len", "3000", "--batch", "2",
+                                 "--causal", "--dilation", "2", "--window-left", "400", "--threads",
                                  "1"}));
 
 TEST_P(PlanVsRun, MemoryStepsAndBytesMatch) {
@@ -213,6 +227,13 @@ TEST_P(PlanVsRun, MemoryStepsAndBytesMatch) {
     EXPECT_EQ(json_number(pr, "memory_bytes"), json_number(mr, "peak_bytes")) << rank;
     for (const char* k : {"intra_bytes", "inter_bytes", "intra_messages", "inter_messages"})
       EXPECT_EQ(json_number(pr, k), json_number(mr, k)) << k << " rank " << rank;
+    // The kernel's tiles, whole and partial (the plan prices the partial ones): exact where
+    // every kernel call is the rotation's (sinks add calls on the shared rows; the a2a-ring
+    // plan does not count tiles).
+    if (!has(problem, "--sinks") && !has(problem, "a2a-ring")) {
+      for (const char* k : {"tiles_computed", "tiles_partial"})
+        EXPECT_EQ(json_number(pr, k), json_number(mr, k)) << k << " rank " << rank;
+    }
   }
   EXPECT_EQ(json_field(planned[0], "comm_scheme"), json_field(sum, "comm_scheme"));
   EXPECT_EQ(json_number(planned[0], "ranks_per_node"), json_number(sum, "ranks_per_node"));
@@ -355,18 +376,123 @@ TEST_F(PlanCli, BadKvOptions) {
 }
 
 TEST_F(PlanCli, CalibrateWritesAProfilePlanReads) {
-  const Result c = run_binary({"calibrate", "--out", path("me.ini"), "--dtypes", "f32",
-                               "--head-dims", "64", "--probe-tokens", "256", "--probe-heads", "1",
-                               "--max-message", "65536", "--repeats", "1", "--threads", "1"});
+  const Result c =
+      run_binary({"calibrate", "--out", path("me.ini"), "--dtypes", "f32", "--head-dims", "64",
+                  "--probe-tokens", "256", "--probe-heads", "1", "--max-message", "65536",
+                  "--repeats", "2", "--probe-seconds", "0.01", "--threads", "1"});
   ASSERT_EQ(c.rc, 0) << c.err;
   EXPECT_NE(c.out.find("GFLOP/s"), std::string::npos) << c.out;
   EXPECT_TRUE(temporaries().empty());
   const std::string text = test::slurp(path("me.ini"));
-  for (const char* s : {"[device]", "kind = cpu", "float32.d64", "[link.in-process]"})
+  for (const char* s :
+       {"[device]", "kind = cpu", "float32.d64", "[link.in-process]",
+        "cpu = ", "isa = ", "[probe-spread]", "float32.d64 = ", "causal = ", "# Binding: rank 0"})
     EXPECT_NE(text.find(s), std::string::npos) << s << "\n" << text;
   const Result p = plan({"--hardware", path("me.ini"), "--ranks-local", "2", "--seq-len", "2048",
                          "--heads", "1", "--head-dim", "64"});
   EXPECT_EQ(p.rc, 0) << p.err;
+}
+
+// A cpu profile names the CPU and ISA it was measured on; plan warns (stderr, and
+// cpu_warning in --json) when this machine is another CPU or the job another ISA.
+TEST_F(PlanCli, WarnsWhenTheProfileIsAnotherCpu) {
+  const auto with = [&](const std::string& lines) {
+    std::string text = kCpuProfile;
+    text.insert(text.find("\n[kernel-gflops]"), lines);
+    return write_profile("named.ini", text);
+  };
+  const std::vector<std::string> job = {"--ranks", "2",          "--seq-len", "4096",    "--heads",
+                                        "2",       "--head-dim", "64",        "--causal"};
+  const auto plan_on = [&](const std::string& hw, bool json) {
+    std::vector<std::string> a = {"--hardware", hw};
+    a.insert(a.end(), job.begin(), job.end());
+    if (json) a.push_back("--json");
+    return plan(a);
+  };
+  // This machine, as plan sees it.
+  const Result plain = plan_on(write_profile("plain.ini", kCpuProfile), true);
+  ASSERT_EQ(plain.rc, 0) << plain.err;
+  EXPECT_EQ(plain.err, "");  // a profile that names no CPU: nothing to compare
+  const std::string summary = lines_of(plain.out).front();
+  const std::string here = json_field(summary, "this_cpu"), isa = json_field(summary, "job_isa");
+  ASSERT_NE(here, "");
+  ASSERT_NE(isa, "");
+
+  const Result same = plan_on(with("cpu = " + here + "\nisa = " + isa + "\n"), false);
+  ASSERT_EQ(same.rc, 0) << same.err;
+  EXPECT_EQ(same.err, "");
+  EXPECT_NE(same.out.find("measured on         " + here + " (" + isa + ")"), std::string::npos)
+      << same.out;
+
+  const std::string other = "Other CPU 9000 (family 1, model 2)";
+  const Result differs = plan_on(with("cpu = " + other + "\nisa = " + isa + "\n"), false);
+  ASSERT_EQ(differs.rc, 0) << differs.err;
+  for (const std::string& s : {std::string("warning: profile 'test-cpu' was measured on ") + other,
+                               "but this machine is " + here, std::string("ringattn calibrate")})
+    EXPECT_NE(differs.err.find(s), std::string::npos) << s << "\n" << differs.err;
+  const Result differs_json = plan_on(with("cpu = " + other + "\n"), true);
+  EXPECT_NE(json_field(lines_of(differs_json.out).front(), "cpu_warning"), "");
+
+  const std::string other_isa = isa == "generic" ? "avx2" : "generic";
+  const Result isa_differs = plan_on(with("cpu = " + here + "\nisa = " + other_isa + "\n"), false);
+  ASSERT_EQ(isa_differs.rc, 0) << isa_differs.err;
+  EXPECT_NE(isa_differs.err.find("kernel rates for " + other_isa + ", but the job would run the " +
+                                 isa + " kernel"),
+            std::string::npos)
+      << isa_differs.err;
+}
+
+// partial-tile-cost prices each partial tile at that fraction of a whole tile's
+// (96 x 128 pairs) time on top of its visible pairs: the compute grows by exactly that.
+TEST_F(PlanCli, PartialTilesCostWhatTheProfileSays) {
+  std::string text = kCpuProfile;
+  text.insert(text.find("\n[kernel-gflops]"), "partial-tile-cost = 0.5\n");
+  const std::vector<std::string> job = {"--ranks-local", "2",  "--seq-len", "3000",  "--heads", "2",
+                                        "--head-dim",    "64", "--causal",  "--json"};
+  std::vector<std::string> a = {"--hardware", write_profile("free.ini", kCpuProfile)};
+  a.insert(a.end(), job.begin(), job.end());
+  const Result free = plan(a);
+  a[1] = write_profile("priced.ini", text);
+  const Result priced = plan(a);
+  ASSERT_EQ(free.rc, 0) << free.err;
+  ASSERT_EQ(priced.rc, 0) << priced.err;
+  const auto f = lines_of(free.out), p = lines_of(priced.out);
+  const double rate = json_number(p[0], "rank_gflops") * 1e9;
+  for (int rank = 0; rank < 2; ++rank) {
+    const std::string& fr = f[static_cast<std::size_t>(1 + rank)];
+    const std::string& pr = p[static_cast<std::size_t>(1 + rank)];
+    const double tiles = json_number(pr, "tiles_partial");
+    EXPECT_GT(tiles, 0) << rank;
+    const double extra_ms = 0.5 * tiles * 96 * 128 * 4 * 64 / rate * 1e3;
+    EXPECT_NEAR(json_number(pr, "compute_ms") - json_number(fr, "compute_ms"), extra_ms,
+                1e-6 * extra_ms)
+        << rank;
+  }
+}
+
+// The profile keys calibrate writes beyond the measured rates, and their bad values.
+TEST_F(PlanCli, CpuKeysOfProfiles) {
+  std::string text = kCpuProfile;
+  text.insert(text.find("\n[kernel-gflops]"),
+              "cpu = Some CPU (family 6, model 106)\nisa = avx512\npartial-tile-cost = 0.3\n");
+  text += "\n[probe-spread]\nfloat32.d64 = 0.02\nall-cores = 0.12\n";
+  EXPECT_EQ(plan({"--hardware", write_profile("ok.ini", text), "--seq-len", "1024"}).rc, 0);
+  struct Bad {
+    std::string from, to, expect;
+  };
+  const std::vector<Bad> bad = {
+      {"isa = avx512", "isa = sse4", "[device] isa: expected avx512, avx2 or generic, got 'sse4'"},
+      {"partial-tile-cost = 0.3", "partial-tile-cost = -1", "partial-tile-cost"},
+      {"partial-tile-cost = 0.3", "partial-tile-cost = 99", "partial-tile-cost"},
+      {"all-cores = 0.12", "all-cores = lots", "got 'lots'"},
+      {"kind = cpu", "kind = gpu", "describe cpu profiles"},
+  };
+  for (const Bad& b : bad) {
+    std::string t = text;
+    t.replace(t.find(b.from), b.from.size(), b.to);
+    expect_usage_error(plan({"--hardware", write_profile("bad.ini", t), "--seq-len", "1024"}),
+                       b.expect);
+  }
 }
 
 TEST_F(PlanCli, CalibrateBadInput) {

@@ -10,6 +10,12 @@
 //   memory-gib = 80                 # memory of one device (cpu: of the node, shared by its ranks)
 //   memory-bandwidth-gb-s = 3350    # what the state merge streams at (cpu: one core)
 //   parallel-efficiency = 0.95      # optional (cpu): rate of t threads = t x per-core rate x this
+//   cpu = AMD EPYC (family 25, model 17)  # optional (cpu): the CPU it was measured on
+//                                   # (cpu_info.hpp's cpu_identity); plan warns on another
+//   isa = avx512                    # optional (cpu): the kernel ISA the rates are for
+//   partial-tile-cost = 0.2         # optional (cpu): a partial tile (a diagonal's, a window
+//                                   # edge's) costs its visible pairs plus this fraction of
+//                                   # a whole tile's (kBlockQ x kBlockK pairs) time
 //
 //   [kernel-gflops]                 # attention forward rate of one device (cpu: one core)
 //   float16.d128 = 350000           # <dtype>.d<head dim> = GFLOP/s; other head dims interpolate
@@ -20,6 +26,9 @@
 //   overlap = 1                     # optional: fraction of a transfer that runs during compute
 //   [link.inter-node]               # the link between nodes (needed when the ring spans nodes)
 //   [link.in-process]               # threads of one process (`run --ranks-local`; cpu profiles)
+//
+//   [probe-spread]                  # optional, written by calibrate: how much each probe's
+//   float32.d128 = 0.03             # repeats varied, (slowest - fastest) / fastest
 //
 // Units in the key names: GiB = 2^30 bytes, GB/s = 1e9 bytes/s, GFLOP/s =
 // 1e9 FLOP/s (FLOPs as in kernel.hpp: 4 D per visible query-key pair per query
@@ -56,9 +65,13 @@ struct HardwareProfile {
   std::string source;  // the file it was read from
   DeviceKind kind = DeviceKind::gpu;
   int devices_per_node = 1;
-  double memory_bytes = 0;    // per device (cpu: per node)
-  double memory_bw_bps = 0;   // bytes per second (cpu: one core)
-  double parallel_eff = 1.0;  // cpu: multi-thread rate factor
+  double memory_bytes = 0;               // per device (cpu: per node)
+  double memory_bw_bps = 0;              // bytes per second (cpu: one core)
+  double parallel_eff = 1.0;             // cpu: multi-thread rate factor
+  std::string cpu;                       // cpu: the CPU it was measured on ("" when not named)
+  std::string isa;                       // cpu: the kernel ISA of the rates ("" when not named)
+  double partial_tile_cost = 0;          // cpu: extra time of a partial tile, in whole tiles
+  std::map<std::string, double> spread;  // probe name -> (slowest - fastest) / fastest
   // (dtype, head dim) -> FLOP/s of one device (cpu: one core).
   std::map<std::pair<DType, int64_t>, double> kernel_flops;
   LinkSpec intra, inter, in_process;

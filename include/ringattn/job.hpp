@@ -313,7 +313,6 @@ struct ThreadChoice {
   int threads = 1;
   std::string why;  // "--threads", "OMP_NUM_THREADS", "2 cores bound to rank 0, shared by 2 ranks"
 };
-inline constexpr int kCpuWords = 16;  // CPUs 0 .. 1023 in the binding exchanged
 ThreadChoice choose_threads(const JobSpec& spec, Communicator& comm);
 int rank_threads(const JobSpec& spec, Communicator& comm);
 

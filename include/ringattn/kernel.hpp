@@ -58,6 +58,18 @@ Isa parse_isa(const std::string& s);  // inverse of isa_name plus "auto"; FieldE
 int64_t kernel_packed_keys(const Mask& mask, Positions qpos, int64_t nq, Positions kpos,
                            int64_t nk);
 
+// The tiles (kKernelTileRows x kKernelTileCols query-key pairs each) one attention_forward
+// call computes per (batch, query head), found as the call finds them: its
+// query blocks, within each pack chunk the key tiles Mask::key_bounds leaves,
+// classified by the mask. computed: not empty; partial: masked per element (a
+// diagonal's, a window edge's), which cost more per visible pair. The planner
+// prices them (HardwareProfile::partial_tile_cost).
+struct KernelTiles {
+  int64_t computed = 0, partial = 0;
+};
+inline constexpr int64_t kKernelTileRows = 96, kKernelTileCols = 128;
+KernelTiles kernel_tiles(const Mask& mask, Positions qpos, int64_t nq, Positions kpos, int64_t nk);
+
 // Bytes of workspace one attention_forward call allocates for `nk` packed keys, at
 // most `rows` query rows and `group` query heads per K/V head, on `threads`
 // threads (capped at the task count, as the call does) with the ISA that

@@ -326,6 +326,10 @@ struct RankPlan {
   int64_t q_tokens = 0, kv_tokens = 0;
   int64_t pairs = 0;       // visible pairs per (batch, head), shared rows included
   int64_t ring_pairs = 0;  // of which in the rotation (what run reports as pairs)
+  // Kernel tiles of the rotation's calls, all (batch, head) (cpu; run's
+  // tiles_computed and tiles_partial without shared rows): partial tiles are
+  // priced at HardwareProfile::partial_tile_cost on top of their pairs.
+  int64_t tiles_computed = 0, tiles_partial = 0;
   double flops = 0;
   int computed_steps = 0;
   MemoryBreakdown mem;

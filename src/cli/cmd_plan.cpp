@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cli/commands.hpp"
+#include "cli/harness.hpp"
 #include "cli/kv_options.hpp"
 #include "cli/metrics.hpp"
 #include "cli/moe_options.hpp"
@@ -27,7 +28,9 @@
 #include "cli/plan_report.hpp"
 #include "cli/problem_options.hpp"
 #include "cli/run_config.hpp"
+#include "ringattn/cpu_info.hpp"
 #include "ringattn/hardware.hpp"
+#include "ringattn/kernel.hpp"
 #include "ringattn/npy.hpp"
 #include "ringattn/plan.hpp"
 
@@ -116,9 +119,9 @@ CommandSpec plan_spec() {
     if (!known) s.options.push_back(std::move(o));
   }
   s.epilog =
-      "--threads is the kernel threads of each rank on cpu profiles, as for run: 0 means cores / "
-      "P\n"
-      "for in-process ranks and all cores under MPI.\n"
+      "--threads is the kernel threads of each rank on cpu profiles, as for run: 0 shares a "
+      "node's\n"
+      "cores among its ranks (cores / P for in-process ranks, cores / ranks per node under MPI).\n"
       "Profiles are looked up in $RINGATTN_HARDWARE_DIR, ./configs/hardware, "
       "share/ringattn/hardware beside an installed binary and " RINGATTN_HARDWARE_DIR
       ".\nThe model and its units are in docs/PERFORMANCE.md; ring.hpp describes the memory.";
@@ -204,6 +207,24 @@ std::unique_ptr<PlanRun> run_plan(const ParsedOptions& parsed) {
   report.command_line = opt->command_line(derived_sizes(*opt, cfg));
   report.inter_link = inter_label;
   report.auto_scheme = auto_scheme;
+  if (run->hw.kind == DeviceKind::cpu) {
+    const HardwareProfile& h = run->hw;
+    report.this_cpu = cpu_identity();
+    report.job_isa = effective_isa_name(parse_isa(opt->text("isa")));
+    const std::string measure =
+        "; measure this one with `mpirun -np 2 ringattn calibrate --out FILE` and plan with "
+        "--hardware FILE";
+    if (!h.cpu.empty() && h.cpu != report.this_cpu)
+      report.cpu_warning = fmt::format(
+          "profile '{}' was measured on {}{}, but this machine is {}: kernel rates differ by "
+          "up to 3x between CPUs, so the times below may be far off{}",
+          h.name, h.cpu, h.isa.empty() ? "" : " (" + h.isa + ")", report.this_cpu, measure);
+    else if (!h.isa.empty() && h.isa != report.job_isa)
+      report.cpu_warning = fmt::format(
+          "profile '{}' has kernel rates for {}, but the job would run the {} kernel (--isa): "
+          "the times below may be far off; calibrate with that ISA's kernel",
+          h.name, h.isa, report.job_isa);
+  }
   run->records = plan_records(report);
   return run;
 }
@@ -212,6 +233,8 @@ int cmd_plan(int argc, char** argv) {
   const std::optional<ParsedOptions> opt = parse_options(plan_spec(), argc, argv);
   if (!opt) return kExitOk;
   const std::unique_ptr<PlanRun> run = run_plan(*opt);
+  if (!run->report.cpu_warning.empty())
+    fmt::print(stderr, "ringattn: warning: {}\n", run->report.cpu_warning);
   MetricsFile metrics(opt->metrics_path());
   if (opt->flag("json")) {
     for (const JsonObject& j : run->records) fmt::print("{}\n", j.str());

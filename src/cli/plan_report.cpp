@@ -185,6 +185,11 @@ void print_plan(const PlanReport& r) {
                                hw.kind == DeviceKind::gpu ? "gpu" : "cpu (a device is a core)",
                                hw.devices_per_node, hw.devices_per_node == 1 ? "" : "s",
                                hw.description.empty() ? "" : "; " + hw.description));
+  if (hw.kind == DeviceKind::cpu)
+    line("measured on", fmt::format("{}{}; this machine: {}, {} kernel{}",
+                                    hw.cpu.empty() ? "a CPU the profile does not name" : hw.cpu,
+                                    hw.isa.empty() ? "" : " (" + hw.isa + ")", r.this_cpu,
+                                    r.job_isa, r.cpu_warning.empty() ? "" : " (see the warning)"));
   line("rank rate", fmt::format("{} ({} at D={}: {} per device; {} thread{} per "
                                 "rank; oversubscription {:.2f}x)",
                                 rate_text(p.rate), dtype_name(p.in.dtype), p.in.head_dim,
@@ -380,6 +385,11 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
       .boolean("comm_scheme_auto", r.auto_scheme)
       .integer("threads", p.threads)
       .text("hardware", r.hw->name)
+      .text("hardware_cpu", r.hw->cpu)
+      .text("hardware_isa", r.hw->isa)
+      .text("this_cpu", r.this_cpu)
+      .text("job_isa", r.job_isa)
+      .text("cpu_warning", r.cpu_warning)
       .text("link", p.link_name)
       .number("rank_gflops", p.rate / kGiga)
       .number("oversubscription", p.oversubscription)
@@ -507,6 +517,8 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
                       .integer("computed_steps", k.computed_steps)
                       .integer("pairs", k.ring_pairs)
                       .integer("all_pairs", k.pairs)
+                      .integer("tiles_computed", k.tiles_computed)
+                      .integer("tiles_partial", k.tiles_partial)
                       .number("gflop", k.flops / kGiga)
                       .number("total_ms", k.total_s * kMs)
                       .number("compute_ms", k.compute_s * kMs)

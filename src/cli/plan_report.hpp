@@ -27,6 +27,11 @@ struct PlanReport {
   std::string command_line;
   std::string inter_link = "profile";  // where the inter-node link comes from (--inter-node)
   bool auto_scheme = false;            // --hierarchy auto chose plan->in.scheme
+  std::string this_cpu;                // cpu profiles: this machine's cpu_identity()
+  std::string job_isa;                 // cpu profiles: the kernel ISA the job would run
+  // cpu profiles: why the profile may not describe this machine ("" when it
+  // names this CPU and ISA); cmd_plan prints it as a warning.
+  std::string cpu_warning;
 };
 
 void print_plan(const PlanReport& r);

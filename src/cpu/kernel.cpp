@@ -246,6 +246,32 @@ int64_t kernel_packed_keys(const Mask& mask, Positions qpos, int64_t nq, Positio
   return keys;
 }
 
+KernelTiles kernel_tiles(const Mask& mask, Positions qpos, int64_t nq, Positions kpos, int64_t nk) {
+  // attention_forward's loops without the arithmetic: each chunk's packed keys,
+  // each query block's key tiles inside Mask::key_bounds, classified as run_block does.
+  KernelTiles t;
+  for (const PackChunk& c :
+       pack_chunks(mask, qpos, nq, kpos, nk, kernels_for(Isa::automatic).panel)) {
+    const Positions keys = kpos.from(c.j0);
+    const int64_t n = c.j1 - c.j0;
+    for (int64_t i0 = c.i0; i0 < c.i1 && n > 0; i0 += cpu::kBlockQ) {
+      const int64_t i1 = std::min(c.i1, i0 + cpu::kBlockQ);
+      const int64_t q_first = qpos.at(i0), q_last = qpos.at(i1 - 1);
+      int64_t t0 = 0, t1 = (n + cpu::kBlockK - 1) / cpu::kBlockK;
+      cpu::key_tile_range(mask, q_first, q_last, keys, n, cpu::kBlockK, &t0, &t1);
+      for (int64_t k = t0; k < t1; ++k) {
+        const int64_t key0 = k * cpu::kBlockK, kl = std::min<int64_t>(n, key0 + cpu::kBlockK) - 1;
+        const TileClass cls = mask.classify(q_first, q_last, keys.at(key0), keys.at(kl));
+        t.computed += cls != TileClass::empty;
+        t.partial += cls == TileClass::partial;
+      }
+    }
+  }
+  return t;
+}
+
+static_assert(kKernelTileRows == cpu::kBlockQ && kKernelTileCols == cpu::kBlockK);
+
 double kernel_workspace_bytes(int64_t nk, int64_t head_dim, int64_t rows, int64_t group,
                               int threads, bool quantized) {
   const cpu::IsaKernels& K = kernels_for(Isa::automatic);

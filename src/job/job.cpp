@@ -4,7 +4,6 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <omp.h>
-#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,6 +22,7 @@
 #include "job/sample_check.hpp"
 #include "job/verify.hpp"
 #include "ringattn/comm_mpi.hpp"
+#include "ringattn/cpu_info.hpp"
 #include "ringattn/error.hpp"
 #include "ringattn/hierarchy_stage.hpp"
 #include "ringattn/kv_select_stage.hpp"
@@ -568,27 +568,19 @@ ThreadChoice choose_threads(const JobSpec& spec, Communicator& comm) {
   // The cores this rank may run on, shared with the ranks of this machine bound to any of them.
   struct Binding {
     uint64_t host = 0;
-    uint64_t cpus[kCpuWords] = {};
+    CpuSet cpus;
   };
   Binding mine;
   char name[256] = {};
   gethostname(name, sizeof(name) - 1);
   mine.host = config_hash(name);
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  const bool known = sched_getaffinity(0, sizeof(set), &set) == 0;
-  int cores = 0;
-  for (int c = 0; c < kCpuWords * 64 && known; ++c)
-    if (CPU_ISSET(c, &set)) mine.cpus[c / 64] |= uint64_t{1} << (c % 64), ++cores;
+  mine.cpus = bound_cpus();
+  const int cores = mine.cpus.count();
   std::vector<Binding> all(static_cast<std::size_t>(comm.size()));
   comm.allgather(&mine, sizeof(mine), all.data());
-  if (!known || cores == 0) return {omp_get_max_threads(), "the OpenMP default"};
+  if (cores == 0) return {omp_get_max_threads(), "the OpenMP default"};
   int sharing = 0;
-  for (const Binding& b : all) {
-    bool overlap = false;
-    for (int w = 0; w < kCpuWords; ++w) overlap = overlap || (b.cpus[w] & mine.cpus[w]) != 0;
-    sharing += b.host == mine.host && overlap;
-  }
+  for (const Binding& b : all) sharing += b.host == mine.host && b.cpus.overlaps(mine.cpus);
   sharing = std::max(sharing, 1);
   return {std::max(1, cores / sharing),
           fmt::format("{} core{} bound to rank {}, shared by {} rank{}", cores,

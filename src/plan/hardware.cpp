@@ -28,14 +28,19 @@ constexpr const char* kKernel = "kernel-gflops";
 constexpr const char* kIntra = "link.intra-node";
 constexpr const char* kInter = "link.inter-node";
 constexpr const char* kInProcess = "link.in-process";
-const char* const kSections[] = {kDevice, kKernel, kIntra, kInter, kInProcess};
+constexpr const char* kSpread = "probe-spread";
+const char* const kSections[] = {kDevice, kKernel, kIntra, kInter, kInProcess, kSpread};
 const char* const kDeviceKeys[] = {"name",
                                    "kind",
                                    "description",
                                    "devices-per-node",
                                    "memory-gib",
                                    "memory-bandwidth-gb-s",
-                                   "parallel-efficiency"};
+                                   "parallel-efficiency",
+                                   "cpu",
+                                   "isa",
+                                   "partial-tile-cost"};
+constexpr double kMaxPartialTileCost = 16;  // whole tiles: a sanity bound
 const char* const kLinkKeys[] = {"latency-us", "bandwidth-gb-s", "overlap"};
 
 std::string trim(const std::string& s) {
@@ -271,6 +276,21 @@ HardwareProfile parse_hardware_profile(const std::string& text, const std::strin
   p.memory_bytes = r.number(kDevice, "memory-gib", true, 0) * kGiB;
   p.memory_bw_bps = r.number(kDevice, "memory-bandwidth-gb-s", true, 0) * kGiga;
   p.parallel_eff = r.number(kDevice, "parallel-efficiency", false, 1.0, false, 1.0);
+  p.cpu = r.text(kDevice, "cpu", false);
+  p.isa = r.text(kDevice, "isa", false);
+  if (!p.isa.empty() && p.isa != "avx512" && p.isa != "avx2" && p.isa != "generic")
+    r.fail(r.find(kDevice, "isa")->line,
+           fmt::format("[device] isa: expected avx512, avx2 or generic, got '{}'", p.isa));
+  p.partial_tile_cost =
+      r.number(kDevice, "partial-tile-cost", false, 0.0, true, kMaxPartialTileCost);
+  if ((!p.cpu.empty() || !p.isa.empty() || p.partial_tile_cost > 0) && p.kind != DeviceKind::cpu)
+    r.fail(r.find(kDevice, "kind")->line,
+           "[device] cpu, isa and partial-tile-cost describe cpu profiles (kind = cpu)");
+  if (Section* sec = r.section(kSpread))
+    for (auto& [key, e] : *sec) {
+      e.used = true;
+      p.spread[key] = r.number(kSpread, key, e, true);
+    }
   read_kernel(r, &p);
   p.intra = read_link(r, kIntra);
   p.inter = read_link(r, kInter);
@@ -358,6 +378,10 @@ std::string hardware_profile_text(const HardwareProfile& p, const std::string& h
   out += fmt::format("devices-per-node = {}\nmemory-gib = {:.6g}\nmemory-bandwidth-gb-s = {:.6g}\n",
                      p.devices_per_node, p.memory_bytes / kGiB, p.memory_bw_bps / kGiga);
   if (p.parallel_eff != 1.0) out += fmt::format("parallel-efficiency = {:.4g}\n", p.parallel_eff);
+  if (!p.cpu.empty()) out += fmt::format("cpu = {}\n", p.cpu);
+  if (!p.isa.empty()) out += fmt::format("isa = {}\n", p.isa);
+  if (p.partial_tile_cost > 0)
+    out += fmt::format("partial-tile-cost = {:.4g}\n", p.partial_tile_cost);
   out += fmt::format("\n[{}]\n", kKernel);
   for (const auto& [k, v] : p.kernel_flops)
     out += fmt::format("{}.d{} = {:.6g}\n", dtype_name(k.first), k.second, v / kGiga);
@@ -369,6 +393,10 @@ std::string hardware_profile_text(const HardwareProfile& p, const std::string& h
   link(kIntra, p.intra);
   link(kInter, p.inter);
   link(kInProcess, p.in_process);
+  if (!p.spread.empty()) {
+    out += fmt::format("\n[{}]\n", kSpread);
+    for (const auto& [k, v] : p.spread) out += fmt::format("{} = {:.3g}\n", k, v);
+  }
   return out;
 }
 

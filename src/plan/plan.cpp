@@ -125,8 +125,10 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
   p.ranks_per_node = w;
   p.nodes = (np + w - 1) / w;
   if (in.scheme != CommScheme::flat) check_two_level(in.scheme, np, w, in.hq, in.hkv);
-  // Threads per rank as `run` picks them: in-process ranks share the cores, an
-  // MPI rank gets the OpenMP default (all cores); a GPU rank is one device.
+  // Threads per rank as `run` picks them: the ranks of a machine share its
+  // cores, in-process ranks or MPI ranks alike (run divides the cores a rank is
+  // bound to among the ranks bound to them; launch/mpirun.sh sets cores / P);
+  // a GPU rank is one device.
   if (machine != nullptr) {
     p.threads = machine->threads;
   } else if (!cpu) {
@@ -134,7 +136,7 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
   } else if (in.threads > 0) {
     p.threads = in.threads;
   } else {
-    p.threads = local ? std::max(1, hw.devices_per_node / np) : hw.devices_per_node;
+    p.threads = std::max(1, hw.devices_per_node / machine_rpn);
   }
   p.oversubscription =
       machine != nullptr
@@ -237,6 +239,9 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
 
   // Memory of each rank.
   p.per_rank.resize(static_cast<std::size_t>(np));
+  // Extra pairs' worth of time per (rank, step) for the partial tiles (cpu).
+  std::vector<std::vector<double>> tile_extra(static_cast<std::size_t>(np),
+                                              std::vector<double>(std::size_t(p.steps), 0.0));
   std::vector<double> shared_sent(static_cast<std::size_t>(np), 0.0);
   for (int r = 0; r < np; ++r) {
     const auto ri = static_cast<std::size_t>(r);
@@ -280,8 +285,23 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
       for (const SegmentWork& sw : rs.work) {
         const Segment& qs = ql.segments(r)[static_cast<std::size_t>(sw.q_seg)];
         const Segment& ks = kvl.segments(rs.source)[static_cast<std::size_t>(sw.k_seg)];
-        keys = std::max(keys, kernel_packed_keys(sch.ring_mask, qs.positions(), qs.count,
-                                                 ks.positions().from(sw.k_lo), sw.k_hi - sw.k_lo));
+        const Positions kpos = ks.positions().from(sw.k_lo);
+        const int64_t keys_seen = sw.k_hi - sw.k_lo;
+        keys = std::max(
+            keys, kernel_packed_keys(sch.ring_mask, qs.positions(), qs.count, kpos, keys_seen));
+        if (!cpu) continue;
+        // A full pair: every tile of the call is whole.
+        const KernelTiles t =
+            sw.cls == TileClass::full
+                ? KernelTiles{(qs.count + kKernelTileRows - 1) / kKernelTileRows *
+                                  ((keys_seen + kKernelTileCols - 1) / kKernelTileCols),
+                              0}
+                : kernel_tiles(sch.ring_mask, qs.positions(), qs.count, kpos, keys_seen);
+        const double heads = b * hq;
+        rp.tiles_computed += static_cast<int64_t>(heads) * t.computed;
+        rp.tiles_partial += static_cast<int64_t>(heads) * t.partial;
+        tile_extra[ri][static_cast<std::size_t>(s)] +=
+            hw.partial_tile_cost * double(kKernelTileRows * kKernelTileCols) * double(t.partial);
       }
       const bool calls = cpu && (!sch.step(r, s).work.empty() || (s == 0 && rp.pairs > 0));
       const double ws = calls ? kernel_workspace_bytes(keys, in.head_dim, max_rows, in.group(),
@@ -445,6 +465,7 @@ Plan plan_one(const PlanInput& in, const HardwareProfile& hw, const PlanMachine*
           merged_rows += double(ql.segments(r)[static_cast<std::size_t>(sw.q_seg)].count);
         double pairs = double(rs.pairs);
         if (s == 0) pairs += double(p.per_rank[ri].pairs - p.per_rank[ri].ring_pairs);  // shared
+        pairs += tile_extra[ri][static_cast<std::size_t>(s)];
         const double c = work * flops_per_pair * pairs / p.rate;
         const double m =
             merged_rows * b * hq * (kMergeAccesses * d + kMergeAccesses) * kFloatBytes / merge_bw;
