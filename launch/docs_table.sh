@@ -6,14 +6,15 @@
 # balanced layout: measured imbalance and time against the prediction, bytes sent against a
 # full ring, and the error of 64 sampled rows against float64. Takes minutes at 1M tokens.
 # Usage: [HW=profile.ini] launch/docs_table.sh [path/to/ringattn] [N] [seed] [P]   (Markdown)
-#   HW: the hardware profile the plan uses (default cpu-2core; `ringattn calibrate` writes one)
+#   HW: the hardware profile the plan uses (default cpu-zen4-2core; measure this machine with
+#   `mpirun -np 2 ringattn calibrate --out FILE` and pass HW=FILE)
 #   defaults: build/release/src/ringattn 1048576 2 4
 set -euo pipefail
 bin=${1:-build/release/src/ringattn}
 n=${2:-1048576}
 seed=${3:-2}
 p=${4:-4}
-hw=${HW:-cpu-2core}
+hw=${HW:-cpu-zen4-2core}
 here=$(cd "$(dirname "$0")" && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -4,7 +4,7 @@
 # (launch/collect.py); launch/plot.py draws it.
 #
 #   launch/sweep.sh --mode strong --ranks "1 2 4 8" --seq-len 16384 -- --heads 4
-#   launch/sweep.sh --mode weak --tokens-per-rank 4096 --backend mpi --ranks "1 2 4" -- --threads 1
+#   launch/sweep.sh --mode weak --tokens-per-rank 4096 --backend mpi --ranks "1 2 4" -- --causal
 #   launch/sweep.sh --mode weak-sqrt --seq-len 8192 --ranks "1 4" -- --causal
 #   launch/sweep.sh --ranks "4 8" --out schemes.csv -- --causal --hierarchy double-ring --ranks-per-node 2
 #     (one sweep per --hierarchy into one CSV: its comm_scheme column and the per-level bytes,
@@ -25,7 +25,12 @@
 #                                  (launch/mpirun.sh -np P; --oversubscribe as needed) (default local)
 #   --hostfile FILE                mpi: Open MPI hostfile (default: every rank on this machine)
 #   --ranks-per-node K             mpi with --hostfile: ranks per node (default: all on one node)
-#   --hardware NAME|FILE           profile for the predictions (default cpu-2core)
+#   --hardware NAME|FILE           profile for the predictions (default: this machine's, from
+#                                  `ringattn calibrate`, run first under launch/mpirun.sh -np 2
+#                                  and cached per CPU in $RINGATTN_CACHE_DIR, default
+#                                  ~/.cache/ringattn; measured again when the binary is newer)
+#   --calibrate                    measure this machine again even if a cached profile exists
+#   --calibrate-args "..."         extra options for that calibrate (e.g. "--repeats 5")
 #   --out FILE.csv                 appended to (default sweep.csv)
 #   --run-args "..."               extra options for run only (e.g. "--repeats 3 --warmup 1")
 #   --bin PATH                     ringattn binary (default $RINGATTN_BIN or build/release/src/ringattn)
@@ -39,7 +44,9 @@ ranks="1 2 4 8"
 seq_len=16384
 per_rank=4096
 backend=local
-hardware=cpu-2core
+hardware=""
+recalibrate=0
+calibrate_args=""
 hostfile=""
 per_node=""
 out=sweep.csv
@@ -54,6 +61,8 @@ while (($#)); do
     --tokens-per-rank) per_rank="$2"; shift 2 ;;
     --backend) backend="$2"; shift 2 ;;
     --hardware) hardware="$2"; shift 2 ;;
+    --calibrate) recalibrate=1; shift ;;
+    --calibrate-args) calibrate_args="$2"; shift 2 ;;
     --hostfile) hostfile="$2"; shift 2 ;;
     --ranks-per-node) per_node="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
@@ -72,9 +81,34 @@ done
 [[ -x "$bin" ]] || die "--bin: '$bin' is not an executable (build with: cmake --preset release && cmake --build build/release)"
 python=${PYTHON:-python3}
 problem=("$@")
-# MPI ranks run OMP_NUM_THREADS=1 (launch/mpirun.sh on one machine); tell plan the same.
-if [[ $backend == mpi && " ${problem[*]:-} " != *" --threads "* ]]; then problem+=(--threads 1); fi
 read -r -a extra <<<"$run_args"
+
+# Predictions need this machine's profile: a shipped one measured on another CPU can be
+# off by 2-3x. Calibrate once per CPU (the model name, family and model, as calibrate
+# names it, and the core count) and keep the profile; again when the binary changed.
+if [[ -z "$hardware" ]]; then
+  cpu_id=$(awk -F': *' '/^model name/ && !m {m=$2} /^cpu family/ && !f {f=$2}
+    /^model[ \t]*:/ && !n {n=$2} /^$/ {exit} END {printf "%s (family %s, model %s)", m, f, n}' \
+    /proc/cpuinfo 2>/dev/null || echo unknown)
+  key=$(printf '%s %s' "$cpu_id" "$(nproc)" | cksum | cut -d' ' -f1)
+  cache=${RINGATTN_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ringattn}
+  hardware=$cache/calibrated-$key.ini
+  if ((recalibrate)) || [[ ! -s "$hardware" || "$bin" -nt "$hardware" ]]; then
+    mkdir -p "$cache" || die "cannot create the profile cache '$cache' (set RINGATTN_CACHE_DIR)"
+    echo "launch/sweep.sh: measuring this machine ($cpu_id, $(nproc) cores) for the predictions: $hardware (about 40 s; cached)"
+    if command -v mpirun >/dev/null; then
+      calib=("$here/mpirun.sh" -np 2 -- "$bin" calibrate)  # with the MPI link
+    else
+      calib=("$bin" calibrate)
+    fi
+    read -r -a cargs <<<"$calibrate_args"
+    "${calib[@]}" --out "$hardware" "${cargs[@]}" >"$cache/calibrate-$key.log" 2>&1 ||
+      { cat "$cache/calibrate-$key.log" >&2; die "calibrate failed (log above)"; }
+    grep -h "warning" "$cache/calibrate-$key.log" >&2 || true
+  else
+    echo "launch/sweep.sh: predictions from this machine's cached profile $hardware (--calibrate to measure again)"
+  fi
+fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ringattn-sweep.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT

@@ -11,7 +11,7 @@ rm -rf "$work"
 mkdir -p "$work"
 cmake --install "$build" --prefix "$work/prefix" >"$work/install.log"
 for f in bin/ringattn include/ringattn/job.hpp include/ringattn/kernel.hpp \
-         lib/cmake/ringattn/ringattnConfig.cmake share/ringattn/hardware/cpu-2core.ini; do
+         lib/cmake/ringattn/ringattnConfig.cmake share/ringattn/hardware/cpu-icelake-2core.ini; do
   [[ -e "$work/prefix/$f" ]] || { echo "install_check: $f not installed" >&2; exit 1; }
 done
 ls "$work"/prefix/lib/libringattn_*.a >/dev/null
@@ -21,7 +21,7 @@ cmake -S "$src" -B "$work/build" -DCMAKE_PREFIX_PATH="$work/prefix" -DCMAKE_BUIL
 cmake --build "$work/build" -j "$(nproc)" >"$work/build.log"
 OMP_NUM_THREADS=2 "$work/build/consumer"
 # The installed CLI resolves a shipped profile by name from outside the source tree.
-(cd "$work" && ./prefix/bin/ringattn plan --hardware cpu-2core --seq-len 16384 --ranks 2 \
+(cd "$work" && ./prefix/bin/ringattn plan --hardware cpu-icelake-2core --seq-len 16384 --ranks 2 \
   >"$work/plan.txt")
-grep -q "cpu-2core" "$work/plan.txt" || { echo "install_check: plan did not use cpu-2core" >&2; exit 1; }
+grep -q "cpu-icelake-2core" "$work/plan.txt" || { echo "install_check: plan did not use cpu-icelake-2core" >&2; exit 1; }
 echo "install_check: installed tree builds and runs a consumer; the CLI finds its profiles"

@@ -13,10 +13,25 @@ fail() { echo "sweep_plot_check: $*" >&2; exit 1; }
 
 csv=$work/sweep.csv
 "$src/launch/sweep.sh" --bin "$bin" --mode strong --ranks "1 2 4" --seq-len 256 \
-  --hardware cpu-2core --out "$csv" -- --heads 2 --head-dim 32 --threads 1 >"$work/sweep.log"
+  --hardware cpu-icelake-2core --out "$csv" -- --heads 2 --head-dim 32 --threads 1 >"$work/sweep.log"
 "$src/launch/sweep.sh" --bin "$bin" --mode weak-sqrt --ranks "1 4" --seq-len 128 \
-  --hardware cpu-2core --out "$csv" -- --heads 1 --head-dim 32 --causal --threads 1 >>"$work/sweep.log"
+  --hardware cpu-icelake-2core --out "$csv" -- --heads 1 --head-dim 32 --causal --threads 1 >>"$work/sweep.log"
 grep -q "measured .* ms, predicted .* ms" "$work/sweep.log" || fail "no progress lines"
+
+# Without --hardware: this machine is calibrated first (short probes here), the profile
+# cached per CPU; the next sweep reuses it.
+export RINGATTN_CACHE_DIR=$work/cache
+quick="--dtypes f32 --head-dims 32 --probe-tokens 256 --probe-heads 1 --probe-seconds 0.01 --max-message 4096"
+for round in 1 2; do
+  "$src/launch/sweep.sh" --bin "$bin" --mode strong --ranks "1 2" --seq-len 256 \
+    --calibrate-args "$quick" --out "$work/own.csv" -- --heads 1 --head-dim 32 --threads 1 \
+    >"$work/own$round.log"
+done
+grep -q "measuring this machine" "$work/own1.log" || fail "no calibration: $(cat "$work/own1.log")"
+grep -q "cached profile" "$work/own2.log" || fail "cache not reused: $(cat "$work/own2.log")"
+ls "$RINGATTN_CACHE_DIR"/calibrated-*.ini >/dev/null || fail "no cached profile"
+grep -q "^cpu = " "$RINGATTN_CACHE_DIR"/calibrated-*.ini || fail "cached profile names no CPU"
+[[ $(($(wc -l <"$work/own.csv") - 1)) -eq 4 ]] || fail "own-profile CSV: $(cat "$work/own.csv")"
 rows=$(($(wc -l <"$csv") - 1))
 [[ $rows -eq 5 ]] || fail "expected 5 CSV rows, got $rows"
 head -1 "$csv" | grep -q "measured_ms,predicted_ms,error_pct" || fail "CSV header: $(head -1 "$csv")"
@@ -28,7 +43,7 @@ grep -q "^weak-sqrt,local,4,256," "$csv" || fail "weak-sqrt row for P=4: $(cat "
 scsv=$work/schemes.csv
 for scheme in flat double-ring a2a-ring; do
   "$src/launch/sweep.sh" --bin "$bin" --mode strong --ranks "4" --seq-len 256 \
-    --hardware cpu-2core --out "$scsv" -- --heads 2 --head-dim 32 --causal --threads 1 \
+    --hardware cpu-icelake-2core --out "$scsv" -- --heads 2 --head-dim 32 --causal --threads 1 \
     --hierarchy "$scheme" --ranks-per-node 2 >>"$work/sweep.log"
 done
 /usr/bin/python3 - "$scsv" <<'PY' || fail "scheme CSV: $(cat "$scsv")"

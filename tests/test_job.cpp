@@ -250,7 +250,7 @@ TEST_F(Job, HierarchicalLevelsThroughTheJobMatchReferenceAndPlan) {
   PlanInput in(s);
   in.layout = s.layout, in.ranks = 3, in.links = PlanLinks::in_process, in.threads = 1;
   const Plan p = make_plan(in, load_hardware_profile(std::string(RINGATTN_SOURCE_DIR) +
-                                                     "/configs/hardware/cpu-2core.ini"));
+                                                     "/configs/hardware/cpu-icelake-2core.ini"));
   ASSERT_TRUE(p.stage.on);
   EXPECT_EQ(p.stage.summaries, r.stats[0].summaries);
   for (int x = 0; x < 3; ++x)
@@ -291,7 +291,7 @@ TEST_F(Job, BlockRoutingWritesItsChoices) {
   PlanInput in(s);
   in.layout = s.layout, in.ranks = 4, in.links = PlanLinks::in_process, in.threads = 1;
   const Plan p = make_plan(in, load_hardware_profile(std::string(RINGATTN_SOURCE_DIR) +
-                                                     "/configs/hardware/cpu-2core.ini"));
+                                                     "/configs/hardware/cpu-icelake-2core.ini"));
   for (int x = 0; x < 4; ++x)
     EXPECT_DOUBLE_EQ(p.stage.scores[static_cast<std::size_t>(x)],
                      r.stats[static_cast<std::size_t>(x)].stage_pair_evals);
@@ -315,7 +315,7 @@ TEST_F(Job, PlanPredictsAQuantizedWiresBytesAndMemory) {
   s.seed = 3, s.threads = 1;
   s.kv_wire.bits = QuantBits::int8, s.kv_wire.group = 64;
   const HardwareProfile hw =
-      load_hardware_profile(std::string(RINGATTN_SOURCE_DIR) + "/configs/hardware/cpu-2core.ini");
+      load_hardware_profile(std::string(RINGATTN_SOURCE_DIR) + "/configs/hardware/cpu-icelake-2core.ini");
   for (const bool kivi : {false, true})
     for (const bool store : {false, true}) {
       s.kv_store = store, s.kv_wire.kivi = kivi;
@@ -388,7 +388,7 @@ TEST_F(Job, KvSelectionWritesItsKeptSetAndThePlanKnowsItsBytes) {
   in.layout = s.layout, in.ranks = 3, in.links = PlanLinks::in_process, in.threads = 1;
   in.select = s.select;
   const Plan p = make_plan(in, load_hardware_profile(std::string(RINGATTN_SOURCE_DIR) +
-                                                     "/configs/hardware/cpu-2core.ini"));
+                                                     "/configs/hardware/cpu-icelake-2core.ini"));
   ASSERT_TRUE(p.select.on);
   EXPECT_EQ(p.select.passes, 2);
   double sent = 0;

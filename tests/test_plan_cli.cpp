@@ -104,8 +104,8 @@ TEST_F(PlanCli, PlansARunsConfigFile) {
 }
 
 TEST_F(PlanCli, ShippedProfilesPlan) {
-  for (const std::string hw : {"h100-sxm", "a100", "h200", "cpu-2core"}) {
-    const bool cpu = hw == "cpu-2core";  // one node, threads of one process
+  for (const std::string hw : {"h100-sxm", "a100", "h200", "cpu-icelake-2core", "cpu-zen4-2core"}) {
+    const bool cpu = hw.rfind("cpu-", 0) == 0;  // one node, threads of one process
     const Result r =
         plan({"--hardware", hw, cpu ? "--ranks-local" : "--ranks", "16", "--seq-len", "131072",
               "--heads", "32", "--kv-heads", "8", "--dtype", "bf16", "--causal"});

@@ -124,7 +124,7 @@ TEST_F(ProblemOptions, HelpShowsOneDefaultAndUnitPerOption) {
 
 // Arguments that get each command past its own required options.
 std::vector<std::string> base_args(const std::string& cmd) {
-  if (cmd == "plan") return {"plan", "--hardware", "cpu-2core"};
+  if (cmd == "plan") return {"plan", "--hardware", "cpu-icelake-2core"};
   if (cmd == "attend")
     return {"attend", "--q", "q.npy", "--k", "k.npy", "--v", "v.npy", "--out", "o.npy"};
   return {cmd};
@@ -166,7 +166,7 @@ TEST_F(ProblemOptions, MetricsRecordsShareTheShapeKeys) {
                                           "--kv-heads", "1",  "--head-dim", "32"};
   const std::map<std::string, std::vector<std::string>> runs = {
       {"run", {"run", "--ranks-local", "2", "--threads", "1"}},
-      {"plan", {"plan", "--hardware", "cpu-2core", "--ranks-local", "2"}},
+      {"plan", {"plan", "--hardware", "cpu-icelake-2core", "--ranks-local", "2"}},
       {"bench-kernel",
        {"bench-kernel", "--repeats", "1", "--warmup", "0", "--sgemm-size", "64", "--threads", "1"}},
       {"demo", {"demo", "--threads", "1"}},

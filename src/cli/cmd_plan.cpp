@@ -7,7 +7,7 @@
 //
 //   ringattn plan --hardware h100-sxm --ranks 64 --seq-len 1048576 --heads 32 --kv-heads 8
 //       --head-dim 128 --dtype bf16 --causal
-//   ringattn plan --hardware cpu-2core --ranks-local 4 --seq-len 16384 --json
+//   ringattn plan --hardware cpu-zen4-2core --ranks-local 4 --seq-len 16384 --json
 //   ringattn plan --hardware h100-sxm --ranks 8 --seq-len 32768 --moe-experts 64 --moe-topk 2
 #include <fmt/format.h>
 
@@ -67,7 +67,8 @@ CommandSpec plan_spec() {
   s.options = {
       OptionSpec::text("hardware", "",
                        "hardware profile: a name in configs/hardware (h100-sxm, a100, h200, "
-                       "cpu-2core, ...) or an .ini path",
+                       "cpu-zen4-2core, ...) or an .ini path (cpu profiles: `ringattn calibrate` "
+                       "measures this machine)",
                        "NAME|FILE")
           .as_required()
           .as_input(),

@@ -169,7 +169,7 @@ def test_bad_input_is_a_value_error():
 
 def test_plan_is_the_cli_plan():
     job = dict(seq_len=16384, heads=8, kv_heads=2, head_dim=128, causal=True, ranks=2,
-               hardware="cpu-2core")
+               hardware="cpu-icelake-2core")
     p = ringattn.plan(**job)
     assert p["record"] == "summary" and len(p["per_rank"]) == 2 and p["per_step"]
     binary = os.environ.get("RINGATTN_BIN")
