@@ -322,8 +322,9 @@ timeout "$HARD_LIMIT_S" "$mpiexec" --oversubscribe -n 2 "$bin" calibrate --out "
   --max-message 65536 </dev/null >"$dir/stdout" 2>"$dir/stderr"
 rc=$?
 plans=0
+config=$(cd "$(dirname "$0")/.." && pwd)/configs/default.ini  # the README's: the quickstart job
 for p in 1 2; do
-  "$bin" plan --hardware "$dir/mine.ini" --ranks "$p" --seq-len 4096 --heads 2 --head-dim 64 \
+  "$bin" plan --hardware "$dir/mine.ini" --ranks "$p" --config "$config" \
     >"$dir/plan$p" 2>"$dir/plan$p.err" && grep -q "P=$p (mpi, 1 node x $p)" "$dir/plan$p" &&
     [[ ! -s $dir/plan$p.err ]] && plans=$((plans + 1))
 done

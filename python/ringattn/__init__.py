@@ -24,6 +24,7 @@ the GIL.
 """
 import json
 import os
+import warnings
 
 import numpy as np
 
@@ -314,9 +315,13 @@ def plan(**job):
     """The planner on a job described by the options of `ringattn plan` (seq_len,
     heads, head_dim, causal, ranks or ranks_local, hardware, layout, ...):
     the `plan --json` summary record, with "per_rank" and "per_step" lists of
-    its per-rank and per-step records (the same keys)."""
+    its per-rank and per-step records (the same keys). A cpu profile measured on
+    another CPU (or for another kernel ISA) gives a UserWarning, as the CLI warns;
+    the text is also summary["cpu_warning"]."""
     records = [json.loads(r) for r in _core.plan(["plan"] + _options(job))]
     summary = next((r for r in records if r.get("record") == "summary"), {})
+    if summary.get("cpu_warning"):
+        warnings.warn(summary["cpu_warning"], UserWarning, stacklevel=2)
     summary["per_rank"] = [r for r in records if r.get("record") == "rank"]
     summary["per_step"] = [r for r in records if r.get("record") == "step"]
     return summary

@@ -167,6 +167,7 @@ def test_bad_input_is_a_value_error():
         ringattn.attention(q, k, v, route_block=16, route_topk=2, causal=True)
 
 
+@pytest.mark.filterwarnings("ignore:profile 'cpu-icelake-2core' was measured on")
 def test_plan_is_the_cli_plan():
     job = dict(seq_len=16384, heads=8, kv_heads=2, head_dim=128, causal=True, ranks=2,
                hardware="cpu-icelake-2core")
@@ -183,6 +184,19 @@ def test_plan_is_the_cli_plan():
     assert set(cli) == set(p) - {"per_rank", "per_step"}
     assert cli["time_ms"] == pytest.approx(p["time_ms"])
 
+
+
+def test_plan_warns_for_a_profile_of_another_cpu(tmp_path):
+    shipped = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "hardware",
+                           "cpu-zen4-2core.ini")
+    text = open(shipped).read()
+    start = text.index("\ncpu = ") + 1
+    end = text.index("\n", start)
+    other = tmp_path / "other.ini"
+    other.write_text(text[:start] + "cpu = Other CPU 9000 (family 1, model 2)" + text[end:])
+    with pytest.warns(UserWarning, match="was measured on Other CPU 9000"):
+        p = ringattn.plan(seq_len=4096, heads=2, head_dim=64, ranks=2, hardware=str(other))
+    assert "Other CPU 9000" in p["cpu_warning"] and p["this_cpu"]
 
 def test_torch_tensors_in_and_out():
     torch = pytest.importorskip("torch")
