@@ -376,17 +376,34 @@ TEST_F(PlanCli, BadKvOptions) {
 }
 
 TEST_F(PlanCli, CalibrateWritesAProfilePlanReads) {
-  const Result c =
-      run_binary({"calibrate", "--out", path("me.ini"), "--dtypes", "f32", "--head-dims", "64",
-                  "--probe-tokens", "256", "--probe-heads", "1", "--max-message", "65536",
-                  "--repeats", "2", "--probe-seconds", "0.01", "--threads", "1"});
+  const Result c = run_binary({"calibrate",
+                               "--out",
+                               path("me.ini"),
+                               "--dtypes",
+                               "f32",
+                               "--head-dims",
+                               "64",
+                               "--probe-tokens",
+                               "256",
+                               "--probe-heads",
+                               "1",
+                               "--max-message",
+                               "65536",
+                               "--repeats",
+                               "2",
+                               "--probe-seconds",
+                               "0.01",
+                               "--threads",
+                               "1",
+                               "--isa",
+                               "generic"});
   ASSERT_EQ(c.rc, 0) << c.err;
   EXPECT_NE(c.out.find("GFLOP/s"), std::string::npos) << c.out;
   EXPECT_TRUE(temporaries().empty());
   const std::string text = test::slurp(path("me.ini"));
   for (const char* s :
-       {"[device]", "kind = cpu", "float32.d64", "[link.in-process]",
-        "cpu = ", "isa = ", "[probe-spread]", "float32.d64 = ", "causal = ", "# Binding: rank 0"})
+       {"[device]", "kind = cpu", "float32.d64", "[link.in-process]", "cpu = ", "isa = generic",
+        "[probe-spread]", "float32.d64 = ", "causal = ", "# Binding: rank 0"})
     EXPECT_NE(text.find(s), std::string::npos) << s << "\n" << text;
   const Result p = plan({"--hardware", path("me.ini"), "--ranks-local", "2", "--seq-len", "2048",
                          "--heads", "1", "--head-dim", "64"});
@@ -499,6 +516,9 @@ TEST_F(PlanCli, CalibrateBadInput) {
   expect_usage_error(run_binary({"calibrate", "--out", path("x.ini"), "--head-dims", "7"}),
                      "--head-dims");
   expect_usage_error(run_binary({"calibrate"}), "--out");
+  expect_usage_error(run_binary({"calibrate", "--out", path("x.ini"), "--isa", "sse"}), "--isa");
+  expect_usage_error(run_binary({"calibrate", "--out", path("x.ini"), "--probe-seconds", "0"}),
+                     "--probe-seconds");
   const Result r = run_binary({"calibrate", "--out", path("no/such/dir/x.ini")});
   expect_clean_failure(r, "no/such/dir", {});
 }

@@ -84,12 +84,10 @@ std::string cpu_model() {
 }
 
 // One kernel call's rounds; `stats` gets the call's tile counts.
-Timing kernel_timing(const RandomProblem& prob, int threads, int repeats, double min_seconds,
-                     KernelStats* stats) {
+Timing kernel_timing(const RandomProblem& prob, const KernelOptions& k, int repeats,
+                     double min_seconds, KernelStats* stats) {
   const AttentionArgs a = prob.args();
   Outputs out(a);
-  KernelOptions k;
-  k.threads = threads;
   KernelStats st;
   const Timing t =
       time_rounds([&] { st = attention_forward(a, out.o.as<float>(), out.lse.as<float>(), k); },

@@ -15,6 +15,7 @@
 #include "cli/harness.hpp"
 #include "ringattn/comm.hpp"
 #include "ringattn/hardware.hpp"
+#include "ringattn/kernel.hpp"
 
 namespace ringattn::cli {
 
@@ -48,9 +49,9 @@ inline Timing time_rounds(F&& f, int repeats, double min_seconds) {
   return {best, worst / best - 1.0};
 }
 
-// One kernel call's rounds (kernel_timing's `threads`); `stats` gets the call's tile counts.
-Timing kernel_timing(const RandomProblem& prob, int threads, int repeats, double min_seconds,
-                     KernelStats* stats = nullptr);
+// One kernel call's rounds (threads and ISA from `k`); `stats` gets the call's tile counts.
+Timing kernel_timing(const RandomProblem& prob, const KernelOptions& k, int repeats,
+                     double min_seconds, KernelStats* stats = nullptr);
 
 // Bytes per second merge_states streams on one thread, and the rounds' spread.
 Timing merge_bandwidth(int repeats, double min_seconds);

@@ -105,6 +105,9 @@ CommandSpec calibrate_spec() {
                           "timed rounds of each probe (the best is kept; their spread is "
                           "written into the profile)")
           .positive(),
+      OptionSpec::choice("isa", "auto", {"auto", "avx512", "avx2", "generic"},
+                         "kernel instruction set to measure (auto: the best this CPU supports); "
+                         "the profile's isa, which plan compares with the job's --isa"),
       OptionSpec::number("probe-seconds", "0.5",
                          "least duration of one round of a kernel or merge probe (a link "
                          "round: a fifth of it per message size)",
@@ -185,6 +188,13 @@ int cmd_calibrate(int argc, char** argv) {
                                  kMinMessage, max_message));
 
   const double probe_s = opt->number("probe-seconds");
+  const Isa isa = resolve_isa(opt->text("isa"));  // before any output or measurement
+  const auto on = [&](int threads) {
+    KernelOptions k;
+    k.threads = threads;
+    k.isa = isa;
+    return k;
+  };
   // Every rank's binding, before rank 0 measures alone.
   std::vector<Binding> bindings(static_cast<std::size_t>(np));
   const Binding mine = my_binding();
@@ -220,7 +230,7 @@ int cmd_calibrate(int argc, char** argv) {
       hw.name = opt->has("name") ? opt->text("name") : fmt::format("cpu-{}core", cores);
       hw.description = opt->has("description") ? opt->text("description") : cpu_model();
       hw.cpu = cpu_identity();
-      hw.isa = effective_isa_name(Isa::automatic);
+      hw.isa = effective_isa_name(isa);
       const double mem = opt->number("memory-gib");
       hw.memory_bytes =
           mem > 0 ? mem * kGiB : double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
@@ -257,7 +267,7 @@ int cmd_calibrate(int argc, char** argv) {
           probe.head_dim = d;
           probe.dtype = parse_dtype(dn, "option '--dtypes'");
           const RandomProblem prob = make_random_problem(shape, 1);
-          const Timing t = kernel_timing(prob, 1, repeats, probe_s);
+          const Timing t = kernel_timing(prob, on(1), repeats, probe_s);
           const double rate = attention_flops(prob.args()) / t.seconds;
           hw.kernel_flops[{probe.dtype, d}] = rate;
           const std::string key = fmt::format("{}.d{}", dtype_name(probe.dtype), d);
@@ -282,7 +292,7 @@ int cmd_calibrate(int argc, char** argv) {
       const int all = opt->threads() > 0 ? std::min(opt->threads(), cores) : cores;
       if (all > 1) {
         const RandomProblem prob = make_random_problem(shape, 1);
-        const Timing t = kernel_timing(prob, all, repeats, probe_s);
+        const Timing t = kernel_timing(prob, on(all), repeats, probe_s);
         const double rate = attention_flops(prob.args()) / t.seconds;
         hw.parallel_eff = std::clamp(rate / (one * all), 0.01, 1.0);
         spread_of("all-cores", t.spread);
@@ -307,8 +317,8 @@ int cmd_calibrate(int argc, char** argv) {
         Timing tf{std::numeric_limits<double>::infinity(), 0}, tc = tf;
         double worst = 0;
         for (int r = 0; r < std::max(repeats, kCausalRounds); ++r) {
-          const Timing a = kernel_timing(full, 1, 1, probe_s / 2);
-          const Timing c = kernel_timing(causal, 1, 1, probe_s / 2, &st);
+          const Timing a = kernel_timing(full, on(1), 1, probe_s / 2);
+          const Timing c = kernel_timing(causal, on(1), 1, probe_s / 2, &st);
           tf.seconds = std::min(tf.seconds, a.seconds);
           tc.seconds = std::min(tc.seconds, c.seconds);
           worst = std::max(worst, c.seconds);

@@ -22,10 +22,19 @@ constexpr double kMergeAccesses = 3;  // merge_row reads O_a and O_b, writes O_a
 
 const LinkSpec& require_link(const HardwareProfile& hw, const LinkSpec& l, const char* section,
                              const char* why) {
-  if (!l.present)
+  if (!l.present) {
+    // What measures it: calibrate under mpirun (one node, or one rank per node), or itself.
+    const std::string how =
+        hw.kind != DeviceKind::cpu ? ""
+        : std::string(section) == "intra-node"
+            ? "; `mpirun -np 2 ringattn calibrate --out FILE` measures it"
+        : std::string(section) == "inter-node"
+            ? "; calibrate with one rank on each of two nodes measures it, or give --inter-node"
+            : "; `ringattn calibrate --out FILE` measures it";
     throw FieldError("hardware",
-                     fmt::format("profile '{}' ({}) has no [link.{}] section, needed {}", hw.name,
-                                 hw.source, section, why));
+                     fmt::format("profile '{}' ({}) has no [link.{}] section, needed {}{}", hw.name,
+                                 hw.source, section, why, how));
+  }
   return l;
 }
 
