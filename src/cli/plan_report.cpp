@@ -195,6 +195,13 @@ void print_plan(const PlanReport& r) {
                                 rate_text(p.rate), dtype_name(p.in.dtype), p.in.head_dim,
                                 rate_text(hw.kernel_rate(p.in.dtype, p.in.head_dim)), p.threads,
                                 p.threads == 1 ? "" : "s", p.oversubscription));
+  int64_t tiles = 0, partial = 0;
+  for (const RankPlan& k : p.per_rank) tiles += k.tiles_computed, partial += k.tiles_partial;
+  if (tiles > 0)
+    line("kernel tiles",
+         fmt::format("{} computed in the ring, {} partial (each priced at its visible pairs + "
+                     "{:.3g} of a whole tile: the profile's partial-tile-cost)",
+                     tiles, partial, hw.partial_tile_cost));
   if (p.in.ranks > 1)
     line("link", fmt::format("{}: latency {:.1f} us, {:.2f} GB/s per direction, overlap {:.2f}",
                              p.link_name, p.link.latency_s * kMicro, p.link.bandwidth_bps / kGiga,
@@ -389,6 +396,7 @@ std::vector<JsonObject> plan_records(const PlanReport& r) {
       .text("hardware_isa", r.hw->isa)
       .text("this_cpu", r.this_cpu)
       .text("job_isa", r.job_isa)
+      .number("partial_tile_cost", r.hw->partial_tile_cost)
       .text("cpu_warning", r.cpu_warning)
       .text("link", p.link_name)
       .number("rank_gflops", p.rate / kGiga)
