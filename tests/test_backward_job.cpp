@@ -36,8 +36,8 @@ JobSpec spec_of(const Case& c) {
 }
 
 TEST(BackwardJob, ChecksPassAndThePlanCountsWhatTheRanksSent) {
-  const HardwareProfile hw =
-      load_hardware_profile(std::string(RINGATTN_SOURCE_DIR) + "/configs/hardware/cpu-icelake-2core.ini");
+  const HardwareProfile hw = load_hardware_profile(std::string(RINGATTN_SOURCE_DIR) +
+                                                   "/configs/hardware/cpu-icelake-2core.ini");
   const Case cases[] = {
       {"full contiguous (ring)", 3, LayoutKind::contiguous, false, 0, 0, CommScheme::flat, 0},
       {"causal zigzag", 4, LayoutKind::zigzag, true, 0, 0, CommScheme::flat, 0},

@@ -186,8 +186,8 @@ TEST_F(DocumentsCli, PlanPredictsRunsPerRankPairs) {
   const std::string lens = join(kLens);
   const std::vector<std::string> common = {"--doc-lens", lens,         "--causal", "--heads",
                                            "2",          "--head-dim", "32",       "--metrics"};
-  std::vector<std::string> plan = {"plan",       "--ranks-local", "4",
-                                   "--hardware", "cpu-icelake-2core",     "--json"};
+  std::vector<std::string> plan = {"plan",       "--ranks-local",     "4",
+                                   "--hardware", "cpu-icelake-2core", "--json"};
   plan.insert(plan.end(), common.begin(), common.end());
   plan.push_back(path("plan.json"));
   const Result p = run_binary(plan);

@@ -314,8 +314,8 @@ TEST_F(Job, PlanPredictsAQuantizedWiresBytesAndMemory) {
   s.layout = LayoutKind::zigzag;
   s.seed = 3, s.threads = 1;
   s.kv_wire.bits = QuantBits::int8, s.kv_wire.group = 64;
-  const HardwareProfile hw =
-      load_hardware_profile(std::string(RINGATTN_SOURCE_DIR) + "/configs/hardware/cpu-icelake-2core.ini");
+  const HardwareProfile hw = load_hardware_profile(std::string(RINGATTN_SOURCE_DIR) +
+                                                   "/configs/hardware/cpu-icelake-2core.ini");
   for (const bool kivi : {false, true})
     for (const bool store : {false, true}) {
       s.kv_store = store, s.kv_wire.kivi = kivi;
