@@ -86,6 +86,22 @@ TEST_P(KernelIsa, MatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Isas, KernelIsa, ::testing::Values(Isa::avx512, Isa::avx2, Isa::generic),
                          [](const ::testing::TestParamInfo<Isa>& i) { return isa_name(i.param); });
 
+// P.V reads V in column blocks of kColsPV vectors per 128-key tile, then the
+// columns left over: head dims whose padded width leaves 0 to 3 vectors over,
+// a last tile of 44 keys, and a band whose edges start P.V inside a tile.
+TEST(Kernel, VColumnBlocksOfEveryWidth) {
+  int seed = 900;
+  for (Isa isa : isas_here())
+    for (const int64_t d : {8, 24, 40, 72, 96, 112, 136})
+      for (const bool band : {false, true}) {
+        test::Problem p = make_problem(1, 300, 300, 2, 1, d, DType::f32, seed++);
+        if (band) p.args.mask = Mask::band(-70, 30);
+        expect_matches_reference(
+            p.args, isa,
+            "D=" + std::to_string(d) + (band ? " band" : " full") + " isa=" + isa_name(isa));
+      }
+}
+
 TEST(Kernel, CrossAttentionAndBottomRightCausal) {
   struct Case {
     int64_t nq, nk;

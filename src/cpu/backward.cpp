@@ -180,9 +180,8 @@ KernelStats attention_backward(const AttentionArgs& a, const float* o, const flo
           const char* kb = static_cast<const char*>(a.k) + off;
           const char* vb = static_cast<const char*>(a.v) + off;
           const int64_t n = a.nk - j0, stride = a.hkv * d;
-          K.pack_kv(kb, vb, a.dtype, stride, n, d, 0, K.panel, kt + j0 * dp, scratch, dp, K.panel);
-          K.pack_kv(vb, kb, a.dtype, stride, n, d, 0, K.panel, vt + j0 * dp, krows + j0 * dp, dp,
-                    K.panel);
+          K.pack_kv(kb, vb, a.dtype, stride, n, d, 0, K.panel, kt + j0 * dp, scratch, dp);
+          K.pack_kv(vb, kb, a.dtype, stride, n, d, 0, K.panel, vt + j0 * dp, krows + j0 * dp, dp);
         }
         // The group's query rows: Qs, dO, lse2, Delta; dQacc = 0.
 #pragma omp for schedule(static)

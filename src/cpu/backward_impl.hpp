@@ -133,13 +133,13 @@ struct BwdImpl {
       float* o = t.dq + r0 * dp;
       int c0 = 0;
       for (; c0 + C * L <= dp; c0 += C * L)
-        F::template pv_micro<C>(a, t.krows + c0, dp, kc, ones, o + c0);
-      for (; c0 < dp; c0 += L) F::template pv_micro<1>(a, t.krows + c0, dp, kc, ones, o + c0);
+        F::template pv_micro<C>(a, t.krows + c0, dp, dp, kc, ones, o + c0);
+      for (; c0 < dp; c0 += L) F::template pv_micro<1>(a, t.krows + c0, dp, dp, kc, ones, o + c0);
     }
   }
 
   static const BackwardKernels& table(Isa isa) {
-    static const BackwardKernels k{isa, L, PW, &F::pack_kv, &workspace_floats, &run_tile};
+    static const BackwardKernels k{isa, L, PW, &F::pack_kv_rows, &workspace_floats, &run_tile};
     return k;
   }
 };

@@ -39,26 +39,28 @@ const cpu::IsaKernels& kernels_for(Isa isa) {
 // Packs panel p (keys [p panel, (p + 1) panel)) of K/V head hk of batch b.
 // Quantized K/V are dequantized into deq (2 panel D floats) first.
 void pack_panel(const AttentionArgs& a, const cpu::IsaKernels& K, int64_t b, int64_t hk, int64_t p,
-                float* kp, float* vp, float* deq) {
+                float* kp, float* vp, int64_t nk_pad, float* deq) {
   const int d = static_cast<int>(a.head_dim);
   const int dp = static_cast<int>(cpu::round_up(d, K.lanes));
   const int64_t j0 = p * K.panel;
+  const int64_t n = std::clamp<int64_t>(a.nk - j0, 0, K.panel);  // keys of the panel that exist
   if (a.quantized()) {
     // Dequantize this panel's keys into float32 rows, then pack them like float32 K/V.
     float* kd = deq;
     float* vd = kd + int64_t{K.panel} * d;
-    const int64_t n = std::clamp<int64_t>(a.nk - j0, 0, K.panel);
     for (int64_t j = 0; j < n; ++j) {
       const int64_t row = (b * a.nk + j0 + j) * a.hkv + hk;
       dequantize_rows(a.kq, row, 1, kd + j * d);
       dequantize_rows(a.vq, row, 1, vd + j * d);
     }
-    K.pack_kv(kd, vd, DType::f32, d, n, d, 0, K.panel, kp + j0 * dp, vp + j0 * dp, dp, K.panel);
+    K.pack_kv(kd, vd, DType::f32, d, n, d, j0, j0 + K.panel, kp, vp, dp, nk_pad);
   } else {
+    // Panels past the last key are all padding (n = 0): point them at key 0.
     const std::size_t kv_off =
-        static_cast<std::size_t>((b * a.nk * a.hkv + hk) * d) * dtype_size(a.dtype);
+        static_cast<std::size_t>(((b * a.nk + (n > 0 ? j0 : 0)) * a.hkv + hk) * d) *
+        dtype_size(a.dtype);
     K.pack_kv(static_cast<const char*>(a.k) + kv_off, static_cast<const char*>(a.v) + kv_off,
-              a.dtype, a.hkv * d, a.nk, d, j0, j0 + K.panel, kp, vp, dp, K.panel);
+              a.dtype, a.hkv * d, n, d, j0, j0 + K.panel, kp, vp, dp, nk_pad);
   }
 }
 
@@ -111,6 +113,25 @@ AttentionArgs keys_of(const AttentionArgs& a, int64_t b, int64_t j0, int64_t j1)
   return s;
 }
 
+// Query blocks qb0 .. qb0 + nblocks - 1 of a, most key tiles (of `keys`, the
+// chunk's packed keys) first; ties in order.
+std::vector<int64_t> blocks_by_work(const AttentionArgs& a, const AttentionArgs& keys, int64_t qb0,
+                                    int64_t nblocks) {
+  std::vector<int64_t> order(static_cast<std::size_t>(nblocks)), work(order.size());
+  for (int64_t k = 0; k < nblocks; ++k) {
+    const int64_t i0 = (qb0 + k) * cpu::kBlockQ, i1 = std::min(a.nq, i0 + cpu::kBlockQ);
+    int64_t t0 = 0, t1 = 0;
+    cpu::key_tile_range(a.mask, a.qpos.at(i0), a.qpos.at(i1 - 1), keys.kpos, keys.nk, cpu::kBlockK,
+                        &t0, &t1);
+    order[static_cast<std::size_t>(k)] = qb0 + k;
+    work[static_cast<std::size_t>(k)] = t1 - t0;
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) {
+    return work[static_cast<std::size_t>(x - qb0)] > work[static_cast<std::size_t>(y - qb0)];
+  });
+  return order;
+}
+
 // What one kernel call sets up: the ISA's routines, the padded sizes, the
 // thread count (capped at the tasks) and the buffers: packed K/V of one head,
 // per-thread workspaces and (quantized K/V) dequantized panels, per-thread counters.
@@ -151,8 +172,8 @@ struct KernelCall {
     return {kp.as<float>(), vp.as<float>(), a.nk, nk_pad, dp, K.panel, a.kpos};
   }
   // Packs panel p of K/V head hk of batch b (inside a parallel region, thread tid).
-  void pack(const AttentionArgs& a, int64_t b, int64_t hk, int64_t p, int tid) {
-    pack_panel(a, K, b, hk, p, kp.as<float>(), vp.as<float>(),
+  void pack(const AttentionArgs& a, int64_t b, int64_t hk, int64_t p, int64_t keys_pad, int tid) {
+    pack_panel(a, K, b, hk, p, kp.as<float>(), vp.as<float>(), keys_pad,
                a.quantized() ? deq.as<float>() + tid * deq_floats : nullptr);
   }
   float* workspace(int tid) { return ws.as<float>() + tid * ws_floats; }
@@ -316,18 +337,21 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
         const int64_t qb0 = c.i0 / cpu::kBlockQ,
                       nblocks = (c.i1 - c.i0 + cpu::kBlockQ - 1) / cpu::kBlockQ;
         const int64_t ntasks = group * nblocks;
+        // The blocks with the most key tiles first (a causal chunk's last rows), so
+        // that the threads finish together rather than waiting on one long block.
+        const std::vector<int64_t> order = blocks_by_work(a, keys, qb0, nblocks);
 #pragma omp parallel num_threads(call.threads)
         {
           const int tid = omp_get_thread_num();
 #pragma omp for schedule(static)
-          for (int64_t p = 0; p < npanels; ++p) call.pack(keys, 0, hk, p, tid);
+          for (int64_t p = 0; p < npanels; ++p) call.pack(keys, 0, hk, p, npanels * K.panel, tid);
           float* my_ws = call.workspace(tid);
           KernelStats& my = call.stats[static_cast<std::size_t>(tid)];
 #pragma omp for schedule(dynamic, 1)
           for (int64_t t = 0; t < ntasks; ++t) {
             if (interrupt_requested()) continue;  // the call throws when the loop ends
-            const int64_t h = hk * group + t / nblocks;
-            const int64_t i0 = (qb0 + t % nblocks) * cpu::kBlockQ;
+            const int64_t h = hk * group + t % group;
+            const int64_t i0 = order[static_cast<std::size_t>(t / group)] * cpu::kBlockQ;
             cpu::QBlockJob job;
             job.q = static_cast<const char*>(a.q) +
                     static_cast<std::size_t>((b * a.nq + i0) * q_stride + h * d) * esz;
@@ -380,7 +404,7 @@ KernelStats attention_importance(const AttentionArgs& a, const float* lse, int64
     {
       const int tid = omp_get_thread_num();
 #pragma omp for schedule(static)
-      for (int64_t p = 0; p < call.npanels; ++p) call.pack(a, 0, hk, p, tid);
+      for (int64_t p = 0; p < call.npanels; ++p) call.pack(a, 0, hk, p, call.nk_pad, tid);
 #pragma omp for schedule(static)
       for (int64_t t = 0; t < group * nq_pad; ++t) {
         const int64_t h = hk * group + t / nq_pad, i = t % nq_pad;

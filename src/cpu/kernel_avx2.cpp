@@ -46,17 +46,17 @@ struct Avx2 {
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
   }
-  // Same method as the AVX-512 version.
+  // 2^x = 2^f 2^n (n = round(x), |f| <= 1/2): the polynomial for 2^f, and n
+  // added to its exponent. At the floor (-127) n = -127 and f = 0 give
+  // 1.0 - 127 in the exponent field: +0.0 exactly; just above it, subnormals.
   static reg exp2(reg x) {
-    const reg live = _mm256_cmp_ps(x, _mm256_set1_ps(kExp2Floor), _CMP_GE_OQ);
-    x = _mm256_max_ps(x, _mm256_set1_ps(kExp2Floor));
+    x = _mm256_max_ps(x, _mm256_set1_ps(kExp2Floor));  // also NaN -> the floor
     const reg n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const reg f = _mm256_sub_ps(x, n);
     reg p = _mm256_set1_ps(kExp2Poly[0]);
-    for (int i = 1; i < 7; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2Poly[i]));
+    for (int i = 1; i < kExp2Terms; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2Poly[i]));
     const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
-    const reg r = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
-    return _mm256_and_ps(r, live);
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
   }
 };
 

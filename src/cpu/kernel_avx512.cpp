@@ -40,18 +40,16 @@ struct Avx512 {
         _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
   }
-  // 2^x for x <= 0: x = n + f, |f| <= 1/2; 2^f by a degree-6 polynomial; 2^n
-  // added to the exponent field. Inputs below -125 (masked scores: -inf) give 0.
+  // 2^x = 2^f 2^n (n = round(x), |f| <= 1/2): the polynomial, scaled by 2^n
+  // with VSCALEFPS, which rounds results below 2^-126 to subnormals. The clamp
+  // at -150 keeps f finite for -inf; 1.0 x 2^-150 rounds (to even) to exactly 0.
   static reg exp2(reg x) {
-    const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExp2Floor), _CMP_GE_OQ);
-    x = _mm512_max_ps(x, _mm512_set1_ps(kExp2Floor));
+    x = _mm512_max_ps(x, _mm512_set1_ps(-150.0f));  // also NaN -> -150
     const reg n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const reg f = _mm512_sub_ps(x, n);
     reg p = _mm512_set1_ps(kExp2Poly[0]);
-    for (int i = 1; i < 7; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Poly[i]));
-    const __m512i e = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
-    const reg r = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
-    return _mm512_maskz_mov_ps(live, r);
+    for (int i = 1; i < kExp2Terms; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Poly[i]));
+    return _mm512_scalef_ps(p, n);
   }
 };
 

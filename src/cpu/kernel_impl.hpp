@@ -5,7 +5,7 @@
 //
 // For one task (batch b, query head h, block of up to kBlockQ query rows):
 //
-//   Qs   = Q[rows, :] * scale * log2(e)        packed, [kBlockQ][dp], zero padded
+//   Qs   = Q[rows, :] * scale * log2(e)        packed (pack_q), zero padded
 //   m    = -inf, l = 0, Oacc = 0               per row running max, sum, output
 //   for each tile of kBlockK keys:
 //       class = mask.classify(tile)            closed form; empty tiles are skipped
@@ -21,8 +21,8 @@
 // exp2, which the vector code computes with a polynomial and an exponent add.
 //
 // V provides: reg, lanes, kRowsS, kRowsPV, kColsPV, zero(), load(p), store(p, x),
-// set1(s), fma(a, b, c) = a*b+c, mul, max, hmax(x), hsum(x), exp2(x) (x <= 0;
-// exactly 0 below kExp2Floor).
+// set1(s), fma(a, b, c) = a*b+c, mul, max, hmax(x), hsum(x), exp2(x) (x <= 0:
+// to kExp2Poly's error for x >= -126, at most 2^-126 below, exactly 0 for -inf).
 
 namespace ringattn::cpu {
 namespace {
@@ -65,54 +65,107 @@ struct Impl {
     for (; c < n; ++c) dst[c] = load_as_f32(src, dt, static_cast<std::size_t>(c)) * sc;
   }
 
-  static void pack_kv(const void* k, const void* v, DType dtype, int64_t stride, int64_t nk, int d,
-                      int64_t j0, int64_t j1, float* kp, float* vp, int dp, int /*panel*/) {
-    const std::size_t esize = dtype_size(dtype);
-    float krow[kMaxPackDim];
-    for (int c = d; c < dp; ++c) krow[c] = 0.0f;
-    for (int64_t j = j0; j < j1; ++j) {
-      float* kcol = kp + (j / PW) * dp * PW + (j % PW);
-      float* vrow = vp + j * dp;
-      if (j < nk) {
-        const std::size_t off = static_cast<std::size_t>(j * stride) * esize;
-        row_f32(static_cast<const char*>(k) + off, dtype, d, 1.0f, krow);
-        row_f32(static_cast<const char*>(v) + off, dtype, d, 1.0f, vrow);
-        for (int c = 0; c < dp; ++c) kcol[c * PW] = krow[c];
-      } else {
-        for (int c = 0; c < d; ++c) kcol[c * PW] = 0.0f, vrow[c] = 0.0f;
-      }
-      for (int c = d; c < dp; ++c) kcol[c * PW] = 0.0f, vrow[c] = 0.0f;
-    }
+  // V as the P.V micro-kernel reads it: each tile of kBlockK keys (the last
+  // one ends at nk_pad) is stored at key0 dp as column blocks of VW floats, each
+  // [tile keys][VW] contiguous, then the tail columns (dp % VW) as [tile keys][dp % VW].
+  // A block's rows are consecutive, so the micro-kernel streams it.
+  static constexpr int VW = V::kColsPV * L;
+  // Where column c0 (a multiple of L) of key j lies; the row stride there is
+  // VW, or dp % VW in the tail.
+  static inline int64_t v_offset(int64_t j, int c0, int dp, int64_t nk_pad) {
+    const int64_t key0 = j / kBlockK * kBlockK, jj = j - key0;
+    const int64_t th = std::min<int64_t>(kBlockK, nk_pad - key0);  // the tile's keys
+    const int full = dp / VW * VW;
+    return key0 * dp + (c0 < full ? c0 * th + jj * VW : full * th + jj * (dp - full) + (c0 - full));
   }
 
+  // Packs keys [j0, j1): k and v point at key j0's row, rows `stride` elements
+  // apart, and the first n of the keys exist (the rest, and the columns past d,
+  // are zero). K goes to panels at kp + (j / PW) dp PW; V to rows at vp + j dp
+  // (v_rows) or to the tiles above (nk_pad: the packed keys, a multiple of PW).
+  static void pack_keys(const void* k, const void* v, DType dtype, int64_t stride, int64_t n, int d,
+                        int64_t j0, int64_t j1, float* kp, float* vp, int dp, bool v_rows,
+                        int64_t nk_pad) {
+    const std::size_t esize = dtype_size(dtype);
+    float krow[kMaxPackDim], vrow[kMaxPackDim];
+    for (int c = 0; c < dp; ++c) krow[c] = vrow[c] = 0.0f;
+    const int full = dp / VW * VW;
+    for (int64_t j = j0; j < j1; ++j) {
+      if (j - j0 < n) {
+        const std::size_t off = static_cast<std::size_t>((j - j0) * stride) * esize;
+        row_f32(static_cast<const char*>(k) + off, dtype, d, 1.0f, krow);
+        row_f32(static_cast<const char*>(v) + off, dtype, d, 1.0f, vrow);
+      } else {
+        for (int c = 0; c < d; ++c) krow[c] = vrow[c] = 0.0f;
+      }
+      float* kcol = kp + (j / PW) * dp * PW + (j % PW);
+      for (int c = 0; c < dp; ++c) kcol[c * PW] = krow[c];
+      if (v_rows) {
+        std::copy(vrow, vrow + dp, vp + j * dp);
+        continue;
+      }
+      for (int c0 = 0; c0 < full; c0 += VW)
+        std::copy(vrow + c0, vrow + c0 + VW, vp + v_offset(j, c0, dp, nk_pad));
+      if (full < dp) std::copy(vrow + full, vrow + dp, vp + v_offset(j, full, dp, nk_pad));
+    }
+  }
+  // The forward's packing (IsaKernels::pack_kv): V in tiles.
+  static void pack_kv(const void* k, const void* v, DType dtype, int64_t stride, int64_t n, int d,
+                      int64_t j0, int64_t j1, float* kp, float* vp, int dp, int64_t nk_pad) {
+    pack_keys(k, v, dtype, stride, n, d, j0, j1, kp, vp, dp, false, nk_pad);
+  }
+  // The backward's (BackwardKernels::pack_kv): V in rows.
+  static void pack_kv_rows(const void* k, const void* v, DType dtype, int64_t stride, int64_t n,
+                           int d, int64_t j0, int64_t j1, float* kp, float* vp, int dp) {
+    pack_keys(k, v, dtype, stride, n, d, j0, j1, kp, vp, dp, true, 0);
+  }
+
+  // The block's query rows times scale log2(e), in groups of kRowsS rows, each
+  // group [dp][kRowsS] (s_micro<true>'s layout): row i, column c at
+  // (i / kRowsS) kRowsS dp + c kRowsS + i % kRowsS. Zero padded.
   static void pack_q(const QBlockJob& job, float* qs, int dp, int rows_pad) {
+    constexpr int R = V::kRowsS;
     const std::size_t esize = dtype_size(job.dtype);
+    // The rows are far apart in the caller's Q (a row of every head between
+    // them): ask for all their cache lines first, so that the misses overlap.
+    const std::size_t row_bytes = static_cast<std::size_t>(job.d) * esize;
+    for (int i = 0; i < job.rows; ++i) {
+      const char* r =
+          static_cast<const char*>(job.q) + static_cast<std::size_t>(i * job.q_stride) * esize;
+      for (std::size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(r + b);
+    }
+    float row[kMaxPackDim];
+    for (int c = 0; c < dp; ++c) row[c] = 0.0f;
     for (int i = 0; i < rows_pad; ++i) {
-      float* dst = qs + i * dp;
       if (i < job.rows) {
         const std::size_t base = static_cast<std::size_t>(i * job.q_stride) * esize;
-        row_f32(static_cast<const char*>(job.q) + base, job.dtype, job.d, job.scale_log2, dst);
+        row_f32(static_cast<const char*>(job.q) + base, job.dtype, job.d, job.scale_log2, row);
       } else {
-        for (int c = 0; c < job.d; ++c) dst[c] = 0.0f;
+        for (int c = 0; c < job.d; ++c) row[c] = 0.0f;
       }
-      for (int c = job.d; c < dp; ++c) dst[c] = 0.0f;
+      float* dst = qs + (i / R) * R * dp + i % R;
+      for (int c = 0; c < dp; ++c) dst[c * R] = row[c];
     }
   }
 
   // ---- micro-kernels ---------------------------------------------------------
 
-  // S[r][0..PW) = sum_c qs[r][c] * panel[c][0..PW) for kRowsS rows.
+  // S[r][0..PW) = sum_c qs[r][c] * panel[c][0..PW) for kRowsS rows: qs holds the
+  // rows [kRowsS][dp] (kGroup false), or one group of pack_q's, [dp][kRowsS] (true:
+  // the broadcasts of one step read consecutive floats).
+  template <bool kGroup = false>
   static inline void s_micro(const float* qs, int dp, const float* panel, float* s) {
     constexpr int R = V::kRowsS;
     reg acc[R][2];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = V::zero();
+#pragma GCC unroll 4
     for (int c = 0; c < dp; ++c) {
       const reg b0 = V::load(panel + c * PW);
       const reg b1 = V::load(panel + c * PW + L);
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
-        const reg a = V::set1(qs[r * dp + c]);
+        const reg a = V::set1(kGroup ? qs[c * R + r] : qs[r * dp + c]);
         acc[r][0] = V::fma(a, b0, acc[r][0]);
         acc[r][1] = V::fma(a, b1, acc[r][1]);
       }
@@ -125,10 +178,11 @@ struct Impl {
   }
 
   // o[r][cols] = o[r][cols] * alpha[r] + sum_{j < kc} p[r][j] * v[j][cols], for
-  // kRowsPV rows and C vectors of columns starting at `o` / `v`.
+  // kRowsPV rows and C vectors of columns starting at `o` / `v`; v's rows are vs
+  // floats apart, o's dp.
   template <int C>
-  static inline void pv_micro(const float* p, const float* v, int dp, int kc, const float* alpha,
-                              float* o) {
+  static inline void pv_micro(const float* p, const float* v, int vs, int dp, int kc,
+                              const float* alpha, float* o) {
     constexpr int R = V::kRowsPV;
     reg acc[R][C];
 #pragma GCC unroll 16
@@ -137,10 +191,12 @@ struct Impl {
 #pragma GCC unroll 16
       for (int c = 0; c < C; ++c) acc[r][c] = V::mul(a, V::load(o + r * dp + c * L));
     }
+    // Unrolled: the loop's own instructions otherwise cost the FMAs a tenth of their rate.
+#pragma GCC unroll 4
     for (int j = 0; j < kc; ++j) {
       reg b[C];
 #pragma GCC unroll 16
-      for (int c = 0; c < C; ++c) b[c] = V::load(v + j * dp + c * L);
+      for (int c = 0; c < C; ++c) b[c] = V::load(v + j * vs + c * L);
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
         const reg a = V::set1(p[r * kBlockK + j]);
@@ -171,31 +227,49 @@ struct Impl {
     *h1 = static_cast<int>(std::min<int64_t>(round_up(hi, PW), kc));
   }
 
-  // Online-softmax update of one row of S (in place: S becomes P). Columns
-  // outside [j0, j1) are masked; kc (a multiple of PW) columns are live.
-  static inline void softmax_row(float* s, int j0, int j1, int kc, float* m, float* l,
-                                 float* alpha) {
-    if (j0 >= j1) {  // nothing visible in this tile: leave the row's state as is
-      for (int j = 0; j < kc; j += L) V::store(s + j, V::zero());
-      *alpha = 1.0f;
-      return;
+  // Online-softmax update of the kRowsPV rows of one P.V group (in place: S
+  // becomes P). s: the group's first row at the hull's first column (rows
+  // kBlockK apart); kc (a multiple of PW) columns are live; row r sees columns
+  // [j0[r], j1[r]) (none when equal: its state stays, its P is 0). The rows run
+  // side by side, so their max and sum chains and their exp2s overlap.
+  static inline void softmax_rows(float* s, const int* j0, const int* j1, int kc, float* m,
+                                  float* l, float* alpha) {
+    constexpr int R = V::kRowsPV;
+    for (int r = 0; r < R; ++r) {
+      float* sr = s + r * kBlockK;
+      const int a = std::min(j0[r], j1[r]);
+      for (int j = 0; j < a; ++j) sr[j] = -INFINITY;
+      for (int j = j1[r]; j < kc; ++j) sr[j] = -INFINITY;
     }
-    for (int j = 0; j < j0; ++j) s[j] = -INFINITY;
-    for (int j = j1; j < kc; ++j) s[j] = -INFINITY;
-    reg mx = V::set1(-INFINITY);
-    for (int j = 0; j < kc; j += L) mx = V::max(mx, V::load(s + j));
-    const float m_old = *m;
-    const float m_new = std::max(m_old, V::hmax(mx));
-    const reg mv = V::set1(m_new);
-    reg sum = V::zero();
-    for (int j = 0; j < kc; j += L) {
-      const reg p = V::exp2(V::sub(V::load(s + j), mv));
-      V::store(s + j, p);
-      sum = V::add(sum, p);
+    reg mx[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) mx[r] = V::set1(-INFINITY);
+    for (int j = 0; j < kc; j += L)
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) mx[r] = V::max(mx[r], V::load(s + r * kBlockK + j));
+    float m_new[R];
+    reg mv[R], sum[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      m_new[r] = std::max(m[r], V::hmax(mx[r]));
+      // A row that has seen nothing yet (max -inf) subtracts 0: its P is 2^-inf = 0.
+      mv[r] = V::set1(m_new[r] == -INFINITY ? 0.0f : m_new[r]);
+      sum[r] = V::zero();
     }
-    *alpha = m_old == -INFINITY ? 0.0f : std::exp2(m_old - m_new);
-    *l = *l * *alpha + V::hsum(sum);
-    *m = m_new;
+    for (int j = 0; j < kc; j += L)
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        float* x = s + r * kBlockK + j;
+        const reg p = V::exp2(V::sub(V::load(x), mv[r]));
+        V::store(x, p);
+        sum[r] = V::add(sum[r], p);
+      }
+    for (int r = 0; r < R; ++r) {
+      const float m_old = m[r];
+      alpha[r] = m_old == -INFINITY ? 0.0f : m_old == m_new[r] ? 1.0f : std::exp2(m_old - m_new[r]);
+      l[r] = l[r] * alpha[r] + V::hsum(sum[r]);
+      m[r] = m_new[r];
+    }
   }
 
   // Hides the keys of a row that are not kept (keep[j] == 0) and narrows the
@@ -274,32 +348,35 @@ struct Impl {
         int h0 = 0, h1 = 0;
         row_hull(vis0 + r0, vis1 + r0, V::kRowsS, kc, &h0, &h1);
         for (int p0 = h0; p0 < h1; p0 += PW)
-          s_micro(qs + r0 * dp, dp, kv.k + (key0 + p0) * dp, s + r0 * kBlockK + p0);
+          s_micro<true>(qs + r0 * dp, dp, kv.k + (key0 + p0) * dp, s + r0 * kBlockK + p0);
       }
 
       // Mask, online softmax, Oacc = Oacc * alpha + P . V over each group's panels.
       // A group's panels lie inside its S group's (kRowsS is a multiple of kRowsPV).
-      const float* vt = kv.v + key0 * dp;
       constexpr int C = V::kColsPV;
       for (int r0 = 0; r0 < rows_pv; r0 += V::kRowsPV) {
         int h0 = 0, h1 = 0;
         row_hull(vis0 + r0, vis1 + r0, V::kRowsPV, kc, &h0, &h1);
-        if (h0 >= h1) continue;  // no row of the group sees this tile: its state stays
+        if (h0 >= h1) continue;              // no row of the group sees this tile: its state stays
+        int g0[V::kRowsPV], g1[V::kRowsPV];  // visible columns, from h0
         for (int r = r0; r < r0 + V::kRowsPV; ++r) {
           float* sr = s + r * kBlockK;
           int j0 = vis0[r], j1 = vis1[r];
           if (gaps[r]) mask_row(job.mask, job.qpos.at(r), kpos, kvalid, sr, &j0, &j1);
           if (keep_mask && r < rows) keep_row(tile_keep, sr, &j0, &j1);
           if (j0 >= j1) j0 = j1 = h0;
-          softmax_row(sr + h0, j0 - h0, j1 - h0, h1 - h0, m + r, l + r, alpha + r);
+          g0[r - r0] = j0 - h0, g1[r - r0] = j1 - h0;
         }
+        softmax_rows(s + r0 * kBlockK + h0, g0, g1, h1 - h0, m + r0, l + r0, alpha + r0);
         const float* p = s + r0 * kBlockK + h0;
-        const float* vh = vt + int64_t{h0} * dp;
         float* o = oacc + r0 * dp;
         int c0 = 0;
-        for (; c0 + C * L <= dp; c0 += C * L)
-          pv_micro<C>(p, vh + c0, dp, h1 - h0, alpha + r0, o + c0);
-        for (; c0 < dp; c0 += L) pv_micro<1>(p, vh + c0, dp, h1 - h0, alpha + r0, o + c0);
+        for (; c0 + VW <= dp; c0 += VW)
+          pv_micro<C>(p, kv.v + v_offset(key0 + h0, c0, dp, kv.nk_pad), VW, dp, h1 - h0, alpha + r0,
+                      o + c0);
+        for (; c0 < dp; c0 += L)
+          pv_micro<1>(p, kv.v + v_offset(key0 + h0, c0, dp, kv.nk_pad), dp % VW, dp, h1 - h0,
+                      alpha + r0, o + c0);
       }
     }
 

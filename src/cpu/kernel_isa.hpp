@@ -28,17 +28,18 @@ inline constexpr int kBlockK = 128;
 inline constexpr double kLog2e = 1.4426950408889634;  // log2(e)
 inline constexpr double kLn2 = 0.6931471805599453;    // ln(2)
 
-// 2^f on |f| <= 1/2 as c0 + f (c1 + f (c2 + ...)), highest degree first:
-// relative error below 2e-7. Shared by the vector exp2 of every ISA.
-inline constexpr float kExp2Poly[] = {1.535336188319500e-4f,
-                                      1.339887440266574e-3f,
-                                      9.618437357674640e-3f,
-                                      5.550332471162809e-2f,
-                                      2.402264791363012e-1f,
-                                      6.931472028550421e-1f,
-                                      1.0f};
-// Below this, 2^x is flushed to exactly 0 (masked scores are -inf).
-inline constexpr float kExp2Floor = -125.0f;
+// 2^f on |f| <= 1/2 as c0 + f (c1 + f (c2 + ...)), highest degree first, with
+// the constant term exactly 1 (2^0 = 1): relative error below 2e-7 evaluated in
+// float32 (a minimax fit of degree 5). Shared by the vector exp2 of every ISA.
+inline constexpr float kExp2Poly[] = {1.326469877035338e-3f, 9.671508817453144e-3f,
+                                      5.550733776483381e-2f, 2.402224214535130e-1f,
+                                      6.931469776119834e-1f, 1.0f};
+inline constexpr int kExp2Terms = static_cast<int>(sizeof(kExp2Poly) / sizeof(float));
+// The vector exp2s clamp x to at least this: 2^x is exact to the polynomial's
+// error down to 2^-126 (the smallest normal float), below it a subnormal or 0
+// (never more than 2^-126), and exactly 0 at the floor itself, so that masked
+// scores (-inf) give exactly 0.
+inline constexpr float kExp2Floor = -127.0f;
 
 inline int64_t round_up(int64_t x, int64_t m) {
   return (x + m - 1) / m * m;
@@ -46,7 +47,7 @@ inline int64_t round_up(int64_t x, int64_t m) {
 
 // K and V of one (batch, kv head), packed as float32 for the compute loops:
 //   k: panels of `panel` keys, each [dp][panel] (K transposed), nk_pad / panel panels
-//   v: [nk_pad][dp] rows
+//   v: tiles of kBlockK keys in column blocks (Impl::v_offset, kernel_impl.hpp)
 // dp = head_dim rounded up to the ISA's lane count, nk_pad = nk rounded up to
 // `panel`; the padding is zero.
 struct PackedKV {
@@ -101,10 +102,11 @@ struct IsaKernels {
   Isa isa;
   int lanes;  // float32 lanes per vector: dp is a multiple of it
   int panel;  // keys per K panel
-  // Pack keys [j0, j1) (padded index space: j1 <= nk_pad; keys >= nk are zero)
-  // of one kv head. k/v point at key 0, `stride` elements between keys.
-  void (*pack_kv)(const void* k, const void* v, DType dtype, int64_t stride, int64_t nk, int d,
-                  int64_t j0, int64_t j1, float* kp, float* vp, int dp, int panel);
+  // Pack keys [j0, j1) of one kv head (j1 <= nk_pad, the packed keys: a multiple
+  // of panel) into kp / vp (PackedKV's k and v): k/v point at key j0's row,
+  // `stride` elements between keys, and the first n keys exist (the rest are zero).
+  void (*pack_kv)(const void* k, const void* v, DType dtype, int64_t stride, int64_t n, int d,
+                  int64_t j0, int64_t j1, float* kp, float* vp, int dp, int64_t nk_pad);
   // Floats of per-thread workspace run_block needs.
   int64_t (*workspace_floats)(int dp);
   // Computes the block; returns its tile counters.
@@ -146,10 +148,10 @@ struct BackwardTileJob {
 struct BackwardKernels {
   Isa isa;
   int lanes, panel;  // as IsaKernels
-  // IsaKernels::pack_kv: K panels and V rows of keys [j0, j1); called with
-  // (V, K) it gives V panels and K rows.
-  void (*pack_kv)(const void* k, const void* v, DType dtype, int64_t stride, int64_t nk, int d,
-                  int64_t j0, int64_t j1, float* kp, float* vp, int dp, int panel);
+  // K panels and V rows [j][dp] of keys [j0, j1) (k/v and n as IsaKernels::pack_kv);
+  // called with (V, K) it gives V panels and K rows.
+  void (*pack_kv)(const void* k, const void* v, DType dtype, int64_t stride, int64_t n, int d,
+                  int64_t j0, int64_t j1, float* kp, float* vp, int dp);
   int64_t (*workspace_floats)(int dp);
   void (*run_tile)(const BackwardTileJob& job, float* workspace);
 };
