@@ -269,6 +269,43 @@ TEST(Kernel, ResultIndependentOfThreadCount) {
   EXPECT_EQ(one.lse, two.lse);
 }
 
+// A task runs up to four query blocks of a head together, each key tile for
+// all of them in turn. One thread over 42 blocks (the last of 64 rows) gets
+// tasks of four blocks, eleven threads tasks of one: the same bits, and the
+// reference, under masks whose blocks see different tile ranges, and kept keys.
+TEST(Kernel, TasksOfSeveralBlocksEqualTasksOfOne) {
+  const int64_t n = 4000;
+  std::vector<test::NamedMask> masks = {{"full", Mask::none()}, {"causal", Mask::causal(0)}};
+  for (const test::NamedMask& nm : test::sparse_patterns(n))
+    if (nm.name == "causal window 64 + 4 sinks" || nm.name == "window 32 + global tokens")
+      masks.push_back(nm);
+  std::vector<uint8_t> flags(static_cast<std::size_t>(2 * n));
+  for (std::size_t i = 0; i < flags.size(); ++i) flags[i] = (i * 2654435761u >> 7) % 4 != 0;
+  int seed = 1200;
+  for (const test::NamedMask& nm : masks)
+    for (const bool keep : {false, true}) {
+      if (test::kSanitized && keep) continue;
+      test::Problem p = make_problem(1, n, n, 4, 2, 64, DType::f32, seed++);
+      p.args.mask = nm.mask;
+      if (keep) p.args.keep = {flags.data(), 2, n, false};
+      const std::string what = nm.name + (keep ? " kept keys" : "");
+      const test::Output grouped = run_kernel(p.args, Isa::automatic, 1);
+      const test::Output single = run_kernel(p.args, Isa::automatic, 11);
+      EXPECT_EQ(grouped.o, single.o) << what;
+      EXPECT_EQ(grouped.lse, single.lse) << what;
+      EXPECT_EQ(grouped.stats.tiles_computed, single.stats.tiles_computed) << what;
+      EXPECT_EQ(grouped.stats.tiles_total, 4 * 42 * 32) << what;
+      if (keep) continue;  // the literal reference of kept keys: test_kv_select.cpp
+      const std::vector<int64_t> rows = check_rows(n, 200);
+      const ReferenceResult ref = reference_attention_rows(p.args, rows);
+      const ErrorStats e =
+          compare_to_reference(p.args, grouped.o.data(), grouped.lse.data(), ref, rows);
+      EXPECT_LE(e.o_rel_fro, kTolO) << what;
+      EXPECT_LE(e.lse_max_abs, kTolLse) << what;
+      EXPECT_EQ(e.lse_mismatch, 0) << what;
+    }
+}
+
 // float16/bfloat16 storage: error of the kernel's output (rounded to the
 // storage dtype) against the float64 reference on the same rounded inputs is
 // within 2x that of a naive float32 computation rounded the same way.

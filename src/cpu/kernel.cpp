@@ -269,7 +269,7 @@ int64_t kernel_packed_keys(const Mask& mask, Positions qpos, int64_t nq, Positio
 
 KernelTiles kernel_tiles(const Mask& mask, Positions qpos, int64_t nq, Positions kpos, int64_t nk) {
   // attention_forward's loops without the arithmetic: each chunk's packed keys,
-  // each query block's key tiles inside Mask::key_bounds, classified as run_block does.
+  // each query block's key tiles inside Mask::key_bounds, classified as run_blocks does.
   KernelTiles t;
   for (const PackChunk& c :
        pack_chunks(mask, qpos, nq, kpos, nk, kernels_for(Isa::automatic).panel)) {
@@ -336,9 +336,15 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
                                    keys.kpos};
         const int64_t qb0 = c.i0 / cpu::kBlockQ,
                       nblocks = (c.i1 - c.i0 + cpu::kBlockQ - 1) / cpu::kBlockQ;
-        const int64_t ntasks = group * nblocks;
+        // A task runs up to kMaxBlocksPerTask blocks of one head together (each
+        // K/V tile read once for all of them), while leaving each thread at
+        // least 8 tasks to balance.
+        const int64_t per = std::clamp<int64_t>(group * nblocks / (8 * int64_t{call.threads}), 1,
+                                                cpu::kMaxBlocksPerTask);
+        const int64_t ntasks = group * ((nblocks + per - 1) / per);
         // The blocks with the most key tiles first (a causal chunk's last rows), so
-        // that the threads finish together rather than waiting on one long block.
+        // that the threads finish together rather than waiting on one long block;
+        // a task's blocks are neighbours in that order, so their work is alike.
         const std::vector<int64_t> order = blocks_by_work(a, keys, qb0, nblocks);
 #pragma omp parallel num_threads(call.threads)
         {
@@ -351,26 +357,30 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
           for (int64_t t = 0; t < ntasks; ++t) {
             if (interrupt_requested()) continue;  // the call throws when the loop ends
             const int64_t h = hk * group + t % group;
-            const int64_t i0 = order[static_cast<std::size_t>(t / group)] * cpu::kBlockQ;
-            cpu::QBlockJob job;
-            job.q = static_cast<const char*>(a.q) +
-                    static_cast<std::size_t>((b * a.nq + i0) * q_stride + h * d) * esz;
-            job.dtype = a.dtype;
-            job.q_stride = q_stride;
-            job.rows = static_cast<int>(std::min<int64_t>(cpu::kBlockQ, a.nq - i0));
-            job.d = d;
-            job.qpos = a.qpos.from(i0);
-            job.scale_log2 = call.scale_log2;
-            job.mask = a.mask;
-            job.kv = &packed;
-            job.o = o + (b * a.nq + i0) * q_stride + h * d;
-            job.o_stride = q_stride;
-            job.lse = lse + (b * a.hq + h) * a.nq + i0;
-            if (a.keep.on()) {
-              job.keep = a.keep.row(b, h, a.hq);
-              job.keep_invert = a.keep.invert;
+            const int64_t k0 = t / group * per, k1 = std::min(nblocks, k0 + per);
+            cpu::QBlockJob jobs[cpu::kMaxBlocksPerTask];
+            for (int64_t k = k0; k < k1; ++k) {
+              const int64_t i0 = order[static_cast<std::size_t>(k)] * cpu::kBlockQ;
+              cpu::QBlockJob& job = jobs[k - k0];
+              job.q = static_cast<const char*>(a.q) +
+                      static_cast<std::size_t>((b * a.nq + i0) * q_stride + h * d) * esz;
+              job.dtype = a.dtype;
+              job.q_stride = q_stride;
+              job.rows = static_cast<int>(std::min<int64_t>(cpu::kBlockQ, a.nq - i0));
+              job.d = d;
+              job.qpos = a.qpos.from(i0);
+              job.scale_log2 = call.scale_log2;
+              job.mask = a.mask;
+              job.kv = &packed;
+              job.o = o + (b * a.nq + i0) * q_stride + h * d;
+              job.o_stride = q_stride;
+              job.lse = lse + (b * a.hq + h) * a.nq + i0;
+              if (a.keep.on()) {
+                job.keep = a.keep.row(b, h, a.hq);
+                job.keep_invert = a.keep.invert;
+              }
             }
-            my += K.run_block(job, my_ws);
+            my += K.run_blocks(jobs, static_cast<int>(k1 - k0), my_ws);
           }
         }
         throw_if_interrupted();

@@ -3,7 +3,9 @@
 // kernel_generic.cpp) after it has switched its target on. Everything here has
 // internal linkage, so the instantiations never meet at link time.
 //
-// For one task (batch b, query head h, block of up to kBlockQ query rows):
+// For one block (batch b, query head h, up to kBlockQ query rows); a task runs
+// up to kMaxBlocksPerTask blocks of one head, each key tile for all of them in
+// turn (run_blocks), so that the tile comes from memory once and from L2 after:
 //
 //   Qs   = Q[rows, :] * scale * log2(e)        packed (pack_q), zero padded
 //   m    = -inf, l = 0, Oacc = 0               per row running max, sum, output
@@ -281,107 +283,127 @@ struct Impl {
     while (*j1 > *j0 && s[*j1 - 1] == -INFINITY) --*j1;
   }
 
+  // One block's workspace: qs, oacc kBlockQ x dp; m, l, alpha kBlockQ.
+  static int64_t block_floats(int dp) {
+    return 2 * int64_t{kBlockQ} * dp + 3 * int64_t{kBlockQ};
+  }
   static int64_t workspace_floats(int dp) {
-    // qs, oacc: kBlockQ x dp; s: kBlockQ x kBlockK; m, l, alpha: kBlockQ
-    return 2 * int64_t{kBlockQ} * dp + int64_t{kBlockQ} * kBlockK + 3 * int64_t{kBlockQ};
+    // s: kBlockQ x kBlockK, shared by the blocks of a task; each block's own state.
+    return int64_t{kBlockQ} * kBlockK + kMaxBlocksPerTask * block_floats(dp);
   }
 
-  static KernelStats run_block(const QBlockJob& job, float* ws) {
+  // The running state of one query block of a task.
+  struct Block {
+    const QBlockJob* job = nullptr;
+    float *qs = nullptr, *oacc = nullptr, *m = nullptr, *l = nullptr, *alpha = nullptr;
+    int rows = 0, rows_s = 0, rows_pv = 0;
+    int64_t q_first = 0, q_last = 0;
+    int64_t t_begin = 0, t_end = 0;  // its key tiles (documents: only those of its own)
+  };
+
+  static void start_block(const QBlockJob& job, float* ws, Block* b) {
+    const int dp = job.kv->dp;
+    b->job = &job;
+    b->qs = ws;
+    b->oacc = b->qs + int64_t{kBlockQ} * dp;
+    b->m = b->oacc + int64_t{kBlockQ} * dp;
+    b->l = b->m + kBlockQ;
+    b->alpha = b->l + kBlockQ;
+    b->rows = job.rows;
+    b->rows_s = static_cast<int>(round_up(job.rows, V::kRowsS));
+    b->rows_pv = static_cast<int>(round_up(job.rows, V::kRowsPV));
+    pack_q(job, b->qs, dp, b->rows_s);
+    std::fill(b->oacc, b->oacc + int64_t{b->rows_pv} * dp, 0.0f);
+    std::fill(b->m, b->m + kBlockQ, -INFINITY);
+    std::fill(b->l, b->l + kBlockQ, 0.0f);
+    b->q_first = job.qpos.at(0), b->q_last = job.qpos.at(job.rows - 1);
+    const PackedKV& kv = *job.kv;
+    b->t_begin = 0, b->t_end = (kv.nk + kBlockK - 1) / kBlockK;
+    key_tile_range(job.mask, b->q_first, b->q_last, kv.pos, kv.nk, kBlockK, &b->t_begin, &b->t_end);
+  }
+
+  // Key tile t of block b (s: the task's score buffer).
+  static void tile_step(const Block& b, int64_t t, float* s, KernelStats& st) {
+    const QBlockJob& job = *b.job;
     const PackedKV& kv = *job.kv;
     const int dp = kv.dp;
-    const int rows = job.rows;
-    const int rows_s = static_cast<int>(round_up(rows, V::kRowsS));
-    const int rows_pv = static_cast<int>(round_up(rows, V::kRowsPV));
-    float* qs = ws;
-    float* oacc = qs + int64_t{kBlockQ} * dp;
-    float* s = oacc + int64_t{kBlockQ} * dp;
-    float* m = s + int64_t{kBlockQ} * kBlockK;
-    float* l = m + kBlockQ;
-    float* alpha = l + kBlockQ;
-
-    pack_q(job, qs, dp, rows_s);
-    std::fill(oacc, oacc + int64_t{rows_pv} * dp, 0.0f);
-    std::fill(m, m + kBlockQ, -INFINITY);
-    std::fill(l, l + kBlockQ, 0.0f);
-
-    KernelStats st;
+    const int rows = b.rows, rows_s = b.rows_s, rows_pv = b.rows_pv;
+    float *qs = b.qs, *oacc = b.oacc, *m = b.m, *l = b.l, *alpha = b.alpha;
     uint8_t tile_keep[kBlockK];
     int vis0[kBlockQ], vis1[kBlockQ];
     bool gaps[kBlockQ];
-    const int64_t q_first = job.qpos.at(0), q_last = job.qpos.at(rows - 1);
-    const int64_t ntiles = (kv.nk + kBlockK - 1) / kBlockK;
-    st.tiles_total = ntiles;
-    int64_t t_begin = 0, t_end = ntiles;  // documents: only the tiles of this block's documents
-    key_tile_range(job.mask, q_first, q_last, kv.pos, kv.nk, kBlockK, &t_begin, &t_end);
-    for (int64_t t = t_begin; t < t_end; ++t) {
-      const int64_t key0 = t * kBlockK;
-      const int kvalid = static_cast<int>(std::min<int64_t>(kBlockK, kv.nk - key0));
-      const Positions kpos = kv.pos.from(key0);
-      const TileClass cls = job.mask.classify(q_first, q_last, kpos.at(0), kpos.at(kvalid - 1));
-      if (cls == TileClass::empty) continue;
-      // Kept keys: a tile with none is skipped, one with some kept is masked per key.
-      bool keep_mask = false;
-      if (job.keep != nullptr) {
-        int kept = 0;
-        for (int j = 0; j < kvalid; ++j) {
-          tile_keep[j] = static_cast<uint8_t>((job.keep[kpos.at(j)] != 0) != job.keep_invert);
-          kept += tile_keep[j];
-        }
-        if (kept == 0) continue;
-        keep_mask = kept < kvalid;
+    const int64_t key0 = t * kBlockK;
+    const int kvalid = static_cast<int>(std::min<int64_t>(kBlockK, kv.nk - key0));
+    const Positions kpos = kv.pos.from(key0);
+    const TileClass cls = job.mask.classify(b.q_first, b.q_last, kpos.at(0), kpos.at(kvalid - 1));
+    if (cls == TileClass::empty) return;
+    // Kept keys: a tile with none is skipped, one with some kept is masked per key.
+    bool keep_mask = false;
+    if (job.keep != nullptr) {
+      int kept = 0;
+      for (int j = 0; j < kvalid; ++j) {
+        tile_keep[j] = static_cast<uint8_t>((job.keep[kpos.at(j)] != 0) != job.keep_invert);
+        kept += tile_keep[j];
       }
-      ++st.tiles_computed;
-      if (cls == TileClass::partial || keep_mask) ++st.tiles_partial;
-      const int kc = static_cast<int>(round_up(kvalid, PW));
+      if (kept == 0) return;
+      keep_mask = kept < kvalid;
+    }
+    ++st.tiles_computed;
+    if (cls == TileClass::partial || keep_mask) ++st.tiles_partial;
+    const int kc = static_cast<int>(round_up(kvalid, PW));
 
-      // Each row's visible keys [vis0, vis1): a partial tile asks the mask (gaps:
-      // keys inside the range are hidden too); padding rows see nothing.
-      for (int r = 0; r < rows; ++r) vis0[r] = 0, vis1[r] = kvalid, gaps[r] = false;
-      for (int r = rows; r < rows_s; ++r) vis0[r] = vis1[r] = 0, gaps[r] = false;
-      if (cls == TileClass::partial)
-        for (int r = 0; r < rows; ++r)
-          gaps[r] = row_range(job.mask, job.qpos.at(r), kpos, kvalid, vis0 + r, vis1 + r);
+    // Each row's visible keys [vis0, vis1): a partial tile asks the mask (gaps:
+    // keys inside the range are hidden too); padding rows see nothing.
+    for (int r = 0; r < rows; ++r) vis0[r] = 0, vis1[r] = kvalid, gaps[r] = false;
+    for (int r = rows; r < rows_s; ++r) vis0[r] = vis1[r] = 0, gaps[r] = false;
+    if (cls == TileClass::partial)
+      for (int r = 0; r < rows; ++r)
+        gaps[r] = row_range(job.mask, job.qpos.at(r), kpos, kvalid, vis0 + r, vis1 + r);
 
-      // S = Qs . K^T, each group of rows over the panels its rows may see (a
-      // diagonal or a window's edge leaves the rest of the tile out).
-      for (int r0 = 0; r0 < rows_s; r0 += V::kRowsS) {
-        int h0 = 0, h1 = 0;
-        row_hull(vis0 + r0, vis1 + r0, V::kRowsS, kc, &h0, &h1);
-        for (int p0 = h0; p0 < h1; p0 += PW)
-          s_micro<true>(qs + r0 * dp, dp, kv.k + (key0 + p0) * dp, s + r0 * kBlockK + p0);
-      }
-
-      // Mask, online softmax, Oacc = Oacc * alpha + P . V over each group's panels.
-      // A group's panels lie inside its S group's (kRowsS is a multiple of kRowsPV).
-      constexpr int C = V::kColsPV;
-      for (int r0 = 0; r0 < rows_pv; r0 += V::kRowsPV) {
-        int h0 = 0, h1 = 0;
-        row_hull(vis0 + r0, vis1 + r0, V::kRowsPV, kc, &h0, &h1);
-        if (h0 >= h1) continue;              // no row of the group sees this tile: its state stays
-        int g0[V::kRowsPV], g1[V::kRowsPV];  // visible columns, from h0
-        for (int r = r0; r < r0 + V::kRowsPV; ++r) {
-          float* sr = s + r * kBlockK;
-          int j0 = vis0[r], j1 = vis1[r];
-          if (gaps[r]) mask_row(job.mask, job.qpos.at(r), kpos, kvalid, sr, &j0, &j1);
-          if (keep_mask && r < rows) keep_row(tile_keep, sr, &j0, &j1);
-          if (j0 >= j1) j0 = j1 = h0;
-          g0[r - r0] = j0 - h0, g1[r - r0] = j1 - h0;
-        }
-        softmax_rows(s + r0 * kBlockK + h0, g0, g1, h1 - h0, m + r0, l + r0, alpha + r0);
-        const float* p = s + r0 * kBlockK + h0;
-        float* o = oacc + r0 * dp;
-        int c0 = 0;
-        for (; c0 + VW <= dp; c0 += VW)
-          pv_micro<C>(p, kv.v + v_offset(key0 + h0, c0, dp, kv.nk_pad), VW, dp, h1 - h0, alpha + r0,
-                      o + c0);
-        for (; c0 < dp; c0 += L)
-          pv_micro<1>(p, kv.v + v_offset(key0 + h0, c0, dp, kv.nk_pad), dp % VW, dp, h1 - h0,
-                      alpha + r0, o + c0);
-      }
+    // S = Qs . K^T, each group of rows over the panels its rows may see (a
+    // diagonal or a window's edge leaves the rest of the tile out).
+    for (int r0 = 0; r0 < rows_s; r0 += V::kRowsS) {
+      int h0 = 0, h1 = 0;
+      row_hull(vis0 + r0, vis1 + r0, V::kRowsS, kc, &h0, &h1);
+      for (int p0 = h0; p0 < h1; p0 += PW)
+        s_micro<true>(qs + r0 * dp, dp, kv.k + (key0 + p0) * dp, s + r0 * kBlockK + p0);
     }
 
-    // Normalise and write out.
-    for (int r = 0; r < rows; ++r) {
+    // Mask, online softmax, Oacc = Oacc * alpha + P . V over each group's panels.
+    // A group's panels lie inside its S group's (kRowsS is a multiple of kRowsPV).
+    constexpr int C = V::kColsPV;
+    for (int r0 = 0; r0 < rows_pv; r0 += V::kRowsPV) {
+      int h0 = 0, h1 = 0;
+      row_hull(vis0 + r0, vis1 + r0, V::kRowsPV, kc, &h0, &h1);
+      if (h0 >= h1) continue;              // no row of the group sees this tile: its state stays
+      int g0[V::kRowsPV], g1[V::kRowsPV];  // visible columns, from h0
+      for (int r = r0; r < r0 + V::kRowsPV; ++r) {
+        float* sr = s + r * kBlockK;
+        int j0 = vis0[r], j1 = vis1[r];
+        if (gaps[r]) mask_row(job.mask, job.qpos.at(r), kpos, kvalid, sr, &j0, &j1);
+        if (keep_mask && r < rows) keep_row(tile_keep, sr, &j0, &j1);
+        if (j0 >= j1) j0 = j1 = h0;
+        g0[r - r0] = j0 - h0, g1[r - r0] = j1 - h0;
+      }
+      softmax_rows(s + r0 * kBlockK + h0, g0, g1, h1 - h0, m + r0, l + r0, alpha + r0);
+      const float* p = s + r0 * kBlockK + h0;
+      float* o = oacc + r0 * dp;
+      int c0 = 0;
+      for (; c0 + VW <= dp; c0 += VW)
+        pv_micro<C>(p, kv.v + v_offset(key0 + h0, c0, dp, kv.nk_pad), VW, dp, h1 - h0, alpha + r0,
+                    o + c0);
+      for (; c0 < dp; c0 += L)
+        pv_micro<1>(p, kv.v + v_offset(key0 + h0, c0, dp, kv.nk_pad), dp % VW, dp, h1 - h0,
+                    alpha + r0, o + c0);
+    }
+  }
+
+  // Normalises block b's output and writes it with its LSE.
+  static void finish_block(const Block& b) {
+    const QBlockJob& job = *b.job;
+    const int dp = job.kv->dp;
+    const float *oacc = b.oacc, *m = b.m, *l = b.l;
+    for (int r = 0; r < b.rows; ++r) {
       float* out = job.o + r * job.o_stride;
       if (m[r] == INFINITY || std::isnan(m[r])) {  // a score overflowed float32: not a number
         std::fill(out, out + job.d, std::numeric_limits<float>::quiet_NaN());
@@ -398,6 +420,26 @@ struct Impl {
       for (int c = 0; c < job.d; ++c) out[c] = src[c] * inv;
       job.lse[r] = static_cast<float>(kLn2 * (double(m[r]) + std::log2(double(l[r]))));
     }
+  }
+
+  // One task: the n (1..kMaxBlocksPerTask) query blocks of jobs, each key tile
+  // for all of them in turn, so that a tile of K and V is read from memory
+  // once per task rather than once per block and the blocks find it in L2.
+  static KernelStats run_blocks(const QBlockJob* jobs, int n, float* ws) {
+    const int dp = jobs[0].kv->dp;
+    float* s = ws;
+    Block blocks[kMaxBlocksPerTask];
+    int64_t t0 = INT64_MAX, t1 = 0;
+    KernelStats st;
+    for (int i = 0; i < n; ++i) {
+      start_block(jobs[i], s + int64_t{kBlockQ} * kBlockK + i * block_floats(dp), blocks + i);
+      t0 = std::min(t0, blocks[i].t_begin), t1 = std::max(t1, blocks[i].t_end);
+      st.tiles_total += (jobs[i].kv->nk + kBlockK - 1) / kBlockK;
+    }
+    for (int64_t t = t0; t < t1; ++t)
+      for (int i = 0; i < n; ++i)
+        if (blocks[i].t_begin <= t && t < blocks[i].t_end) tile_step(blocks[i], t, s, st);
+    for (int i = 0; i < n; ++i) finish_block(blocks[i]);
     return st;
   }
 
@@ -479,7 +521,7 @@ struct Impl {
 
   static const IsaKernels& table(Isa isa) {
     static const IsaKernels k{
-        isa, L, PW, &pack_kv, &workspace_floats, &run_block, &run_importance, &fma_loop};
+        isa, L, PW, &pack_kv, &workspace_floats, &run_blocks, &run_importance, &fma_loop};
     return k;
   }
 };

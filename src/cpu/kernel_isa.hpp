@@ -25,6 +25,9 @@ namespace ringattn::cpu {
 // ISA's register-block row counts (12, 6).
 inline constexpr int kBlockQ = 96;
 inline constexpr int kBlockK = 128;
+// Query blocks one task may run together, each key tile for all of them in
+// turn (Impl::run_blocks): the tile is read from memory once per task.
+inline constexpr int kMaxBlocksPerTask = 4;
 inline constexpr double kLog2e = 1.4426950408889634;  // log2(e)
 inline constexpr double kLn2 = 0.6931471805599453;    // ln(2)
 
@@ -107,11 +110,12 @@ struct IsaKernels {
   // `stride` elements between keys, and the first n keys exist (the rest are zero).
   void (*pack_kv)(const void* k, const void* v, DType dtype, int64_t stride, int64_t n, int d,
                   int64_t j0, int64_t j1, float* kp, float* vp, int dp, int64_t nk_pad);
-  // Floats of per-thread workspace run_block needs.
+  // Floats of per-thread workspace run_blocks needs.
   int64_t (*workspace_floats)(int dp);
-  // Computes the block; returns its tile counters.
-  KernelStats (*run_block)(const QBlockJob& job, float* workspace);
-  // One importance task (same workspace size as run_block).
+  // Computes the n (1..kMaxBlocksPerTask) blocks of jobs, which share their
+  // PackedKV; returns their tile counters.
+  KernelStats (*run_blocks)(const QBlockJob* jobs, int n, float* workspace);
+  // One importance task (same workspace size as run_blocks).
   KernelStats (*run_importance)(const ImportanceJob& job, float* workspace);
   // Independent FMAs in registers, `iters` rounds: the FLOPs done (the peak's probe).
   double (*fma_loop)(int64_t iters, float* sink);
