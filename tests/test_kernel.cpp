@@ -306,6 +306,56 @@ TEST(Kernel, TasksOfSeveralBlocksEqualTasksOfOne) {
     }
 }
 
+// On a CPU with AVX512_BF16, bfloat16 Q and K make the AVX-512 forward compute
+// S on VDPBF16PS from K packed in pairs of columns: head dims that leave an odd
+// number of pairs past d (8, 24, 72, 136), the largest (256), GQA, batch 2,
+// masks whose partial tiles start S inside a panel, and kept keys; against
+// float64 and within the float32-conversion path's error (the plain AVX-512
+// table, which the importance pass still uses, gives the reference's numbers too).
+TEST(Kernel, Bfloat16DotProductsOnAvx512Bf16) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (!isa_supported(Isa::avx512) || !__builtin_cpu_supports("avx512bf16"))
+    GTEST_SKIP() << "this CPU has no AVX512_BF16";
+#else
+  GTEST_SKIP() << "x86-64 only";
+#endif
+  const std::vector<test::NamedMask> masks = {
+      {"full", Mask::none()}, {"causal", Mask::causal(0)}, {"band -70..+30", Mask::band(-70, 30)}};
+  int seed = 1300;
+  for (const int64_t d : {8, 24, 64, 72, 128, 136, 256})
+    for (const test::NamedMask& nm : masks) {
+      if (test::kSanitized && d > 128) continue;
+      test::Problem p = make_problem(2, 300, 300, 4, 2, d, DType::bf16, seed++);
+      p.args.mask = nm.mask;
+      const std::string what = "D=" + std::to_string(d) + " " + nm.name;
+      const test::Output out = run_kernel(p.args, Isa::avx512);
+      const std::vector<int64_t> rows = check_rows(p.args.nq);
+      const ReferenceResult ref = reference_attention_rows(p.args, rows);
+      const ErrorStats e = compare_to_reference(p.args, out.o.data(), out.lse.data(), ref, rows);
+      EXPECT_LE(e.o_rel_fro, kTolO) << what;
+      EXPECT_LE(e.lse_max_abs, kTolLse) << what;
+      EXPECT_EQ(e.lse_mismatch, 0) << what;
+    }
+  // Kept keys: the rows whose kept keys are all hidden are empty, as on every path.
+  test::Problem p = make_problem(1, 500, 500, 2, 1, 64, DType::bf16, 1390);
+  p.args.mask = Mask::causal(0);
+  std::vector<uint8_t> flags(500);
+  for (std::size_t i = 0; i < flags.size(); ++i) flags[i] = i % 3 != 1 && (i < 200 || i > 260);
+  p.args.keep = {flags.data(), 1, 500, false};
+  const test::Output dot = run_kernel(p.args, Isa::avx512);
+  const test::Output conv = run_kernel(p.args, Isa::avx2);
+  double worst = 0;
+  for (std::size_t i = 0; i < dot.o.size(); ++i)
+    worst = std::max(worst, double(std::abs(dot.o[i] - conv.o[i])));
+  EXPECT_LE(worst, 1e-5);
+  for (std::size_t i = 0; i < dot.lse.size(); ++i) {
+    EXPECT_EQ(std::isinf(dot.lse[i]), std::isinf(conv.lse[i])) << "row " << i;
+    if (std::isfinite(conv.lse[i])) {
+      EXPECT_NEAR(dot.lse[i], conv.lse[i], 1e-5) << "row " << i;
+    }
+  }
+}
+
 // float16/bfloat16 storage: error of the kernel's output (rounded to the
 // storage dtype) against the float64 reference on the same rounded inputs is
 // within 2x that of a naive float32 computation rounded the same way.

@@ -36,6 +36,18 @@ const cpu::IsaKernels& kernels_for(Isa isa) {
   return kernels_for(best_isa());
 }
 
+// The forward's routines: the ISA's, or on a CPU with AVX512_BF16 and
+// bfloat16 K/V (not quantized) the AVX-512 ones whose S runs on VDPBF16PS.
+const cpu::IsaKernels& forward_kernels_for(Isa isa, const AttentionArgs& a) {
+  const cpu::IsaKernels& K = kernels_for(isa);
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (K.isa == Isa::avx512 && a.dtype == DType::bf16 && !a.quantized() &&
+      __builtin_cpu_supports("avx512bf16"))
+    return cpu::avx512_bf16_kernels();
+#endif
+  return K;
+}
+
 // Packs panel p (keys [p panel, (p + 1) panel)) of K/V head hk of batch b.
 // Quantized K/V are dequantized into deq (2 panel D floats) first.
 void pack_panel(const AttentionArgs& a, const cpu::IsaKernels& K, int64_t b, int64_t hk, int64_t p,
@@ -146,9 +158,10 @@ struct KernelCall {
 
   // tasks_per_group: the tasks of one query head (all heads of a K/V group share
   // them); pack_keys: the most keys packed at once (a.nk, or a chunk's: PackChunk).
+  // forward: attention_forward (forward_kernels_for).
   KernelCall(const AttentionArgs& a, const KernelOptions& opt, int64_t tasks_per_group,
-             int64_t pack_keys)
-      : K(kernels_for(opt.isa)),
+             int64_t pack_keys, bool forward = false)
+      : K(forward ? forward_kernels_for(opt.isa, a) : kernels_for(opt.isa)),
         d(static_cast<int>(a.head_dim)),
         dp(static_cast<int>(cpu::round_up(d, K.lanes))),
         nk_pad(cpu::round_up(pack_keys, K.panel)),
@@ -316,7 +329,7 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
   const std::vector<PackChunk> chunks = pack_chunks(a.mask, a.qpos, a.nq, a.kpos, a.nk, K.panel);
   int64_t pack_keys = 0;
   for (const PackChunk& c : chunks) pack_keys = std::max(pack_keys, c.j1 - c.j0);
-  KernelCall call(a, opt, nqb, pack_keys);
+  KernelCall call(a, opt, nqb, pack_keys, true);
   const int d = call.d;
   const int64_t group = call.group;
   const std::size_t esz = dtype_size(a.dtype);
@@ -380,7 +393,7 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
                 job.keep_invert = a.keep.invert;
               }
             }
-            my += K.run_blocks(jobs, static_cast<int>(k1 - k0), my_ws);
+            my += call.K.run_blocks(jobs, static_cast<int>(k1 - k0), my_ws);
           }
         }
         throw_if_interrupted();

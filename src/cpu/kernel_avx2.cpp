@@ -14,6 +14,7 @@ namespace {
 struct Avx2 {
   using reg = __m256;
   static constexpr int lanes = 8;
+  static constexpr bool kBf16Dot = false;  // S on VDPBF16PS (kernel_avx512bf16.cpp)
   static constexpr int kRowsS = 6;
   static constexpr int kRowsPV = 6;
   static constexpr int kColsPV = 2;

@@ -8,6 +8,7 @@ namespace {
 struct Generic {
   typedef float reg __attribute__((vector_size(16)));
   static constexpr int lanes = 4;
+  static constexpr bool kBf16Dot = false;  // S on VDPBF16PS (kernel_avx512bf16.cpp)
   static constexpr int kRowsS = 6;
   static constexpr int kRowsPV = 6;
   static constexpr int kColsPV = 2;

@@ -95,13 +95,23 @@ struct Impl {
     for (int64_t j = j0; j < j1; ++j) {
       if (j - j0 < n) {
         const std::size_t off = static_cast<std::size_t>((j - j0) * stride) * esize;
-        row_f32(static_cast<const char*>(k) + off, dtype, d, 1.0f, krow);
+        if constexpr (!V::kBf16Dot)
+          row_f32(static_cast<const char*>(k) + off, dtype, d, 1.0f, krow);
         row_f32(static_cast<const char*>(v) + off, dtype, d, 1.0f, vrow);
       } else {
         for (int c = 0; c < d; ++c) krow[c] = vrow[c] = 0.0f;
       }
-      float* kcol = kp + (j / PW) * dp * PW + (j % PW);
-      for (int c = 0; c < dp; ++c) kcol[c * PW] = krow[c];
+      if constexpr (V::kBf16Dot) {
+        // bfloat16 K as it is, each panel [dp / 2][PW][2]: s_micro_dot's pairs.
+        uint16_t* kpair = reinterpret_cast<uint16_t*>(kp) + (j / PW) * dp * PW + (j % PW) * 2;
+        const uint16_t* x =
+            j - j0 < n ? static_cast<const uint16_t*>(k) + (j - j0) * stride : nullptr;
+        for (int c = 0; c < dp; ++c)
+          kpair[(c / 2) * 2 * PW + c % 2] = x != nullptr && c < d ? x[c] : uint16_t{0};
+      } else {
+        float* kcol = kp + (j / PW) * dp * PW + (j % PW);
+        for (int c = 0; c < dp; ++c) kcol[c * PW] = krow[c];
+      }
       if (v_rows) {
         std::copy(vrow, vrow + dp, vp + j * dp);
         continue;
@@ -125,8 +135,24 @@ struct Impl {
   // The block's query rows times scale log2(e), in groups of kRowsS rows, each
   // group [dp][kRowsS] (s_micro<true>'s layout): row i, column c at
   // (i / kRowsS) kRowsS dp + c kRowsS + i % kRowsS. Zero padded.
+  // With kBf16Dot (bfloat16 Q) the rows stay bfloat16 and unscaled, in pairs of
+  // columns: group [dp / 2][kRowsS] of uint32 (s_micro_dot's layout).
   static void pack_q(const QBlockJob& job, float* qs, int dp, int rows_pad) {
     constexpr int R = V::kRowsS;
+    if constexpr (V::kBf16Dot) {
+      uint32_t* qp = reinterpret_cast<uint32_t*>(qs);
+      const uint16_t* q = static_cast<const uint16_t*>(job.q);
+      for (int i = 0; i < rows_pad; ++i) {
+        const uint16_t* x = q + static_cast<std::size_t>(i * job.q_stride);
+        uint32_t* dst = qp + (i / R) * R * (dp / 2) + i % R;
+        for (int c2 = 0; c2 < dp / 2; ++c2) {
+          const uint32_t lo = i < job.rows && 2 * c2 < job.d ? x[2 * c2] : 0u;
+          const uint32_t hi = i < job.rows && 2 * c2 + 1 < job.d ? x[2 * c2 + 1] : 0u;
+          dst[c2 * R] = lo | hi << 16;
+        }
+      }
+      return;
+    }
     const std::size_t esize = dtype_size(job.dtype);
     // The rows are far apart in the caller's Q (a row of every head between
     // them): ask for all their cache lines first, so that the misses overlap.
@@ -176,6 +202,34 @@ struct Impl {
     for (int r = 0; r < R; ++r) {
       V::store(s + r * kBlockK, acc[r][0]);
       V::store(s + r * kBlockK + L, acc[r][1]);
+    }
+  }
+
+  // s_micro on bfloat16 pairs (kBf16Dot): qp one group of pack_q's
+  // [dp / 2][kRowsS] pairs, panel [dp / 2][PW][2]; S is stored times scale.
+  template <class W = V>
+  static inline void s_micro_dot(const uint32_t* qp, int dp, const uint16_t* panel, float* s,
+                                 float scale) {
+    constexpr int R = V::kRowsS;
+    reg acc[R][2];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = V::zero();
+#pragma GCC unroll 4
+    for (int c2 = 0; c2 < dp / 2; ++c2) {
+      const auto b0 = W::load_pairs(panel + c2 * 2 * PW);
+      const auto b1 = W::load_pairs(panel + c2 * 2 * PW + 2 * L);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const auto a = W::set1_pair(qp[c2 * R + r]);
+        acc[r][0] = W::dot_bf16(acc[r][0], a, b0);
+        acc[r][1] = W::dot_bf16(acc[r][1], a, b1);
+      }
+    }
+    const reg sc = V::set1(scale);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      V::store(s + r * kBlockK, V::mul(acc[r][0], sc));
+      V::store(s + r * kBlockK + L, V::mul(acc[r][1], sc));
     }
   }
 
@@ -365,8 +419,14 @@ struct Impl {
     for (int r0 = 0; r0 < rows_s; r0 += V::kRowsS) {
       int h0 = 0, h1 = 0;
       row_hull(vis0 + r0, vis1 + r0, V::kRowsS, kc, &h0, &h1);
-      for (int p0 = h0; p0 < h1; p0 += PW)
-        s_micro<true>(qs + r0 * dp, dp, kv.k + (key0 + p0) * dp, s + r0 * kBlockK + p0);
+      for (int p0 = h0; p0 < h1; p0 += PW) {
+        if constexpr (V::kBf16Dot)
+          s_micro_dot(reinterpret_cast<const uint32_t*>(qs) + r0 * dp / 2, dp,
+                      reinterpret_cast<const uint16_t*>(kv.k) + (key0 + p0) * dp,
+                      s + r0 * kBlockK + p0, job.scale_log2);
+        else
+          s_micro<true>(qs + r0 * dp, dp, kv.k + (key0 + p0) * dp, s + r0 * kBlockK + p0);
+      }
     }
 
     // Mask, online softmax, Oacc = Oacc * alpha + P . V over each group's panels.
@@ -520,8 +580,16 @@ struct Impl {
   }
 
   static const IsaKernels& table(Isa isa) {
-    static const IsaKernels k{
-        isa, L, PW, &pack_kv, &workspace_floats, &run_blocks, &run_importance, &fma_loop};
+    // kBf16Dot: the forward only (its K panels are bfloat16 pairs; the
+    // importance pass takes the plain table).
+    static const IsaKernels k{isa,
+                              L,
+                              PW,
+                              &pack_kv,
+                              &workspace_floats,
+                              &run_blocks,
+                              V::kBf16Dot ? nullptr : &run_importance,
+                              &fma_loop};
     return k;
   }
 };

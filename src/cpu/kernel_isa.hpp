@@ -161,6 +161,9 @@ struct BackwardKernels {
 };
 
 const IsaKernels& avx512_kernels();
+// The AVX-512 forward for bfloat16 Q and K on VDPBF16PS (kernel_avx512bf16.cpp;
+// run_importance is null): for CPUs with AVX512_BF16, else avx512_kernels().
+const IsaKernels& avx512_bf16_kernels();
 const IsaKernels& avx2_kernels();
 const IsaKernels& generic_kernels();
 const BackwardKernels& avx512_backward();
