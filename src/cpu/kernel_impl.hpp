@@ -214,7 +214,6 @@ struct Impl {
     reg acc[R][2];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = V::zero();
-#pragma GCC unroll 4
     for (int c2 = 0; c2 < dp / 2; ++c2) {
       const auto b0 = W::load_pairs(panel + c2 * 2 * PW);
       const auto b1 = W::load_pairs(panel + c2 * 2 * PW + 2 * L);
