@@ -9,11 +9,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "ringattn/comm_mpi.hpp"
 #include "run_fixture.hpp"
 
 namespace ringattn {
@@ -59,6 +61,37 @@ TEST_F(RunError, ResultsBeyondFloat32AreErrorsNotNaN) {
 
 TEST_F(RunError, HugeSequenceLengthIsRefusedBeforeAnyWarning) {
   expect_failure({"--seq-len", "9223372036854775807", "--ranks-local", "2"}, "'--seq-len'");
+}
+
+// Built without MPI (the preset nompi): --backend mpi is an error that names the
+// option and the rebuild; a job that an MPI launcher started runs in-process in each
+// process, says so on stderr, and gives the bytes of the same run started alone.
+TEST_F(RunError, WithoutMpiTheMpiBackendNamesTheRebuild) {
+  if (mpi_built()) GTEST_SKIP() << "this ringattn has MPI";
+  const std::string msg =
+      expect_failure({"--backend", "mpi", "--seq-len", "64", "--heads", "2", "--head-dim", "16"},
+                     "'--backend mpi'");
+  EXPECT_NE(msg.find("built without MPI"), std::string::npos) << msg;
+
+  const std::vector<std::string> args = {"--seq-len", "96",         "--heads", "2",
+                                         "--causal",  "--head-dim", "16",      "--check-rows",
+                                         "16",        "--threads",  "1"};
+  std::vector<std::string> alone = args, launched = args;
+  alone.insert(alone.end(), {"--out", path("alone.npy")});
+  launched.insert(launched.end(), {"--out", path("launched.npy")});
+  const Result a = run(alone);
+  ASSERT_EQ(a.rc, 0) << a.err;
+  ASSERT_EQ(::setenv("OMPI_COMM_WORLD_SIZE", "2", 1), 0);
+  const Result r = run(launched);
+  ::unsetenv("OMPI_COMM_WORLD_SIZE");
+  ASSERT_EQ(r.rc, 0) << r.err;
+  EXPECT_NE(r.err.find("started by an MPI launcher, but this ringattn was built without MPI"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.out.find("P=1 (local)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("vs float64 on 16 sampled query rows x 2 heads: ok"), std::string::npos)
+      << r.out;
+  EXPECT_EQ(slurp(path("launched.npy")), slurp(path("alone.npy")));
 }
 
 // Scores near 1e36 are finite; their LSE is exact in float32 only to ~1e29 absolute, so

@@ -29,6 +29,10 @@ Backend choose_backend(const ParsedOptions& opt) {
       throw UsageError(
           "option '--ranks-local': applies to the local backend; with --backend mpi the "
           "launcher sets the ranks (mpirun -np P)");
+    if (!mpi_built())
+      throw UsageError(
+          "option '--backend mpi': this ringattn was built without MPI (-DRINGATTN_MPI=OFF); "
+          "rebuild with MPI, or use --ranks-local P for in-process ranks");
     return {true, 0};
   }
   const int local = ranks_given ? opt.integer_int("ranks-local") : 1;
