@@ -325,7 +325,7 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
   if (o == nullptr || lse == nullptr) throw Error("attention: null output tensor");
 
   const int64_t nqb = (a.nq + cpu::kBlockQ - 1) / cpu::kBlockQ;
-  const cpu::IsaKernels& K = kernels_for(opt.isa);
+  const cpu::IsaKernels& K = forward_kernels_for(opt.isa, a);  // KernelCall's table
   const std::vector<PackChunk> chunks = pack_chunks(a.mask, a.qpos, a.nq, a.kpos, a.nk, K.panel);
   int64_t pack_keys = 0;
   for (const PackChunk& c : chunks) pack_keys = std::max(pack_keys, c.j1 - c.j0);
