@@ -6,13 +6,14 @@
 #   4. the tool without MPI (the single-process fallback) and the Python
 #      module; the tests of `ringattn run` and the CLI. Every other object is
 #      release's, whose ctest ran its tests already.
-#   5. the GPU path (preset cuda: nvcc for sm_80 and sm_90, NCCL), warnings as
+#   5. the GPU path (preset cuda: nvcc for sm_80, NCCL), warnings as
 #      errors: the tool, the GPU bench and the tests of the GPU path (host-side
 #      planning, NCCL helpers, pluggable local memory; GPU tests skip without a
 #      GPU), and the docker check. Its CPU code is the same sources and flags
 #      as the release build, whose ctest ran every other test already.
 #   6. the minimal build launch/gpu-check.sh uses on GPU machines (fmt and
-#      GoogleTest carried from --pack), host-side tests only here
+#      GoogleTest carried from --pack; nvcc for sm_90, warnings as errors),
+#      host-side tests only here
 #   7. the libFuzzer targets (.npy reader, config files), 45 s each
 # Installs missing Debian packages first. Exits non-zero on the first failure.
 set -euo pipefail
@@ -29,17 +30,15 @@ clang-format --dry-run -Werror "${files[@]}"
 
 for preset in release asan nompi cuda; do
   echo "== $preset: configure, build, test"
-  # The Python module builds against .venv (scripts/python-env.sh) even where an earlier
-  # configure (launch/quickstart.sh) cached another interpreter.
-  cmake --preset "$preset" -DPython_EXECUTABLE="$PWD/.venv/bin/python" >/dev/null
   # release and asan build and run everything. The other two share release's
   # flags, so most of their objects are release's, whose tests ran already:
   #   nompi differs in src/comm/mpi.cpp (mpi_built() false, --backend mpi an error)
   #     and in the MPI tests it leaves out: the tool, the Python module, and the
   #     tests of `ringattn run` and the CLI (labels: their binaries).
   #   cuda adds the GPU kernel, engine and NCCL backend: the tool, the GPU bench
-  #     and the tests of the GPU path.
-  targets=() only=()
+  #     and the tests of the GPU path. Its device code for sm_80 here; the
+  #     gpu-check build below compiles it for sm_90, also with warnings as errors.
+  targets=() only=() config=()
   case "$preset" in
     nompi)
       targets=(ringattn _core test_run test_run_errors test_cli)
@@ -47,8 +46,12 @@ for preset in release asan nompi cuda; do
     cuda)
       targets=(ringattn ringattn-gpu-bench test_cuda_plan test_cuda_kernel test_cuda_ring
                test_run_errors)
-      only=(-R 'Cuda|Nccl|LocalMemory|dockerfiles') ;;
+      only=(-R 'Cuda|Nccl|LocalMemory|dockerfiles')
+      config=(-DCMAKE_CUDA_ARCHITECTURES=80) ;;
   esac
+  # The Python module builds against .venv (scripts/python-env.sh) even where an earlier
+  # configure (launch/quickstart.sh) cached another interpreter.
+  cmake --preset "$preset" -DPython_EXECUTABLE="$PWD/.venv/bin/python" ${config[@]+"${config[@]}"} >/dev/null
   cmake --build --preset "$preset" -j "$jobs" ${targets[@]+--target "${targets[@]}"}
   ctest --test-dir "build/$preset" --output-on-failure -j "$jobs" --timeout 900 "${only[@]}"
 done
