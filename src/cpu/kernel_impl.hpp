@@ -376,46 +376,13 @@ struct Impl {
     key_tile_range(job.mask, b->q_first, b->q_last, kv.pos, kv.nk, kBlockK, &b->t_begin, &b->t_end);
   }
 
-  // Mask, online softmax and Oacc = Oacc * alpha + P . V for the kRowsPV rows
-  // of block b from r0, against the tile at key0 (s: its scores, S computed).
-  static inline void softmax_pv(const Block& b, int r0, int64_t key0, int kc, int kvalid,
-                                const Positions& kpos, const int* vis0, const int* vis1,
-                                const bool* gaps, const uint8_t* tile_keep, float* s) {
-    const QBlockJob& job = *b.job;
-    const PackedKV& kv = *job.kv;
-    const int dp = kv.dp;
-    constexpr int C = V::kColsPV;
-    int h0 = 0, h1 = 0;
-    row_hull(vis0 + r0, vis1 + r0, V::kRowsPV, kc, &h0, &h1);
-    if (h0 >= h1) return;                // no row of the group sees this tile: its state stays
-    int g0[V::kRowsPV], g1[V::kRowsPV];  // visible columns, from h0
-    for (int r = r0; r < r0 + V::kRowsPV; ++r) {
-      float* sr = s + r * kBlockK;
-      int j0 = vis0[r], j1 = vis1[r];
-      if (gaps[r]) mask_row(job.mask, job.qpos.at(r), kpos, kvalid, sr, &j0, &j1);
-      if (tile_keep != nullptr && r < b.rows) keep_row(tile_keep, sr, &j0, &j1);
-      if (j0 >= j1) j0 = j1 = h0;
-      g0[r - r0] = j0 - h0, g1[r - r0] = j1 - h0;
-    }
-    softmax_rows(s + r0 * kBlockK + h0, g0, g1, h1 - h0, b.m + r0, b.l + r0, b.alpha + r0);
-    const float* p = s + r0 * kBlockK + h0;
-    float* o = b.oacc + r0 * dp;
-    int c0 = 0;
-    for (; c0 + VW <= dp; c0 += VW)
-      pv_micro<C>(p, kv.v + v_offset(key0 + h0, c0, dp, kv.nk_pad), VW, dp, h1 - h0, b.alpha + r0,
-                  o + c0);
-    for (; c0 < dp; c0 += L)
-      pv_micro<1>(p, kv.v + v_offset(key0 + h0, c0, dp, kv.nk_pad), dp % VW, dp, h1 - h0,
-                  b.alpha + r0, o + c0);
-  }
-
   // Key tile t of block b (s: the task's score buffer).
   static void tile_step(const Block& b, int64_t t, float* s, KernelStats& st) {
     const QBlockJob& job = *b.job;
     const PackedKV& kv = *job.kv;
     const int dp = kv.dp;
     const int rows = b.rows, rows_s = b.rows_s, rows_pv = b.rows_pv;
-    const float* qs = b.qs;
+    float *qs = b.qs, *oacc = b.oacc, *m = b.m, *l = b.l, *alpha = b.alpha;
     uint8_t tile_keep[kBlockK];
     int vis0[kBlockQ], vis1[kBlockQ];
     bool gaps[kBlockQ];
@@ -447,15 +414,11 @@ struct Impl {
       for (int r = 0; r < rows; ++r)
         gaps[r] = row_range(job.mask, job.qpos.at(r), kpos, kvalid, vis0 + r, vis1 + r);
 
-    // Group by group of kRowsS rows: S = Qs . K^T over the panels its rows may
-    // see (a diagonal or a window's edge leaves the rest of the tile out), then
-    // for each of its P.V groups the mask, the online softmax and
-    // Oacc = Oacc * alpha + P . V, while the group's S is still in L1.
-    // A P.V group's panels lie inside its S group's (kRowsS is a multiple of kRowsPV).
+    // S = Qs . K^T, each group of rows over the panels its rows may see (a
+    // diagonal or a window's edge leaves the rest of the tile out).
     for (int r0 = 0; r0 < rows_s; r0 += V::kRowsS) {
       int h0 = 0, h1 = 0;
       row_hull(vis0 + r0, vis1 + r0, V::kRowsS, kc, &h0, &h1);
-      if (h0 >= h1) continue;  // no row of the group sees this tile: its state stays
       for (int p0 = h0; p0 < h1; p0 += PW) {
         if constexpr (V::kBf16Dot)
           s_micro_dot(reinterpret_cast<const uint32_t*>(qs) + r0 * dp / 2, dp,
@@ -464,10 +427,34 @@ struct Impl {
         else
           s_micro<true>(qs + r0 * dp, dp, kv.k + (key0 + p0) * dp, s + r0 * kBlockK + p0);
       }
-      const int r_end = std::min(r0 + V::kRowsS, rows_pv);
-      for (int r1 = r0; r1 < r_end; r1 += V::kRowsPV)
-        softmax_pv(b, r1, key0, kc, kvalid, kpos, vis0, vis1, gaps, keep_mask ? tile_keep : nullptr,
-                   s);
+    }
+
+    // Mask, online softmax, Oacc = Oacc * alpha + P . V over each group's panels.
+    // A group's panels lie inside its S group's (kRowsS is a multiple of kRowsPV).
+    constexpr int C = V::kColsPV;
+    for (int r0 = 0; r0 < rows_pv; r0 += V::kRowsPV) {
+      int h0 = 0, h1 = 0;
+      row_hull(vis0 + r0, vis1 + r0, V::kRowsPV, kc, &h0, &h1);
+      if (h0 >= h1) continue;              // no row of the group sees this tile: its state stays
+      int g0[V::kRowsPV], g1[V::kRowsPV];  // visible columns, from h0
+      for (int r = r0; r < r0 + V::kRowsPV; ++r) {
+        float* sr = s + r * kBlockK;
+        int j0 = vis0[r], j1 = vis1[r];
+        if (gaps[r]) mask_row(job.mask, job.qpos.at(r), kpos, kvalid, sr, &j0, &j1);
+        if (keep_mask && r < rows) keep_row(tile_keep, sr, &j0, &j1);
+        if (j0 >= j1) j0 = j1 = h0;
+        g0[r - r0] = j0 - h0, g1[r - r0] = j1 - h0;
+      }
+      softmax_rows(s + r0 * kBlockK + h0, g0, g1, h1 - h0, m + r0, l + r0, alpha + r0);
+      const float* p = s + r0 * kBlockK + h0;
+      float* o = oacc + r0 * dp;
+      int c0 = 0;
+      for (; c0 + VW <= dp; c0 += VW)
+        pv_micro<C>(p, kv.v + v_offset(key0 + h0, c0, dp, kv.nk_pad), VW, dp, h1 - h0, alpha + r0,
+                    o + c0);
+      for (; c0 < dp; c0 += L)
+        pv_micro<1>(p, kv.v + v_offset(key0 + h0, c0, dp, kv.nk_pad), dp % VW, dp, h1 - h0,
+                    alpha + r0, o + c0);
     }
   }
 
