@@ -144,6 +144,25 @@ std::vector<int64_t> blocks_by_work(const AttentionArgs& a, const AttentionArgs&
   return order;
 }
 
+// Where each task of one query head starts in blocks_by_work's order (the
+// last entry: nblocks). A task runs up to kMaxBlocksPerTask blocks together (each
+// K/V tile read once for all of them), and fewer while that would leave each
+// thread fewer than 8 tasks. Near the end a task takes at most half of each
+// thread's share of the blocks left (a group's heads each run a task of every
+// size), so that the threads reach the end of the head's loop together: with
+// equal-sized tasks one thread could finish up to a whole task after the other.
+std::vector<int64_t> task_starts(int64_t nblocks, int64_t group, int threads) {
+  const int64_t t = std::max(threads, 1);
+  const int64_t per = std::clamp<int64_t>(group * nblocks / (8 * t), 1, cpu::kMaxBlocksPerTask);
+  std::vector<int64_t> starts{0};
+  for (int64_t k = 0; k < nblocks;) {
+    const int64_t share = (group * (nblocks - k) + 2 * t - 1) / (2 * t);
+    k += std::min({per, share, nblocks - k});
+    starts.push_back(k);
+  }
+  return starts;
+}
+
 // What one kernel call sets up: the ISA's routines, the padded sizes, the
 // thread count (capped at the tasks) and the buffers: packed K/V of one head,
 // per-thread workspaces and (quantized K/V) dequantized panels, per-thread counters.
@@ -349,12 +368,8 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
                                    keys.kpos};
         const int64_t qb0 = c.i0 / cpu::kBlockQ,
                       nblocks = (c.i1 - c.i0 + cpu::kBlockQ - 1) / cpu::kBlockQ;
-        // A task runs up to kMaxBlocksPerTask blocks of one head together (each
-        // K/V tile read once for all of them), while leaving each thread at
-        // least 8 tasks to balance.
-        const int64_t per = std::clamp<int64_t>(group * nblocks / (8 * int64_t{call.threads}), 1,
-                                                cpu::kMaxBlocksPerTask);
-        const int64_t ntasks = group * ((nblocks + per - 1) / per);
+        const std::vector<int64_t> starts = task_starts(nblocks, group, call.threads);
+        const int64_t ntasks = group * static_cast<int64_t>(starts.size() - 1);
         // The blocks with the most key tiles first (a causal chunk's last rows), so
         // that the threads finish together rather than waiting on one long block;
         // a task's blocks are neighbours in that order, so their work is alike.
@@ -370,7 +385,8 @@ KernelStats attention_forward(const AttentionArgs& a, float* o, float* lse,
           for (int64_t t = 0; t < ntasks; ++t) {
             if (interrupt_requested()) continue;  // the call throws when the loop ends
             const int64_t h = hk * group + t % group;
-            const int64_t k0 = t / group * per, k1 = std::min(nblocks, k0 + per);
+            const int64_t k0 = starts[static_cast<std::size_t>(t / group)],
+                          k1 = starts[static_cast<std::size_t>(t / group + 1)];
             cpu::QBlockJob jobs[cpu::kMaxBlocksPerTask];
             for (int64_t k = k0; k < k1; ++k) {
               const int64_t i0 = order[static_cast<std::size_t>(k)] * cpu::kBlockQ;
