@@ -309,4 +309,64 @@ GradCheck GradSampled::result() const {
   return c;
 }
 
+GradCollector::GradCollector(const JobSpec& spec, const KernelOptions& kopt, int rank)
+    : spec_(spec) {
+  if (rank != 0) return;
+  outputs.emplace(spec);
+  if (spec.verify) verify.emplace(spec, kopt);
+  if (spec.check_rows > 0) sampled.emplace(spec, spec.check_rows);
+}
+
+void GradCollector::gather(Communicator& comm, const Layout& ql, const Layout& kvl, const float* o,
+                           const float* lse, const float* d_o, const float* dq, const float* dkv) {
+  const JobSpec& spec = spec_;
+  const int64_t nq = ql.tokens(comm.rank());
+  if (spec.check_rows > 0) {
+    // The sampled dK/dV reference takes each query's LSE and Delta = dO . O from the run.
+    const int64_t rows = spec.batch * spec.hq * nq;
+    std::vector<float> ld(static_cast<std::size_t>(2 * rows));
+    std::copy(lse, lse + rows, ld.begin());
+    for (int64_t b = 0; b < spec.batch; ++b)
+      for (int64_t i = 0; i < nq; ++i)
+        for (int64_t h = 0; h < spec.hq; ++h) {
+          const int64_t at = ((b * nq + i) * spec.hq + h) * spec.head_dim;
+          double sum = 0;
+          for (int64_t e = 0; e < spec.head_dim; ++e)
+            sum += double(d_o[at + e]) * double(o[at + e]);
+          ld[static_cast<std::size_t>(rows + (b * spec.hq + h) * nq + i)] = static_cast<float>(sum);
+        }
+    gather_bytes(
+        comm,
+        [&](int r) {
+          return static_cast<std::size_t>(2 * spec.batch * spec.hq * ql.tokens(r)) * sizeof(float);
+        },
+        ld.data(),
+        [&](int src, const void* data) {
+          const auto* g = static_cast<const float*>(data);
+          if (sampled) sampled->take_rows(ql, src, g, g + spec.batch * spec.hq * ql.tokens(src));
+        });
+  }
+  const auto q_bytes = [&](int r) {
+    return static_cast<std::size_t>(spec.batch * ql.tokens(r) * spec.hq * spec.head_dim) *
+           sizeof(float);
+  };
+  gather_bytes(comm, q_bytes, dq, [&](int src, const void* rows) {
+    const auto* g = static_cast<const float*>(rows);
+    if (outputs) outputs->write_q_rows(ql, src, g);
+    if (verify) verify->compare_q(ql, src, g);
+    if (sampled) sampled->compare_q(ql, src, g);
+  });
+  const auto kv_elems = [&](int r) {
+    return spec.batch * kvl.tokens(r) * spec.hkv * spec.head_dim;
+  };
+  gather_bytes(
+      comm, [&](int r) { return static_cast<std::size_t>(2 * kv_elems(r)) * sizeof(float); }, dkv,
+      [&](int src, const void* rows) {
+        const auto* g = static_cast<const float*>(rows);
+        if (outputs) outputs->write_kv_rows(kvl, src, g, g + kv_elems(src));
+        if (verify) verify->compare_kv(kvl, src, g, g + kv_elems(src));
+        if (sampled) sampled->compare_kv(kvl, src, g, g + kv_elems(src));
+      });
+}
+
 }  // namespace ringattn::job

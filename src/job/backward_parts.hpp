@@ -6,6 +6,7 @@
 #include <optional>
 #include <vector>
 
+#include "ringattn/comm.hpp"
 #include "ringattn/job.hpp"
 #include "ringattn/kernel.hpp"
 #include "ringattn/layout.hpp"
@@ -83,6 +84,25 @@ class GradSampled {
   std::vector<float> lse_, delta_;        // [B, Hq, Nq] from the run
   bool keys_done_ = false;
   GradError eq_, ek_, ev_;
+};
+
+// Rank 0's consumers of the gradients, each present only where the job asks
+// for it (JobSpec::backward: files, verify, check_rows); on other ranks none.
+struct GradCollector {
+  std::optional<GradOutputs> outputs;
+  std::optional<GradVerify> verify;
+  std::optional<GradSampled> sampled;
+
+  GradCollector(const JobSpec& spec, const KernelOptions& kopt, int rank);
+  // Every rank's rows to rank 0, one rank at a time (a collective: every rank
+  // calls it): for the sampled check each query's LSE and Delta = dO . O, then
+  // dQ, then dK and dV. This rank's rows: o, lse, d_o, dq in ql's local order
+  // (nq of them), dkv: dK then dV of its keys in kvl's.
+  void gather(Communicator& comm, const Layout& ql, const Layout& kvl, const float* o,
+              const float* lse, const float* d_o, const float* dq, const float* dkv);
+
+ private:
+  const JobSpec& spec_;
 };
 
 // The gradients' relative Frobenius tolerance: float32 accumulation whatever

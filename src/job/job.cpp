@@ -382,14 +382,8 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
                       keep.empty() ? nullptr : keep.data());
     });
   if (outputs && !keep.empty()) timed(&wall.outputs_s, [&] { outputs->write_keep(keep.data()); });
-  std::optional<job::GradOutputs> grad_outputs;
-  std::optional<job::GradVerify> grad_verify;
-  std::optional<job::GradSampled> grad_sampled;
-  if (rank == 0 && spec.backward) {
-    grad_outputs.emplace(spec);
-    if (spec.verify) grad_verify.emplace(spec, kopt);
-    if (spec.check_rows > 0) grad_sampled.emplace(spec, spec.check_rows);
-  }
+  std::optional<job::GradCollector> grads;
+  if (spec.backward) grads.emplace(spec, kopt, rank);
   if (spec.gathers())
     job::gather_rows(comm, ql, spec.batch, spec.hq, spec.head_dim, o.as<float>(), lse.as<float>(),
                      [&](int src, const float* ro, const float* rl) {
@@ -412,56 +406,9 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
         [&](int src, const void* rows) {
           if (outputs) outputs->write_route(ql, src, static_cast<const int32_t*>(rows));
         });
-  if (spec.backward && spec.check_rows > 0) {
-    // The sampled dK/dV reference takes each query's LSE and Delta = dO . O from the run.
-    const int64_t rows = spec.batch * spec.hq * nq;
-    std::vector<float> ld(static_cast<std::size_t>(2 * rows));
-    std::copy(lse.as<float>(), lse.as<float>() + rows, ld.begin());
-    for (int64_t b = 0; b < spec.batch; ++b)
-      for (int64_t i = 0; i < nq; ++i)
-        for (int64_t h = 0; h < spec.hq; ++h) {
-          const int64_t at = ((b * nq + i) * spec.hq + h) * spec.head_dim;
-          double sum = 0;
-          for (int64_t e = 0; e < spec.head_dim; ++e)
-            sum += double(d_o.as<float>()[at + e]) * double(o.as<float>()[at + e]);
-          ld[static_cast<std::size_t>(rows + (b * spec.hq + h) * nq + i)] = static_cast<float>(sum);
-        }
-    job::gather_bytes(
-        comm,
-        [&](int r) {
-          return static_cast<std::size_t>(2 * spec.batch * spec.hq * ql.tokens(r)) * sizeof(float);
-        },
-        ld.data(),
-        [&](int src, const void* data) {
-          const auto* g = static_cast<const float*>(data);
-          if (grad_sampled)
-            grad_sampled->take_rows(ql, src, g, g + spec.batch * spec.hq * ql.tokens(src));
-        });
-  }
-  if (spec.backward) {
-    const auto q_bytes = [&](int r) {
-      return static_cast<std::size_t>(spec.batch * ql.tokens(r) * spec.hq * spec.head_dim) *
-             sizeof(float);
-    };
-    job::gather_bytes(comm, q_bytes, dq.data(), [&](int src, const void* rows) {
-      const auto* g = static_cast<const float*>(rows);
-      if (grad_outputs) grad_outputs->write_q_rows(ql, src, g);
-      if (grad_verify) grad_verify->compare_q(ql, src, g);
-      if (grad_sampled) grad_sampled->compare_q(ql, src, g);
-    });
-    const auto kv_elems = [&](int r) {
-      return spec.batch * kvl.tokens(r) * spec.hkv * spec.head_dim;
-    };
-    job::gather_bytes(
-        comm, [&](int r) { return static_cast<std::size_t>(2 * kv_elems(r)) * sizeof(float); },
-        dkv.data(),
-        [&](int src, const void* rows) {
-          const auto* g = static_cast<const float*>(rows);
-          if (grad_outputs) grad_outputs->write_kv_rows(kvl, src, g, g + kv_elems(src));
-          if (grad_verify) grad_verify->compare_kv(kvl, src, g, g + kv_elems(src));
-          if (grad_sampled) grad_sampled->compare_kv(kvl, src, g, g + kv_elems(src));
-        });
-  }
+  if (grads)
+    grads->gather(comm, ql, kvl, o.as<float>(), lse.as<float>(), d_o.as<float>(), dq.as<float>(),
+                  dkv.as<float>());
   // The MoE stage's rows (and with a check its inputs, the ring's output) to rank 0.
   const int64_t moe_check_rows =
       spec.check_rows > 0 ? spec.check_rows : (spec.verify ? kMoeVerifyRows : 0);
@@ -501,8 +448,8 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
           dtype_name(spec.dtype), error_text(report.sampled->err, report.sampled->tol));
     }
   }
-  if (grad_verify) {
-    report.grad_verify = grad_verify->result();
+  if (grads && grads->verify) {
+    report.grad_verify = grads->verify->result();
     if (!report.grad_verify->ok && report.failure.empty()) {
       report.failure_field = "verify";
       report.failure = fmt::format(
@@ -512,8 +459,8 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
           report.grad_verify->dv);
     }
   }
-  if (grad_sampled) {
-    report.grad_sampled = grad_sampled->result();
+  if (grads && grads->sampled) {
+    report.grad_sampled = grads->sampled->result();
     if (!report.grad_sampled->ok && report.failure.empty()) {
       report.failure_field = "check_rows";
       report.failure = fmt::format(
@@ -533,7 +480,7 @@ JobReport run_rank(Communicator& comm, const JobSpec& spec) {
   }
   if (!report.failure.empty()) return report;  // the outputs' temporaries are removed
   outputs->commit();
-  if (grad_outputs) grad_outputs->commit();
+  if (grads && grads->outputs) grads->outputs->commit();
   if (moe_rows) moe_rows->commit();
   mark_job_completed();  // a signal from here on ends a job whose outputs are complete
   for (const std::string* path :
