@@ -151,12 +151,13 @@ std::vector<int64_t> blocks_by_work(const AttentionArgs& a, const AttentionArgs&
 // thread's share of the blocks left (a group's heads each run a task of every
 // size), so that the threads reach the end of the head's loop together: with
 // equal-sized tasks one thread could finish up to a whole task after the other.
+// One thread has nobody to wait for: its tasks keep their size to the end.
 std::vector<int64_t> task_starts(int64_t nblocks, int64_t group, int threads) {
   const int64_t t = std::max(threads, 1);
   const int64_t per = std::clamp<int64_t>(group * nblocks / (8 * t), 1, cpu::kMaxBlocksPerTask);
   std::vector<int64_t> starts{0};
   for (int64_t k = 0; k < nblocks;) {
-    const int64_t share = (group * (nblocks - k) + 2 * t - 1) / (2 * t);
+    const int64_t share = t == 1 ? per : (group * (nblocks - k) + 2 * t - 1) / (2 * t);
     k += std::min({per, share, nblocks - k});
     starts.push_back(k);
   }
