@@ -97,7 +97,7 @@ struct GradCollector {
   // Every rank's rows to rank 0, one rank at a time (a collective: every rank
   // calls it): for the sampled check each query's LSE and Delta = dO . O, then
   // dQ, then dK and dV. This rank's rows: o, lse, d_o, dq in ql's local order
-  // (nq of them), dkv: dK then dV of its keys in kvl's.
+  // (ql.tokens(this rank) of them), dkv: dK then dV of its keys in kvl's.
   void gather(Communicator& comm, const Layout& ql, const Layout& kvl, const float* o,
               const float* lse, const float* d_o, const float* dq, const float* dkv);
 
